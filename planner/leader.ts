@@ -1,0 +1,94 @@
+/**
+ * The planner lease: one row in tm_leader, held by one node until `expires_at` (database time). The
+ * holder renews it every third of its time to live; any node takes it once it has expired, or at
+ * once when the holder releases it on stop (it notifies LEADER_CHANNEL so others retry immediately).
+ *
+ * States: follower -> leader (acquired) -> follower (lost, released, or renewal overdue by local clock).
+ * `isLeader` is written by this loop only and read by the planner and maintenance (main thread).
+ */
+import type pg from 'pg';
+import { Loop, type Timers } from '../runtime/loop.ts';
+
+export const LEADER_CHANNEL = 'taskmill_leader';
+export const DEFAULT_LEASE_TTL_MS = 5_000;
+
+export interface LeaderLeaseOptions {
+  db: pg.Pool;
+  nodeId: string;
+  ttlMs?: number;
+  onChange?: (leader: boolean) => void;
+  onError: (error: unknown) => void;
+  timers?: Timers;
+  now?: () => number;
+}
+
+export class LeaderLease {
+  private leader = false;
+  private validUntil = 0;
+  private readonly loop: Loop<{ leader: boolean }>;
+  readonly ttlMs: number;
+  private readonly now: () => number;
+
+  constructor(private readonly options: LeaderLeaseOptions) {
+    this.ttlMs = options.ttlMs ?? DEFAULT_LEASE_TTL_MS;
+    this.now = options.now ?? Date.now;
+    this.loop = new Loop({
+      name: 'leader',
+      runOnce: () => this.runOnce(),
+      delayMs: () => Math.max(10, Math.floor(this.ttlMs / 3)),
+      onError: (error) => {
+        this.options.onError(error);
+        this.checkOverdue();
+      },
+      timers: options.timers,
+    });
+  }
+
+  /** True while this node holds an unexpired lease (judged conservatively by the local clock). */
+  get isLeader(): boolean {
+    this.checkOverdue();
+    return this.leader;
+  }
+
+  start(): void {
+    this.loop.start();
+  }
+
+  wake(): void {
+    this.loop.wake();
+  }
+
+  async runOnce(): Promise<{ leader: boolean }> {
+    const started = this.now();
+    const { rowCount } = await this.options.db.query(
+      `insert into tm_leader (id, node_id, expires_at) values (1, $1, now() + $2 * interval '1 millisecond')
+       on conflict (id) do update set node_id = excluded.node_id, expires_at = excluded.expires_at,
+         acquired_at = case when tm_leader.node_id = excluded.node_id then tm_leader.acquired_at else now() end
+       where tm_leader.node_id = excluded.node_id or tm_leader.expires_at < now()`,
+      [this.options.nodeId, this.ttlMs],
+    );
+    const leader = rowCount === 1;
+    // Counted from before the query was sent, so a slow round trip shortens our view of the lease.
+    if (leader) this.validUntil = started + this.ttlMs * 0.9;
+    this.set(leader);
+    return { leader };
+  }
+
+  async stop(): Promise<void> {
+    await this.loop.stop();
+    if (!this.leader) return;
+    this.set(false);
+    await this.options.db.query(`delete from tm_leader where node_id = $1`, [this.options.nodeId]);
+    await this.options.db.query(`select pg_notify('${LEADER_CHANNEL}', '')`);
+  }
+
+  private checkOverdue(): void {
+    if (this.leader && this.now() > this.validUntil) this.set(false);
+  }
+
+  private set(leader: boolean): void {
+    if (leader === this.leader) return;
+    this.leader = leader;
+    this.options.onChange?.(leader);
+  }
+}

@@ -1,0 +1,219 @@
+/**
+ * The planning loop, run by the leader only. One pass, in one transaction:
+ *  1. take the planner's advisory lock (two nodes that both believe they lead never plan at once),
+ *  2. read live nodes and what each holds, and the tasks at their cluster limit,
+ *  3. claim up to min(batch size, free slots) ready tasks with FOR UPDATE SKIP LOCKED, in priority
+ *     order, skipping any task whose affinity key is held by an older workflow (or, for strict keys, an
+ *     older or in-flight task): the check reads rows, not events, so a freed key is seen on the next pass,
+ *  4. choose a node for each (assignment.ts) and write every assignment in one UPDATE,
+ *  5. NOTIFY the chosen nodes.
+ * Then it sleeps per the polling-delay map, cut short (debounced) by NOTIFYs on PLANNER_CHANNEL.
+ *
+ * States: stopped -> running -> stopped; the loop runs passes only while the lease says leader.
+ */
+import type pg from 'pg';
+import { Loop, type Timers } from '../runtime/loop.ts';
+import { NODE_CHANNEL } from '../runtime/task-store.ts';
+import { assignTasks, type Candidate, type NodeSlots } from './assignment.ts';
+import { DEFAULT_POLLING_DELAY, pollingDelayFor, validatePollingDelay, type PollingDelayMap } from './polling-delay.ts';
+
+/** Arbitrary constant shared by every taskmill process: the advisory lock key of a planning pass. */
+const PLANNER_LOCK_KEY = 7_300_416_002;
+
+export const PLANNER_DEFAULTS = {
+  /** distributed-task-framework `batch-size`: most tasks claimed by one pass. */
+  batchSize: 1000,
+  /** distributed-task-framework `plan-factor`: a node may hold capacity x planFactor tasks (running + queued). */
+  planFactor: 2,
+  pollingDelay: DEFAULT_POLLING_DELAY,
+  /** Node heartbeat older than this (database time) means the node is dead. */
+  nodeTimeoutMs: 10_000,
+  /** Nodes whose reported CPU use (0..1 of the machine) is above this get no new tasks; 1 disables. */
+  nodeCpuLimit: 1,
+  /** Coalesces bursts of NOTIFYs into one pass. */
+  wakeDebounceMs: 2,
+};
+
+export interface PlannerOptions {
+  db: pg.Pool;
+  isLeader: () => boolean;
+  onError: (error: unknown) => void;
+  batchSize?: number;
+  planFactor?: number;
+  pollingDelay?: PollingDelayMap;
+  nodeTimeoutMs?: number;
+  nodeCpuLimit?: number;
+  wakeDebounceMs?: number;
+  timers?: Timers;
+  onPass?: (result: PassResult) => void;
+}
+
+export interface PassResult {
+  leader: boolean;
+  claimed: number;
+  assigned: number;
+  /** Free slots across live nodes before the pass. */
+  freeSlots: number;
+  durationMs: number;
+  /** The sleep chosen after this pass. */
+  delayMs: number;
+}
+
+interface LiveNode {
+  id: string;
+  capacity: number;
+  task_names: string[];
+  cpu: number;
+  held: number;
+}
+
+export class Planner {
+  private readonly loop: Loop<PassResult>;
+  private readonly delays: [number, number][];
+  private readonly cfg: Required<Omit<PlannerOptions, 'timers' | 'onPass' | 'db' | 'isLeader' | 'onError'>>;
+  private wakeTimer: NodeJS.Timeout | undefined;
+
+  constructor(private readonly options: PlannerOptions) {
+    this.cfg = {
+      batchSize: options.batchSize ?? PLANNER_DEFAULTS.batchSize,
+      planFactor: options.planFactor ?? PLANNER_DEFAULTS.planFactor,
+      pollingDelay: options.pollingDelay ?? PLANNER_DEFAULTS.pollingDelay,
+      nodeTimeoutMs: options.nodeTimeoutMs ?? PLANNER_DEFAULTS.nodeTimeoutMs,
+      nodeCpuLimit: options.nodeCpuLimit ?? PLANNER_DEFAULTS.nodeCpuLimit,
+      wakeDebounceMs: options.wakeDebounceMs ?? PLANNER_DEFAULTS.wakeDebounceMs,
+    };
+    this.delays = validatePollingDelay(this.cfg.pollingDelay);
+    this.loop = new Loop({
+      name: 'planner',
+      runOnce: () => this.runOnce(),
+      delayMs: (r) => r?.delayMs ?? pollingDelayFor(this.delays, 0),
+      onError: options.onError,
+      timers: options.timers,
+    });
+  }
+
+  start(): void {
+    this.loop.start();
+  }
+
+  async stop(): Promise<void> {
+    clearTimeout(this.wakeTimer);
+    this.wakeTimer = undefined;
+    await this.loop.stop();
+  }
+
+  /** Debounced wake-up (new tasks or freed capacity were announced). */
+  wake(): void {
+    if (this.wakeTimer) return;
+    this.wakeTimer = setTimeout(() => {
+      this.wakeTimer = undefined;
+      this.loop.wake();
+    }, this.cfg.wakeDebounceMs);
+  }
+
+  async runOnce(): Promise<PassResult> {
+    const started = performance.now();
+    const idle = pollingDelayFor(this.delays, 0);
+    if (!this.options.isLeader()) {
+      return { leader: false, claimed: 0, assigned: 0, freeSlots: 0, durationMs: 0, delayMs: idle };
+    }
+    const client = await this.options.db.connect();
+    let result: Omit<PassResult, 'durationMs' | 'delayMs'> & { capacityLimited: boolean };
+    try {
+      await client.query('begin');
+      result = await this.pass(client);
+      await client.query('commit');
+    } catch (error) {
+      await client.query('rollback').catch(() => {});
+      throw error;
+    } finally {
+      client.release();
+    }
+    const found = result.capacityLimited ? Math.max(result.claimed, this.cfg.batchSize) : result.claimed;
+    const pass: PassResult = {
+      leader: result.leader,
+      claimed: result.claimed,
+      assigned: result.assigned,
+      freeSlots: result.freeSlots,
+      durationMs: performance.now() - started,
+      delayMs: pollingDelayFor(this.delays, found),
+    };
+    this.options.onPass?.(pass);
+    return pass;
+  }
+
+  private async pass(client: pg.PoolClient) {
+    const none = { leader: true, claimed: 0, assigned: 0, freeSlots: 0, capacityLimited: false };
+    const lock = await client.query<{ ok: boolean }>('select pg_try_advisory_xact_lock($1) as ok', [PLANNER_LOCK_KEY]);
+    if (!lock.rows[0].ok) return { ...none, leader: false };
+
+    const { rows: live } = await client.query<LiveNode>(
+      `select n.id, n.capacity, n.task_names, n.cpu,
+         (select count(*) from tm_tasks t where t.node_id = n.id)::int as held
+       from tm_nodes n where n.heartbeat_at > now() - $1 * interval '1 millisecond'`,
+      [this.cfg.nodeTimeoutMs],
+    );
+    const nodes: NodeSlots[] = live
+      .filter((n) => n.cpu <= this.cfg.nodeCpuLimit)
+      .map((n) => ({
+        id: n.id,
+        free: Math.max(0, Math.floor(n.capacity * this.cfg.planFactor) - n.held),
+        taskNames: new Set(n.task_names),
+      }));
+    const freeSlots = nodes.reduce((sum, n) => sum + n.free, 0);
+    if (freeSlots === 0) return { ...none, capacityLimited: nodes.length > 0 };
+    const runnable = [...new Set(nodes.filter((n) => n.free > 0).flatMap((n) => [...n.taskNames]))];
+
+    const { rows: limits } = await client.query<{ name: string; max: number; held: number }>(
+      `select d.name, d.max_parallel_in_cluster as max,
+         (select count(*) from tm_tasks t where t.name = d.name and t.node_id is not null)::int as held
+       from tm_task_defs d where d.max_parallel_in_cluster is not null and d.name = any($1::text[])`,
+      [runnable],
+    );
+    const budget = new Map(limits.map((l) => [l.name, l.max - l.held]));
+    const saturated = limits.filter((l) => l.held >= l.max).map((l) => l.name);
+
+    const limit = Math.min(this.cfg.batchSize, freeSlots);
+    const { rows: candidates } = await client.query<Candidate>(CLAIM_READY_TASKS, [limit, runnable, saturated]);
+    const plan = assignTasks(candidates, nodes, budget);
+    if (plan.taskIds.length > 0) {
+      await client.query(
+        `update tm_tasks t set state = 'assigned', node_id = a.node_id, assignment = t.assignment + 1,
+           assigned_at = now()
+         from unnest($1::uuid[], $2::uuid[]) as a(id, node_id) where t.id = a.id`,
+        [plan.taskIds, plan.nodeIds],
+      );
+      await client.query(`select pg_notify('${NODE_CHANNEL}', n) from unnest($1::text[]) as n`, [
+        [...plan.perNode.keys()],
+      ]);
+    }
+    return {
+      leader: true,
+      claimed: candidates.length,
+      assigned: plan.taskIds.length,
+      freeSlots,
+      capacityLimited: limit < this.cfg.batchSize && candidates.length === limit,
+    };
+  }
+}
+
+/**
+ * Ready tasks in priority order whose affinity key is free for them. A task with a key may run when no
+ * other row of the key belongs to an older workflow; a strict task (or a task behind one) also needs
+ * to be the oldest row of its key and, if strict, no in-flight row of the key. Rows locked by a
+ * concurrent completion or cancel are skipped, not waited for.
+ */
+const CLAIM_READY_TASKS = `
+  select t.id, t.name, t.affinity_group, t.affinity
+  from tm_tasks t
+  where t.state = 'ready' and t.not_before <= now()
+    and t.name = any($2::text[]) and not (t.name = any($3::text[]))
+    and (t.affinity is null or not exists (
+      select 1 from tm_tasks o
+      where o.affinity_group = t.affinity_group and o.affinity = t.affinity and o.id <> t.id
+        and ((o.workflow_created_at, o.workflow_id) < (t.workflow_created_at, t.workflow_id)
+          or ((o.strict_affinity or t.strict_affinity) and o.seq < t.seq)
+          or (t.strict_affinity and o.state in ('assigned', 'running')))))
+  order by t.priority desc, t.seq
+  limit $1
+  for update of t skip locked`;

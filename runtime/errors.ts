@@ -1,0 +1,37 @@
+/** Errors taskmill raises on purpose carry a stable code and say what to do next. */
+export type TaskmillErrorCode =
+  | 'INVALID_CONFIG'
+  | 'INVALID_ARGUMENT'
+  | 'UNKNOWN_TASK'
+  | 'ENCODE_FAILED'
+  | 'NOT_MIGRATED'
+  | 'SCHEMA_TOO_NEW'
+  | 'NOT_FOUND'
+  | 'NOT_CANCELLABLE'
+  | 'NODE_STOPPED'
+  | 'TASK_TIMEOUT'
+  | 'TASK_CANCELLED'
+  | 'WORKER_EXITED';
+
+export class TaskmillError extends Error {
+  readonly code: TaskmillErrorCode;
+
+  constructor(code: TaskmillErrorCode, message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = 'TaskmillError';
+    this.code = code;
+  }
+}
+
+/** PostgreSQL "undefined_table": the schema is missing. */
+export function isUndefinedTable(error: unknown): boolean {
+  return (error as { code?: string } | undefined)?.code === '42P01';
+}
+
+export function notMigratedError(cause: unknown): TaskmillError {
+  return new TaskmillError(
+    'NOT_MIGRATED',
+    'The taskmill schema is missing in this database: run `taskmill migrate up` or start a node (it migrates by default).',
+    { cause },
+  );
+}

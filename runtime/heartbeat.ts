@@ -1,0 +1,81 @@
+/**
+ * The node's registration and heartbeat: upserts its tm_nodes row (capacity, task names, load, CPU)
+ * every `intervalMs`, stamped with database time. If the row had disappeared (the planner declared the
+ * node dead and took its tasks back), the upsert re-creates it and `onReregistered` tells the node to
+ * drop the tasks it had queued: they belong to someone else now.
+ *
+ * States: unregistered -> registered (first beat) -> (lost -> registered)* -> removed (stop).
+ */
+import { availableParallelism } from 'node:os';
+import type pg from 'pg';
+import { Loop, type Timers } from './loop.ts';
+
+export const DEFAULT_HEARTBEAT_INTERVAL_MS = 1_000;
+
+export interface NodeRegistration {
+  id: string;
+  name: string;
+  capacity: number;
+  taskNames: string[];
+}
+
+export interface HeartbeatOptions {
+  db: pg.Pool;
+  node: NodeRegistration;
+  intervalMs?: number;
+  inFlight: () => number;
+  onReregistered: () => void;
+  onError: (error: unknown) => void;
+  timers?: Timers;
+}
+
+export class Heartbeat {
+  private readonly loop: Loop<{ inserted: boolean }>;
+  private beats = 0;
+  private lastCpu = process.cpuUsage();
+  private lastWall = performance.now();
+
+  constructor(private readonly options: HeartbeatOptions) {
+    this.loop = new Loop({
+      name: 'heartbeat',
+      runOnce: () => this.runOnce(),
+      delayMs: () => options.intervalMs ?? DEFAULT_HEARTBEAT_INTERVAL_MS,
+      onError: options.onError,
+      timers: options.timers,
+    });
+  }
+
+  start(): void {
+    this.loop.start();
+  }
+
+  async runOnce(): Promise<{ inserted: boolean }> {
+    const { node } = this.options;
+    const { rows } = await this.options.db.query<{ inserted: boolean }>(
+      `insert into tm_nodes (id, name, capacity, task_names, in_flight, cpu) values ($1, $2, $3, $4, $5, $6)
+       on conflict (id) do update set heartbeat_at = now(), in_flight = excluded.in_flight, cpu = excluded.cpu
+       returning (xmax = 0) as inserted`,
+      [node.id, node.name, node.capacity, node.taskNames, this.options.inFlight(), this.cpu()],
+    );
+    const inserted = rows[0].inserted;
+    if (inserted && this.beats > 0) this.options.onReregistered();
+    this.beats++;
+    return { inserted };
+  }
+
+  /** Stops beating and removes the node row. */
+  async stop(): Promise<void> {
+    await this.loop.stop();
+    if (this.beats > 0) await this.options.db.query(`delete from tm_nodes where id = $1`, [this.options.node.id]);
+  }
+
+  /** Share of the machine's CPU this process used since the last beat (0..1). */
+  private cpu(): number {
+    const cpu = process.cpuUsage(this.lastCpu);
+    const wall = performance.now() - this.lastWall;
+    this.lastCpu = process.cpuUsage();
+    this.lastWall = performance.now();
+    if (wall <= 0) return 0;
+    return Math.min(1, (cpu.user + cpu.system) / 1000 / wall / availableParallelism());
+  }
+}

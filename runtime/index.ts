@@ -1,0 +1,12 @@
+/** taskmill's public API. */
+export { defineTask, type TaskDefinition, type TaskDefinitionInput, type AffinityMode, type ExecutionGuarantee } from './task-definition.ts';
+export type { RetryPolicy, RetryPolicyInput } from './retry-policy.ts';
+export { DEFAULT_RETRY_POLICY } from './retry-policy.ts';
+export type { ScheduleContext } from './schedule-context.ts';
+export type { TaskContext, TaskHandler, FailureHook } from './task-context.ts';
+export { TaskmillClient, type ClientOptions, type ScheduleOptions, type TaskInfo } from './client.ts';
+export { TaskmillNode, startNode, type NodeOptions, type NodeStats } from './node.ts';
+export { TaskmillError, type TaskmillErrorCode } from './errors.ts';
+export { openDatabase, startEmbeddedPostgres, type DatabaseHandle } from './database.ts';
+export { migrate, migrationStatus } from '../migrations/migrator.ts';
+export { encode, decode } from './codec.ts';

@@ -1,0 +1,106 @@
+/**
+ * Node configuration: validated once, at start, with messages that say what to change. Defaults are
+ * the named constants of the component each option belongs to.
+ */
+import { hostname } from 'node:os';
+import { z } from 'zod';
+import { PLANNER_DEFAULTS } from '../planner/planner.ts';
+import { DEFAULT_LEASE_TTL_MS } from '../planner/leader.ts';
+import { MAINTENANCE_DEFAULTS } from '../planner/maintenance.ts';
+import { validatePollingDelay } from '../planner/polling-delay.ts';
+import { COMPLETER_DEFAULTS } from './completer.ts';
+import { DISPATCHER_DEFAULTS } from './dispatcher.ts';
+import { TaskmillError } from './errors.ts';
+import { DEFAULT_HEARTBEAT_INTERVAL_MS } from './heartbeat.ts';
+import { isTaskDefinition, type TaskDefinition } from './task-definition.ts';
+
+export const NODE_DEFAULTS = {
+  /** distributed-task-framework `max-parallel-tasks-in-node`. */
+  maxParallelTasksInNode: 100,
+  heartbeatIntervalMs: DEFAULT_HEARTBEAT_INTERVAL_MS,
+  /** Fetch assigned tasks at least this often; NOTIFY from the planner wakes the fetcher sooner. */
+  fetchIntervalMs: 1_000,
+  /** Without notifications, nodes poll for assignments this often. */
+  fetchIntervalWithoutNotifyMs: 50,
+  shutdownGraceMs: 10_000,
+  poolSize: 10,
+};
+
+const positiveInt = z.number().int().positive();
+const ms = z.number().int().min(0);
+
+const plannerSchema = z
+  .object({
+    batchSize: positiveInt.max(100_000).default(PLANNER_DEFAULTS.batchSize),
+    planFactor: z.number().min(1).max(100).default(PLANNER_DEFAULTS.planFactor),
+    pollingDelay: z.record(z.string(), z.number()).default(PLANNER_DEFAULTS.pollingDelay),
+    nodeCpuLimit: z.number().gt(0).max(1).default(PLANNER_DEFAULTS.nodeCpuLimit),
+    leaseTtlMs: positiveInt.min(100).default(DEFAULT_LEASE_TTL_MS),
+    wakeDebounceMs: ms.max(10_000).default(PLANNER_DEFAULTS.wakeDebounceMs),
+    maintenanceIntervalMs: positiveInt.default(MAINTENANCE_DEFAULTS.intervalMs),
+  })
+  .strict();
+
+const schema = z
+  .object({
+    connectionString: z.string().min(1).optional(),
+    pool: z.any().optional(),
+    tasks: z.array(z.custom<TaskDefinition>(isTaskDefinition, 'expected definitions made by defineTask()')),
+    name: z.string().min(1).max(200).default(`${hostname()}-${process.pid}`),
+    maxParallelTasksInNode: positiveInt.max(100_000).default(NODE_DEFAULTS.maxParallelTasksInNode),
+    threads: positiveInt.max(256).default(DISPATCHER_DEFAULTS.threads),
+    maxBatchSize: positiveInt.max(10_000).default(DISPATCHER_DEFAULTS.maxBatchSize),
+    heartbeatIntervalMs: positiveInt.min(10).default(NODE_DEFAULTS.heartbeatIntervalMs),
+    nodeTimeoutMs: positiveInt.default(PLANNER_DEFAULTS.nodeTimeoutMs),
+    fetchIntervalMs: positiveInt.optional(),
+    planner: z.union([z.literal(false), plannerSchema]).default(plannerSchema.parse({})),
+    completer: z
+      .object({
+        batchSize: positiveInt.max(100_000).default(COMPLETER_DEFAULTS.batchSize),
+        flushIntervalMs: ms.max(60_000).default(COMPLETER_DEFAULTS.flushIntervalMs),
+        highWaterMark: positiveInt.default(COMPLETER_DEFAULTS.highWaterMark),
+      })
+      .strict()
+      .default({
+        batchSize: COMPLETER_DEFAULTS.batchSize,
+        flushIntervalMs: COMPLETER_DEFAULTS.flushIntervalMs,
+        highWaterMark: COMPLETER_DEFAULTS.highWaterMark,
+      }),
+    notifications: z.boolean().default(true),
+    shutdownGraceMs: ms.default(NODE_DEFAULTS.shutdownGraceMs),
+    abortGraceMs: ms.default(DISPATCHER_DEFAULTS.abortGraceMs),
+    historyRetentionMs: positiveInt.default(MAINTENANCE_DEFAULTS.historyRetentionMs),
+    migrate: z.boolean().default(true),
+    poolSize: positiveInt.max(1000).default(NODE_DEFAULTS.poolSize),
+    logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).optional(),
+    handleSignals: z.boolean().default(false),
+    workerExecArgv: z.array(z.string()).optional(),
+  })
+  .strict();
+
+export type NodeOptions = z.input<typeof schema> & { tasks: TaskDefinition[] };
+export type NodeConfig = z.output<typeof schema>;
+
+export function parseNodeConfig(options: NodeOptions): NodeConfig {
+  const parsed = schema.safeParse(options);
+  if (!parsed.success) {
+    throw new TaskmillError('INVALID_CONFIG', `Invalid node configuration: ${z.prettifyError(parsed.error)}`);
+  }
+  const config = parsed.data;
+  if (!config.pool && !config.connectionString && !process.env.DATABASE_URL) {
+    throw new TaskmillError('INVALID_CONFIG', 'No database: pass connectionString or pool, or set DATABASE_URL.');
+  }
+  if (config.heartbeatIntervalMs * 2 > config.nodeTimeoutMs) {
+    throw new TaskmillError(
+      'INVALID_CONFIG',
+      `nodeTimeoutMs (${config.nodeTimeoutMs}) must be at least twice heartbeatIntervalMs (${config.heartbeatIntervalMs}), or live nodes would be declared dead.`,
+    );
+  }
+  const names = new Set<string>();
+  for (const def of config.tasks) {
+    if (names.has(def.name)) throw new TaskmillError('INVALID_CONFIG', `Task ${def.name} is defined twice.`);
+    names.add(def.name);
+  }
+  if (config.planner) validatePollingDelay(config.planner.pollingDelay as Record<number, number>);
+  return config;
+}

@@ -1,0 +1,380 @@
+/**
+ * A taskmill node: the process-level composition of the runtime and, while it holds the lease, the
+ * planner. Path of a task through a node:
+ *   planner NOTIFY -> fetcher (assigned -> running) -> mailboxes -> dispatcher (worker threads)
+ *   -> outcome -> completer (batched, fenced commit) -> planner NOTIFY (capacity freed).
+ *
+ * States: starting -> running -> stopping -> stopped. `stop()` is idempotent and graceful: stop
+ * planning and fetching, hand queued tasks back, let running tasks finish within `shutdownGraceMs`
+ * (then abort them and hand them back), commit outcomes, release the lease and the node row.
+ * Owned by the main thread; the worker threads see only protocol.ts messages.
+ */
+import { EventEmitter } from 'node:events';
+import pg from 'pg';
+import { v4 as uuidv4 } from 'uuid';
+import { migrate, assertSchemaKnown } from '../migrations/migrator.ts';
+import { LEADER_CHANNEL, LeaderLease } from '../planner/leader.ts';
+import { Maintenance, type MaintenanceResult } from '../planner/maintenance.ts';
+import { Planner, type PassResult } from '../planner/planner.ts';
+import { TaskmillClient } from './client.ts';
+import { Completer, type FlushResult } from './completer.ts';
+import { Dispatcher, type Outcome } from './dispatcher.ts';
+import { Heartbeat } from './heartbeat.ts';
+import { Listener } from './listener.ts';
+import { createLogger, type Logger } from './logger.ts';
+import { Loop } from './loop.ts';
+import { Mailboxes } from './mailboxes.ts';
+import { NODE_DEFAULTS, parseNodeConfig, type NodeConfig, type NodeOptions } from './node-config.ts';
+import { nextRetryDelay } from './retry-policy.ts';
+import { assertHandlerExists, definitionRecord, type TaskDefinition } from './task-definition.ts';
+import { NODE_CHANNEL, PLANNER_CHANNEL, fetchAssignedTasks, releaseTasks, type FetchedTask } from './task-store.ts';
+
+export type { NodeOptions } from './node-config.ts';
+
+export interface NodeStats {
+  id: string;
+  name: string;
+  leader: boolean;
+  queued: number;
+  inFlight: number;
+  completed: number;
+  failed: number;
+  stale: number;
+}
+
+export interface TaskmillNodeEvents {
+  pass: [PassResult];
+  flush: [FlushResult];
+  leader: [boolean];
+  maintenance: [MaintenanceResult];
+  error: [unknown];
+}
+
+type Phase = 'starting' | 'running' | 'stopping' | 'stopped';
+
+export class TaskmillNode extends EventEmitter<TaskmillNodeEvents> {
+  readonly id = uuidv4();
+  readonly name: string;
+  readonly client: TaskmillClient;
+  readonly log: Logger;
+  private phase: Phase = 'starting';
+  private readonly pool: pg.Pool;
+  private readonly ownsPool: boolean;
+  private readonly defs: Map<string, TaskDefinition>;
+  private readonly mailboxes: Mailboxes<FetchedTask>;
+  private readonly dispatcher: Dispatcher;
+  private readonly completer: Completer;
+  private readonly heartbeat: Heartbeat;
+  private readonly fetcher: Loop<{ fetched: number }>;
+  private readonly lease: LeaderLease | undefined;
+  private readonly planner: Planner | undefined;
+  private readonly maintenance: Maintenance | undefined;
+  private readonly listener: Listener | undefined;
+  private readonly handedBack: string[] = [];
+  private pumpScheduled = false;
+  private stopping: Promise<void> | undefined;
+  private readonly counters = { completed: 0, failed: 0, stale: 0 };
+
+  /** Validates the configuration, migrates (unless told not to), registers and starts the node. */
+  static async start(options: NodeOptions): Promise<TaskmillNode> {
+    const config = parseNodeConfig(options);
+    for (const def of config.tasks) assertHandlerExists(def);
+    const node = new TaskmillNode(config);
+    try {
+      await node.init(config);
+    } catch (error) {
+      await node.stop().catch(() => {});
+      throw error;
+    }
+    return node;
+  }
+
+  private constructor(private readonly config: NodeConfig) {
+    super();
+    this.name = config.name;
+    this.log = createLogger(config.logLevel, { node: config.name });
+    const connectionString = config.connectionString ?? process.env.DATABASE_URL;
+    this.pool =
+      (config.pool as pg.Pool | undefined) ??
+      new pg.Pool({ connectionString, max: config.poolSize, application_name: `taskmill-node` });
+    this.ownsPool = !config.pool;
+    this.pool.on('error', (error) => this.fail(error));
+    this.client = new TaskmillClient({ pool: this.pool, notify: config.notifications });
+    this.defs = new Map(config.tasks.map((d) => [d.name, d]));
+    const onError = (error: unknown) => this.fail(error);
+
+    this.mailboxes = new Mailboxes((name) => this.defs.get(name)?.maxParallelInNode);
+    this.dispatcher = new Dispatcher({
+      handlers: Object.fromEntries(config.tasks.map((d) => [d.name, d.handler])),
+      timeoutOf: (name) => this.defs.get(name)?.timeoutMs,
+      onOutcome: (outcome) => this.onOutcome(outcome),
+      threads: config.threads,
+      maxBatchSize: config.maxBatchSize,
+      abortGraceMs: config.abortGraceMs,
+      execArgv: config.workerExecArgv,
+    });
+    this.completer = new Completer({
+      db: this.pool,
+      nodeId: this.id,
+      ...config.completer,
+      onFlush: (result) => {
+        this.counters.completed += result.completed;
+        this.counters.failed += result.failed;
+        this.counters.stale += result.stale;
+        if (result.stale > 0) this.log.warn({ stale: result.stale }, 'outcomes fenced out: tasks were reassigned');
+        this.emit('flush', result);
+      },
+      onError,
+    });
+    this.heartbeat = new Heartbeat({
+      db: this.pool,
+      node: { id: this.id, name: this.name, capacity: config.maxParallelTasksInNode, taskNames: [...this.defs.keys()] },
+      intervalMs: config.heartbeatIntervalMs,
+      inFlight: () => this.dispatcher.inFlight + this.mailboxes.size,
+      onReregistered: () => {
+        const dropped = this.mailboxes.drain();
+        this.log.warn({ dropped: dropped.length }, 'node was declared dead and re-registered; queued tasks dropped');
+      },
+      onError,
+    });
+    const fetchIntervalMs =
+      config.fetchIntervalMs ??
+      (config.notifications ? NODE_DEFAULTS.fetchIntervalMs : NODE_DEFAULTS.fetchIntervalWithoutNotifyMs);
+    this.fetcher = new Loop({
+      name: 'fetcher',
+      runOnce: () => this.fetchOnce(),
+      delayMs: () => fetchIntervalMs,
+      onError,
+    });
+    if (config.notifications) this.listener = new Listener(connectionString ?? '', onError);
+
+    if (config.planner) {
+      const p = config.planner;
+      this.lease = new LeaderLease({
+        db: this.pool,
+        nodeId: this.id,
+        ttlMs: p.leaseTtlMs,
+        onChange: (leader) => {
+          this.log.info({ leader }, leader ? 'became planner leader' : 'lost planner leadership');
+          if (leader) this.planner?.wake();
+          this.emit('leader', leader);
+        },
+        onError,
+      });
+      const isLeader = () => this.lease!.isLeader;
+      this.planner = new Planner({
+        db: this.pool,
+        isLeader,
+        batchSize: p.batchSize,
+        planFactor: p.planFactor,
+        pollingDelay: p.pollingDelay as Record<number, number>,
+        nodeTimeoutMs: config.nodeTimeoutMs,
+        nodeCpuLimit: p.nodeCpuLimit,
+        wakeDebounceMs: p.wakeDebounceMs,
+        onPass: (pass) => this.emit('pass', pass),
+        onError,
+      });
+      this.maintenance = new Maintenance({
+        db: this.pool,
+        isLeader,
+        nodeTimeoutMs: config.nodeTimeoutMs,
+        intervalMs: p.maintenanceIntervalMs,
+        historyRetentionMs: config.historyRetentionMs,
+        onResult: (result) => {
+          if (result.recovered > 0 || result.deadNodes > 0) this.log.warn(result, 'recovered tasks of dead nodes');
+          this.emit('maintenance', result);
+        },
+        onError,
+      });
+    }
+  }
+
+  private async init(config: NodeConfig): Promise<void> {
+    if (config.migrate) await migrate(this.pool);
+    else await assertSchemaKnown(this.pool);
+    await this.registerDefinitions();
+    if (this.listener) {
+      await this.listener.subscribe(NODE_CHANNEL, (payload, reconnected) => {
+        if (reconnected || payload === this.id) this.fetcher.wake();
+      });
+      if (this.planner) {
+        await this.listener.subscribe(PLANNER_CHANNEL, () => this.planner!.wake());
+        await this.listener.subscribe(LEADER_CHANNEL, () => this.lease!.wake());
+      }
+    }
+    await this.heartbeat.runOnce();
+    this.heartbeat.start();
+    this.fetcher.start();
+    if (this.lease) {
+      await this.lease.runOnce().catch((error) => this.fail(error));
+      this.lease.start();
+      this.planner!.start();
+      this.maintenance!.start();
+    }
+    if (config.handleSignals) {
+      const onSignal = (signal: NodeJS.Signals) => {
+        this.log.info({ signal }, 'signal received, stopping');
+        this.stop().then(
+          () => process.exit(0),
+          () => process.exit(1),
+        );
+      };
+      process.once('SIGINT', onSignal);
+      process.once('SIGTERM', onSignal);
+    }
+    this.phase = 'running';
+    this.log.info(
+      { id: this.id, tasks: [...this.defs.keys()], capacity: config.maxParallelTasksInNode, planner: !!this.planner },
+      'node started',
+    );
+  }
+
+  get isLeader(): boolean {
+    return this.lease?.isLeader ?? false;
+  }
+
+  get state(): Phase {
+    return this.phase;
+  }
+
+  stats(): NodeStats {
+    return {
+      id: this.id,
+      name: this.name,
+      leader: this.isLeader,
+      queued: this.mailboxes.size,
+      inFlight: this.dispatcher.inFlight,
+      ...this.counters,
+    };
+  }
+
+  /** Runs one planning pass now (when leader); for tests and tools. */
+  planOnce(): Promise<PassResult> {
+    if (!this.planner) throw new Error('this node runs without a planner');
+    return this.planner.runOnce();
+  }
+
+  stop(): Promise<void> {
+    this.stopping ??= this.shutdown();
+    return this.stopping;
+  }
+
+  private async shutdown(): Promise<void> {
+    this.phase = 'stopping';
+    const deadline = Date.now() + this.config.shutdownGraceMs;
+    await this.pool.query(`update tm_nodes set capacity = 0 where id = $1`, [this.id]).catch(() => {});
+    await this.listener?.close();
+    await this.planner?.stop();
+    await this.maintenance?.stop();
+    await this.lease?.stop().catch((error) => this.fail(error));
+    await this.fetcher.stop();
+
+    const queued = this.mailboxes.drain().map((t) => t.id);
+    await this.waitForInFlight(deadline);
+    if (this.dispatcher.inFlight > 0) {
+      this.log.warn({ inFlight: this.dispatcher.inFlight }, 'grace period over: aborting running tasks');
+      for (const id of this.runningIds()) this.dispatcher.abort(id, 'shutdown');
+      await this.waitForInFlight(Date.now() + this.config.abortGraceMs + 1_000);
+    }
+    const left = await this.completer.drain(Date.now() + Math.max(5_000, this.config.shutdownGraceMs));
+    if (left > 0) this.log.error({ left }, 'outcomes not committed; the planner will take these tasks back');
+    // Hand back what was queued or aborted, and anything assigned after the fetcher stopped.
+    const released = await releaseTasks(this.pool, this.id).catch((error) => (this.fail(error), 0));
+    await this.heartbeat.stop().catch((error) => this.fail(error));
+    await this.dispatcher.destroy();
+    if (this.ownsPool) await this.pool.end();
+    this.phase = 'stopped';
+    this.log.info({ handedBack: released, queued: queued.length + this.handedBack.length }, 'node stopped');
+  }
+
+  private runningIds(): string[] {
+    return this.dispatcher.runningIds();
+  }
+
+  private async waitForInFlight(deadline: number): Promise<void> {
+    while (this.dispatcher.inFlight > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+  }
+
+  private async fetchOnce(): Promise<{ fetched: number }> {
+    if (this.phase === 'stopping') return { fetched: 0 };
+    const tasks = await fetchAssignedTasks(this.pool, this.id);
+    for (const task of tasks) this.mailboxes.push(task);
+    if (tasks.length > 0) this.pump();
+    return { fetched: tasks.length };
+  }
+
+  /** Coalesces dispatch requests into one pass per turn of the event loop. */
+  private pump(): void {
+    if (this.pumpScheduled) return;
+    this.pumpScheduled = true;
+    setImmediate(() => {
+      this.pumpScheduled = false;
+      this.dispatchReady();
+    });
+  }
+
+  private dispatchReady(): void {
+    if (this.mailboxes.size === 0) return;
+    if (this.completer.saturated) {
+      this.completer.whenDrained().then(() => this.pump());
+      return;
+    }
+    const room = this.config.maxParallelTasksInNode - this.dispatcher.inFlight;
+    if (room <= 0) return;
+    const tasks = this.mailboxes.take(room);
+    if (tasks.length > 0) this.dispatcher.dispatch(tasks);
+  }
+
+  private onOutcome(outcome: Outcome): void {
+    const { task } = outcome;
+    this.mailboxes.release(task);
+    this.pump();
+    if (outcome.ok) {
+      this.completer.succeed({ id: task.id, assignment: task.assignment, result: outcome.result, children: outcome.children });
+      return;
+    }
+    if (outcome.reason === 'shutdown') {
+      this.handedBack.push(task.id);
+      return;
+    }
+    const def = this.defs.get(task.name);
+    const failures = task.attempt + 1;
+    const retryDelayMs =
+      outcome.stopRetry || !def ? undefined : nextRetryDelay(def.retry, failures, Date.now() - task.created_at.getTime());
+    this.log.debug({ task: task.id, name: task.name, error: outcome.error.message, retryDelayMs }, 'task failed');
+    this.completer.fail({
+      id: task.id,
+      assignment: task.assignment,
+      error: formatError(outcome.error),
+      retryDelayMs: retryDelayMs ?? null,
+      deadLetter: def?.deadLetter ?? true,
+    });
+  }
+
+  private async registerDefinitions(): Promise<void> {
+    const defs = [...this.defs.values()];
+    if (defs.length === 0) return;
+    await this.pool.query(
+      `insert into tm_task_defs (name, max_parallel_in_cluster, options)
+       select * from unnest($1::text[], $2::integer[], $3::jsonb[])
+       on conflict (name) do update set max_parallel_in_cluster = excluded.max_parallel_in_cluster,
+         options = excluded.options, updated_at = now()`,
+      [defs.map((d) => d.name), defs.map((d) => d.maxParallelInCluster ?? null), defs.map((d) => JSON.stringify(definitionRecord(d)))],
+    );
+  }
+
+  private fail(error: unknown): void {
+    this.log.error({ err: error }, 'node error');
+    if (this.listenerCount('error') > 0) this.emit('error', error);
+  }
+}
+
+function formatError(error: { name: string; message: string; code?: string; stack?: string }): string {
+  const head = `${error.name}${error.code ? ` [${error.code}]` : ''}: ${error.message}`;
+  return error.stack && error.stack.startsWith(`${error.name}`) ? error.stack : head;
+}
+
+/** Starts a node; see NodeOptions. */
+export function startNode(options: NodeOptions): Promise<TaskmillNode> {
+  return TaskmillNode.start(options);
+}

@@ -1,0 +1,75 @@
+/**
+ * The typed protocol between the main thread (dispatcher.ts) and worker threads (worker.ts).
+ *
+ * A batch goes to a thread as one Piscina `run()`: task envelopes plus one ArrayBuffer holding every
+ * message back to back (transferred, not copied; only the worker decodes), and a MessagePort. The
+ * worker reports each task's outcome on the port as soon as that task ends, so a slow task does not
+ * hold back the others; the run() resolves when the whole batch has ended. The main thread sends
+ * aborts (timeout, cancel, shutdown) for single tasks on the same port.
+ */
+import type { MessagePort } from 'node:worker_threads';
+import type { NewTask } from './schedule-context.ts';
+
+/** workerData of every thread: how to load each task the node runs. */
+export interface WorkerInit {
+  handlers: Record<string, string>;
+}
+
+export interface TaskEnvelope {
+  id: string;
+  name: string;
+  /** Byte range of the message in BatchRequest.messages. */
+  offset: number;
+  length: number;
+  attempt: number;
+  workflowId: string;
+  workflowCreatedAt: string;
+  affinityGroup: string | null;
+  affinity: string | null;
+  parentId: string | null;
+}
+
+export interface BatchRequest {
+  tasks: TaskEnvelope[];
+  messages: ArrayBuffer;
+  port: MessagePort;
+}
+
+export interface SerializedError {
+  name: string;
+  message: string;
+  stack?: string;
+  code?: string;
+}
+
+export type WorkerEvent =
+  | { type: 'done'; id: string; result: Uint8Array | null; children: NewTask[] }
+  | { type: 'failed'; id: string; error: SerializedError; stopRetry: boolean };
+
+export type AbortReason = 'timeout' | 'cancel' | 'shutdown';
+
+export interface AbortMessage {
+  type: 'abort';
+  id: string;
+  reason: AbortReason;
+}
+
+export function serializeError(error: unknown): SerializedError {
+  if (error instanceof Error) {
+    return {
+      name: error.name,
+      message: error.message,
+      stack: error.stack,
+      code: (error as { code?: unknown }).code === undefined ? undefined : String((error as { code?: unknown }).code),
+    };
+  }
+  return { name: 'Error', message: `non-Error value thrown: ${safeString(error)}` };
+}
+
+function safeString(value: unknown): string {
+  try {
+    return typeof value === 'string' ? value : JSON.stringify(value);
+  } catch {
+    return String(value);
+  }
+}
