@@ -41,12 +41,12 @@ export interface MigrationStatus {
 type Queryable = Pick<pg.Pool, 'query' | 'connect'>;
 
 export async function migrationStatus(db: Queryable): Promise<MigrationStatus> {
-  const { rows } = await db.query<{ version: number }>(
-    `select version from taskmill_migrations order by version`,
-  ).catch((error: { code?: string }) => {
-    if (error.code === '42P01') return { rows: [] as { version: number }[] };
-    throw error;
-  });
+  const { rows } = await db
+    .query<{ version: number }>(`select version from taskmill_migrations order by version`)
+    .catch((error: { code?: string }) => {
+      if (error.code === '42P01') return { rows: [] as { version: number }[] };
+      throw error;
+    });
   const applied = rows.map((r) => r.version);
   return {
     applied,
@@ -83,9 +83,13 @@ export async function migrate(db: Queryable): Promise<number[]> {
         await client.query('commit');
       } catch (error) {
         await client.query('rollback');
-        throw new TaskmillError('INVALID_CONFIG', `Migration ${migration.name} failed: ${(error as Error).message}`, {
-          cause: error,
-        });
+        throw new TaskmillError(
+          'INVALID_CONFIG',
+          `Migration ${migration.name} failed: ${(error as Error).message}`,
+          {
+            cause: error,
+          },
+        );
       }
     }
   } finally {

@@ -57,7 +57,10 @@ export class Maintenance {
 
   async runOnce(): Promise<MaintenanceResult> {
     if (!this.options.isLeader()) return { deadNodes: 0, recovered: 0, purgedHistory: 0 };
-    const result = { ...(await recoverDeadNodes(this.options.db, this.options.nodeTimeoutMs)), purgedHistory: 0 };
+    const result = {
+      ...(await recoverDeadNodes(this.options.db, this.options.nodeTimeoutMs)),
+      purgedHistory: 0,
+    };
     const retention = this.options.historyRetentionMs ?? MAINTENANCE_DEFAULTS.historyRetentionMs;
     const purged = await this.options.db.query(
       `delete from tm_history where id in (

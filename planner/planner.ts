@@ -15,7 +15,12 @@ import type pg from 'pg';
 import { Loop, type Timers } from '../runtime/loop.ts';
 import { NODE_CHANNEL } from '../runtime/task-store.ts';
 import { assignTasks, type Candidate, type NodeSlots } from './assignment.ts';
-import { DEFAULT_POLLING_DELAY, pollingDelayFor, validatePollingDelay, type PollingDelayMap } from './polling-delay.ts';
+import {
+  DEFAULT_POLLING_DELAY,
+  pollingDelayFor,
+  validatePollingDelay,
+  type PollingDelayMap,
+} from './polling-delay.ts';
 
 /** Arbitrary constant shared by every taskmill process: the advisory lock key of a planning pass. */
 const PLANNER_LOCK_KEY = 7_300_416_002;
@@ -144,7 +149,9 @@ export class Planner {
 
   private async pass(client: pg.PoolClient) {
     const none = { leader: true, claimed: 0, assigned: 0, freeSlots: 0, capacityLimited: false };
-    const lock = await client.query<{ ok: boolean }>('select pg_try_advisory_xact_lock($1) as ok', [PLANNER_LOCK_KEY]);
+    const lock = await client.query<{ ok: boolean }>('select pg_try_advisory_xact_lock($1) as ok', [
+      PLANNER_LOCK_KEY,
+    ]);
     if (!lock.rows[0].ok) return { ...none, leader: false };
 
     const { rows: live } = await client.query<LiveNode>(
@@ -174,7 +181,11 @@ export class Planner {
     const saturated = limits.filter((l) => l.held >= l.max).map((l) => l.name);
 
     const limit = Math.min(this.cfg.batchSize, freeSlots);
-    const { rows: candidates } = await client.query<Candidate>(CLAIM_READY_TASKS, [limit, runnable, saturated]);
+    const { rows: candidates } = await client.query<Candidate>(CLAIM_READY_TASKS, [
+      limit,
+      runnable,
+      saturated,
+    ]);
     const plan = assignTasks(candidates, nodes, budget);
     if (plan.taskIds.length > 0) {
       await client.query(

@@ -14,7 +14,10 @@ export const DEFAULT_POLLING_DELAY: PollingDelayMap = { 0: 1000, 1: 50, 100: 10,
 export function validatePollingDelay(map: PollingDelayMap): [number, number][] {
   const entries = Object.entries(map).map(([k, v]) => [Number(k), v] as [number, number]);
   if (entries.length === 0 || !entries.some(([k]) => k === 0)) {
-    throw new TaskmillError('INVALID_CONFIG', 'pollingDelay needs an entry for 0 tasks, e.g. {0: 1000, 100: 0}.');
+    throw new TaskmillError(
+      'INVALID_CONFIG',
+      'pollingDelay needs an entry for 0 tasks, e.g. {0: 1000, 100: 0}.',
+    );
   }
   for (const [k, v] of entries) {
     if (!Number.isInteger(k) || k < 0 || !Number.isFinite(v) || v < 0 || v > 3_600_000) {

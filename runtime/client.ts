@@ -37,15 +37,23 @@ export class TaskmillClient {
   constructor(options: ClientOptions = {}) {
     const connectionString = options.connectionString ?? process.env.DATABASE_URL;
     if (!options.pool && !connectionString) {
-      throw new TaskmillError('INVALID_CONFIG', 'No database: pass connectionString or pool, or set DATABASE_URL.');
+      throw new TaskmillError(
+        'INVALID_CONFIG',
+        'No database: pass connectionString or pool, or set DATABASE_URL.',
+      );
     }
-    this.pool = options.pool ?? new pg.Pool({ connectionString, max: 10, application_name: 'taskmill-client' });
+    this.pool =
+      options.pool ?? new pg.Pool({ connectionString, max: 10, application_name: 'taskmill-client' });
     this.ownsPool = !options.pool;
     this.notify = options.notify ?? true;
   }
 
   /** Schedules one task; returns its id. */
-  async schedule<M>(def: TaskDefinition<M> | string, ctx?: ScheduleContext<M>, options?: ScheduleOptions): Promise<string> {
+  async schedule<M>(
+    def: TaskDefinition<M> | string,
+    ctx?: ScheduleContext<M>,
+    options?: ScheduleOptions,
+  ): Promise<string> {
     const [id] = await this.scheduleMany(def, [ctx ?? {}], options);
     return id;
   }
@@ -56,7 +64,8 @@ export class TaskmillClient {
     ctxs: ScheduleContext<M>[],
     options: ScheduleOptions = {},
   ): Promise<string[]> {
-    if (!Array.isArray(ctxs)) throw new TaskmillError('INVALID_ARGUMENT', 'scheduleMany() takes an array of contexts.');
+    if (!Array.isArray(ctxs))
+      throw new TaskmillError('INVALID_ARGUMENT', 'scheduleMany() takes an array of contexts.');
     const definition = await this.resolve(def);
     const rows: NewTask[] = ctxs.map((ctx) => newTask(definition, ctx));
     await this.insert(rows, options.client);
@@ -74,7 +83,8 @@ export class TaskmillClient {
 
   /** A task wherever it is (pending, history, dead letters); undefined when unknown or past retention. */
   async getTask<R = unknown>(id: string): Promise<TaskInfo<R> | undefined> {
-    if (!isUuid(id)) throw new TaskmillError('INVALID_ARGUMENT', `Task id must be a UUID, got ${JSON.stringify(id)}.`);
+    if (!isUuid(id))
+      throw new TaskmillError('INVALID_ARGUMENT', `Task id must be a UUID, got ${JSON.stringify(id)}.`);
     const record = await findTask(this.pool, id).catch((error) => {
       throw isUndefinedTable(error) ? notMigratedError(error) : error;
     });
@@ -101,7 +111,10 @@ export class TaskmillClient {
   private async resolve<M>(def: TaskDefinition<M> | string): Promise<TaskDefinition<M>> {
     if (isTaskDefinition(def)) return def as TaskDefinition<M>;
     if (typeof def !== 'string') {
-      throw new TaskmillError('INVALID_ARGUMENT', 'schedule() takes a definition from defineTask() or a task name.');
+      throw new TaskmillError(
+        'INVALID_ARGUMENT',
+        'schedule() takes a definition from defineTask() or a task name.',
+      );
     }
     let known = this.registered.get(def);
     if (!known) {
@@ -111,7 +124,10 @@ export class TaskmillClient {
           throw isUndefinedTable(error) ? notMigratedError(error) : error;
         });
       if (rows.length === 0) {
-        throw new TaskmillError('UNKNOWN_TASK', `Unknown task ${JSON.stringify(def)}: no node has registered it.`);
+        throw new TaskmillError(
+          'UNKNOWN_TASK',
+          `Unknown task ${JSON.stringify(def)}: no node has registered it.`,
+        );
       }
       known = { ...rows[0].options, name: def } as TaskDefinition;
       this.registered.set(def, known);

@@ -14,9 +14,13 @@ export function encode(value: unknown, what = 'message'): Buffer {
   try {
     return packr.pack(value);
   } catch (error) {
-    throw new TaskmillError('ENCODE_FAILED', `The ${what} cannot be encoded as msgpack: ${(error as Error).message}`, {
-      cause: error,
-    });
+    throw new TaskmillError(
+      'ENCODE_FAILED',
+      `The ${what} cannot be encoded as msgpack: ${(error as Error).message}`,
+      {
+        cause: error,
+      },
+    );
   }
 }
 
@@ -33,7 +37,10 @@ function assertEncodable(value: unknown, what: string, depth: number, path: unkn
   if (value === null || type !== 'object') return;
   if (ArrayBuffer.isView(value) || value instanceof Date) return;
   if (depth > MAX_DEPTH || path.includes(value)) {
-    throw new TaskmillError('ENCODE_FAILED', `The ${what} is circular or nested deeper than ${MAX_DEPTH} levels.`);
+    throw new TaskmillError(
+      'ENCODE_FAILED',
+      `The ${what} is circular or nested deeper than ${MAX_DEPTH} levels.`,
+    );
   }
   path.push(value);
   const children =

@@ -111,7 +111,8 @@ export class Completer {
     try {
       const accepted = new Set<string>();
       if (successes.length > 0) {
-        for (const id of await completeTasks(this.options.db, this.options.nodeId, successes)) accepted.add(id);
+        for (const id of await completeTasks(this.options.db, this.options.nodeId, successes))
+          accepted.add(id);
         result.completed = accepted.size;
       }
       if (failures.length > 0) {

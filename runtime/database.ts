@@ -80,7 +80,14 @@ export async function startEmbeddedPostgres(options: EmbeddedOptions = {}): Prom
     createPostgresUser: process.getuid?.() === 0,
     // Benchmarks and tests need a realistic but disposable server: fsync stays on (durability is part of
     // what we measure), connections are raised for multi-node runs.
-    postgresFlags: ['-c', 'max_connections=300', '-c', 'shared_buffers=256MB', '-c', 'listen_addresses=127.0.0.1'],
+    postgresFlags: [
+      '-c',
+      'max_connections=300',
+      '-c',
+      'shared_buffers=256MB',
+      '-c',
+      'listen_addresses=127.0.0.1',
+    ],
     onLog: options.onLog ?? (() => {}),
     onError: (error: unknown) => options.onLog?.(String(error)),
   });

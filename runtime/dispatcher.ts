@@ -15,7 +15,14 @@ import { availableParallelism } from 'node:os';
 import { MessageChannel } from 'node:worker_threads';
 import { Piscina } from 'piscina';
 import { TaskmillError } from './errors.ts';
-import type { AbortReason, BatchRequest, SerializedError, TaskEnvelope, WorkerEvent, WorkerInit } from './protocol.ts';
+import type {
+  AbortReason,
+  BatchRequest,
+  SerializedError,
+  TaskEnvelope,
+  WorkerEvent,
+  WorkerInit,
+} from './protocol.ts';
 import type { NewTask } from './schedule-context.ts';
 import type { FetchedTask } from './task-store.ts';
 
@@ -152,7 +159,9 @@ export class Dispatcher {
     if (alone) {
       const timeoutMs = this.options.timeoutOf(tasks[0].name);
       if (timeoutMs !== undefined) {
-        this.running.get(tasks[0].id)!.timers.push(setTimeout(() => this.abort(tasks[0].id, 'timeout'), timeoutMs));
+        this.running
+          .get(tasks[0].id)!
+          .timers.push(setTimeout(() => this.abort(tasks[0].id, 'timeout'), timeoutMs));
       }
     }
 
@@ -165,14 +174,18 @@ export class Dispatcher {
       if (finished || !settled || !portClosed) return;
       finished = true;
       const pending = tasks.filter((t) => this.running.get(t.id)?.port === port1);
-      if (pending.length > 0) this.batchDied(pending, alone, settled.error ?? new Error('no outcome reported'));
+      if (pending.length > 0)
+        this.batchDied(pending, alone, settled.error ?? new Error('no outcome reported'));
     };
     port1.on('close', () => {
       portClosed = true;
       finishBatch();
     });
     this.pool
-      .run({ tasks: envelopes, messages, port: port2 }, { transferList: [messages, port2], signal: hardAbort.signal })
+      .run(
+        { tasks: envelopes, messages, port: port2 },
+        { transferList: [messages, port2], signal: hardAbort.signal },
+      )
       .then(
         () => (settled = { error: undefined }),
         (error: unknown) => (settled = { error }),
@@ -191,7 +204,12 @@ export class Dispatcher {
     const running = this.finish(event.id);
     if (!running) return;
     if (event.type === 'done') {
-      this.options.onOutcome({ task: running.task, ok: true, result: event.result, children: event.children });
+      this.options.onOutcome({
+        task: running.task,
+        ok: true,
+        result: event.result,
+        children: event.children,
+      });
     } else {
       const cancelled = running.reason === 'cancel';
       this.options.onOutcome({
@@ -225,10 +243,19 @@ export class Dispatcher {
     const reason = running.reason;
     const failure =
       reason === 'timeout'
-        ? new TaskmillError('TASK_TIMEOUT', `Task ${running.task.name} exceeded its timeout and its worker thread was terminated.`)
+        ? new TaskmillError(
+            'TASK_TIMEOUT',
+            `Task ${running.task.name} exceeded its timeout and its worker thread was terminated.`,
+          )
         : reason
-          ? new TaskmillError('TASK_CANCELLED', `Task ${running.task.name} was aborted (${reason}) and its worker thread terminated.`)
-          : new TaskmillError('WORKER_EXITED', `The worker thread running task ${running.task.name} died: ${(error as Error)?.message ?? error}`);
+          ? new TaskmillError(
+              'TASK_CANCELLED',
+              `Task ${running.task.name} was aborted (${reason}) and its worker thread terminated.`,
+            )
+          : new TaskmillError(
+              'WORKER_EXITED',
+              `The worker thread running task ${running.task.name} died: ${(error as Error)?.message ?? error}`,
+            );
     this.options.onOutcome({
       task: running.task,
       ok: false,
@@ -253,7 +280,10 @@ export function workerExecArgv(): string[] {
   const argv = process.execArgv;
   for (let i = 0; i < argv.length; i++) {
     const flag = argv[i];
-    if ((flag === '--import' || flag === '--require' || flag === '--loader') && /tsx/.test(argv[i + 1] ?? '')) {
+    if (
+      (flag === '--import' || flag === '--require' || flag === '--loader') &&
+      /tsx/.test(argv[i + 1] ?? '')
+    ) {
       i++;
       continue;
     }

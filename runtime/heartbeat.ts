@@ -66,7 +66,8 @@ export class Heartbeat {
   /** Stops beating and removes the node row. */
   async stop(): Promise<void> {
     await this.loop.stop();
-    if (this.beats > 0) await this.options.db.query(`delete from tm_nodes where id = $1`, [this.options.node.id]);
+    if (this.beats > 0)
+      await this.options.db.query(`delete from tm_nodes where id = $1`, [this.options.node.id]);
   }
 
   /** Share of the machine's CPU this process used since the last beat (0..1). */

@@ -1,5 +1,11 @@
 /** taskmill's public API. */
-export { defineTask, type TaskDefinition, type TaskDefinitionInput, type AffinityMode, type ExecutionGuarantee } from './task-definition.ts';
+export {
+  defineTask,
+  type TaskDefinition,
+  type TaskDefinitionInput,
+  type AffinityMode,
+  type ExecutionGuarantee,
+} from './task-definition.ts';
 export type { RetryPolicy, RetryPolicyInput } from './retry-policy.ts';
 export { DEFAULT_RETRY_POLICY } from './retry-policy.ts';
 export type { ScheduleContext } from './schedule-context.ts';

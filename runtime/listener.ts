@@ -41,7 +41,10 @@ export class Listener {
   }
 
   private async connect(): Promise<void> {
-    const client = new pg.Client({ connectionString: this.connectionString, application_name: 'taskmill-listen' });
+    const client = new pg.Client({
+      connectionString: this.connectionString,
+      application_name: 'taskmill-listen',
+    });
     client.on('notification', (msg) => {
       for (const handler of this.handlers.get(msg.channel) ?? []) handler(msg.payload ?? '', false);
     });

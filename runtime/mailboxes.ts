@@ -80,7 +80,10 @@ export class Mailboxes<T extends MailboxTask> {
       for (const [name, queue] of this.free) {
         if (out.length >= max) break;
         const limit = this.limitOf(name);
-        const room = limit === undefined ? max - out.length : Math.min(max - out.length, limit - (this.running.get(name) ?? 0));
+        const room =
+          limit === undefined
+            ? max - out.length
+            : Math.min(max - out.length, limit - (this.running.get(name) ?? 0));
         for (let i = 0; i < room && queue.length > 0; i++) {
           this.started(queue.shift()!, out);
           progress = true;

@@ -88,7 +88,10 @@ export function parseNodeConfig(options: NodeOptions): NodeConfig {
   }
   const config = parsed.data;
   if (!config.pool && !config.connectionString && !process.env.DATABASE_URL) {
-    throw new TaskmillError('INVALID_CONFIG', 'No database: pass connectionString or pool, or set DATABASE_URL.');
+    throw new TaskmillError(
+      'INVALID_CONFIG',
+      'No database: pass connectionString or pool, or set DATABASE_URL.',
+    );
   }
   if (config.heartbeatIntervalMs * 2 > config.nodeTimeoutMs) {
     throw new TaskmillError(

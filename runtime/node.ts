@@ -27,7 +27,13 @@ import { Mailboxes } from './mailboxes.ts';
 import { NODE_DEFAULTS, parseNodeConfig, type NodeConfig, type NodeOptions } from './node-config.ts';
 import { nextRetryDelay } from './retry-policy.ts';
 import { assertHandlerExists, definitionRecord, type TaskDefinition } from './task-definition.ts';
-import { NODE_CHANNEL, PLANNER_CHANNEL, fetchAssignedTasks, releaseTasks, type FetchedTask } from './task-store.ts';
+import {
+  NODE_CHANNEL,
+  PLANNER_CHANNEL,
+  fetchAssignedTasks,
+  releaseTasks,
+  type FetchedTask,
+} from './task-store.ts';
 
 export type { NodeOptions } from './node-config.ts';
 
@@ -121,19 +127,28 @@ export class TaskmillNode extends EventEmitter<TaskmillNodeEvents> {
         this.counters.completed += result.completed;
         this.counters.failed += result.failed;
         this.counters.stale += result.stale;
-        if (result.stale > 0) this.log.warn({ stale: result.stale }, 'outcomes fenced out: tasks were reassigned');
+        if (result.stale > 0)
+          this.log.warn({ stale: result.stale }, 'outcomes fenced out: tasks were reassigned');
         this.emit('flush', result);
       },
       onError,
     });
     this.heartbeat = new Heartbeat({
       db: this.pool,
-      node: { id: this.id, name: this.name, capacity: config.maxParallelTasksInNode, taskNames: [...this.defs.keys()] },
+      node: {
+        id: this.id,
+        name: this.name,
+        capacity: config.maxParallelTasksInNode,
+        taskNames: [...this.defs.keys()],
+      },
       intervalMs: config.heartbeatIntervalMs,
       inFlight: () => this.dispatcher.inFlight + this.mailboxes.size,
       onReregistered: () => {
         const dropped = this.mailboxes.drain();
-        this.log.warn({ dropped: dropped.length }, 'node was declared dead and re-registered; queued tasks dropped');
+        this.log.warn(
+          { dropped: dropped.length },
+          'node was declared dead and re-registered; queued tasks dropped',
+        );
       },
       onError,
     });
@@ -181,7 +196,8 @@ export class TaskmillNode extends EventEmitter<TaskmillNodeEvents> {
         intervalMs: p.maintenanceIntervalMs,
         historyRetentionMs: config.historyRetentionMs,
         onResult: (result) => {
-          if (result.recovered > 0 || result.deadNodes > 0) this.log.warn(result, 'recovered tasks of dead nodes');
+          if (result.recovered > 0 || result.deadNodes > 0)
+            this.log.warn(result, 'recovered tasks of dead nodes');
           this.emit('maintenance', result);
         },
         onError,
@@ -224,7 +240,12 @@ export class TaskmillNode extends EventEmitter<TaskmillNodeEvents> {
     }
     this.phase = 'running';
     this.log.info(
-      { id: this.id, tasks: [...this.defs.keys()], capacity: config.maxParallelTasksInNode, planner: !!this.planner },
+      {
+        id: this.id,
+        tasks: [...this.defs.keys()],
+        capacity: config.maxParallelTasksInNode,
+        planner: !!this.planner,
+      },
       'node started',
     );
   }
@@ -330,7 +351,12 @@ export class TaskmillNode extends EventEmitter<TaskmillNodeEvents> {
     this.mailboxes.release(task);
     this.pump();
     if (outcome.ok) {
-      this.completer.succeed({ id: task.id, assignment: task.assignment, result: outcome.result, children: outcome.children });
+      this.completer.succeed({
+        id: task.id,
+        assignment: task.assignment,
+        result: outcome.result,
+        children: outcome.children,
+      });
       return;
     }
     if (outcome.reason === 'shutdown') {
@@ -340,8 +366,13 @@ export class TaskmillNode extends EventEmitter<TaskmillNodeEvents> {
     const def = this.defs.get(task.name);
     const failures = task.attempt + 1;
     const retryDelayMs =
-      outcome.stopRetry || !def ? undefined : nextRetryDelay(def.retry, failures, Date.now() - task.created_at.getTime());
-    this.log.debug({ task: task.id, name: task.name, error: outcome.error.message, retryDelayMs }, 'task failed');
+      outcome.stopRetry || !def
+        ? undefined
+        : nextRetryDelay(def.retry, failures, Date.now() - task.created_at.getTime());
+    this.log.debug(
+      { task: task.id, name: task.name, error: outcome.error.message, retryDelayMs },
+      'task failed',
+    );
     this.completer.fail({
       id: task.id,
       assignment: task.assignment,
@@ -359,7 +390,11 @@ export class TaskmillNode extends EventEmitter<TaskmillNodeEvents> {
        select * from unnest($1::text[], $2::integer[], $3::jsonb[])
        on conflict (name) do update set max_parallel_in_cluster = excluded.max_parallel_in_cluster,
          options = excluded.options, updated_at = now()`,
-      [defs.map((d) => d.name), defs.map((d) => d.maxParallelInCluster ?? null), defs.map((d) => JSON.stringify(definitionRecord(d)))],
+      [
+        defs.map((d) => d.name),
+        defs.map((d) => d.maxParallelInCluster ?? null),
+        defs.map((d) => JSON.stringify(definitionRecord(d))),
+      ],
     );
   }
 
@@ -371,7 +406,8 @@ export class TaskmillNode extends EventEmitter<TaskmillNodeEvents> {
 
 function formatError(error: { name: string; message: string; code?: string; stack?: string }): string {
   const head = `${error.name}${error.code ? ` [${error.code}]` : ''}: ${error.message}`;
-  return error.stack && error.stack.startsWith(`${error.name}`) ? error.stack : head;
+  const frames = error.stack?.split('\n').filter((line) => line.startsWith('    at ')) ?? [];
+  return [head, ...frames].join('\n');
 }
 
 /** Starts a node; see NodeOptions. */

@@ -60,7 +60,10 @@ export function serializeError(error: unknown): SerializedError {
       name: error.name,
       message: error.message,
       stack: error.stack,
-      code: (error as { code?: unknown }).code === undefined ? undefined : String((error as { code?: unknown }).code),
+      code:
+        (error as { code?: unknown }).code === undefined
+          ? undefined
+          : String((error as { code?: unknown }).code),
     };
   }
   return { name: 'Error', message: `non-Error value thrown: ${safeString(error)}` };

@@ -47,7 +47,11 @@ export const DEFAULT_RETRY_POLICY: RetryPolicy = { mode: 'BACKOFF', ...DEFAULT_B
  * Delay before the next attempt, or undefined when the task must not be retried.
  * `failures` counts failed attempts including the one that just ended (1 after the first failure).
  */
-export function nextRetryDelay(policy: RetryPolicy, failures: number, failingForMs: number): number | undefined {
+export function nextRetryDelay(
+  policy: RetryPolicy,
+  failures: number,
+  failingForMs: number,
+): number | undefined {
   switch (policy.mode) {
     case 'OFF':
       return undefined;

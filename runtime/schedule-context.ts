@@ -63,7 +63,9 @@ export function newTask(def: TaskDefinition, ctx: ScheduleContext = {}, inherite
   if (typeof ctx !== 'object' || ctx === null) throw invalid('the schedule context must be an object');
   const { delayMs, runAt, priority, workflowId, affinityGroup, affinity } = ctx;
   if (delayMs !== undefined && !(Number.isFinite(delayMs) && delayMs >= 0 && delayMs <= MAX_DELAY_MS)) {
-    throw invalid(`delayMs must be a number of milliseconds between 0 and ${MAX_DELAY_MS}, got ${String(delayMs)}`);
+    throw invalid(
+      `delayMs must be a number of milliseconds between 0 and ${MAX_DELAY_MS}, got ${String(delayMs)}`,
+    );
   }
   if (runAt !== undefined && !(runAt instanceof Date && Number.isFinite(runAt.getTime()))) {
     throw invalid('runAt must be a valid Date');
@@ -72,14 +74,16 @@ export function newTask(def: TaskDefinition, ctx: ScheduleContext = {}, inherite
   if (priority !== undefined && !(Number.isInteger(priority) && Math.abs(priority) <= 1_000_000)) {
     throw invalid(`priority must be an integer between -1000000 and 1000000, got ${String(priority)}`);
   }
-  if (workflowId !== undefined && !isUuid(workflowId)) throw invalid(`workflowId must be a UUID, got ${String(workflowId)}`);
+  if (workflowId !== undefined && !isUuid(workflowId))
+    throw invalid(`workflowId must be a UUID, got ${String(workflowId)}`);
   if (affinityGroup !== undefined && affinity === undefined) {
     throw invalid('affinityGroup was given without affinity: give both, or affinity alone');
   }
   if (affinity !== undefined && (typeof affinity !== 'string' || affinity.length === 0)) {
     throw invalid('affinity must be a non-empty string');
   }
-  if (affinityGroup !== undefined && typeof affinityGroup !== 'string') throw invalid('affinityGroup must be a string');
+  if (affinityGroup !== undefined && typeof affinityGroup !== 'string')
+    throw invalid('affinityGroup must be a string');
 
   const sameWorkflow = inherited && (workflowId === undefined || workflowId === inherited.workflowId);
   const explicitAffinity = affinity !== undefined;

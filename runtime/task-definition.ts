@@ -8,7 +8,12 @@ import { fileURLToPath, pathToFileURL } from 'node:url';
 import path from 'node:path';
 import { z } from 'zod';
 import { TaskmillError } from './errors.ts';
-import { DEFAULT_RETRY_POLICY, retryPolicySchema, type RetryPolicy, type RetryPolicyInput } from './retry-policy.ts';
+import {
+  DEFAULT_RETRY_POLICY,
+  retryPolicySchema,
+  type RetryPolicy,
+  type RetryPolicyInput,
+} from './retry-policy.ts';
 
 export type ExecutionGuarantee = 'at-least-once' | 'exactly-once';
 /** `workflow`: one workflow at a time per key, its tasks in parallel. `strict`: one task at a time per key. */

@@ -17,7 +17,10 @@ export const NODE_CHANNEL = 'taskmill_node';
 /** Multi-row insert of new tasks; wakes the planner (delivered at commit). */
 export async function insertTasks(db: Queryable, tasks: NewTask[], notify = true): Promise<void> {
   if (tasks.length === 0) return;
-  await db.query(INSERT_TASKS_SQL + (notify ? `, pg_notify('${PLANNER_CHANNEL}', '')` : ''), insertParams(tasks));
+  await db.query(
+    INSERT_TASKS_SQL + (notify ? `, pg_notify('${PLANNER_CHANNEL}', '')` : ''),
+    insertParams(tasks),
+  );
 }
 
 export const INSERT_COLUMNS = `id, name, workflow_id, workflow_created_at, parent_id, affinity_group, affinity,
@@ -101,7 +104,9 @@ export async function completeTasks(db: Queryable, nodeId: string, done: Success
     ...insertParams(children),
     done.map((d) => d.id),
     done.map((d) => d.assignment),
-    done.map((d) => (d.result ? Buffer.from(d.result.buffer, d.result.byteOffset, d.result.byteLength) : null)),
+    done.map((d) =>
+      d.result ? Buffer.from(d.result.buffer, d.result.byteOffset, d.result.byteLength) : null,
+    ),
     nodeId,
   ];
   const { rows } = await db.query<{ id: string }>(
@@ -180,7 +185,8 @@ export async function releaseTasks(db: Queryable, nodeId: string, ids?: string[]
   return rowCount ?? 0;
 }
 
-export type TaskState = 'ready' | 'assigned' | 'running' | 'waiting' | 'completed' | 'failed' | 'cancelled' | 'dead';
+export type TaskState =
+  'ready' | 'assigned' | 'running' | 'waiting' | 'completed' | 'failed' | 'cancelled' | 'dead';
 
 export interface TaskRecord {
   id: string;

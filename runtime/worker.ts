@@ -35,7 +35,10 @@ function load(name: string): Promise<LoadedModule> {
     loaded = url
       ? import(url).then((mod: { default?: unknown; onFailure?: unknown }) => {
           if (typeof mod.default !== 'function') {
-            throw new TaskmillError('INVALID_CONFIG', `Handler module of task ${name} (${url}) has no default export function.`);
+            throw new TaskmillError(
+              'INVALID_CONFIG',
+              `Handler module of task ${name} (${url}) has no default export function.`,
+            );
           }
           return {
             handler: mod.default as TaskHandler,
@@ -85,7 +88,10 @@ async function runOne(task: TaskEnvelope, bytes: Uint8Array, signal: AbortSignal
     signal,
     schedule(def, scheduleCtx) {
       if (!isTaskDefinition(def)) {
-        throw new TaskmillError('INVALID_ARGUMENT', 'ctx.schedule() needs a definition made by defineTask().');
+        throw new TaskmillError(
+          'INVALID_ARGUMENT',
+          'ctx.schedule() needs a definition made by defineTask().',
+        );
       }
       const child = newTask(def, scheduleCtx, {
         parentId: task.id,
@@ -105,7 +111,12 @@ async function runOne(task: TaskEnvelope, bytes: Uint8Array, signal: AbortSignal
     mod = await load(task.name);
     const value = await mod.handler(message, ctx);
     if (signal.aborted) throw signal.reason;
-    return { type: 'done', id: task.id, result: value === undefined ? null : encode(value, 'result'), children };
+    return {
+      type: 'done',
+      id: task.id,
+      result: value === undefined ? null : encode(value, 'result'),
+      children,
+    };
   } catch (error) {
     let stopRetry = error instanceof TaskmillError && error.code === 'TASK_CANCELLED';
     try {

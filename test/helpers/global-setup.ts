@@ -1,0 +1,49 @@
+/**
+ * Starts one PostgreSQL for the whole test run (DATABASE_URL when set, otherwise an embedded server
+ * in its own folder under .taskmill/test-pg, removed afterwards, so concurrent runs never share one)
+ * and migrates a template database that each test file clones.
+ */
+import { randomBytes } from 'node:crypto';
+import { rmSync } from 'node:fs';
+import path from 'node:path';
+import pg from 'pg';
+import type { TestProject } from 'vitest/node';
+import { openDatabase, withDatabase } from '../../runtime/database.ts';
+import { migrate } from '../../migrations/migrator.ts';
+
+
+declare module 'vitest' {
+  export interface ProvidedContext {
+    serverUrl: string;
+    templateDb: string;
+  }
+}
+
+export default async function setup(project: TestProject): Promise<() => Promise<void>> {
+  const run = randomBytes(4).toString('hex');
+  const dataDir = path.resolve(import.meta.dirname, '../../.taskmill/test-pg', run);
+  const db = await openDatabase({ dataDir, port: 0 });
+  const templateDb = `taskmill_test_${run}_template`;
+  const admin = new pg.Client(db.url);
+  await admin.connect();
+  await admin.query(`create database ${pg.escapeIdentifier(templateDb)}`);
+  await admin.end();
+
+  const template = new pg.Pool({ connectionString: withDatabase(db.url, templateDb), max: 2 });
+  await migrate(template);
+  await template.end();
+
+  project.provide('serverUrl', db.url);
+  project.provide('templateDb', templateDb);
+  return async () => {
+    if (db.owner) {
+      await db.stop();
+      rmSync(dataDir, { recursive: true, force: true });
+    } else {
+      const c = new pg.Client(db.url);
+      await c.connect();
+      await c.query(`drop database if exists ${pg.escapeIdentifier(templateDb)} with (force)`);
+      await c.end();
+    }
+  };
+}

@@ -1,0 +1,40 @@
+/** In-process test nodes with fast timings; every node started here is stopped by stopAllNodes(). */
+import { startNode, type NodeOptions, type TaskmillNode } from '../../runtime/index.ts';
+import { all } from '../fixtures/definitions.ts';
+
+export const FAST = {
+  heartbeatIntervalMs: 100,
+  nodeTimeoutMs: 1_000,
+  shutdownGraceMs: 2_000,
+  abortGraceMs: 200,
+  logLevel: 'silent',
+  threads: 2,
+  planner: {
+    leaseTtlMs: 600,
+    maintenanceIntervalMs: 100,
+    pollingDelay: { 0: 100, 1: 10, 100: 0 },
+  },
+} satisfies Partial<NodeOptions>;
+
+const started = new Set<TaskmillNode>();
+
+export async function startTestNode(url: string, options: Partial<NodeOptions> = {}): Promise<TaskmillNode> {
+  const node = await startNode({
+    ...FAST,
+    ...options,
+    planner: options.planner === false ? false : { ...FAST.planner, ...(options.planner ?? {}) },
+    connectionString: url,
+    tasks: options.tasks ?? all,
+  });
+  started.add(node);
+  return node;
+}
+
+export async function stopAllNodes(): Promise<void> {
+  await Promise.all([...started].map((n) => n.stop()));
+  started.clear();
+}
+
+export function runningNodes(): number {
+  return [...started].filter((n) => n.state !== 'stopped').length;
+}

@@ -1,0 +1,136 @@
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import type { TaskmillNode } from '../runtime/index.ts';
+import * as defs from './fixtures/definitions.ts';
+import { count, createTestDatabase, until, type TestDatabase } from './helpers/database.ts';
+import { runningNodes, startTestNode, stopAllNodes } from './helpers/nodes.ts';
+
+let db: TestDatabase;
+let node: TaskmillNode;
+
+beforeAll(async () => {
+  db = await createTestDatabase();
+  node = await startTestNode(db.url);
+});
+afterAll(async () => {
+  await stopAllNodes();
+  expect(runningNodes()).toBe(0);
+  await db.drop();
+});
+afterEach(async () => {
+  expect(node.state).toBe('running');
+});
+
+async function waitEnded(id: string) {
+  await until(async () => (await count(db.pool, `select count(*) from tm_tasks where id = $1`, [id])) === 0);
+  return node.client.getTask(id);
+}
+
+describe('a single node', () => {
+  it('runs a task and keeps its result in history', async () => {
+    const id = await node.client.schedule(defs.echo, { message: { hello: 'world', n: 42n } });
+    const task = await waitEnded(id);
+    expect(task).toMatchObject({
+      state: 'completed',
+      attempts: 1,
+      result: { message: { hello: 'world', n: 42n }, attempt: 1 },
+    });
+  });
+
+  it('runs thousands of tasks scheduled in one statement', async () => {
+    const ids = await node.client.scheduleMany(
+      defs.noop,
+      Array.from({ length: 3000 }, () => ({})),
+    );
+    expect(new Set(ids).size).toBe(3000);
+    await until(
+      async () =>
+        (await count(db.pool, `select count(*) from tm_history where id = any($1)`, [ids])) === 3000,
+    );
+    expect(await count(db.pool, `select count(*) from tm_tasks where name = 'noop'`)).toBe(0);
+  });
+
+  it('retries per policy until success', async () => {
+    const id = await node.client.schedule(defs.flaky, { message: { succeedOn: 3 } });
+    const task = await waitEnded(id);
+    expect(task).toMatchObject({ state: 'completed', attempts: 3, result: 3 });
+  });
+
+  it('moves a task that failed every attempt to the dead-letter table with its error', async () => {
+    const id = await node.client.schedule(defs.throws);
+    const task = await waitEnded(id);
+    expect(task?.state).toBe('dead');
+    expect(task?.attempts).toBe(3); // first attempt + 2 retries (FIXED, maxRetries 2)
+    expect(task?.error).toContain('boom');
+  });
+
+  it('lets onFailure stop the retries', async () => {
+    const id = await node.client.schedule(defs.flaky, { message: { succeedOn: 10, fatal: true } });
+    const task = await waitEnded(id);
+    expect(task).toMatchObject({ state: 'dead', attempts: 1 });
+  });
+
+  it('records a failure in history when the dead-letter table is off for the task', async () => {
+    const id = await node.client.schedule(defs.flakyNoDlt, { message: { succeedOn: 10 } });
+    const task = await waitEnded(id);
+    expect(task).toMatchObject({ state: 'failed', attempts: 1 });
+    expect(await count(db.pool, `select count(*) from tm_dead_letters where id = $1`, [id])).toBe(0);
+  });
+
+  it('isolates poison handlers: throw, reject, exit and spin fail alone and the pool recovers', async () => {
+    const poison = await Promise.all([
+      node.client.schedule(defs.rejects),
+      node.client.schedule(defs.exit),
+      node.client.schedule(defs.spin),
+    ]);
+    const healthy = await node.client.scheduleMany(
+      defs.echo,
+      Array.from({ length: 50 }, (_, i) => ({ message: i })),
+    );
+    const [rejected, exited, spun] = await Promise.all(poison.map(waitEnded));
+    expect(rejected).toMatchObject({ state: 'dead', attempts: 1 });
+    expect(rejected?.error).toContain('rejected');
+    expect(exited?.state).toBe('dead');
+    expect(exited?.error).toContain('WORKER_EXITED');
+    expect(spun?.state).toBe('dead');
+    expect(spun?.error).toContain('TASK_TIMEOUT');
+    const results = await Promise.all(healthy.map(waitEnded));
+    expect(results.every((t) => t?.state === 'completed')).toBe(true);
+    const after = await node.client.schedule(defs.echo, { message: 'still alive' });
+    expect((await waitEnded(after))?.state).toBe('completed');
+  });
+
+  it('does not run a delayed task before its time', async () => {
+    const started = Date.now();
+    const id = await node.client.schedule(defs.noop, { delayMs: 700 });
+    await waitEnded(id);
+    expect(Date.now() - started).toBeGreaterThanOrEqual(650);
+  });
+
+  it('cancels a task that has not started, and refuses to cancel one that ended', async () => {
+    const id = await node.client.schedule(defs.noop, { delayMs: 60_000 });
+    await node.client.cancel(id);
+    expect((await node.client.getTask(id))?.state).toBe('cancelled');
+    await expect(node.client.cancel(id)).rejects.toMatchObject({ code: 'NOT_CANCELLABLE' });
+    await expect(node.client.cancel('00000000-0000-4000-8000-000000000000')).rejects.toMatchObject({
+      code: 'NOT_FOUND',
+    });
+  });
+
+  it('schedules atomically with the caller transaction', async () => {
+    const client = await db.pool.connect();
+    try {
+      await client.query('begin');
+      const id = await node.client.schedule(defs.noop, { delayMs: 60_000 }, { client });
+      await client.query('rollback');
+      expect(await node.client.getTask(id)).toBeUndefined();
+      await client.query('begin');
+      const kept = await node.client.schedule(defs.noop, { delayMs: 60_000 }, { client });
+      expect(await count(db.pool, `select count(*) from tm_tasks where id = $1`, [kept])).toBe(0);
+      await client.query('commit');
+      expect((await node.client.getTask(kept))?.state).toBe('ready');
+      await node.client.cancel(kept);
+    } finally {
+      client.release();
+    }
+  });
+});
