@@ -8,7 +8,7 @@
  * States: idle -> pending (timer armed) -> flushing -> idle. Main thread only.
  */
 import type pg from 'pg';
-import { completeTasks, failTasks, type Failure, type Success } from './task-store.ts';
+import { completeTasks, failTasks, type Accepted, type Failure, type Success } from './task-store.ts';
 
 export const COMPLETER_DEFAULTS = {
   batchSize: 500,
@@ -19,9 +19,16 @@ export const COMPLETER_DEFAULTS = {
 
 export interface FlushResult {
   completed: number;
+  /** Failed attempts rescheduled by the retry policy. */
+  retried: number;
+  /** Tasks that failed for good, into the dead-letter table. */
+  deadLettered: number;
+  /** Tasks that failed for good, into history (dead-letter table off for their task). */
   failed: number;
   /** Outcomes refused because the task was reassigned meanwhile (fenced out). */
   stale: number;
+  /** Every accepted outcome, with its task name. */
+  accepted: Accepted[];
 }
 
 export interface CompleterOptions {
@@ -30,7 +37,7 @@ export interface CompleterOptions {
   batchSize?: number;
   flushIntervalMs?: number;
   highWaterMark?: number;
-  onFlush?: (result: FlushResult, ids: { accepted: Set<string> }) => void;
+  onFlush?: (result: FlushResult) => void;
   onError: (error: unknown) => void;
 }
 
@@ -104,25 +111,32 @@ export class Completer {
   async runOnce(): Promise<FlushResult> {
     const successes = this.successes.splice(0, this.batchSize);
     const failures = this.failures.splice(0, Math.max(0, this.batchSize - successes.length));
-    const result: FlushResult = { completed: 0, failed: 0, stale: 0 };
+    const result: FlushResult = {
+      completed: 0,
+      retried: 0,
+      deadLettered: 0,
+      failed: 0,
+      stale: 0,
+      accepted: [],
+    };
     if (successes.length === 0 && failures.length === 0) return result;
     let flush!: () => void;
     this.flushing = new Promise((resolve) => (flush = resolve));
     try {
-      const accepted = new Set<string>();
-      if (successes.length > 0) {
-        for (const id of await completeTasks(this.options.db, this.options.nodeId, successes))
-          accepted.add(id);
-        result.completed = accepted.size;
+      const accepted = [
+        ...(successes.length > 0 ? await completeTasks(this.options.db, this.options.nodeId, successes) : []),
+        ...(failures.length > 0 ? await failTasks(this.options.db, this.options.nodeId, failures) : []),
+      ];
+      for (const a of accepted) {
+        if (a.outcome === 'completed') result.completed++;
+        else if (a.outcome === 'retried') result.retried++;
+        else if (a.outcome === 'dead') result.deadLettered++;
+        else result.failed++;
       }
-      if (failures.length > 0) {
-        const failed = await failTasks(this.options.db, this.options.nodeId, failures);
-        for (const id of failed) accepted.add(id);
-        result.failed = failed.size;
-      }
-      result.stale = successes.length + failures.length - accepted.size;
+      result.accepted = accepted;
+      result.stale = successes.length + failures.length - accepted.length;
       this.retryDelayMs = 0;
-      this.options.onFlush?.(result, { accepted });
+      this.options.onFlush?.(result);
       return result;
     } catch (error) {
       // Put them back in front; a completion is idempotent under fencing, so a retry is safe even if

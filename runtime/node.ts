@@ -44,6 +44,8 @@ export interface NodeStats {
   queued: number;
   inFlight: number;
   completed: number;
+  retried: number;
+  /** Ended failed (dead-lettered or not). */
   failed: number;
   stale: number;
 }
@@ -79,7 +81,7 @@ export class TaskmillNode extends EventEmitter<TaskmillNodeEvents> {
   private readonly handedBack: string[] = [];
   private pumpScheduled = false;
   private stopping: Promise<void> | undefined;
-  private readonly counters = { completed: 0, failed: 0, stale: 0 };
+  private readonly counters = { completed: 0, retried: 0, failed: 0, stale: 0 };
 
   /** Validates the configuration, migrates (unless told not to), registers and starts the node. */
   static async start(options: NodeOptions): Promise<TaskmillNode> {
@@ -125,7 +127,8 @@ export class TaskmillNode extends EventEmitter<TaskmillNodeEvents> {
       ...config.completer,
       onFlush: (result) => {
         this.counters.completed += result.completed;
-        this.counters.failed += result.failed;
+        this.counters.retried += result.retried;
+        this.counters.failed += result.failed + result.deadLettered;
         this.counters.stale += result.stale;
         if (result.stale > 0)
           this.log.warn({ stale: result.stale }, 'outcomes fenced out: tasks were reassigned');

@@ -98,7 +98,13 @@ export interface Success {
  * Completes tasks: fenced delete from the hot table, outcome into history, children inserted only for
  * parents whose completion was accepted. Returns the ids accepted.
  */
-export async function completeTasks(db: Queryable, nodeId: string, done: Success[]): Promise<Set<string>> {
+export interface Accepted {
+  id: string;
+  name: string;
+  outcome: 'completed' | 'retried' | 'dead' | 'failed';
+}
+
+export async function completeTasks(db: Queryable, nodeId: string, done: Success[]): Promise<Accepted[]> {
   const children = done.flatMap((d) => d.children);
   const params = [
     ...insertParams(children),
@@ -109,7 +115,7 @@ export async function completeTasks(db: Queryable, nodeId: string, done: Success
     ),
     nodeId,
   ];
-  const { rows } = await db.query<{ id: string }>(
+  const { rows } = await db.query<Accepted>(
     `with c as (select * from unnest($15::uuid[], $16::integer[], $17::bytea[]) as c(id, assignment, result)),
      done as (
        delete from tm_tasks t using c
@@ -121,10 +127,10 @@ export async function completeTasks(db: Queryable, nodeId: string, done: Success
      kids as (
        insert into tm_tasks (${INSERT_COLUMNS})
        select * from (${UNNEST_NEW_TASKS}) k where k.parent_id in (select id from done))
-     select id, pg_notify('${PLANNER_CHANNEL}', '') from done`,
+     select id, name, 'completed' as outcome, pg_notify('${PLANNER_CHANNEL}', '') from done`,
     params,
   );
-  return new Set(rows.map((r) => r.id));
+  return rows;
 }
 
 export interface Failure {
@@ -137,8 +143,8 @@ export interface Failure {
 }
 
 /** Fenced: reschedules retryable failures and ends the others (dead-letter table or history). */
-export async function failTasks(db: Queryable, nodeId: string, failed: Failure[]): Promise<Set<string>> {
-  const { rows } = await db.query<{ id: string }>(
+export async function failTasks(db: Queryable, nodeId: string, failed: Failure[]): Promise<Accepted[]> {
+  const { rows } = await db.query<Accepted>(
     `with f as (select * from unnest($1::uuid[], $2::integer[], $3::text[], $4::float8[], $5::boolean[])
        as f(id, assignment, error, retry_delay_ms, dead_letter)),
      retried as (
@@ -146,7 +152,7 @@ export async function failTasks(db: Queryable, nodeId: string, failed: Failure[]
          not_before = now() + f.retry_delay_ms * interval '1 millisecond'
        from f where t.id = f.id and t.assignment = f.assignment and t.node_id = $6 and t.state = 'running'
          and f.retry_delay_ms is not null
-       returning t.id),
+       returning t.id, t.name),
      ended as (
        delete from tm_tasks t using f
        where t.id = f.id and t.assignment = f.assignment and t.node_id = $6 and t.state = 'running'
@@ -161,7 +167,8 @@ export async function failTasks(db: Queryable, nodeId: string, failed: Failure[]
        insert into tm_history (id, name, workflow_id, parent_id, state, error, attempts, created_at)
        select id, name, workflow_id, parent_id, 'failed', final_error, attempt + 1, created_at
        from ended where not dead_letter)
-     select id, pg_notify('${PLANNER_CHANNEL}', '') from retried union all select id, null from ended`,
+     select id, name, 'retried' as outcome, pg_notify('${PLANNER_CHANNEL}', '') from retried
+     union all select id, name, case when dead_letter then 'dead' else 'failed' end, null from ended`,
     [
       failed.map((f) => f.id),
       failed.map((f) => f.assignment),
@@ -171,7 +178,7 @@ export async function failTasks(db: Queryable, nodeId: string, failed: Failure[]
       nodeId,
     ],
   );
-  return new Set(rows.map((r) => r.id));
+  return rows;
 }
 
 /** Hands tasks a node holds back to the planner (shutdown, or a node that lost its registration). */
