@@ -23,7 +23,7 @@ import {
 } from './polling-delay.ts';
 
 /** Arbitrary constant shared by every taskmill process: the advisory lock key of a planning pass. */
-const PLANNER_LOCK_KEY = 7_300_416_002;
+export const PLANNER_LOCK_KEY = 7_300_416_002;
 
 export const PLANNER_DEFAULTS = {
   /** distributed-task-framework `batch-size`: most tasks claimed by one pass. */
@@ -75,6 +75,7 @@ interface LiveNode {
 export class Planner {
   private readonly loop: Loop<PassResult>;
   private readonly delays: [number, number][];
+  private readonly busyDelayMs: number;
   private readonly cfg: Required<Omit<PlannerOptions, 'timers' | 'onPass' | 'db' | 'isLeader' | 'onError'>>;
   private wakeTimer: NodeJS.Timeout | undefined;
 
@@ -88,6 +89,7 @@ export class Planner {
       wakeDebounceMs: options.wakeDebounceMs ?? PLANNER_DEFAULTS.wakeDebounceMs,
     };
     this.delays = validatePollingDelay(this.cfg.pollingDelay);
+    this.busyDelayMs = pollingDelayFor(this.delays, this.delays.find(([t]) => t > 0)?.[0] ?? 0);
     this.loop = new Loop({
       name: 'planner',
       runOnce: () => this.runOnce(),
@@ -134,14 +136,16 @@ export class Planner {
     } finally {
       client.release();
     }
-    const found = result.capacityLimited ? Math.max(result.claimed, this.cfg.batchSize) : result.claimed;
     const pass: PassResult = {
       leader: result.leader,
       claimed: result.claimed,
       assigned: result.assigned,
       freeSlots: result.freeSlots,
       durationMs: performance.now() - started,
-      delayMs: pollingDelayFor(this.delays, found),
+      // Limited by node capacity, not by the backlog: tasks still wait, but nothing more can be planned
+      // until a completion frees a slot (it NOTIFYs) or a node joins, so coming straight back would
+      // spin. Poll at the busy delay (the map's smallest non-zero threshold) instead.
+      delayMs: result.capacityLimited ? this.busyDelayMs : pollingDelayFor(this.delays, result.claimed),
     };
     this.options.onPass?.(pass);
     return pass;
@@ -168,7 +172,13 @@ export class Planner {
         taskNames: new Set(n.task_names),
       }));
     const freeSlots = nodes.reduce((sum, n) => sum + n.free, 0);
-    if (freeSlots === 0) return { ...none, capacityLimited: nodes.length > 0 };
+    if (freeSlots === 0) {
+      if (nodes.length === 0) return none;
+      const { rows } = await client.query<{ waiting: boolean }>(
+        `select exists (select 1 from tm_tasks where state = 'ready') as waiting`,
+      );
+      return { ...none, capacityLimited: rows[0].waiting };
+    }
     const runnable = [...new Set(nodes.filter((n) => n.free > 0).flatMap((n) => [...n.taskNames]))];
 
     const { rows: limits } = await client.query<{ name: string; max: number; held: number }>(
@@ -211,10 +221,12 @@ export class Planner {
 /**
  * Ready tasks in priority order whose affinity key is free for them. A task with a key may run when no
  * other row of the key belongs to an older workflow; a strict task (or a task behind one) also needs
- * to be the oldest row of its key and, if strict, no in-flight row of the key. Rows locked by a
- * concurrent completion or cancel are skipped, not waited for.
+ * to be the oldest row of its key and, if strict, no in-flight row of the key. A task never starts while
+ * another workflow has a task of the key in flight (a workflow that reaches a key late waits for the
+ * active one, so one key has one active workflow). Rows locked by a concurrent completion or cancel are
+ * skipped, not waited for.
  */
-const CLAIM_READY_TASKS = `
+export const CLAIM_READY_TASKS = `
   select t.id, t.name, t.affinity_group, t.affinity
   from tm_tasks t
   where t.state = 'ready' and t.not_before <= now()
@@ -224,7 +236,7 @@ const CLAIM_READY_TASKS = `
       where o.affinity_group = t.affinity_group and o.affinity = t.affinity and o.id <> t.id
         and ((o.workflow_created_at, o.workflow_id) < (t.workflow_created_at, t.workflow_id)
           or ((o.strict_affinity or t.strict_affinity) and o.seq < t.seq)
-          or (t.strict_affinity and o.state in ('assigned', 'running')))))
+          or ((t.strict_affinity or o.workflow_id <> t.workflow_id) and o.state in ('assigned', 'running')))))
   order by t.priority desc, t.seq
   limit $1
   for update of t skip locked`;
