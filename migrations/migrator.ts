@@ -84,7 +84,7 @@ export async function migrate(db: Queryable): Promise<number[]> {
       } catch (error) {
         await client.query('rollback');
         throw new TaskmillError(
-          'INVALID_CONFIG',
+          'MIGRATION_FAILED',
           `Migration ${migration.name} failed: ${(error as Error).message}`,
           {
             cause: error,

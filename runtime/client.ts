@@ -6,8 +6,17 @@
 import pg from 'pg';
 import { TaskmillError, isUndefinedTable, notMigratedError } from './errors.ts';
 import { newTask, isUuid, type NewTask, type ScheduleContext } from './schedule-context.ts';
-import { cancelPendingTask, findTask, insertTasks, type Queryable, type TaskRecord } from './task-store.ts';
-import { isTaskDefinition, type TaskDefinition } from './task-definition.ts';
+import {
+  cancelTasks,
+  findTask,
+  insertTasks,
+  insertWaitingTasks,
+  type Queryable,
+  type TaskRecord,
+  type Wait,
+} from './task-store.ts';
+import { cancelWorkflow, waitForWorkflow, workflowStatus, type WorkflowStatus } from './workflows.ts';
+import { TASK_NAME_PATTERN, isTaskDefinition, type TaskDefinition } from './task-definition.ts';
 import { decode } from './codec.ts';
 
 export interface ClientOptions {
@@ -22,10 +31,25 @@ export interface ClientOptions {
 export interface ScheduleOptions {
   /** Run the insert on this client, e.g. inside the caller's open transaction. */
   client?: Queryable;
+  /**
+   * DAG dependencies: the task waits until every one of these tasks completed successfully. They must
+   * exist already; if one fails for good or is cancelled, this task ends as failed (and so do its own
+   * dependents) with the reason in its error.
+   */
+  dependsOn?: string[];
 }
 
 export interface TaskInfo<R = unknown> extends Omit<TaskRecord, 'result'> {
   result: R | undefined;
+}
+
+function checkIds(ids: unknown, what: string): string[] {
+  if (!Array.isArray(ids))
+    throw new TaskmillError('INVALID_ARGUMENT', `${what} must be an array of task ids.`);
+  const bad = ids.filter((id) => !isUuid(id));
+  if (bad.length > 0)
+    throw new TaskmillError('INVALID_ARGUMENT', `${what} has ids that are not UUIDs: ${bad.join(', ')}.`);
+  return [...new Set(ids as string[])];
 }
 
 export class TaskmillClient {
@@ -67,17 +91,53 @@ export class TaskmillClient {
     if (!Array.isArray(ctxs))
       throw new TaskmillError('INVALID_ARGUMENT', 'scheduleMany() takes an array of contexts.');
     const definition = await this.resolve(def);
+    const dependsOn = checkIds(options.dependsOn ?? [], 'dependsOn');
     const rows: NewTask[] = ctxs.map((ctx) => newTask(definition, ctx));
-    await this.insert(rows, options.client);
+    const waits: Wait[] = rows.flatMap((r) =>
+      dependsOn.map((waitsFor) => ({ task: r.id, waitsFor, kind: 'd' as const })),
+    );
+    await this.insert(rows, waits, options.client);
     return rows.map((r) => r.id);
   }
 
-  /** Inserts prepared rows (from newTask) in one statement. */
-  async insert(rows: NewTask[], client?: Queryable): Promise<void> {
+  /**
+   * Schedules a join task: it runs once every listed task and everything those tasks spawn have
+   * ended (successfully or not), and receives their results and the messages they sent it
+   * (ctx.joinResults, ctx.joinMessages). The listed tasks must still be pending: schedule them and
+   * their join in one transaction (pass `client`), or use ctx.scheduleJoin() from their parent.
+   */
+  async scheduleJoin<M>(
+    def: TaskDefinition<M> | string,
+    ctx: ScheduleContext<M> | undefined,
+    taskIds: string[],
+    options: Omit<ScheduleOptions, 'dependsOn'> = {},
+  ): Promise<string> {
+    const definition = await this.resolve(def);
+    const ids = checkIds(taskIds, 'taskIds');
+    if (ids.length === 0)
+      throw new TaskmillError('INVALID_ARGUMENT', 'scheduleJoin() needs at least one task id.');
+    const row = newTask(definition, ctx ?? {});
+    await this.insert(
+      [row],
+      ids.map((waitsFor) => ({ task: row.id, waitsFor, kind: 'j' as const })),
+      options.client,
+    );
+    return row.id;
+  }
+
+  /** Inserts prepared rows (from newTask), with their waits, in one statement. */
+  async insert(rows: NewTask[], waits: Wait[] = [], client?: Queryable): Promise<void> {
     try {
-      await insertTasks(client ?? this.pool, rows, this.notify);
+      if (waits.length === 0) await insertTasks(client ?? this.pool, rows, this.notify);
+      else await insertWaitingTasks(client ?? this.pool, rows, waits);
     } catch (error) {
-      throw isUndefinedTable(error) ? notMigratedError(error) : error;
+      if (isUndefinedTable(error)) throw notMigratedError(error);
+      if ((error as { code?: string }).code === 'TM001') {
+        throw new TaskmillError('INVALID_ARGUMENT', `Invalid schedule: ${(error as Error).message}.`, {
+          cause: error,
+        });
+      }
+      throw error;
     }
   }
 
@@ -92,16 +152,33 @@ export class TaskmillClient {
     return { ...record, result: decode<R>(record.result) };
   }
 
-  /** Cancels a task that has not started. Throws NOT_FOUND or NOT_CANCELLABLE otherwise. */
-  async cancel(id: string): Promise<void> {
+  /**
+   * Cancels a task. One that has not started ends as cancelled at once ('cancelled'); one that is
+   * assigned or running is aborted on its node and ends as cancelled, not retried ('requested').
+   * Throws NOT_FOUND for an unknown id and NOT_CANCELLABLE for a task that already ended.
+   */
+  async cancel(id: string): Promise<'cancelled' | 'requested'> {
     const task = await this.getTask(id);
     if (!task) throw new TaskmillError('NOT_FOUND', `No task ${id}.`);
-    if (await cancelPendingTask(this.pool, id)) return;
+    const [result] = await cancelTasks(this.pool, [id]);
+    if (result) return result.outcome;
     const now = await this.getTask(id);
-    throw new TaskmillError(
-      'NOT_CANCELLABLE',
-      `Task ${id} is ${now?.state ?? 'gone'}; only ready or waiting tasks can be cancelled.`,
-    );
+    throw new TaskmillError('NOT_CANCELLABLE', `Task ${id} has already ended (${now?.state ?? 'gone'}).`);
+  }
+
+  /** Counts of a workflow's tasks by state; undefined when unknown. */
+  workflow(id: string): Promise<WorkflowStatus | undefined> {
+    return workflowStatus(this.pool, id);
+  }
+
+  /** Resolves when no task of the workflow is pending. */
+  waitForWorkflow(id: string, options?: { timeoutMs?: number; pollMs?: number }): Promise<WorkflowStatus> {
+    return waitForWorkflow(this.pool, id, options);
+  }
+
+  /** Cancels every pending task of a workflow and aborts its running ones. */
+  cancelWorkflow(id: string): Promise<{ cancelled: number; requested: number }> {
+    return cancelWorkflow(this.pool, id);
   }
 
   async close(): Promise<void> {
@@ -115,6 +192,9 @@ export class TaskmillClient {
         'INVALID_ARGUMENT',
         'schedule() takes a definition from defineTask() or a task name.',
       );
+    }
+    if (!TASK_NAME_PATTERN.test(def)) {
+      throw new TaskmillError('UNKNOWN_TASK', `Unknown task ${JSON.stringify(def)}: not a valid task name.`);
     }
     let known = this.registered.get(def);
     if (!known) {

@@ -24,7 +24,7 @@ import type {
   WorkerInit,
 } from './protocol.ts';
 import type { NewTask } from './schedule-context.ts';
-import type { FetchedTask } from './task-store.ts';
+import type { FetchedTask, JoinMessage } from './task-store.ts';
 
 export const DISPATCHER_DEFAULTS = {
   threads: availableParallelism(),
@@ -34,11 +34,22 @@ export const DISPATCHER_DEFAULTS = {
 };
 
 export type Outcome =
-  | { task: FetchedTask; ok: true; result: Uint8Array | null; children: NewTask[] }
-  | { task: FetchedTask; ok: false; error: SerializedError; stopRetry: boolean; reason?: AbortReason };
+  | {
+      task: FetchedTask;
+      kind: 'done';
+      result: Uint8Array | null;
+      children: NewTask[];
+      joinMessages: JoinMessage[];
+    }
+  /** Exactly-once: committed in the worker thread (or fenced out there); nothing left to do. */
+  | { task: FetchedTask; kind: 'committed' }
+  | { task: FetchedTask; kind: 'failed'; error: SerializedError; stopRetry: boolean; reason?: AbortReason };
 
 export interface DispatcherOptions {
   handlers: Record<string, string>;
+  exactlyOnce: (name: string) => boolean;
+  connectionString: string;
+  nodeId: string;
   timeoutOf: (name: string) => number | undefined;
   onOutcome: (outcome: Outcome) => void;
   threads?: number;
@@ -69,7 +80,11 @@ export class Dispatcher {
     this.threads = options.threads ?? DISPATCHER_DEFAULTS.threads;
     this.maxBatchSize = options.maxBatchSize ?? DISPATCHER_DEFAULTS.maxBatchSize;
     this.abortGraceMs = options.abortGraceMs ?? DISPATCHER_DEFAULTS.abortGraceMs;
-    const init: WorkerInit = { handlers: options.handlers };
+    const init: WorkerInit = {
+      handlers: options.handlers,
+      connectionString: options.connectionString,
+      nodeId: options.nodeId,
+    };
     this.pool = new Piscina({
       filename: new URL('./worker-entry.mjs', import.meta.url).href,
       minThreads: this.threads,
@@ -128,17 +143,33 @@ export class Dispatcher {
   }
 
   private runBatch(tasks: FetchedTask[], alone: boolean): void {
-    const total = tasks.reduce((sum, t) => sum + (t.message?.length ?? 0), 0);
+    let total = 0;
+    for (const t of tasks) {
+      total += t.message?.length ?? 0;
+      for (const p of t.join_payloads ?? []) total += p?.length ?? 0;
+    }
     const messages = new ArrayBuffer(total);
     const view = new Uint8Array(messages);
     let offset = 0;
+    const put = (bytes: Buffer | null) => {
+      const at = offset;
+      if (bytes) {
+        view.set(bytes, offset);
+        offset += bytes.length;
+      }
+      return { offset: at, length: bytes?.length ?? 0 };
+    };
     const envelopes: TaskEnvelope[] = tasks.map((t) => {
-      const length = t.message?.length ?? 0;
-      if (t.message) view.set(t.message, offset);
-      const envelope: TaskEnvelope = {
+      const { offset: at, length } = put(t.message);
+      const joinInputs = (t.join_kinds ?? []).map((kind, i) => ({
+        kind: kind as 'r' | 'm',
+        from: t.join_from![i],
+        ...put(t.join_payloads![i]),
+      }));
+      return {
         id: t.id,
         name: t.name,
-        offset,
+        offset: at,
         length,
         attempt: t.attempt,
         workflowId: t.workflow_id,
@@ -146,9 +177,10 @@ export class Dispatcher {
         affinityGroup: t.affinity_group,
         affinity: t.affinity,
         parentId: t.parent_id,
-      };
-      offset += length;
-      return envelope;
+        assignment: t.assignment,
+        exactlyOnce: this.options.exactlyOnce(t.name),
+        joinInputs,
+      } satisfies TaskEnvelope;
     });
 
     const { port1, port2 } = new MessageChannel();
@@ -206,15 +238,18 @@ export class Dispatcher {
     if (event.type === 'done') {
       this.options.onOutcome({
         task: running.task,
-        ok: true,
+        kind: 'done',
         result: event.result,
         children: event.children,
+        joinMessages: event.joinMessages,
       });
+    } else if (event.type === 'committed' || event.type === 'stale') {
+      this.options.onOutcome({ task: running.task, kind: 'committed' });
     } else {
       const cancelled = running.reason === 'cancel';
       this.options.onOutcome({
         task: running.task,
-        ok: false,
+        kind: 'failed',
         error: event.error,
         stopRetry: event.stopRetry || cancelled,
         reason: running.reason,
@@ -258,7 +293,7 @@ export class Dispatcher {
             );
     this.options.onOutcome({
       task: running.task,
-      ok: false,
+      kind: 'failed',
       error: { name: failure.name, message: failure.message, code: failure.code, stack: failure.stack },
       stopRetry: reason === 'cancel',
       reason,

@@ -6,12 +6,14 @@ export type TaskmillErrorCode =
   | 'ENCODE_FAILED'
   | 'NOT_MIGRATED'
   | 'SCHEMA_TOO_NEW'
+  | 'MIGRATION_FAILED'
   | 'NOT_FOUND'
   | 'NOT_CANCELLABLE'
   | 'NODE_STOPPED'
   | 'TASK_TIMEOUT'
   | 'TASK_CANCELLED'
-  | 'WORKER_EXITED';
+  | 'WORKER_EXITED'
+  | 'TIMEOUT';
 
 export class TaskmillError extends Error {
   readonly code: TaskmillErrorCode;

@@ -28,10 +28,13 @@ import { NODE_DEFAULTS, parseNodeConfig, type NodeConfig, type NodeOptions } fro
 import { nextRetryDelay } from './retry-policy.ts';
 import { assertHandlerExists, definitionRecord, type TaskDefinition } from './task-definition.ts';
 import {
+  CANCEL_CHANNEL,
   NODE_CHANNEL,
   PLANNER_CHANNEL,
+  cancelRequested,
   fetchAssignedTasks,
   releaseTasks,
+  type Failure,
   type FetchedTask,
 } from './task-store.ts';
 
@@ -74,6 +77,8 @@ export class TaskmillNode extends EventEmitter<TaskmillNodeEvents> {
   private readonly completer: Completer;
   private readonly heartbeat: Heartbeat;
   private readonly fetcher: Loop<{ fetched: number }>;
+  /** Level-triggered safety net for cancellation notifications this node missed. */
+  private readonly cancels: Loop<{ cancelled: number }>;
   private readonly lease: LeaderLease | undefined;
   private readonly planner: Planner | undefined;
   private readonly maintenance: Maintenance | undefined;
@@ -116,6 +121,9 @@ export class TaskmillNode extends EventEmitter<TaskmillNodeEvents> {
       handlers: Object.fromEntries(config.tasks.map((d) => [d.name, d.handler])),
       timeoutOf: (name) => this.defs.get(name)?.timeoutMs,
       onOutcome: (outcome) => this.onOutcome(outcome),
+      exactlyOnce: (name) => this.defs.get(name)?.guarantee === 'exactly-once',
+      connectionString: connectionString ?? '',
+      nodeId: this.id,
       threads: config.threads,
       maxBatchSize: config.maxBatchSize,
       abortGraceMs: config.abortGraceMs,
@@ -162,6 +170,12 @@ export class TaskmillNode extends EventEmitter<TaskmillNodeEvents> {
       name: 'fetcher',
       runOnce: () => this.fetchOnce(),
       delayMs: () => fetchIntervalMs,
+      onError,
+    });
+    this.cancels = new Loop({
+      name: 'cancellations',
+      runOnce: () => this.checkCancellations(),
+      delayMs: () => config.heartbeatIntervalMs,
       onError,
     });
     if (config.notifications) this.listener = new Listener(connectionString ?? '', onError);
@@ -216,6 +230,10 @@ export class TaskmillNode extends EventEmitter<TaskmillNodeEvents> {
       await this.listener.subscribe(NODE_CHANNEL, (payload, reconnected) => {
         if (reconnected || payload === this.id) this.fetcher.wake();
       });
+      await this.listener.subscribe(CANCEL_CHANNEL, (payload, reconnected) => {
+        if (reconnected) this.cancels.wake();
+        else if (payload.startsWith(`${this.id}:`)) this.cancelLocal(payload.slice(this.id.length + 1));
+      });
       if (this.planner) {
         await this.listener.subscribe(PLANNER_CHANNEL, () => this.planner!.wake());
         await this.listener.subscribe(LEADER_CHANNEL, () => this.lease!.wake());
@@ -224,6 +242,7 @@ export class TaskmillNode extends EventEmitter<TaskmillNodeEvents> {
     await this.heartbeat.runOnce();
     this.heartbeat.start();
     this.fetcher.start();
+    this.cancels.start();
     if (this.lease) {
       await this.lease.runOnce().catch((error) => this.fail(error));
       this.lease.start();
@@ -292,6 +311,7 @@ export class TaskmillNode extends EventEmitter<TaskmillNodeEvents> {
     await this.maintenance?.stop();
     await this.lease?.stop().catch((error) => this.fail(error));
     await this.fetcher.stop();
+    await this.cancels.stop();
 
     const queued = this.mailboxes.drain().map((t) => t.id);
     await this.waitForInFlight(deadline);
@@ -322,7 +342,10 @@ export class TaskmillNode extends EventEmitter<TaskmillNodeEvents> {
   private async fetchOnce(): Promise<{ fetched: number }> {
     if (this.phase === 'stopping') return { fetched: 0 };
     const tasks = await fetchAssignedTasks(this.pool, this.id);
-    for (const task of tasks) this.mailboxes.push(task);
+    for (const task of tasks) {
+      if (task.cancel_requested) this.completer.fail(cancelledFailure(task));
+      else this.mailboxes.push(task);
+    }
     if (tasks.length > 0) this.pump();
     return { fetched: tasks.length };
   }
@@ -353,12 +376,14 @@ export class TaskmillNode extends EventEmitter<TaskmillNodeEvents> {
     const { task } = outcome;
     this.mailboxes.release(task);
     this.pump();
-    if (outcome.ok) {
+    if (outcome.kind === 'committed') return;
+    if (outcome.kind === 'done') {
       this.completer.succeed({
         id: task.id,
         assignment: task.assignment,
         result: outcome.result,
         children: outcome.children,
+        joinMessages: outcome.joinMessages,
       });
       return;
     }
@@ -368,6 +393,7 @@ export class TaskmillNode extends EventEmitter<TaskmillNodeEvents> {
     }
     const def = this.defs.get(task.name);
     const failures = task.attempt + 1;
+    const cancelled = outcome.reason === 'cancel';
     const retryDelayMs =
       outcome.stopRetry || !def
         ? undefined
@@ -382,7 +408,24 @@ export class TaskmillNode extends EventEmitter<TaskmillNodeEvents> {
       error: formatError(outcome.error),
       retryDelayMs: retryDelayMs ?? null,
       deadLetter: def?.deadLetter ?? true,
+      cancelled,
     });
+  }
+
+  /** Cancels a task this node holds: dropped if still queued, aborted if running. */
+  private cancelLocal(id: string): void {
+    const queued = this.mailboxes.remove(id);
+    if (queued) {
+      this.completer.fail(cancelledFailure(queued));
+      return;
+    }
+    this.dispatcher.abort(id, 'cancel');
+  }
+
+  private async checkCancellations(): Promise<{ cancelled: number }> {
+    const ids = await cancelRequested(this.pool, this.id);
+    for (const id of ids) this.cancelLocal(id);
+    return { cancelled: ids.length };
   }
 
   private async registerDefinitions(): Promise<void> {
@@ -405,6 +448,17 @@ export class TaskmillNode extends EventEmitter<TaskmillNodeEvents> {
     this.log.error({ err: error }, 'node error');
     if (this.listenerCount('error') > 0) this.emit('error', error);
   }
+}
+
+function cancelledFailure(task: FetchedTask): Failure {
+  return {
+    id: task.id,
+    assignment: task.assignment,
+    error: 'TaskmillError [TASK_CANCELLED]: cancelled before it started',
+    retryDelayMs: null,
+    deadLetter: false,
+    cancelled: true,
+  };
 }
 
 function formatError(error: { name: string; message: string; code?: string; stack?: string }): string {

@@ -9,10 +9,22 @@
  */
 import type { MessagePort } from 'node:worker_threads';
 import type { NewTask } from './schedule-context.ts';
+import type { JoinMessage } from './task-store.ts';
 
 /** workerData of every thread: how to load each task the node runs. */
 export interface WorkerInit {
   handlers: Record<string, string>;
+  /** For exactly-once tasks, which open their own transaction in the thread. */
+  connectionString: string;
+  nodeId: string;
+}
+
+/** One input of a join task, its bytes in BatchRequest.messages. */
+export interface JoinInput {
+  kind: 'r' | 'm';
+  from: string;
+  offset: number;
+  length: number;
 }
 
 export interface TaskEnvelope {
@@ -27,6 +39,9 @@ export interface TaskEnvelope {
   affinityGroup: string | null;
   affinity: string | null;
   parentId: string | null;
+  assignment: number;
+  exactlyOnce: boolean;
+  joinInputs: JoinInput[];
 }
 
 export interface BatchRequest {
@@ -43,7 +58,11 @@ export interface SerializedError {
 }
 
 export type WorkerEvent =
-  | { type: 'done'; id: string; result: Uint8Array | null; children: NewTask[] }
+  | { type: 'done'; id: string; result: Uint8Array | null; children: NewTask[]; joinMessages: JoinMessage[] }
+  /** An exactly-once task committed its completion itself, in its own transaction. */
+  | { type: 'committed'; id: string }
+  /** An exactly-once task found itself reassigned (fenced out): its transaction was rolled back. */
+  | { type: 'stale'; id: string }
   | { type: 'failed'; id: string; error: SerializedError; stopRetry: boolean };
 
 export type AbortReason = 'timeout' | 'cancel' | 'shutdown';

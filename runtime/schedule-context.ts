@@ -41,6 +41,8 @@ export interface NewTask {
   delayMs: number | null;
   runAt: string | null;
   state: 'ready' | 'waiting';
+  /** Join task: ids of the tasks it waits for (set by scheduleJoin). */
+  joinOf?: string[];
 }
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
@@ -79,11 +81,14 @@ export function newTask(def: TaskDefinition, ctx: ScheduleContext = {}, inherite
   if (affinityGroup !== undefined && affinity === undefined) {
     throw invalid('affinityGroup was given without affinity: give both, or affinity alone');
   }
-  if (affinity !== undefined && (typeof affinity !== 'string' || affinity.length === 0)) {
-    throw invalid('affinity must be a non-empty string');
+  if (
+    affinity !== undefined &&
+    (typeof affinity !== 'string' || affinity.length === 0 || affinity.includes('\0'))
+  ) {
+    throw invalid('affinity must be a non-empty string without NUL characters');
   }
-  if (affinityGroup !== undefined && typeof affinityGroup !== 'string')
-    throw invalid('affinityGroup must be a string');
+  if (affinityGroup !== undefined && (typeof affinityGroup !== 'string' || affinityGroup.includes('\0')))
+    throw invalid('affinityGroup must be a string without NUL characters');
 
   const sameWorkflow = inherited && (workflowId === undefined || workflowId === inherited.workflowId);
   const explicitAffinity = affinity !== undefined;

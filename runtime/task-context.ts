@@ -1,4 +1,5 @@
 /** What a handler receives besides its message. Lives in the worker thread. */
+import type pg from 'pg';
 import type { ScheduleContext } from './schedule-context.ts';
 import type { TaskDefinition } from './task-definition.ts';
 
@@ -18,6 +19,25 @@ export interface TaskContext {
    * never leaves duplicates). Inherits workflow and affinity unless the context names others.
    */
   schedule<M>(def: TaskDefinition<M>, ctx?: ScheduleContext<M>): string;
+  /**
+   * Schedules a join task that runs once the listed tasks (children scheduled by this handler) and
+   * everything they spawn have ended, successfully or not. Committed with this task's completion.
+   */
+  scheduleJoin<M>(def: TaskDefinition<M>, ctx: ScheduleContext<M> | undefined, taskIds: string[]): string;
+  /**
+   * Sends a message to the join tasks of `def` waiting on this task (directly, or through the task
+   * that spawned it). Delivered with this task's completion; a failed attempt sends nothing.
+   */
+  sendToJoin<M>(def: TaskDefinition<M>, message: unknown): void;
+  /** For a join task: messages sent to it by its branch, in the order they were committed. */
+  joinMessages: unknown[];
+  /** For a join task: results of the tasks it listed that returned one. */
+  joinResults: { taskId: string; result: unknown }[];
+  /**
+   * Exactly-once tasks only: a database client inside the transaction that also commits this task's
+   * completion, children and join messages. Undefined for at-least-once tasks.
+   */
+  db: pg.ClientBase | undefined;
 }
 
 export type TaskHandler<M = unknown, R = unknown> = (message: M, ctx: TaskContext) => R | Promise<R>;

@@ -23,6 +23,26 @@ export async function insertTasks(db: Queryable, tasks: NewTask[], notify = true
   );
 }
 
+export interface Wait {
+  task: string;
+  waitsFor: string;
+  /** 'j': join (any end, descendants included); 'd': dependency (success only). */
+  kind: 'j' | 'd';
+}
+
+/** Inserts tasks that wait for others, checking the targets (tm_schedule_waiting); wakes the planner. */
+export async function insertWaitingTasks(db: Queryable, tasks: NewTask[], waits: Wait[]): Promise<void> {
+  await db.query(
+    `select tm_schedule_waiting($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)`,
+    [
+      ...insertParams(tasks),
+      waits.map((w) => w.task),
+      waits.map((w) => w.waitsFor),
+      waits.map((w) => w.kind),
+    ],
+  );
+}
+
 export const INSERT_COLUMNS = `id, name, workflow_id, workflow_created_at, parent_id, affinity_group, affinity,
   strict_affinity, message, priority, not_before, state`;
 
@@ -74,17 +94,32 @@ export interface FetchedTask {
   strict_affinity: boolean;
   parent_id: string | null;
   created_at: Date;
+  cancel_requested: boolean;
+  /** For join tasks: what the joined branch delivered (kind 'r' result, 'm' message), in order. */
+  join_kinds: string[] | null;
+  join_from: string[] | null;
+  join_payloads: (Buffer | null)[] | null;
 }
 
-/** Takes every task assigned to the node (assigned -> running). */
+const joinAgg = (column: string, as: string) =>
+  `(select array_agg(j.${column} order by j.created_at) from tm_join_messages j where j.join_id = t.id) as ${as}`;
+
+/** Takes every task assigned to the node (assigned -> running), with what joins received. */
 export async function fetchAssignedTasks(db: Queryable, nodeId: string): Promise<FetchedTask[]> {
   const { rows } = await db.query<FetchedTask>(
-    `update tm_tasks set state = 'running' where node_id = $1 and state = 'assigned'
-     returning id, name, message, attempt, assignment, workflow_id, workflow_created_at, affinity_group,
-       affinity, strict_affinity, parent_id, created_at`,
+    `update tm_tasks t set state = 'running' where t.node_id = $1 and t.state = 'assigned'
+     returning t.id, t.name, t.message, t.attempt, t.assignment, t.workflow_id, t.workflow_created_at,
+       t.affinity_group, t.affinity, t.strict_affinity, t.parent_id, t.created_at, t.cancel_requested,
+       ${joinAgg('kind', 'join_kinds')}, ${joinAgg('from_task', 'join_from')}, ${joinAgg('payload', 'join_payloads')}`,
     [nodeId],
   );
   return rows;
+}
+
+/** A message for the joins of a given name waiting on the sender. */
+export interface JoinMessage {
+  joinName: string;
+  payload: Uint8Array;
 }
 
 export interface Success {
@@ -92,44 +127,45 @@ export interface Success {
   assignment: number;
   result: Uint8Array | null;
   children: NewTask[];
+  joinMessages: JoinMessage[];
 }
 
-/**
- * Completes tasks: fenced delete from the hot table, outcome into history, children inserted only for
- * parents whose completion was accepted. Returns the ids accepted.
- */
 export interface Accepted {
   id: string;
   name: string;
-  outcome: 'completed' | 'retried' | 'dead' | 'failed';
+  outcome: 'completed' | 'retried' | 'dead' | 'failed' | 'cancelled';
 }
 
-export async function completeTasks(db: Queryable, nodeId: string, done: Success[]): Promise<Accepted[]> {
+const bytes = (b: Uint8Array | null) => (b ? Buffer.from(b.buffer, b.byteOffset, b.byteLength) : null);
+
+/** Parameters of tm_complete (migrations/002_workflows.sql) for a batch of successes. */
+export function completeParams(nodeId: string, done: Success[]): unknown[] {
   const children = done.flatMap((d) => d.children);
-  const params = [
-    ...insertParams(children),
+  const waits = children.flatMap((c) => (c.joinOf ?? []).map((waitsFor) => [c.id, waitsFor]));
+  const messages = done.flatMap((d) => d.joinMessages.map((m) => [d.id, m.joinName, bytes(m.payload)]));
+  return [
+    nodeId,
     done.map((d) => d.id),
     done.map((d) => d.assignment),
-    done.map((d) =>
-      d.result ? Buffer.from(d.result.buffer, d.result.byteOffset, d.result.byteLength) : null,
-    ),
-    nodeId,
+    done.map((d) => bytes(d.result)),
+    ...insertParams(children),
+    waits.map((w) => w[0]),
+    waits.map((w) => w[1]),
+    messages.map((m) => m[0]),
+    messages.map((m) => m[1]),
+    messages.map((m) => m[2]),
   ];
-  const { rows } = await db.query<Accepted>(
-    `with c as (select * from unnest($15::uuid[], $16::integer[], $17::bytea[]) as c(id, assignment, result)),
-     done as (
-       delete from tm_tasks t using c
-       where t.id = c.id and t.assignment = c.assignment and t.node_id = $18 and t.state = 'running'
-       returning t.id, t.name, t.workflow_id, t.parent_id, t.attempt, t.created_at, c.result),
-     hist as (
-       insert into tm_history (id, name, workflow_id, parent_id, state, result, attempts, created_at)
-       select id, name, workflow_id, parent_id, 'completed', result, attempt + 1, created_at from done),
-     kids as (
-       insert into tm_tasks (${INSERT_COLUMNS})
-       select * from (${UNNEST_NEW_TASKS}) k where k.parent_id in (select id from done))
-     select id, name, 'completed' as outcome, pg_notify('${PLANNER_CHANNEL}', '') from done`,
-    params,
-  );
+}
+
+export const COMPLETE_SQL = `select id, name, outcome from tm_complete($1, $2, $3, $4,
+  $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23)`;
+
+/**
+ * Completes tasks: fenced delete from the hot table, outcome into history, children inserted only for
+ * parents whose completion was accepted, joins and dependents released. Returns the accepted tasks.
+ */
+export async function completeTasks(db: Queryable, nodeId: string, done: Success[]): Promise<Accepted[]> {
+  const { rows } = await db.query<Accepted>(COMPLETE_SQL, completeParams(nodeId, done));
   return rows;
 }
 
@@ -140,42 +176,22 @@ export interface Failure {
   /** Milliseconds until the next attempt; null: no retry (dead letter or failed). */
   retryDelayMs: number | null;
   deadLetter: boolean;
+  /** Ended by a cancellation: recorded as cancelled, never retried. */
+  cancelled: boolean;
 }
 
 /** Fenced: reschedules retryable failures and ends the others (dead-letter table or history). */
 export async function failTasks(db: Queryable, nodeId: string, failed: Failure[]): Promise<Accepted[]> {
   const { rows } = await db.query<Accepted>(
-    `with f as (select * from unnest($1::uuid[], $2::integer[], $3::text[], $4::float8[], $5::boolean[])
-       as f(id, assignment, error, retry_delay_ms, dead_letter)),
-     retried as (
-       update tm_tasks t set state = 'ready', node_id = null, attempt = t.attempt + 1, last_error = f.error,
-         not_before = now() + f.retry_delay_ms * interval '1 millisecond'
-       from f where t.id = f.id and t.assignment = f.assignment and t.node_id = $6 and t.state = 'running'
-         and f.retry_delay_ms is not null
-       returning t.id, t.name),
-     ended as (
-       delete from tm_tasks t using f
-       where t.id = f.id and t.assignment = f.assignment and t.node_id = $6 and t.state = 'running'
-         and f.retry_delay_ms is null
-       returning t.*, f.error as final_error, f.dead_letter),
-     dead as (
-       insert into tm_dead_letters (id, name, workflow_id, workflow_created_at, parent_id, affinity_group, affinity,
-         strict_affinity, message, priority, attempts, error, created_at)
-       select id, name, workflow_id, workflow_created_at, parent_id, affinity_group, affinity, strict_affinity,
-         message, priority, attempt + 1, final_error, created_at from ended where dead_letter),
-     hist as (
-       insert into tm_history (id, name, workflow_id, parent_id, state, error, attempts, created_at)
-       select id, name, workflow_id, parent_id, 'failed', final_error, attempt + 1, created_at
-       from ended where not dead_letter)
-     select id, name, 'retried' as outcome, pg_notify('${PLANNER_CHANNEL}', '') from retried
-     union all select id, name, case when dead_letter then 'dead' else 'failed' end, null from ended`,
+    `select id, name, outcome from tm_fail($1, $2, $3, $4, $5, $6, $7)`,
     [
+      nodeId,
       failed.map((f) => f.id),
       failed.map((f) => f.assignment),
       failed.map((f) => f.error),
       failed.map((f) => f.retryDelayMs),
       failed.map((f) => f.deadLetter),
-      nodeId,
+      failed.map((f) => f.cancelled),
     ],
   );
   return rows;
@@ -228,14 +244,33 @@ export async function findTask(db: Queryable, id: string): Promise<TaskRecord | 
   return rows[0];
 }
 
-/** Cancels a task that has not started: it leaves the hot table and history records it as cancelled. */
-export async function cancelPendingTask(db: Queryable, id: string): Promise<boolean> {
-  const { rowCount } = await db.query(
-    `with gone as (delete from tm_tasks where id = $1 and state in ('ready', 'waiting') returning *)
-     insert into tm_history (id, name, workflow_id, parent_id, state, error, attempts, created_at)
-     select id, name, workflow_id, parent_id, 'cancelled', 'cancelled before it started', attempt, created_at
-     from gone`,
-    [id],
+/** Channel a node listens on for cancellations: payload `nodeId:taskId`. */
+export const CANCEL_CHANNEL = 'taskmill_cancel';
+
+export interface CancelResult {
+  id: string;
+  /** cancelled: it had not started and is now ended; requested: its node was asked to abort it. */
+  outcome: 'cancelled' | 'requested';
+  node_id: string | null;
+}
+
+/** Cancels tasks: ends those not started, flags and notifies the nodes of assigned/running ones. */
+export async function cancelTasks(db: Queryable, ids: string[]): Promise<CancelResult[]> {
+  const { rows } = await db.query<CancelResult>(
+    `with c as (select * from tm_cancel($1::uuid[]))
+     select c.id, c.outcome, c.node_id,
+       case when c.node_id is not null then pg_notify('${CANCEL_CHANNEL}', c.node_id || ':' || c.id) end
+     from c`,
+    [ids],
   );
-  return rowCount === 1;
+  return rows;
+}
+
+/** Ids of tasks held by the node whose cancellation was requested. */
+export async function cancelRequested(db: Queryable, nodeId: string): Promise<string[]> {
+  const { rows } = await db.query<{ id: string }>(
+    `select id from tm_tasks where node_id = $1 and cancel_requested`,
+    [nodeId],
+  );
+  return rows.map((r) => r.id);
 }

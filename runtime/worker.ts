@@ -6,6 +6,7 @@
  * Owned by one worker thread; the main thread talks to it only through protocol.ts messages.
  */
 import { workerData } from 'node:worker_threads';
+import pg from 'pg';
 import { decode, encode } from './codec.ts';
 import { TaskmillError } from './errors.ts';
 import {
@@ -18,7 +19,8 @@ import {
 } from './protocol.ts';
 import { newTask, type NewTask } from './schedule-context.ts';
 import type { FailureHook, TaskContext, TaskHandler } from './task-context.ts';
-import { isTaskDefinition } from './task-definition.ts';
+import { isTaskDefinition, type TaskDefinition } from './task-definition.ts';
+import { COMPLETE_SQL, completeParams, type JoinMessage } from './task-store.ts';
 
 interface LoadedModule {
   handler: TaskHandler;
@@ -75,8 +77,27 @@ export default async function runBatch({ tasks, messages, port }: BatchRequest):
   return tasks.length;
 }
 
+let dbPool: pg.Pool | undefined;
+function pool(): pg.Pool {
+  dbPool ??= new pg.Pool({
+    connectionString: init.connectionString,
+    max: 8,
+    application_name: 'taskmill-worker',
+  });
+  return dbPool;
+}
+
 async function runOne(task: TaskEnvelope, bytes: Uint8Array, signal: AbortSignal): Promise<WorkerEvent> {
   const children: NewTask[] = [];
+  const joinMessages: JoinMessage[] = [];
+  const inherited = {
+    parentId: task.id,
+    workflowId: task.workflowId,
+    workflowCreatedAt: task.workflowCreatedAt,
+    affinityGroup: task.affinityGroup,
+    affinity: task.affinity,
+  };
+  const slice = (offset: number, length: number) => bytes.subarray(offset, offset + length);
   const ctx: TaskContext = {
     taskId: task.id,
     name: task.name,
@@ -86,37 +107,54 @@ async function runOne(task: TaskEnvelope, bytes: Uint8Array, signal: AbortSignal
     affinity: task.affinity,
     parentId: task.parentId,
     signal,
+    db: undefined,
+    joinMessages: [],
+    joinResults: [],
     schedule(def, scheduleCtx) {
-      if (!isTaskDefinition(def)) {
-        throw new TaskmillError(
-          'INVALID_ARGUMENT',
-          'ctx.schedule() needs a definition made by defineTask().',
-        );
-      }
-      const child = newTask(def, scheduleCtx, {
-        parentId: task.id,
-        workflowId: task.workflowId,
-        workflowCreatedAt: task.workflowCreatedAt,
-        affinityGroup: task.affinityGroup,
-        affinity: task.affinity,
-      });
+      const child = newTask(definition(def, 'schedule'), scheduleCtx, inherited);
       children.push(child);
       return child.id;
+    },
+    scheduleJoin(def, scheduleCtx, taskIds) {
+      if (!Array.isArray(taskIds) || taskIds.length === 0) {
+        throw new TaskmillError('INVALID_ARGUMENT', 'ctx.scheduleJoin() needs the ids of the tasks to join.');
+      }
+      const mine = new Set(children.map((c) => c.id));
+      const unknown = taskIds.filter((id) => !mine.has(id));
+      if (unknown.length > 0) {
+        throw new TaskmillError(
+          'INVALID_ARGUMENT',
+          `ctx.scheduleJoin() joins tasks scheduled by this handler; unknown ids: ${unknown.join(', ')}.`,
+        );
+      }
+      const join = newTask(definition(def, 'scheduleJoin'), scheduleCtx, inherited);
+      join.state = 'waiting';
+      join.joinOf = [...new Set(taskIds)];
+      children.push(join);
+      return join.id;
+    },
+    sendToJoin(def, message) {
+      joinMessages.push({
+        joinName: definition(def, 'sendToJoin').name,
+        payload: encode(message, 'join message'),
+      });
     },
   };
   let message: unknown;
   let mod: LoadedModule | undefined;
   try {
-    message = decode(bytes.subarray(task.offset, task.offset + task.length));
+    for (const input of task.joinInputs) {
+      const value = decode(slice(input.offset, input.length));
+      if (input.kind === 'm') ctx.joinMessages.push(value);
+      else ctx.joinResults.push({ taskId: input.from, result: value });
+    }
+    message = decode(slice(task.offset, task.length));
     mod = await load(task.name);
+    if (task.exactlyOnce) return await runExactlyOnce(task, mod, message, ctx, children, joinMessages);
     const value = await mod.handler(message, ctx);
     if (signal.aborted) throw signal.reason;
-    return {
-      type: 'done',
-      id: task.id,
-      result: value === undefined ? null : encode(value, 'result'),
-      children,
-    };
+    const result = value === undefined ? null : encode(value, 'result');
+    return { type: 'done', id: task.id, result, children, joinMessages };
   } catch (error) {
     let stopRetry = error instanceof TaskmillError && error.code === 'TASK_CANCELLED';
     try {
@@ -126,4 +164,73 @@ async function runOne(task: TaskEnvelope, bytes: Uint8Array, signal: AbortSignal
     }
     return { type: 'failed', id: task.id, error: serializeError(error), stopRetry };
   }
+}
+
+/**
+ * Exactly-once: check the task is still ours (node and assignment) under a KEY SHARE lock, run the
+ * handler with the transaction's client, and commit its completion, children and join messages in
+ * that same transaction; tm_complete fences again at commit. KEY SHARE does not block cancellation
+ * requests or dead-node recovery (plain updates); a task taken back meanwhile fails the fence and
+ * everything rolls back. A crash leaves nothing behind.
+ */
+async function runExactlyOnce(
+  task: TaskEnvelope,
+  mod: LoadedModule,
+  message: unknown,
+  ctx: TaskContext,
+  children: NewTask[],
+  joinMessages: JoinMessage[],
+): Promise<WorkerEvent> {
+  const client = await pool().connect();
+  let open = false;
+  try {
+    await client.query('begin');
+    open = true;
+    const lock = await client.query(
+      `select 1 from tm_tasks where id = $1 and assignment = $2 and node_id = $3 and state = 'running' for key share`,
+      [task.id, task.assignment, init.nodeId],
+    );
+    if (lock.rowCount === 0) {
+      await client.query('rollback');
+      open = false;
+      return { type: 'stale', id: task.id };
+    }
+    ctx.db = client;
+    const value = await mod.handler(message, ctx);
+    if (ctx.signal.aborted) throw ctx.signal.reason;
+    const result = value === undefined ? null : encode(value, 'result');
+    const done = await client.query(
+      COMPLETE_SQL,
+      completeParams(init.nodeId, [
+        { id: task.id, assignment: task.assignment, result, children, joinMessages },
+      ]),
+    );
+    if (done.rowCount !== 1) throw new Error(`exactly-once completion of ${task.id} was not accepted`);
+    // A cancellation that arrived first wins: the row ends cancelled and the handler's writes are undone.
+    if (done.rows[0].outcome === 'cancelled') {
+      await client.query('rollback');
+      open = false;
+      await pool().query(
+        COMPLETE_SQL,
+        completeParams(init.nodeId, [
+          { id: task.id, assignment: task.assignment, result: null, children: [], joinMessages: [] },
+        ]),
+      );
+      return { type: 'committed', id: task.id };
+    }
+    await client.query('commit');
+    open = false;
+    return { type: 'committed', id: task.id };
+  } finally {
+    ctx.db = undefined;
+    if (open) await client.query('rollback').catch(() => {});
+    client.release();
+  }
+}
+
+function definition(def: unknown, call: string): TaskDefinition {
+  if (!isTaskDefinition(def)) {
+    throw new TaskmillError('INVALID_ARGUMENT', `ctx.${call}() needs a definition made by defineTask().`);
+  }
+  return def;
 }

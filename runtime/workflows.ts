@@ -1,0 +1,104 @@
+/**
+ * Workflows: every task carries a workflow id (a root task opens a new one; children inherit it). A
+ * workflow's state is computed from the rows wherever they are: pending in the hot table, ended in
+ * history or the dead-letter table.
+ */
+import type pg from 'pg';
+import { TaskmillError } from './errors.ts';
+import { isUuid } from './schedule-context.ts';
+import { cancelTasks, type Queryable } from './task-store.ts';
+
+export interface WorkflowStatus {
+  id: string;
+  ready: number;
+  waiting: number;
+  assigned: number;
+  running: number;
+  completed: number;
+  failed: number;
+  cancelled: number;
+  dead: number;
+  /** Tasks not ended yet. */
+  pending: number;
+  total: number;
+  /** No task left pending (and at least one task known). */
+  done: boolean;
+}
+
+export async function workflowStatus(db: Queryable, id: string): Promise<WorkflowStatus | undefined> {
+  if (!isUuid(id))
+    throw new TaskmillError('INVALID_ARGUMENT', `Workflow id must be a UUID, got ${JSON.stringify(id)}.`);
+  const { rows } = await db.query<{ state: string; n: number }>(
+    `select state, count(*)::int as n from tm_tasks where workflow_id = $1 group by state
+     union all select state, count(*)::int from tm_history where workflow_id = $1 group by state
+     union all select 'dead', count(*)::int from tm_dead_letters where workflow_id = $1 having count(*) > 0`,
+    [id],
+  );
+  if (rows.length === 0) return undefined;
+  const status: WorkflowStatus = {
+    id,
+    ready: 0,
+    waiting: 0,
+    assigned: 0,
+    running: 0,
+    completed: 0,
+    failed: 0,
+    cancelled: 0,
+    dead: 0,
+    pending: 0,
+    total: 0,
+    done: false,
+  };
+  for (const { state, n } of rows) status[state as 'ready'] += n;
+  status.pending = status.ready + status.waiting + status.assigned + status.running;
+  status.total = status.pending + status.completed + status.failed + status.cancelled + status.dead;
+  status.done = status.pending === 0;
+  return status;
+}
+
+/** Resolves with the final status once no task of the workflow is pending; rejects after timeoutMs. */
+export async function waitForWorkflow(
+  db: Queryable,
+  id: string,
+  options: { timeoutMs?: number; pollMs?: number; signal?: AbortSignal } = {},
+): Promise<WorkflowStatus> {
+  const deadline = Date.now() + (options.timeoutMs ?? 60_000);
+  for (;;) {
+    const status = await workflowStatus(db, id);
+    if (!status) throw new TaskmillError('NOT_FOUND', `No workflow ${id}.`);
+    if (status.done) return status;
+    if (Date.now() > deadline || options.signal?.aborted) {
+      throw new TaskmillError('TIMEOUT', `Workflow ${id} still has ${status.pending} pending tasks.`);
+    }
+    await new Promise((resolve) => setTimeout(resolve, options.pollMs ?? 100));
+  }
+}
+
+/**
+ * Cancels a workflow: its pending tasks end as cancelled, running ones are aborted on their nodes.
+ * Tasks the running ones would have spawned are never created (a cancelled task commits nothing).
+ */
+export async function cancelWorkflow(
+  db: Pick<pg.Pool, 'query'>,
+  id: string,
+): Promise<{ cancelled: number; requested: number }> {
+  if (!isUuid(id))
+    throw new TaskmillError('INVALID_ARGUMENT', `Workflow id must be a UUID, got ${JSON.stringify(id)}.`);
+  if (!(await workflowStatus(db, id))) throw new TaskmillError('NOT_FOUND', `No workflow ${id}.`);
+  const total = { cancelled: 0, requested: 0 };
+  // Tasks completing meanwhile may add children; repeat until nothing new is left to cancel.
+  for (let round = 0; round < 100; round++) {
+    const { rows } = await db.query<{ id: string }>(
+      `select id from tm_tasks where workflow_id = $1 and not cancel_requested`,
+      [id],
+    );
+    if (rows.length === 0) break;
+    for (const r of await cancelTasks(
+      db,
+      rows.map((row) => row.id),
+    )) {
+      total[r.outcome]++;
+    }
+  }
+  return total;
+}
