@@ -313,7 +313,9 @@ export class TaskmillNode extends EventEmitter<TaskmillNodeEvents> {
     await this.fetcher.stop();
     await this.cancels.stop();
 
+    // Queued tasks go back now, not after the grace period: another node can run them meanwhile.
     const queued = this.mailboxes.drain().map((t) => t.id);
+    if (queued.length > 0) await releaseTasks(this.pool, this.id, queued).catch((error) => this.fail(error));
     await this.waitForInFlight(deadline);
     if (this.dispatcher.inFlight > 0) {
       this.log.warn({ inFlight: this.dispatcher.inFlight }, 'grace period over: aborting running tasks');
