@@ -25,6 +25,8 @@ export interface LeaderLeaseOptions {
 export class LeaderLease {
   private leader = false;
   private validUntil = 0;
+  /** The row may be ours: the last pass acquired or renewed it (even if the local view has lapsed since). */
+  private mayHold = false;
   private readonly loop: Loop<{ leader: boolean }>;
   readonly ttlMs: number;
   private readonly now: () => number;
@@ -68,6 +70,7 @@ export class LeaderLease {
       [this.options.nodeId, this.ttlMs],
     );
     const leader = rowCount === 1;
+    this.mayHold = leader;
     // Counted from before the query was sent, so a slow round trip shortens our view of the lease.
     if (leader) this.validUntil = started + this.ttlMs * 0.9;
     this.set(leader);
@@ -76,7 +79,10 @@ export class LeaderLease {
 
   async stop(): Promise<void> {
     await this.loop.stop();
-    if (!this.leader) return;
+    // Released even when our own view of the lease has lapsed (renewals stalled): the row may still be
+    // ours, and leaving it would make the next leader wait for it to expire.
+    if (!this.mayHold) return;
+    this.mayHold = false;
     this.set(false);
     await this.options.db.query(`delete from tm_leader where node_id = $1`, [this.options.nodeId]);
     await this.options.db.query(`select pg_notify('${LEADER_CHANNEL}', '')`);

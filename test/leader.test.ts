@@ -115,5 +115,21 @@ describe('leader lease', () => {
     clock += 100;
     expect(a.isLeader).toBe(false);
     expect((await holder())?.node_id).toBe(a.nodeId);
+
+    // Stopping it still releases the row it holds, so the next leader need not wait for expiry.
+    await a.stop();
+    expect(await holder()).toBeUndefined();
+    const b = lease();
+    expect((await b.runOnce()).leader).toBe(true);
+  });
+
+  it('stop() never deletes a lease another node holds', async () => {
+    const a = lease();
+    const b = lease();
+    expect((await a.runOnce()).leader).toBe(true);
+    await db.pool.query(`update tm_leader set expires_at = now() - interval '1 millisecond'`);
+    expect((await b.runOnce()).leader).toBe(true);
+    await a.stop();
+    expect((await holder())?.node_id).toBe(b.nodeId);
   });
 });

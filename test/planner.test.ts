@@ -80,10 +80,11 @@ describe('workflow affinity', () => {
   it('lets only the oldest workflow of a key run, all its tasks at once, then the next one', async () => {
     await insertNode(db.pool, { capacity: 100 });
     const key = { affinityGroup: 'g', affinity: 'a' };
-    // The newer workflow's rows are inserted first: the order is the workflow's creation time, not seq.
+    // The newer workflow's rows are inserted first and rank higher: the order of workflows on a key is
+    // their creation time, not seq or priority.
     const newer = await insertTasks(db.pool, [
-      { ...key, workflowId: W2, workflowCreatedAgoMs: 1_000 },
-      { ...key, workflowId: W2, workflowCreatedAgoMs: 1_000 },
+      { ...key, workflowId: W2, workflowCreatedAgoMs: 1_000, priority: 100 },
+      { ...key, workflowId: W2, workflowCreatedAgoMs: 1_000, priority: 100 },
     ]);
     const older = await insertTasks(db.pool, [
       { ...key, workflowId: W1, workflowCreatedAgoMs: 2_000 },
