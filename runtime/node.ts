@@ -15,6 +15,7 @@ import { v4 as uuidv4 } from 'uuid';
 import { migrate, assertSchemaKnown } from '../migrations/migrator.ts';
 import { LEADER_CHANNEL, LeaderLease } from '../planner/leader.ts';
 import { Maintenance, type MaintenanceResult } from '../planner/maintenance.ts';
+import { Cron, registerCronTasks } from '../planner/cron.ts';
 import { Planner, type PassResult } from '../planner/planner.ts';
 import { TaskmillClient } from './client.ts';
 import { Completer, type FlushResult } from './completer.ts';
@@ -26,6 +27,7 @@ import { Loop } from './loop.ts';
 import { Mailboxes } from './mailboxes.ts';
 import { NODE_DEFAULTS, parseNodeConfig, type NodeConfig, type NodeOptions } from './node-config.ts';
 import { nextRetryDelay } from './retry-policy.ts';
+import { workerShellPolicy } from './shell-task.ts';
 import { assertHandlerExists, definitionRecord, type TaskDefinition } from './task-definition.ts';
 import {
   CANCEL_CHANNEL,
@@ -82,6 +84,7 @@ export class TaskmillNode extends EventEmitter<TaskmillNodeEvents> {
   private readonly lease: LeaderLease | undefined;
   private readonly planner: Planner | undefined;
   private readonly maintenance: Maintenance | undefined;
+  private readonly cron: Cron | undefined;
   private readonly listener: Listener | undefined;
   private readonly handedBack: string[] = [];
   private pumpScheduled = false;
@@ -128,6 +131,7 @@ export class TaskmillNode extends EventEmitter<TaskmillNodeEvents> {
       maxBatchSize: config.maxBatchSize,
       abortGraceMs: config.abortGraceMs,
       execArgv: config.workerExecArgv,
+      shell: workerShellPolicy(config.shell, config.abortGraceMs),
     });
     this.completer = new Completer({
       db: this.pool,
@@ -189,6 +193,7 @@ export class TaskmillNode extends EventEmitter<TaskmillNodeEvents> {
         onChange: (leader) => {
           this.log.info({ leader }, leader ? 'became planner leader' : 'lost planner leadership');
           if (leader) this.planner?.wake();
+          if (leader) this.cron?.wake();
           this.emit('leader', leader);
         },
         onError,
@@ -204,6 +209,13 @@ export class TaskmillNode extends EventEmitter<TaskmillNodeEvents> {
         nodeCpuLimit: p.nodeCpuLimit,
         wakeDebounceMs: p.wakeDebounceMs,
         onPass: (pass) => this.emit('pass', pass),
+        local: { nodeId: this.id, deliver: (tasks) => this.accept(tasks) },
+        onError,
+      });
+      this.cron = new Cron({
+        db: this.pool,
+        isLeader,
+        onResult: (result) => this.log.debug(result, 'cron pass'),
         onError,
       });
       this.maintenance = new Maintenance({
@@ -226,6 +238,7 @@ export class TaskmillNode extends EventEmitter<TaskmillNodeEvents> {
     if (config.migrate) await migrate(this.pool);
     else await assertSchemaKnown(this.pool);
     await this.registerDefinitions();
+    await registerCronTasks(this.pool, [...this.defs.values()]);
     if (this.listener) {
       await this.listener.subscribe(NODE_CHANNEL, (payload, reconnected) => {
         if (reconnected || payload === this.id) this.fetcher.wake();
@@ -248,6 +261,7 @@ export class TaskmillNode extends EventEmitter<TaskmillNodeEvents> {
       this.lease.start();
       this.planner!.start();
       this.maintenance!.start();
+      this.cron!.start();
     }
     if (config.handleSignals) {
       const onSignal = (signal: NodeJS.Signals) => {
@@ -309,6 +323,7 @@ export class TaskmillNode extends EventEmitter<TaskmillNodeEvents> {
     await this.listener?.close();
     await this.planner?.stop();
     await this.maintenance?.stop();
+    await this.cron?.stop();
     await this.lease?.stop().catch((error) => this.fail(error));
     await this.fetcher.stop();
     await this.cancels.stop();
@@ -344,12 +359,17 @@ export class TaskmillNode extends EventEmitter<TaskmillNodeEvents> {
   private async fetchOnce(): Promise<{ fetched: number }> {
     if (this.phase === 'stopping') return { fetched: 0 };
     const tasks = await fetchAssignedTasks(this.pool, this.id);
+    this.accept(tasks);
+    return { fetched: tasks.length };
+  }
+
+  /** Tasks now running on this node (fetched, or delivered by the local planner). */
+  private accept(tasks: FetchedTask[]): void {
     for (const task of tasks) {
       if (task.cancel_requested) this.completer.fail(cancelledFailure(task));
       else this.mailboxes.push(task);
     }
     if (tasks.length > 0) this.pump();
-    return { fetched: tasks.length };
   }
 
   /** Coalesces dispatch requests into one pass per turn of the event loop. */

@@ -104,13 +104,15 @@ export interface FetchedTask {
 const joinAgg = (column: string, as: string) =>
   `(select array_agg(j.${column} order by j.created_at) from tm_join_messages j where j.join_id = t.id) as ${as}`;
 
+/** What a node needs of a task it runs (RETURNING list over tm_tasks t). */
+export const FETCH_COLUMNS = `t.id, t.name, t.message, t.attempt, t.assignment, t.workflow_id, t.workflow_created_at,
+  t.affinity_group, t.affinity, t.strict_affinity, t.parent_id, t.created_at, t.cancel_requested,
+  ${joinAgg('kind', 'join_kinds')}, ${joinAgg('from_task', 'join_from')}, ${joinAgg('payload', 'join_payloads')}`;
+
 /** Takes every task assigned to the node (assigned -> running), with what joins received. */
 export async function fetchAssignedTasks(db: Queryable, nodeId: string): Promise<FetchedTask[]> {
   const { rows } = await db.query<FetchedTask>(
-    `update tm_tasks t set state = 'running' where t.node_id = $1 and t.state = 'assigned'
-     returning t.id, t.name, t.message, t.attempt, t.assignment, t.workflow_id, t.workflow_created_at,
-       t.affinity_group, t.affinity, t.strict_affinity, t.parent_id, t.created_at, t.cancel_requested,
-       ${joinAgg('kind', 'join_kinds')}, ${joinAgg('from_task', 'join_from')}, ${joinAgg('payload', 'join_payloads')}`,
+    `update tm_tasks t set state = 'running' where t.node_id = $1 and t.state = 'assigned' returning ${FETCH_COLUMNS}`,
     [nodeId],
   );
   return rows;
