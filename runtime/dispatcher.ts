@@ -56,6 +56,8 @@ export interface DispatcherOptions {
   maxBatchSize?: number;
   abortGraceMs?: number;
   execArgv?: string[];
+  /** Shell task policy for the threads (shell-task.ts); absent: shell tasks are refused. */
+  shell?: WorkerInit['shell'];
   /** Concurrent batches one thread may hold (async handlers interleave on its event loop). */
   concurrentBatchesPerThread?: number;
 }
@@ -85,6 +87,7 @@ export class Dispatcher {
       connectionString: options.connectionString,
       nodeId: options.nodeId,
     };
+    if (options.shell) init.shell = options.shell;
     this.pool = new Piscina({
       filename: new URL('./worker-entry.mjs', import.meta.url).href,
       minThreads: this.threads,

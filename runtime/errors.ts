@@ -9,6 +9,8 @@ export type TaskmillErrorCode =
   | 'MIGRATION_FAILED'
   | 'NOT_FOUND'
   | 'NOT_CANCELLABLE'
+  | 'NOT_ALLOWED'
+  | 'COMMAND_FAILED'
   | 'NODE_STOPPED'
   | 'TASK_TIMEOUT'
   | 'TASK_CANCELLED'

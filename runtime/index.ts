@@ -16,3 +16,23 @@ export { TaskmillError, type TaskmillErrorCode } from './errors.ts';
 export { openDatabase, startEmbeddedPostgres, type DatabaseHandle } from './database.ts';
 export { migrate, migrationStatus } from '../migrations/migrator.ts';
 export { encode, decode } from './codec.ts';
+export type { CronMessage, CronMissedPolicy, CronOptionInput } from '../planner/cron.ts';
+export {
+  shellTask,
+  defineShellTask,
+  SHELL_TASK_NAME,
+  type ShellMessage,
+  type ShellResult,
+  type ShellTaskOptions,
+} from './shell-task.ts';
+export {
+  listDeadLetters,
+  getDeadLetter,
+  requeueDeadLetters,
+  purgeDeadLetters,
+  type DeadLetter,
+  type DeadLetterSummary,
+  type ListDeadLettersOptions,
+  type RequeueSelector,
+  type PurgeSelector,
+} from './dead-letters.ts';

@@ -13,6 +13,7 @@ import { DISPATCHER_DEFAULTS } from './dispatcher.ts';
 import { TaskmillError } from './errors.ts';
 import { DEFAULT_HEARTBEAT_INTERVAL_MS } from './heartbeat.ts';
 import { isTaskDefinition, type TaskDefinition } from './task-definition.ts';
+import { assertShellConfig, shellOptionsSchema } from './shell-task.ts';
 
 export const NODE_DEFAULTS = {
   /** distributed-task-framework `max-parallel-tasks-in-node`. */
@@ -75,6 +76,8 @@ const schema = z
     logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).optional(),
     handleSignals: z.boolean().default(false),
     workerExecArgv: z.array(z.string()).optional(),
+    /** Shell tasks (shell-task.ts): disabled unless enabled here, with an allowlist of executables. */
+    shell: shellOptionsSchema.default({ enabled: false, allow: [], allowShellStrings: false }),
   })
   .strict();
 
@@ -104,6 +107,7 @@ export function parseNodeConfig(options: NodeOptions): NodeConfig {
     if (names.has(def.name)) throw new TaskmillError('INVALID_CONFIG', `Task ${def.name} is defined twice.`);
     names.add(def.name);
   }
+  assertShellConfig(config.tasks, config.shell);
   if (config.planner) validatePollingDelay(config.planner.pollingDelay as Record<number, number>);
   return config;
 }

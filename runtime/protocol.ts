@@ -14,6 +14,8 @@ import type { JoinMessage } from './task-store.ts';
 /** workerData of every thread: how to load each task the node runs. */
 export interface WorkerInit {
   handlers: Record<string, string>;
+  /** Shell task policy (shell-task.ts); absent: shell tasks are refused in this thread. */
+  shell?: import('./shell-task.ts').ShellPolicy;
   /** For exactly-once tasks, which open their own transaction in the thread. */
   connectionString: string;
   nodeId: string;

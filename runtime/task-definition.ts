@@ -14,6 +14,7 @@ import {
   type RetryPolicy,
   type RetryPolicyInput,
 } from './retry-policy.ts';
+import { cronOptionSchema, type CronOption, type CronOptionInput } from '../planner/cron.ts';
 
 export type ExecutionGuarantee = 'at-least-once' | 'exactly-once';
 /** `workflow`: one workflow at a time per key, its tasks in parallel. `strict`: one task at a time per key. */
@@ -34,6 +35,7 @@ const optionsSchema = z
     guarantee: z.enum(['at-least-once', 'exactly-once']).default('at-least-once'),
     affinityMode: z.enum(['workflow', 'strict']).default('workflow'),
     priority: z.number().int().min(-1_000_000).max(1_000_000).default(0),
+    cron: cronOptionSchema.optional(),
   })
   .strict();
 
@@ -52,6 +54,8 @@ export interface TaskDefinitionInput {
   affinityMode?: AffinityMode;
   /** Default priority of scheduled tasks; higher runs first. */
   priority?: number;
+  /** Create one instance per slot of this cron expression (planner/cron.ts, docs/cron.md). */
+  cron?: CronOptionInput;
 }
 
 export interface TaskDefinition<M = unknown, R = unknown> {
@@ -66,6 +70,7 @@ export interface TaskDefinition<M = unknown, R = unknown> {
   readonly guarantee: ExecutionGuarantee;
   readonly affinityMode: AffinityMode;
   readonly priority: number;
+  readonly cron: CronOption | undefined;
   /** Type carrier only; never set. */
   readonly __types?: { message: M; result: R };
 }
@@ -90,6 +95,7 @@ export function defineTask<M = unknown, R = unknown>(input: TaskDefinitionInput)
     guarantee: o.guarantee,
     affinityMode: o.affinityMode,
     priority: o.priority,
+    cron: o.cron,
   });
 }
 
