@@ -138,6 +138,24 @@ describe('shell tasks', () => {
     await until(() => pids.every((pid) => !alive(pid)), 5_000);
   });
 
+  it('kills the process tree when the running task is cancelled, and ends it cancelled', async () => {
+    const pidFile = path.join(scratch, 'cancel.pids');
+    const id = await node.client.schedule(shellTask, {
+      message: { command: ['sh', '-c', `echo $$ > ${pidFile}; sleep 30 & echo $! >> ${pidFile}; wait`] },
+    });
+    const pids = () => (existsSync(pidFile) ? readFileSync(pidFile, 'utf8').split('\n').filter(Boolean) : []);
+    await until(() => pids().length === 2, 10_000);
+    const started = pids().map(Number);
+    expect(started.every(alive)).toBe(true);
+    expect(await node.client.cancel(id)).toBe('requested');
+    await until(
+      async () => (await count(db.pool, `select count(*) from tm_tasks where id = $1`, [id])) === 0,
+    );
+    const task = await node.client.getTask(id);
+    expect(task).toMatchObject({ state: 'cancelled', attempts: 1 });
+    await until(() => started.every((pid) => !alive(pid)), 5_000);
+  });
+
   it('refuses executables that are not allowed, without retrying', async () => {
     const refused = await run({ command: ['ls', '/'] }, retryingShell);
     expect(refused).toMatchObject({ state: 'dead', attempts: 1 });
