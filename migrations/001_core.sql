@@ -33,9 +33,14 @@ create table tm_tasks (
 create index tm_tasks_ready on tm_tasks (priority desc, seq) where state = 'ready';
 -- A node's fetch and dead-node recovery look tasks up by node.
 create index tm_tasks_node on tm_tasks (node_id) where node_id is not null;
--- Affinity head checks: the oldest workflow (and for strict keys the oldest task) of a key.
+-- Affinity checks of the claim, one index each so every check stops at its first match instead of
+-- reading all rows of a key: an older workflow of the key, an in-flight task of the key, an older
+-- strict task of the key.
 create index tm_tasks_affinity on tm_tasks (affinity_group, affinity, workflow_created_at, workflow_id)
   where affinity is not null;
+create index tm_tasks_affinity_held on tm_tasks (affinity_group, affinity, workflow_id)
+  where affinity is not null and node_id is not null;
+create index tm_tasks_affinity_strict on tm_tasks (affinity_group, affinity, seq) where strict_affinity;
 create index tm_tasks_workflow on tm_tasks (workflow_id);
 
 -- Live nodes. A node upserts its row on every heartbeat (database time); the planner treats a row

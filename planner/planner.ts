@@ -252,11 +252,12 @@ export class Planner {
 }
 
 /**
- * Ready tasks in priority order whose affinity key is free for them. A task with a key may run when no
- * other row of the key belongs to an older workflow; a strict task (or a task behind one) also needs
- * to be the oldest row of its key and, if strict, no in-flight row of the key. A task never starts while
- * another workflow has a task of the key in flight (a workflow that reaches a key late waits for the
- * active one, so one key has one active workflow). Rows locked by a concurrent completion or cancel are
+ * Ready tasks in priority order whose affinity key is free for them. A task with a key may run when
+ * (1) no row of the key belongs to an older workflow, (2) no other workflow has a task of the key in
+ * flight (a workflow that reaches a key late waits for the active one; for a strict task, no task of
+ * the key at all), and (3) no older strict task of the key is waiting (strict tasks run one at a time
+ * in creation order). Each check is its own NOT EXISTS on its own index, so it stops at the first match
+ * rather than reading every row of a busy key. Rows locked by a concurrent completion or cancel are
  * skipped, not waited for.
  */
 export const CLAIM_READY_TASKS = `
@@ -264,12 +265,19 @@ export const CLAIM_READY_TASKS = `
   from tm_tasks t
   where t.state = 'ready' and t.not_before <= now()
     and t.name = any($2::text[]) and not (t.name = any($3::text[]))
-    and (t.affinity is null or not exists (
-      select 1 from tm_tasks o
-      where o.affinity_group = t.affinity_group and o.affinity = t.affinity and o.id <> t.id
-        and ((o.workflow_created_at, o.workflow_id) < (t.workflow_created_at, t.workflow_id)
-          or ((o.strict_affinity or t.strict_affinity) and o.seq < t.seq)
-          or ((t.strict_affinity or o.workflow_id <> t.workflow_id) and o.state in ('assigned', 'running')))))
+    and (t.affinity is null or (
+      not exists (
+        select 1 from tm_tasks o
+        where o.affinity_group = t.affinity_group and o.affinity = t.affinity
+          and (o.workflow_created_at, o.workflow_id) < (t.workflow_created_at, t.workflow_id))
+      and not exists (
+        select 1 from tm_tasks o
+        where o.affinity_group = t.affinity_group and o.affinity = t.affinity and o.node_id is not null
+          and (t.strict_affinity or o.workflow_id <> t.workflow_id))
+      and not exists (
+        select 1 from tm_tasks o
+        where o.affinity_group = t.affinity_group and o.affinity = t.affinity and o.strict_affinity
+          and o.seq < t.seq)))
   order by t.priority desc, t.seq
   limit $1
   for update of t skip locked`;
