@@ -13,7 +13,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { workerData } from 'node:worker_threads';
 import { TaskmillError, type TaskmillErrorCode } from './errors.ts';
 import type { WorkerInit } from './protocol.ts';
-import { resolveCommand, type ResolvedCommand, type ShellResult } from './shell-task.ts';
+import { SHELL_DEFAULTS, resolveCommand, type ResolvedCommand, type ShellResult } from './shell-task.ts';
 import type { TaskContext } from './task-context.ts';
 
 const policy = (workerData as Partial<WorkerInit> | null | undefined)?.shell;
@@ -158,8 +158,9 @@ function describeOutput(stdout: Tail, stderr: Tail): string {
     ['stdout', stdout],
   ] as const) {
     if (tail.total === 0) continue;
-    const size = tail.truncated ? `last ${tail.max} of ${tail.total} bytes` : `${tail.total} bytes`;
-    out += `\n--- ${name} (${size}) ---\n${tail.text()}`;
+    const kept = Math.min(tail.max, SHELL_DEFAULTS.errorOutputBytes);
+    const size = tail.total > kept ? `last ${kept} of ${tail.total} bytes` : `${tail.total} bytes`;
+    out += `\n--- ${name} (${size}) ---\n${tail.text(kept)}`;
   }
   return out;
 }
@@ -185,8 +186,9 @@ class Tail {
     return this.total > this.max;
   }
 
-  text(): string {
+  /** The last `bytes` (at most max) kept, decoded as UTF-8. */
+  text(bytes = this.max): string {
     const all = Buffer.concat(this.chunks);
-    return all.subarray(Math.max(0, all.length - this.max)).toString('utf8');
+    return all.subarray(Math.max(0, all.length - Math.min(bytes, this.max))).toString('utf8');
   }
 }

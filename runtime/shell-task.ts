@@ -26,6 +26,8 @@ export const SHELL_DEFAULTS = {
   timeoutMs: 3_600_000,
   /** Kept of each of stdout and stderr (the last bytes). */
   maxOutputBytes: 64 * 1024,
+  /** Of that, how much of each stream a failure's error carries (errors are stored in rows and logs). */
+  errorOutputBytes: 16 * 1024,
   /**
    * From SIGTERM to SIGKILL; capped at half the node's abortGraceMs, so the kill lands before the
    * dispatcher terminates a thread whose handler has not ended.

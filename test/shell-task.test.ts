@@ -113,6 +113,16 @@ describe('shell tasks', () => {
     expect(result).toMatchObject({ stderr: 'oops\n', stderrBytes: 5, truncated: true });
   });
 
+  it("bounds the output a failure's error carries", async () => {
+    const task = await run({
+      command: ['sh', '-c', "head -c 40000 /dev/zero | tr '\\0' e >&2; echo last >&2; exit 1"],
+      maxOutputBytes: 30_000,
+    });
+    expect(task.error).toContain('--- stderr (last 16384 of 40005 bytes) ---\n');
+    expect(task.error?.endsWith('eeeelast\n')).toBe(true);
+    expect(task.error!.length).toBeLessThan(17_000);
+  });
+
   it('kills the whole process tree when the command times out', async () => {
     const started = Date.now();
     const task = await run({ command: ['sh', '-c', 'echo $$; sleep 30 & echo $!; wait'], timeoutMs: 500 });
