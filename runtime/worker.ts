@@ -53,6 +53,10 @@ function load(name: string): Promise<LoadedModule> {
   return loaded;
 }
 
+// Load every handler module as the thread starts, so the first task does not pay for it; a module that
+// fails to load fails its tasks with the loader's error when they run.
+for (const name of Object.keys(init.handlers)) load(name).catch(() => {});
+
 export default async function runBatch({ tasks, messages, port }: BatchRequest): Promise<number> {
   const controllers = new Map<string, AbortController>();
   port.on('message', (msg: AbortMessage) => {

@@ -1,0 +1,9 @@
+import { defineTask } from '../runtime/index.ts';
+
+export const resizeImage = defineTask<{ url: string; width: number }, { url: string; width: number }>({
+  name: 'resize-image',
+  handler: new URL('./resize-image.ts', import.meta.url),
+  retry: { mode: 'BACKOFF', initialDelayMs: 1_000, delayPeriodMs: 1_000, maxRetries: 5 },
+  timeoutMs: 30_000,
+  maxParallelInCluster: 50,
+});
