@@ -1,0 +1,115 @@
+/** `taskmill status`: nodes, leader, queue depths by state and task, throughput, recent failures. */
+import type { Command } from 'commander';
+import { clusterStats, type ClusterStats } from '../../runtime/inspect.ts';
+import { withPool } from '../database-url.ts';
+import { intOption, print, table } from '../output.ts';
+import type { CommandContext } from '../main.ts';
+
+const DEPTH_STATES = ['ready', 'delayed', 'assigned', 'running', 'waiting', 'dead'] as const;
+const BARS = '▁▂▃▄▅▆▇█';
+
+export function registerStatusCommand(program: Command, ctx: CommandContext): void {
+  program
+    .command('status')
+    .description('Show nodes, the leader, queue depths by state and task, throughput and recent failures')
+    .option('--window <minutes>', 'throughput window', intOption('--window', 1, 1440), 15)
+    .option('--bucket <seconds>', 'throughput bucket', intOption('--bucket', 1, 86400), 60)
+    .option('--failures <n>', 'recent failures to show', intOption('--failures', 0, 1000), 5)
+    .option(
+      '--node-timeout <ms>',
+      'heartbeat age after which a node counts as dead',
+      intOption('--node-timeout'),
+    )
+    .option('--json', 'print JSON')
+    .action(
+      async (
+        opts: { window: number; bucket: number; failures: number; nodeTimeout?: number; json?: boolean },
+        command: Command,
+      ) => {
+        const stats = await withPool(command.optsWithGlobals(), ctx.io, (pool) =>
+          clusterStats(pool, {
+            windowMinutes: opts.window,
+            bucketSeconds: Math.min(opts.bucket, opts.window * 60),
+            failures: opts.failures,
+            nodeTimeoutMs: opts.nodeTimeout,
+          }),
+        );
+        print(ctx.io, opts.json, stats, renderStatus);
+      },
+    );
+}
+
+export function renderStatus(s: ClusterStats): string {
+  const byTask = new Map<string, Record<string, number>>();
+  for (const d of s.depths) byTask.set(d.name, { ...byTask.get(d.name), [d.state]: d.count });
+  const tp = s.throughput;
+  const ended = tp.buckets.map((b) => b.completed + b.failed + b.cancelled + b.dead);
+  const max = Math.max(0, ...ended);
+  const spark = ended
+    .map((n) => (max === 0 ? BARS[0] : BARS[Math.min(7, Math.floor((n / max) * 7.999))]))
+    .join('');
+  const windowMin = Math.round((tp.buckets.length * tp.bucketSeconds) / 60);
+  const sum = (k: 'completed' | 'failed' | 'cancelled' | 'dead') => tp.buckets.reduce((a, b) => a + b[k], 0);
+  const lines = [
+    `leader: ${s.leader ? `${s.leader.nodeName ?? s.leader.nodeId} (lease until ${s.leader.expiresAt.toISOString()})` : 'none'}`,
+    '',
+    'nodes',
+    s.nodes.length === 0
+      ? '  (none registered)'
+      : indent(
+          table(
+            ['name', 'status', 'leader', 'in flight', 'capacity', 'held', 'cpu %', 'heartbeat'],
+            s.nodes.map((n) => [
+              n.name,
+              n.alive ? 'alive' : 'dead',
+              n.leader ? 'yes' : '',
+              n.inFlight,
+              n.capacity,
+              n.held,
+              Math.round(n.cpu * 100),
+              `${Math.max(0, Math.round((s.at.getTime() - n.heartbeatAt.getTime()) / 1000))} s ago`,
+            ]),
+          ),
+        ),
+    '',
+    `queue: ${DEPTH_STATES.map((k) => `${k} ${s.totals[k]}`).join(', ')}`,
+    byTask.size === 0
+      ? '  (nothing pending)'
+      : indent(
+          table(
+            ['task', ...DEPTH_STATES],
+            [...byTask].map(([name, c]) => [name, ...DEPTH_STATES.map((k) => c[k] ?? 0)]),
+          ),
+        ),
+    '',
+    `throughput, last ${windowMin} min (${tp.bucketSeconds} s buckets): ${tp.perSecond.toFixed(2)} tasks/s`,
+    `  ${spark}  max ${max} per bucket`,
+    `  completed ${sum('completed')}, failed ${sum('failed')}, dead-lettered ${sum('dead')}, cancelled ${sum('cancelled')}`,
+  ];
+  if (s.recentFailures.length > 0) {
+    lines.push(
+      '',
+      'recent failures',
+      indent(
+        table(
+          ['when', 'task', 'id', 'kind', 'error'],
+          s.recentFailures.map((f) => [
+            f.failedAt.toISOString(),
+            f.name,
+            f.id,
+            f.state === 'dead' ? 'dead letter' : 'failed',
+            (f.error ?? '').split('\n')[0].slice(0, 80),
+          ]),
+        ),
+      ),
+    );
+  }
+  return lines.join('\n');
+}
+
+function indent(text: string): string {
+  return text
+    .split('\n')
+    .map((l) => `  ${l}`)
+    .join('\n');
+}

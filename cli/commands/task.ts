@@ -1,0 +1,96 @@
+/** `taskmill task show|cancel|list`. */
+import type { Command } from 'commander';
+import { TaskmillClient } from '../../runtime/client.ts';
+import { TaskmillError } from '../../runtime/errors.ts';
+import { listTasks, TASK_STATES, type TaskPage } from '../../runtime/inspect.ts';
+import type { TaskState } from '../../runtime/task-store.ts';
+import { toJson } from '../../http/to-json.ts';
+import { withPool } from '../database-url.ts';
+import { intOption, print, table } from '../output.ts';
+import type { CommandContext } from '../main.ts';
+
+interface ListOptions {
+  state?: string;
+  name?: string;
+  workflow?: string;
+  limit: number;
+  cursor?: string;
+  json?: boolean;
+}
+
+export function registerTaskCommands(program: Command, ctx: CommandContext): void {
+  const cmd = program.command('task').description('Look at or cancel one task');
+
+  cmd
+    .command('show')
+    .description(
+      'Show a task wherever it is (pending, history, dead letters), with its result (exit code 3 if unknown)',
+    )
+    .argument('<id>', 'task id')
+    .option('--json', 'print JSON')
+    .action(async (id: string, opts: { json?: boolean }, command: Command) => {
+      const task = await withPool(command.optsWithGlobals(), ctx.io, (pool) =>
+        new TaskmillClient({ pool }).getTask(id),
+      );
+      if (!task) throw new TaskmillError('NOT_FOUND', `No task ${id} (unknown, or past history retention).`);
+      print(ctx.io, opts.json, { ...task, result: toJson(task.result) }, (t) =>
+        Object.entries(t)
+          .map(
+            ([k, v]) =>
+              `${`${k}:`.padEnd(12)} ${v instanceof Date ? v.toISOString() : typeof v === 'object' && v !== null ? JSON.stringify(v) : String(v ?? '')}`,
+          )
+          .join('\n'),
+      );
+    });
+
+  cmd
+    .command('cancel')
+    .description('Cancel a task (exit code 3 if unknown, 4 if it can no longer be cancelled)')
+    .argument('<id>', 'task id')
+    .option('--json', 'print JSON')
+    .action(async (id: string, opts: { json?: boolean }, command: Command) => {
+      const outcome = await withPool(command.optsWithGlobals(), ctx.io, (pool) =>
+        new TaskmillClient({ pool }).cancel(id),
+      );
+      print(ctx.io, opts.json, { id, outcome }, () =>
+        outcome === 'cancelled' ? `cancelled ${id}` : `asked the node running ${id} to abort it`,
+      );
+    });
+
+  cmd
+    .command('list')
+    .description('List tasks, newest first')
+    .option('--state <states>', `comma-separated: ${TASK_STATES.join(', ')}`)
+    .option('--name <name>', 'task name')
+    .option('--workflow <id>', 'workflow id')
+    .option('--limit <n>', 'page size', intOption('--limit', 1, 1000), 50)
+    .option('--cursor <cursor>', 'the next-page cursor a previous page printed')
+    .option('--json', 'print JSON')
+    .action(async (opts: ListOptions, command: Command) => {
+      const page = await withPool(command.optsWithGlobals(), ctx.io, (pool) =>
+        listTasks(pool, {
+          states: opts.state?.split(',') as TaskState[] | undefined,
+          name: opts.name,
+          workflowId: opts.workflow,
+          limit: opts.limit,
+          cursor: opts.cursor,
+        }),
+      );
+      print(ctx.io, opts.json, page, renderPage);
+    });
+}
+
+export function renderPage(page: TaskPage): string {
+  const rows = page.tasks.map((t) => [
+    t.id,
+    t.name,
+    t.state,
+    t.attempts,
+    t.createdAt.toISOString(),
+    (t.error ?? '').split('\n')[0].slice(0, 60),
+  ]);
+  return [
+    rows.length ? table(['id', 'name', 'state', 'attempts', 'created', 'error'], rows) : '(no task)',
+    ...(page.nextCursor ? [`next page: --cursor ${page.nextCursor}`] : []),
+  ].join('\n');
+}

@@ -1,0 +1,29 @@
+/**
+ * Loads the task definitions a node runs from modules: every export that is a definition made by
+ * defineTask(), or an array of them (the same definition exported twice counts once).
+ */
+import { existsSync } from 'node:fs';
+import path from 'node:path';
+import { pathToFileURL } from 'node:url';
+import { isTaskDefinition, type TaskDefinition } from '../runtime/task-definition.ts';
+import { CliError, EXIT } from './output.ts';
+
+export async function loadTaskModules(specs: string[], cwd: string): Promise<TaskDefinition[]> {
+  const found = new Set<TaskDefinition>();
+  for (const spec of specs) {
+    const file = path.resolve(cwd, spec);
+    if (!existsSync(file)) throw new CliError(EXIT.USAGE, `Task module not found: ${file}`);
+    const module = (await import(pathToFileURL(file).href)) as Record<string, unknown>;
+    const defs = Object.values(module)
+      .flatMap((value) => (Array.isArray(value) ? value : [value]))
+      .filter(isTaskDefinition);
+    for (const def of defs) found.add(def);
+    if (defs.length === 0) {
+      throw new CliError(
+        EXIT.USAGE,
+        `${spec} exports no task definition: export the results of defineTask(), or an array of them.`,
+      );
+    }
+  }
+  return [...found];
+}

@@ -1,0 +1,450 @@
+/**
+ * JSON schemas of the HTTP API: they validate requests (a request that does not match gets a 400 and
+ * changes nothing), shape responses, and make up the OpenAPI document served at /openapi.json.
+ */
+import { TASK_NAME_PATTERN } from '../runtime/task-definition.ts';
+import { TASK_STATES, INSPECT_DEFAULTS } from '../runtime/inspect.ts';
+
+export const MAX_TASKS_PER_REQUEST = 10_000;
+
+const uuid = { type: 'string', format: 'uuid' } as const;
+const nullableString = { type: 'string', nullable: true } as const;
+const nullableDate = { type: 'string', format: 'date-time', nullable: true } as const;
+
+export const errorSchema = {
+  type: 'object',
+  properties: {
+    statusCode: { type: 'integer' },
+    code: {
+      type: 'string',
+      description: 'Stable error code, e.g. INVALID_ARGUMENT, UNKNOWN_TASK, NOT_FOUND.',
+    },
+    error: { type: 'string' },
+    message: { type: 'string', description: 'What went wrong and what to do next.' },
+  },
+} as const;
+
+export const newTaskSchema = {
+  type: 'object',
+  required: ['name'],
+  additionalProperties: false,
+  properties: {
+    name: {
+      type: 'string',
+      pattern: TASK_NAME_PATTERN.source,
+      description: 'A task name registered by a node.',
+    },
+    message: { description: 'Any JSON value; stored as msgpack and handed to the handler.' },
+    delayMs: {
+      type: 'integer',
+      minimum: 0,
+      description: 'Run no earlier than this many milliseconds from now.',
+    },
+    runAt: {
+      type: ['integer', 'string'],
+      description: 'Run no earlier than this time: epoch milliseconds or an ISO 8601 date-time.',
+    },
+    affinity: {
+      type: 'string',
+      minLength: 1,
+      description: 'Affinity key: at most one workflow per key runs at once.',
+    },
+    affinityGroup: { type: 'string', description: 'Group of the affinity key (default "").' },
+    workflowId: { ...uuid, description: 'Join this workflow (or name a new one).' },
+    priority: { type: 'integer', minimum: -1_000_000, maximum: 1_000_000, description: 'Higher runs first.' },
+    dependsOn: {
+      type: 'array',
+      maxItems: 1000,
+      items: uuid,
+      description:
+        'Existing task ids this task waits for; it runs once all completed successfully, and ends failed if one fails for good or is cancelled.',
+    },
+  },
+} as const;
+
+export interface NewTaskBody {
+  name: string;
+  message?: unknown;
+  delayMs?: number;
+  runAt?: number | string;
+  affinity?: string;
+  affinityGroup?: string;
+  workflowId?: string;
+  priority?: number;
+  dependsOn?: string[];
+}
+
+export const submitSchema = {
+  summary: 'Schedule one task (object body) or many (array body, one transaction)',
+  tags: ['tasks'],
+  body: {
+    oneOf: [
+      newTaskSchema,
+      { type: 'array', minItems: 1, maxItems: MAX_TASKS_PER_REQUEST, items: newTaskSchema },
+    ],
+  },
+  response: {
+    201: {
+      description: 'Scheduled: `id` for an object body, `ids` (in request order) for an array body.',
+      type: 'object',
+      properties: { id: uuid, ids: { type: 'array', items: uuid } },
+    },
+    '4xx': errorSchema,
+  },
+} as const;
+
+const taskSummary = {
+  type: 'object',
+  properties: {
+    id: uuid,
+    name: { type: 'string' },
+    state: { type: 'string', enum: TASK_STATES },
+    workflowId: uuid,
+    parentId: { ...uuid, nullable: true },
+    affinityGroup: nullableString,
+    affinity: nullableString,
+    priority: { type: 'integer', nullable: true },
+    attempts: { type: 'integer' },
+    nodeId: { ...uuid, nullable: true },
+    notBefore: nullableDate,
+    createdAt: { type: 'string', format: 'date-time' },
+    finishedAt: nullableDate,
+    error: nullableString,
+  },
+} as const;
+
+export const idParams = { type: 'object', required: ['id'], properties: { id: uuid } } as const;
+
+export const getTaskSchema = {
+  summary: 'A task wherever it is: pending, history (completed, failed, cancelled) or dead letters',
+  tags: ['tasks'],
+  params: idParams,
+  response: {
+    200: {
+      type: 'object',
+      properties: {
+        id: uuid,
+        name: { type: 'string' },
+        state: { type: 'string', enum: TASK_STATES },
+        workflowId: uuid,
+        parentId: { ...uuid, nullable: true },
+        attempts: { type: 'integer' },
+        nodeId: { ...uuid, nullable: true },
+        notBefore: nullableDate,
+        createdAt: { type: 'string', format: 'date-time' },
+        finishedAt: nullableDate,
+        result: { description: 'The handler result (JSON; bigint as string, bytes as base64).' },
+        error: nullableString,
+      },
+    },
+    '4xx': errorSchema,
+  },
+} as const;
+
+export const listTasksSchema = {
+  summary: 'List tasks, newest first, with filters and keyset pagination',
+  tags: ['tasks'],
+  querystring: {
+    type: 'object',
+    additionalProperties: false,
+    properties: {
+      state: {
+        type: 'array',
+        items: { type: 'string', enum: TASK_STATES },
+        description: 'One or more states (repeat the parameter, or separate with commas).',
+      },
+      name: { type: 'string' },
+      workflow: uuid,
+      limit: {
+        type: 'integer',
+        minimum: 1,
+        maximum: INSPECT_DEFAULTS.maxListLimit,
+        default: INSPECT_DEFAULTS.listLimit,
+      },
+      cursor: { ...uuid, description: 'nextCursor of the previous page.' },
+    },
+  },
+  response: {
+    200: {
+      type: 'object',
+      properties: { tasks: { type: 'array', items: taskSummary }, nextCursor: { ...uuid, nullable: true } },
+    },
+    '4xx': errorSchema,
+  },
+} as const;
+
+export const cancelTaskSchema = {
+  summary: 'Cancel a task',
+  tags: ['tasks'],
+  params: idParams,
+  response: {
+    200: {
+      type: 'object',
+      properties: {
+        id: uuid,
+        outcome: {
+          type: 'string',
+          enum: ['cancelled', 'requested'],
+          description:
+            '`cancelled`: it had not started and ended now; `requested`: its node was asked to abort it.',
+        },
+      },
+    },
+    '4xx': errorSchema,
+  },
+} as const;
+
+const node = {
+  type: 'object',
+  properties: {
+    id: uuid,
+    name: { type: 'string' },
+    capacity: { type: 'integer' },
+    taskNames: { type: 'array', items: { type: 'string' } },
+    inFlight: { type: 'integer' },
+    held: { type: 'integer' },
+    cpu: { type: 'number' },
+    startedAt: { type: 'string', format: 'date-time' },
+    heartbeatAt: { type: 'string', format: 'date-time' },
+    alive: { type: 'boolean' },
+    leader: { type: 'boolean' },
+  },
+} as const;
+
+const leader = {
+  type: 'object',
+  nullable: true,
+  properties: {
+    nodeId: uuid,
+    nodeName: nullableString,
+    acquiredAt: { type: 'string', format: 'date-time' },
+    expiresAt: { type: 'string', format: 'date-time' },
+  },
+} as const;
+
+export const nodesSchema = {
+  summary: 'Registered nodes and the planner leader',
+  tags: ['cluster'],
+  response: {
+    200: { type: 'object', properties: { leader, nodes: { type: 'array', items: node } } },
+  },
+} as const;
+
+const depthStates = ['ready', 'delayed', 'assigned', 'running', 'waiting', 'dead'] as const;
+
+export const statsSchema = {
+  summary: 'Nodes, leader, queue depths, throughput over the last minutes, recent failures',
+  tags: ['cluster'],
+  querystring: {
+    type: 'object',
+    additionalProperties: false,
+    properties: {
+      windowMinutes: { type: 'integer', minimum: 1, maximum: 1440 },
+      bucketSeconds: { type: 'integer', minimum: 1, maximum: 86400 },
+    },
+  },
+  response: {
+    200: {
+      type: 'object',
+      properties: {
+        at: { type: 'string', format: 'date-time' },
+        leader,
+        nodes: { type: 'array', items: node },
+        depths: {
+          type: 'array',
+          items: {
+            type: 'object',
+            properties: {
+              name: { type: 'string' },
+              state: { type: 'string', enum: depthStates },
+              count: { type: 'integer' },
+            },
+          },
+        },
+        totals: {
+          type: 'object',
+          properties: Object.fromEntries(depthStates.map((s) => [s, { type: 'integer' }])),
+        },
+        throughput: {
+          type: 'object',
+          properties: {
+            bucketSeconds: { type: 'integer' },
+            perSecond: { type: 'number' },
+            buckets: {
+              type: 'array',
+              items: {
+                type: 'object',
+                properties: {
+                  start: { type: 'string', format: 'date-time' },
+                  completed: { type: 'integer' },
+                  failed: { type: 'integer' },
+                  cancelled: { type: 'integer' },
+                  dead: { type: 'integer' },
+                },
+              },
+            },
+          },
+        },
+        recentFailures: {
+          type: 'array',
+          items: {
+            type: 'object',
+            properties: {
+              id: uuid,
+              name: { type: 'string' },
+              workflowId: uuid,
+              state: { type: 'string', enum: ['dead', 'failed'] },
+              attempts: { type: 'integer' },
+              error: nullableString,
+              failedAt: { type: 'string', format: 'date-time' },
+            },
+          },
+        },
+      },
+    },
+    '4xx': errorSchema,
+  },
+} as const;
+
+export const workflowSchema = {
+  summary: 'Task counts of a workflow by state',
+  tags: ['workflows'],
+  params: idParams,
+  response: {
+    200: {
+      type: 'object',
+      properties: {
+        id: uuid,
+        ...Object.fromEntries(
+          [
+            'ready',
+            'waiting',
+            'assigned',
+            'running',
+            'completed',
+            'failed',
+            'cancelled',
+            'dead',
+            'pending',
+            'total',
+          ].map((k) => [k, { type: 'integer' }]),
+        ),
+        done: { type: 'boolean', description: 'No task of the workflow is pending.' },
+      },
+    },
+    '4xx': errorSchema,
+  },
+} as const;
+
+export const cancelWorkflowSchema = {
+  summary: 'Cancel a workflow: pending tasks end cancelled, running ones are aborted on their nodes',
+  tags: ['workflows'],
+  params: idParams,
+  response: {
+    200: {
+      type: 'object',
+      properties: {
+        id: uuid,
+        cancelled: { type: 'integer', description: 'Tasks that had not started, now cancelled.' },
+        requested: { type: 'integer', description: 'Running tasks whose nodes were asked to abort them.' },
+      },
+    },
+    '4xx': errorSchema,
+  },
+} as const;
+
+const deadLetter = {
+  type: 'object',
+  properties: {
+    id: uuid,
+    name: { type: 'string' },
+    workflowId: uuid,
+    parentId: { ...uuid, nullable: true },
+    affinityGroup: nullableString,
+    affinity: nullableString,
+    priority: { type: 'integer' },
+    attempts: { type: 'integer' },
+    error: nullableString,
+    createdAt: { type: 'string', format: 'date-time' },
+    failedAt: { type: 'string', format: 'date-time' },
+  },
+} as const;
+
+export const listDeadLettersSchema = {
+  summary: 'Dead letters in task creation order, a page at a time',
+  tags: ['dead letters'],
+  querystring: {
+    type: 'object',
+    additionalProperties: false,
+    properties: {
+      name: { type: 'string' },
+      limit: { type: 'integer', minimum: 1, maximum: 10_000, default: 100 },
+      after: { ...uuid, description: 'Id of the last dead letter of the previous page.' },
+    },
+  },
+  response: {
+    200: {
+      type: 'object',
+      properties: {
+        deadLetters: { type: 'array', items: deadLetter },
+        nextAfter: { ...uuid, nullable: true, description: 'Pass as `after` for the next page.' },
+      },
+    },
+    '4xx': errorSchema,
+  },
+} as const;
+
+export const getDeadLetterSchema = {
+  summary: 'One dead letter with its message',
+  tags: ['dead letters'],
+  params: idParams,
+  response: {
+    200: {
+      type: 'object',
+      properties: {
+        ...deadLetter.properties,
+        message: { description: 'The task message (JSON; bigint as string, bytes as base64).' },
+        strictAffinity: { type: 'boolean' },
+        workflowCreatedAt: { type: 'string', format: 'date-time' },
+      },
+    },
+    '4xx': errorSchema,
+  },
+} as const;
+
+const ids = { type: 'array', minItems: 1, maxItems: 10_000, items: uuid } as const;
+
+export const requeueSchema = {
+  summary: 'Requeue dead letters as ready tasks (same ids): exactly one of ids, name, all',
+  tags: ['dead letters'],
+  body: {
+    type: 'object',
+    additionalProperties: false,
+    properties: { ids, name: { type: 'string' }, all: { type: 'boolean', enum: [true] } },
+  },
+  response: {
+    200: { type: 'object', properties: { requeued: { type: 'array', items: uuid } } },
+    '4xx': errorSchema,
+  },
+} as const;
+
+export const requeueOneSchema = {
+  summary: 'Requeue one dead letter',
+  tags: ['dead letters'],
+  params: idParams,
+  response: requeueSchema.response,
+} as const;
+
+export const purgeSchema = {
+  summary: 'Delete dead letters for good: ids alone, or name and/or olderThanMs (0 = all)',
+  tags: ['dead letters'],
+  body: {
+    type: 'object',
+    additionalProperties: false,
+    properties: { ids, name: { type: 'string' }, olderThanMs: { type: 'integer', minimum: 0 } },
+  },
+  response: {
+    200: { type: 'object', properties: { purged: { type: 'integer' } } },
+    '4xx': errorSchema,
+  },
+} as const;

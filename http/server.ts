@@ -1,0 +1,224 @@
+/**
+ * The HTTP server of a taskmill cluster (fastify): the JSON API under /api (schema-validated; a bad
+ * request gets a 4xx with a message and changes nothing), health and readiness probes, Prometheus
+ * metrics, the OpenAPI document and the dashboard page. It runs standalone (`taskmill serve`) or inside
+ * a node process (`taskmill node --http`), where it also exports that node's metrics.
+ *
+ * States: built -> listening -> closed. `close()` is idempotent; it closes the pool only if it opened it.
+ */
+import { readFileSync } from 'node:fs';
+import swagger from '@fastify/swagger';
+import Fastify, {
+  LogController,
+  type FastifyBaseLogger,
+  type FastifyError,
+  type FastifyInstance,
+} from 'fastify';
+import pg from 'pg';
+import { assertSchemaKnown } from '../migrations/migrator.ts';
+import { TaskmillClient } from '../runtime/client.ts';
+import { TaskmillError, type TaskmillErrorCode } from '../runtime/errors.ts';
+import { createLogger, type Logger } from '../runtime/logger.ts';
+import { TaskmillMetrics } from '../runtime/metrics.ts';
+import type { TaskmillNode } from '../runtime/node.ts';
+import { bearerAuth, checkBinding } from './auth.ts';
+import { registerClusterRoutes } from './cluster-routes.ts';
+import { registerDeadLetterRoutes } from './dead-letter-routes.ts';
+import { registerTaskRoutes } from './task-routes.ts';
+import { registerWorkflowRoutes } from './workflow-routes.ts';
+
+export const HTTP_DEFAULTS = { host: '127.0.0.1', port: 8080 };
+
+const DASHBOARD_HTML = readFileSync(new URL('./dashboard.html', import.meta.url), 'utf8');
+// The dashboard loads nothing from elsewhere; the policy makes sure of it.
+const DASHBOARD_CSP =
+  "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src 'self' data:";
+
+const STATUS_OF: Partial<Record<TaskmillErrorCode, number>> = {
+  INVALID_ARGUMENT: 400,
+  UNKNOWN_TASK: 400,
+  ENCODE_FAILED: 400,
+  INVALID_CONFIG: 400,
+  NOT_FOUND: 404,
+  NOT_CANCELLABLE: 409,
+  NOT_MIGRATED: 503,
+  SCHEMA_TOO_NEW: 503,
+};
+
+export interface HttpServerOptions {
+  /** Database: a pool (not closed by the server) or a connection string (default DATABASE_URL). */
+  pool?: pg.Pool;
+  connectionString?: string;
+  host?: string;
+  /** 0 picks a free port. */
+  port?: number;
+  /** Bearer token; required unless bound to a loopback address. Default TASKMILL_HTTP_TOKEN. */
+  token?: string;
+  /** A node running in this process: its metrics are exported and /readyz checks it. */
+  node?: TaskmillNode;
+  metrics?: TaskmillMetrics;
+  nodeTimeoutMs?: number;
+  log?: Logger;
+}
+
+export interface HttpServer {
+  app: FastifyInstance;
+  /** http://host:port of the listening server. */
+  url: string;
+  close(): Promise<void>;
+}
+
+/** Builds the app without listening (tests use `app.inject`). */
+export async function buildHttpApp(options: HttpServerOptions = {}): Promise<FastifyInstance> {
+  const host = options.host ?? HTTP_DEFAULTS.host;
+  const token = options.token ?? (process.env.TASKMILL_HTTP_TOKEN || undefined);
+  checkBinding(host, token);
+  const log = options.log ?? createLogger(undefined, { component: 'http' });
+  const connectionString = options.connectionString ?? process.env.DATABASE_URL;
+  if (!options.pool && !connectionString) {
+    throw new TaskmillError(
+      'INVALID_CONFIG',
+      'No database: pass a pool or connection string, or set DATABASE_URL.',
+    );
+  }
+  const pool = options.pool ?? new pg.Pool({ connectionString, max: 10, application_name: 'taskmill-http' });
+  const ownsPool = !options.pool;
+  if (ownsPool) pool.on('error', (error) => log.error({ err: error }, 'database pool error'));
+  const client = new TaskmillClient({ pool });
+  const ownsMetrics = !options.metrics;
+  const metrics =
+    options.metrics ?? new TaskmillMetrics({ db: pool, nodeTimeoutMs: options.nodeTimeoutMs, log });
+  if (options.node && ownsMetrics) metrics.observe(options.node);
+
+  const app = Fastify({
+    loggerInstance: log as FastifyBaseLogger,
+    // One line per request would be one line per task for producers: requests are not logged.
+    logController: new LogController({ disableRequestLogging: true }),
+    bodyLimit: 16 * 1024 * 1024,
+    ajv: {
+      customOptions: {
+        removeAdditional: false,
+        coerceTypes: 'array',
+        allErrors: false,
+        allowUnionTypes: true,
+      },
+    },
+    schemaErrorFormatter: (errors, dataVar) => {
+      // A oneOf body reports the errors of both branches; keep those of the branch the data's type picked.
+      const useful = errors.filter((e) => e.keyword !== 'oneOf');
+      const specific = useful.filter((e) => !(e.keyword === 'type' && e.instancePath === ''));
+      const chosen = specific.length > 0 ? specific : useful.length > 0 ? useful : errors;
+      const text = chosen
+        .map((e) => {
+          const extra =
+            e.keyword === 'additionalProperties' ? ` (${String(e.params.additionalProperty)})` : '';
+          return `${dataVar}${e.instancePath.replaceAll('/', '.')} ${e.message}${extra}`;
+        })
+        .join('; ');
+      return new Error(text);
+    },
+  });
+  app.addHook('onRequest', bearerAuth(token));
+  app.addHook('onClose', async () => {
+    if (ownsMetrics) metrics.close();
+    await client.close();
+    if (ownsPool) await pool.end();
+  });
+  app.setErrorHandler((error: FastifyError, request, reply) => {
+    if (error.validation) {
+      return reply
+        .code(400)
+        .send({ statusCode: 400, code: 'INVALID_ARGUMENT', error: 'Bad Request', message: error.message });
+    }
+    if (error instanceof TaskmillError) {
+      const status = STATUS_OF[error.code] ?? 500;
+      if (status >= 500) request.log.error({ err: error }, 'request failed');
+      return reply
+        .code(status)
+        .send({ statusCode: status, code: error.code, error: httpText(status), message: error.message });
+    }
+    const status =
+      error.statusCode && error.statusCode >= 400 && error.statusCode < 500 ? error.statusCode : 500;
+    if (status >= 500) request.log.error({ err: error }, 'request failed');
+    return reply.code(status).send({
+      statusCode: status,
+      code: status >= 500 ? 'INTERNAL' : (error.code ?? 'BAD_REQUEST'),
+      error: httpText(status),
+      message: status >= 500 ? 'Internal error; see the server log.' : error.message,
+    });
+  });
+
+  await app.register(swagger, {
+    openapi: {
+      openapi: '3.0.3',
+      info: {
+        title: 'taskmill',
+        version: '1',
+        description: 'Schedule, inspect and steer the tasks of a taskmill cluster.',
+      },
+      components: { securitySchemes: { bearer: { type: 'http', scheme: 'bearer' } } },
+      security: [{ bearer: [] }],
+    },
+  });
+
+  app.get('/healthz', { schema: { hide: true } }, async () => ({ status: 'ok' }));
+  app.get('/readyz', { schema: { hide: true } }, async (_request, reply) => {
+    try {
+      await assertSchemaKnown(pool);
+      if (options.node && options.node.state !== 'running') {
+        throw new Error(`node ${options.node.name} is ${options.node.state}`);
+      }
+      return { status: 'ready' };
+    } catch (error) {
+      return reply.code(503).send({ status: 'not ready', reason: (error as Error).message });
+    }
+  });
+  app.get('/metrics', { schema: { hide: true } }, async (_request, reply) => {
+    return reply.header('content-type', metrics.contentType).send(await metrics.metrics());
+  });
+  app.get('/openapi.json', { schema: { hide: true } }, async () => app.swagger());
+  app.get('/', { schema: { hide: true } }, async (_request, reply) =>
+    reply
+      .header('content-type', 'text/html; charset=utf-8')
+      .header('content-security-policy', DASHBOARD_CSP)
+      .send(DASHBOARD_HTML),
+  );
+
+  registerTaskRoutes(app, { pool, client, metrics });
+  registerClusterRoutes(app, { pool, nodeTimeoutMs: options.nodeTimeoutMs });
+  registerWorkflowRoutes(app, { pool });
+  registerDeadLetterRoutes(app, { pool });
+  return app;
+}
+
+/** Builds the app and listens on host:port (127.0.0.1:8080 by default). */
+export async function startHttpServer(options: HttpServerOptions = {}): Promise<HttpServer> {
+  const app = await buildHttpApp(options);
+  const host = options.host ?? HTTP_DEFAULTS.host;
+  try {
+    await app.listen({ host, port: options.port ?? HTTP_DEFAULTS.port });
+  } catch (error) {
+    await app.close();
+    throw error;
+  }
+  const address = app.server.address();
+  const port = typeof address === 'object' && address ? address.port : options.port;
+  const url = `http://${host.includes(':') ? `[${host}]` : host}:${port}`;
+  app.log.info({ url }, 'HTTP API listening');
+  let closing: Promise<void> | undefined;
+  return { app, url, close: () => (closing ??= app.close()) };
+}
+
+function httpText(status: number): string {
+  return (
+    {
+      400: 'Bad Request',
+      401: 'Unauthorized',
+      404: 'Not Found',
+      409: 'Conflict',
+      413: 'Payload Too Large',
+      415: 'Unsupported Media Type',
+      503: 'Service Unavailable',
+    }[status] ?? (status >= 500 ? 'Internal Server Error' : 'Bad Request')
+  );
+}

@@ -1,0 +1,139 @@
+/** Task routes: submit one or many, look one up, list with filters, cancel. */
+import type { FastifyInstance } from 'fastify';
+import type pg from 'pg';
+import { TaskmillError } from '../runtime/errors.ts';
+import type { TaskmillClient } from '../runtime/client.ts';
+import { listTasks } from '../runtime/inspect.ts';
+import type { TaskmillMetrics } from '../runtime/metrics.ts';
+import type { ScheduleContext } from '../runtime/schedule-context.ts';
+import type { TaskState } from '../runtime/task-store.ts';
+import {
+  cancelTaskSchema,
+  getTaskSchema,
+  listTasksSchema,
+  submitSchema,
+  type NewTaskBody,
+} from './schemas.ts';
+import { toJson } from './to-json.ts';
+
+export interface TaskRoutesOptions {
+  pool: pg.Pool;
+  client: TaskmillClient;
+  metrics: TaskmillMetrics;
+}
+
+export function registerTaskRoutes(app: FastifyInstance, { pool, client, metrics }: TaskRoutesOptions): void {
+  app.post<{ Body: NewTaskBody | NewTaskBody[] }>(
+    '/api/tasks',
+    { schema: submitSchema },
+    async (request, reply) => {
+      const many = Array.isArray(request.body);
+      const items = many ? (request.body as NewTaskBody[]) : [request.body as NewTaskBody];
+      const ids = await schedule(pool, client, items);
+      const counts = new Map<string, number>();
+      for (const item of items) counts.set(item.name, (counts.get(item.name) ?? 0) + 1);
+      for (const [name, n] of counts) metrics.recordScheduled(name, n);
+      return reply.code(201).send(many ? { ids } : { id: ids[0] });
+    },
+  );
+
+  app.get<{ Params: { id: string } }>('/api/tasks/:id', { schema: getTaskSchema }, async (request) => {
+    const task = await client.getTask(request.params.id);
+    if (!task)
+      throw new TaskmillError(
+        'NOT_FOUND',
+        `No task ${request.params.id} (unknown, or past history retention).`,
+      );
+    return { ...task, result: toJson(task.result) };
+  });
+
+  app.get<{
+    Querystring: { state?: string[]; name?: string; workflow?: string; limit?: number; cursor?: string };
+  }>(
+    '/api/tasks',
+    {
+      schema: listTasksSchema,
+      // `state=ready,running` is accepted as well as `state=ready&state=running`.
+      preValidation: async (request) => {
+        const query = request.query as { state?: string | string[] };
+        if (query.state !== undefined) query.state = [query.state].flat().flatMap((s) => s.split(','));
+      },
+    },
+    async (request) => {
+      const q = request.query;
+      return listTasks(pool, {
+        states: q.state as TaskState[] | undefined,
+        name: q.name,
+        workflowId: q.workflow,
+        limit: q.limit,
+        cursor: q.cursor,
+      });
+    },
+  );
+
+  app.post<{ Params: { id: string } }>(
+    '/api/tasks/:id/cancel',
+    { schema: cancelTaskSchema },
+    async (request) => {
+      return { id: request.params.id, outcome: await client.cancel(request.params.id) };
+    },
+  );
+}
+
+/** Schedules the items in one transaction; ids in request order. */
+async function schedule(pool: pg.Pool, client: TaskmillClient, items: NewTaskBody[]): Promise<string[]> {
+  const contexts = items.map(toContext);
+  // One multi-row insert per (name, dependencies), in order of first appearance.
+  const groups = new Map<string, { name: string; dependsOn?: string[]; indexes: number[] }>();
+  items.forEach((item, i) => {
+    const dependsOn = item.dependsOn?.length ? [...new Set(item.dependsOn)].sort() : undefined;
+    const key = JSON.stringify([item.name, dependsOn ?? []]);
+    const group = groups.get(key) ?? { name: item.name, dependsOn, indexes: [] };
+    group.indexes.push(i);
+    groups.set(key, group);
+  });
+  const ids = new Array<string>(items.length);
+  const tx = await pool.connect();
+  try {
+    await tx.query('begin');
+    for (const { name, dependsOn, indexes } of groups.values()) {
+      const groupIds = await client.scheduleMany(
+        name,
+        indexes.map((i) => contexts[i]),
+        { client: tx, dependsOn },
+      );
+      indexes.forEach((i, k) => (ids[i] = groupIds[k]));
+    }
+    await tx.query('commit');
+  } catch (error) {
+    await tx.query('rollback').catch(() => {});
+    throw error;
+  } finally {
+    tx.release();
+  }
+  return ids;
+}
+
+function toContext(item: NewTaskBody, index: number): ScheduleContext {
+  const ctx: ScheduleContext = {
+    message: item.message,
+    delayMs: item.delayMs,
+    workflowId: item.workflowId,
+    affinity: item.affinity,
+    affinityGroup: item.affinityGroup,
+    priority: item.priority,
+  };
+  if (item.runAt !== undefined) {
+    const runAt = new Date(
+      typeof item.runAt === 'string' && /^\d+$/.test(item.runAt) ? Number(item.runAt) : item.runAt,
+    );
+    if (!Number.isFinite(runAt.getTime())) {
+      throw new TaskmillError(
+        'INVALID_ARGUMENT',
+        `Invalid schedule: task ${index}: runAt must be epoch milliseconds or an ISO 8601 date-time, got ${JSON.stringify(item.runAt)}.`,
+      );
+    }
+    ctx.runAt = runAt;
+  }
+  return Object.fromEntries(Object.entries(ctx).filter(([, v]) => v !== undefined)) as ScheduleContext;
+}

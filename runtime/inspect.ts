@@ -1,0 +1,356 @@
+/**
+ * Read-only queries an operator needs (CLI `status`, HTTP API, dashboard, metrics): tasks wherever
+ * they are (hot table, history, dead letters) with filters and keyset pagination, queue depths, nodes,
+ * the leader and throughput over the last minutes. Nothing here writes; every query is one statement.
+ */
+import type { Queryable, TaskState } from './task-store.ts';
+import { TaskmillError, isUndefinedTable, notMigratedError } from './errors.ts';
+import { isUuid } from './schedule-context.ts';
+import { PLANNER_DEFAULTS } from '../planner/planner.ts';
+
+export const HOT_STATES = ['ready', 'assigned', 'running', 'waiting'] as const;
+export const ENDED_STATES = ['completed', 'failed', 'cancelled'] as const;
+export const TASK_STATES: readonly TaskState[] = [...HOT_STATES, ...ENDED_STATES, 'dead'];
+
+export const INSPECT_DEFAULTS = {
+  listLimit: 100,
+  maxListLimit: 1000,
+  throughputWindowMinutes: 15,
+  throughputBucketSeconds: 30,
+  recentFailures: 20,
+};
+
+export interface TaskFilter {
+  /** Any of TASK_STATES; default all. */
+  states?: TaskState[];
+  name?: string;
+  workflowId?: string;
+  /** Page size (1..1000). */
+  limit?: number;
+  /** `nextCursor` of the previous page. */
+  cursor?: string;
+}
+
+export interface TaskSummary {
+  id: string;
+  name: string;
+  state: TaskState;
+  workflowId: string;
+  parentId: string | null;
+  affinityGroup: string | null;
+  affinity: string | null;
+  priority: number | null;
+  attempts: number;
+  nodeId: string | null;
+  notBefore: Date | null;
+  createdAt: Date;
+  finishedAt: Date | null;
+  error: string | null;
+}
+
+export interface TaskPage {
+  tasks: TaskSummary[];
+  /** Pass back as `cursor` for the next page; null on the last page. */
+  nextCursor: string | null;
+}
+
+// One branch per table. Each branch is ordered and limited on its own so it walks its primary key
+// backwards from the cursor (ids are UUIDv7, so id order is creation order) and stops after `limit`
+// rows; the outer query merges at most 3 x limit rows.
+const BRANCHES = {
+  hot: `(select id, name, state, workflow_id, parent_id, affinity_group, affinity, priority, attempt as attempts,
+      node_id, not_before, created_at, null::timestamptz as finished_at, last_error as error
+    from tm_tasks
+    where ($1::text[] is null or state = any($1)) and ($2::text is null or name = $2)
+      and ($3::uuid is null or workflow_id = $3) and ($4::uuid is null or id < $4)
+    order by id desc limit $5)`,
+  history: `(select id, name, state, workflow_id, parent_id, null, null, null, attempts, null, null, created_at,
+      finished_at, error
+    from tm_history
+    where ($1::text[] is null or state = any($1)) and ($2::text is null or name = $2)
+      and ($3::uuid is null or workflow_id = $3) and ($4::uuid is null or id < $4)
+    order by id desc limit $5)`,
+  dead: `(select id, name, 'dead', workflow_id, parent_id, affinity_group, affinity, priority, attempts, null, null,
+      created_at, failed_at, error
+    from tm_dead_letters
+    where ($2::text is null or name = $2) and ($3::uuid is null or workflow_id = $3) and ($4::uuid is null or id < $4)
+    order by id desc limit $5)`,
+};
+
+/** Tasks newest first, across the hot table, history and dead letters. */
+export async function listTasks(db: Queryable, filter: TaskFilter = {}): Promise<TaskPage> {
+  const limit = filter.limit ?? INSPECT_DEFAULTS.listLimit;
+  if (!Number.isInteger(limit) || limit < 1 || limit > INSPECT_DEFAULTS.maxListLimit) {
+    throw invalid(`limit must be an integer between 1 and ${INSPECT_DEFAULTS.maxListLimit}, got ${limit}`);
+  }
+  const states = filter.states?.length ? filter.states : undefined;
+  for (const s of states ?? []) {
+    if (!TASK_STATES.includes(s))
+      throw invalid(`unknown state ${JSON.stringify(s)}; use ${TASK_STATES.join(', ')}`);
+  }
+  if (filter.workflowId !== undefined && !isUuid(filter.workflowId)) {
+    throw invalid(`workflow id must be a UUID, got ${JSON.stringify(filter.workflowId)}`);
+  }
+  if (filter.cursor !== undefined && !isUuid(filter.cursor)) {
+    throw invalid(`cursor must be the nextCursor of a previous page, got ${JSON.stringify(filter.cursor)}`);
+  }
+  const wants = (group: readonly string[]) => !states || states.some((s) => group.includes(s));
+  const branches = [
+    wants(HOT_STATES) ? BRANCHES.hot : undefined,
+    wants(ENDED_STATES) ? BRANCHES.history : undefined,
+    wants(['dead']) ? BRANCHES.dead : undefined,
+  ].filter((b) => b !== undefined);
+  const { rows } = await query<RawTask>(
+    db,
+    `select * from (${branches.join(' union all ')}) t order by id desc limit $5`,
+    [states ?? null, filter.name ?? null, filter.workflowId ?? null, filter.cursor ?? null, limit],
+  );
+  const tasks = rows.map(toSummary);
+  return { tasks, nextCursor: tasks.length === limit ? tasks[tasks.length - 1].id : null };
+}
+
+interface RawTask {
+  id: string;
+  name: string;
+  state: TaskState;
+  workflow_id: string;
+  parent_id: string | null;
+  affinity_group: string | null;
+  affinity: string | null;
+  priority: number | null;
+  attempts: number;
+  node_id: string | null;
+  not_before: Date | null;
+  created_at: Date;
+  finished_at: Date | null;
+  error: string | null;
+}
+
+function toSummary(r: RawTask): TaskSummary {
+  return {
+    id: r.id,
+    name: r.name,
+    state: r.state,
+    workflowId: r.workflow_id,
+    parentId: r.parent_id,
+    affinityGroup: r.affinity_group,
+    affinity: r.affinity,
+    priority: r.priority,
+    attempts: r.attempts,
+    nodeId: r.node_id,
+    notBefore: r.not_before,
+    createdAt: r.created_at,
+    finishedAt: r.finished_at,
+    error: r.error,
+  };
+}
+
+/** Pending tasks by name and state; `ready` counts only due tasks, `delayed` the ready ones not yet due. */
+export interface QueueDepth {
+  name: string;
+  state: 'ready' | 'delayed' | 'assigned' | 'running' | 'waiting' | 'dead';
+  count: number;
+}
+
+export async function queueDepths(db: Queryable): Promise<QueueDepth[]> {
+  const { rows } = await query<QueueDepth>(
+    db,
+    `select name, case when state = 'ready' and not_before > now() then 'delayed' else state end as state,
+       count(*)::int as count
+     from tm_tasks group by 1, 2
+     union all
+     select name, 'dead', count(*)::int from tm_dead_letters group by 1
+     order by 1, 2`,
+  );
+  return rows;
+}
+
+export interface NodeInfo {
+  id: string;
+  name: string;
+  capacity: number;
+  taskNames: string[];
+  /** Running or queued on the node, as of its last heartbeat. */
+  inFlight: number;
+  /** Tasks the hot table holds for the node (assigned or running) right now. */
+  held: number;
+  cpu: number;
+  startedAt: Date;
+  heartbeatAt: Date;
+  /** Heartbeat younger than the node timeout (database time). */
+  alive: boolean;
+  leader: boolean;
+}
+
+export async function listNodes(
+  db: Queryable,
+  nodeTimeoutMs = PLANNER_DEFAULTS.nodeTimeoutMs,
+): Promise<NodeInfo[]> {
+  const { rows } = await query<NodeInfo>(
+    db,
+    `select n.id, n.name, n.capacity, n.task_names as "taskNames", n.in_flight as "inFlight",
+       coalesce(h.held, 0)::int as held, n.cpu, n.started_at as "startedAt", n.heartbeat_at as "heartbeatAt",
+       n.heartbeat_at > now() - $1 * interval '1 millisecond' as alive,
+       coalesce(l.node_id = n.id and l.expires_at > now(), false) as leader
+     from tm_nodes n
+     left join (select node_id, count(*) as held from tm_tasks where node_id is not null group by 1) h
+       on h.node_id = n.id
+     left join tm_leader l on l.node_id = n.id
+     order by n.started_at, n.name`,
+    [nodeTimeoutMs],
+  );
+  return rows;
+}
+
+export interface LeaderInfo {
+  nodeId: string;
+  nodeName: string | null;
+  acquiredAt: Date;
+  expiresAt: Date;
+}
+
+/** The current planner leader; undefined when no unexpired lease exists. */
+export async function currentLeader(db: Queryable): Promise<LeaderInfo | undefined> {
+  const { rows } = await query<LeaderInfo>(
+    db,
+    `select l.node_id as "nodeId", n.name as "nodeName", l.acquired_at as "acquiredAt", l.expires_at as "expiresAt"
+     from tm_leader l left join tm_nodes n on n.id = l.node_id where l.expires_at > now()`,
+  );
+  return rows[0];
+}
+
+export interface ThroughputBucket {
+  /** Start of the bucket (database time). */
+  start: Date;
+  completed: number;
+  failed: number;
+  cancelled: number;
+  dead: number;
+}
+
+export interface Throughput {
+  bucketSeconds: number;
+  buckets: ThroughputBucket[];
+  /** Tasks ended (any outcome) per second over the whole window. */
+  perSecond: number;
+}
+
+/** Ended tasks per time bucket over the last minutes, from history and dead letters (oldest first). */
+export async function throughput(
+  db: Queryable,
+  options: { windowMinutes?: number; bucketSeconds?: number } = {},
+): Promise<Throughput> {
+  const windowMinutes = options.windowMinutes ?? INSPECT_DEFAULTS.throughputWindowMinutes;
+  const bucketSeconds = options.bucketSeconds ?? INSPECT_DEFAULTS.throughputBucketSeconds;
+  if (!(Number.isInteger(windowMinutes) && windowMinutes >= 1 && windowMinutes <= 24 * 60)) {
+    throw invalid(`window must be 1..1440 minutes, got ${windowMinutes}`);
+  }
+  if (!(Number.isInteger(bucketSeconds) && bucketSeconds >= 1 && bucketSeconds <= windowMinutes * 60)) {
+    throw invalid(`bucket must be 1..${windowMinutes * 60} seconds, got ${bucketSeconds}`);
+  }
+  // Buckets are aligned on the epoch so consecutive calls agree; the range scans of tm_history and
+  // tm_dead_letters use their finished_at / failed_at indexes.
+  const { rows } = await query<ThroughputBucket>(
+    db,
+    `with bounds as (
+       select date_bin(make_interval(secs => $1), now(), timestamptz 'epoch') as last_start,
+              make_interval(secs => $1) as width),
+     buckets as (
+       select generate_series(last_start - make_interval(secs => $2 * 60) + width, last_start, width) as start
+       from bounds),
+     ended as (
+       select date_bin(make_interval(secs => $1), finished_at, timestamptz 'epoch') as start, state
+       from tm_history, bounds where finished_at >= last_start - make_interval(secs => $2 * 60) + width
+       union all
+       select date_bin(make_interval(secs => $1), failed_at, timestamptz 'epoch'), 'dead'
+       from tm_dead_letters, bounds where failed_at >= last_start - make_interval(secs => $2 * 60) + width)
+     select b.start,
+       count(e.state) filter (where e.state = 'completed')::int as completed,
+       count(e.state) filter (where e.state = 'failed')::int as failed,
+       count(e.state) filter (where e.state = 'cancelled')::int as cancelled,
+       count(e.state) filter (where e.state = 'dead')::int as dead
+     from buckets b left join ended e on e.start = b.start
+     group by b.start order by b.start`,
+    [bucketSeconds, windowMinutes],
+  );
+  const total = rows.reduce((sum, b) => sum + b.completed + b.failed + b.cancelled + b.dead, 0);
+  return { bucketSeconds, buckets: rows, perSecond: total / (rows.length * bucketSeconds || 1) };
+}
+
+export interface FailureInfo {
+  id: string;
+  name: string;
+  workflowId: string;
+  /** `dead`: in the dead-letter table (can be requeued); `failed`: ended in history. */
+  state: 'dead' | 'failed';
+  attempts: number;
+  error: string | null;
+  failedAt: Date;
+}
+
+/** The newest failures that ended a task, dead letters and failed history rows. */
+export async function recentFailures(
+  db: Queryable,
+  limit = INSPECT_DEFAULTS.recentFailures,
+): Promise<FailureInfo[]> {
+  const { rows } = await query<FailureInfo>(
+    db,
+    `select * from (
+       (select id, name, workflow_id as "workflowId", 'dead' as state, attempts, error, failed_at as "failedAt"
+        from tm_dead_letters order by failed_at desc limit $1)
+       union all
+       (select id, name, workflow_id, 'failed', attempts, error, finished_at
+        from tm_history where state = 'failed' order by finished_at desc limit $1)) f
+     order by "failedAt" desc limit $1`,
+    [limit],
+  );
+  return rows;
+}
+
+export interface ClusterStats {
+  at: Date;
+  leader: LeaderInfo | null;
+  nodes: NodeInfo[];
+  depths: QueueDepth[];
+  /** Depth per state summed over task names. */
+  totals: Record<QueueDepth['state'], number>;
+  throughput: Throughput;
+  recentFailures: FailureInfo[];
+}
+
+/** Everything `taskmill status`, `GET /api/stats` and the dashboard show, read concurrently. */
+export async function clusterStats(
+  db: Queryable,
+  options: { nodeTimeoutMs?: number; windowMinutes?: number; bucketSeconds?: number; failures?: number } = {},
+): Promise<ClusterStats> {
+  const [leader, nodes, depths, tp, failures] = await Promise.all([
+    currentLeader(db),
+    listNodes(db, options.nodeTimeoutMs),
+    queueDepths(db),
+    throughput(db, options),
+    recentFailures(db, options.failures),
+  ]);
+  const totals = { ready: 0, delayed: 0, assigned: 0, running: 0, waiting: 0, dead: 0 };
+  for (const d of depths) totals[d.state] += d.count;
+  return {
+    at: new Date(),
+    leader: leader ?? null,
+    nodes,
+    depths,
+    totals,
+    throughput: tp,
+    recentFailures: failures,
+  };
+}
+
+async function query<R extends object>(db: Queryable, sql: string, params: unknown[] = []) {
+  try {
+    return await db.query<R>(sql, params);
+  } catch (error) {
+    throw isUndefinedTable(error) ? notMigratedError(error) : error;
+  }
+}
+
+function invalid(message: string): TaskmillError {
+  return new TaskmillError('INVALID_ARGUMENT', `Invalid query: ${message}.`);
+}

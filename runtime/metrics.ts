@@ -1,0 +1,439 @@
+/**
+ * Prometheus metrics (prom-client). Two sources:
+ *  - node events, counted as they happen in this process: task outcomes per task name (from 'flush'),
+ *    planner passes (from 'pass'), leadership changes (from 'leader'), plus the node's in-flight work
+ *    read at scrape time;
+ *  - the database, read once per scrape (cluster-wide, the same from every process that exports it):
+ *    queue depth by task and state, live and dead nodes, per-node load, the leader, tasks created, and
+ *    the latency (creation to end) of tasks that ended since this exporter started.
+ * Counters of scheduled tasks count what this process scheduled through the HTTP API (`recordScheduled`).
+ *
+ * Written by node event handlers and scrape collectors, both on the main thread.
+ */
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import type pg from 'pg';
+import type { TaskmillNode } from './node.ts';
+import type { FlushResult } from './completer.ts';
+import type { PassResult } from '../planner/planner.ts';
+import { listNodes, queueDepths, type NodeInfo, type QueueDepth } from './inspect.ts';
+import type { Logger } from './logger.ts';
+
+/** Upper bounds (seconds) of the task latency histogram: 5 ms .. 1 h. */
+export const LATENCY_BUCKETS = [
+  0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600,
+];
+/** History rows are counted once they are this old, so a transaction that commits late is not missed. */
+const LATENCY_SETTLE_MS = 2_000;
+/** Collectors of one scrape share one database snapshot younger than this. */
+const SNAPSHOT_TTL_MS = 500;
+
+export interface MetricsOptions {
+  /** Database of the cluster gauges; without it only node-fed metrics are exported. */
+  db?: Pick<pg.Pool, 'query'>;
+  /** Heartbeat age after which a node counts as dead (default: the planner's). */
+  nodeTimeoutMs?: number;
+  /** Also export Node.js process metrics (default true). */
+  processMetrics?: boolean;
+  log?: Logger;
+}
+
+interface Snapshot {
+  depths: QueueDepth[];
+  nodes: NodeInfo[];
+  created: number;
+}
+
+export class TaskmillMetrics {
+  readonly registry = new Registry();
+  private readonly detachers: (() => void)[] = [];
+  private readonly observed = new Set<TaskmillNode>();
+  private snapshotAt = 0;
+  private snapshotPromise: Promise<Snapshot | undefined> | undefined;
+
+  private readonly scheduled = this.counter(
+    'taskmill_tasks_scheduled_total',
+    'Tasks scheduled through this process (HTTP API).',
+    ['task'],
+  );
+  private readonly completed = this.counter(
+    'taskmill_tasks_completed_total',
+    'Tasks completed by nodes of this process.',
+    ['task'],
+  );
+  private readonly retried = this.counter(
+    'taskmill_tasks_retried_total',
+    'Failed attempts rescheduled by the retry policy.',
+    ['task'],
+  );
+  private readonly deadLettered = this.counter(
+    'taskmill_tasks_dead_lettered_total',
+    'Tasks that failed every attempt and moved to the dead-letter table.',
+    ['task'],
+  );
+  private readonly failed = this.counter(
+    'taskmill_tasks_failed_total',
+    'Tasks that failed for good without a dead letter (ended failed in history).',
+    ['task'],
+  );
+  private readonly cancelled = this.counter(
+    'taskmill_tasks_cancelled_total',
+    'Running tasks that ended cancelled on nodes of this process.',
+    ['task'],
+  );
+  private readonly outcomes: Record<string, Counter | undefined> = {
+    completed: this.completed,
+    retried: this.retried,
+    dead: this.deadLettered,
+    failed: this.failed,
+    cancelled: this.cancelled,
+  };
+  private readonly stale = this.counter(
+    'taskmill_outcomes_stale_total',
+    'Outcomes fenced out because their task was reassigned meanwhile.',
+  );
+  private readonly passes = this.counter(
+    'taskmill_planner_passes_total',
+    'Planning passes run while leader.',
+  );
+  private readonly claimed = this.counter(
+    'taskmill_planner_claimed_total',
+    'Ready tasks claimed by planning passes.',
+  );
+  private readonly assigned = this.counter(
+    'taskmill_planner_assigned_total',
+    'Tasks assigned to nodes by planning passes.',
+  );
+  private readonly passDuration = new Histogram({
+    name: 'taskmill_planner_pass_duration_seconds',
+    help: 'Duration of one planning pass (claim, choose nodes, assign).',
+    buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5],
+    registers: [this.registry],
+  });
+  private readonly batchSize = new Histogram({
+    name: 'taskmill_planner_batch_size',
+    help: 'Tasks claimed by one planning pass.',
+    buckets: [0, 1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000],
+    registers: [this.registry],
+  });
+  private readonly pollingDelay = this.gauge(
+    'taskmill_planner_polling_delay_seconds',
+    'Sleep the planner chose after its last pass.',
+  );
+  private readonly freeSlots = this.gauge(
+    'taskmill_planner_free_slots',
+    'Free slots across live nodes before the last pass.',
+  );
+  private readonly leaderChanges = this.counter(
+    'taskmill_leader_changes_total',
+    'Leadership gained or lost by nodes of this process.',
+    ['node'],
+  );
+
+  constructor(private readonly options: MetricsOptions = {}) {
+    if (options.processMetrics ?? true) collectDefaultMetrics({ register: this.registry });
+    this.gauge(
+      'taskmill_node_leader',
+      'Whether the node holds the planner lease (1) or not (0).',
+      ['node'],
+      (g) => {
+        g.reset();
+        for (const node of this.observed) g.set({ node: node.name }, node.isLeader ? 1 : 0);
+      },
+    );
+    this.gauge('taskmill_node_in_flight', 'Tasks the node is running now.', ['node'], (g) => {
+      g.reset();
+      for (const node of this.observed) g.set({ node: node.name }, node.stats().inFlight);
+    });
+    this.gauge(
+      'taskmill_node_queued',
+      'Tasks fetched by the node and waiting in its mailboxes.',
+      ['node'],
+      (g) => {
+        g.reset();
+        for (const node of this.observed) g.set({ node: node.name }, node.stats().queued);
+      },
+    );
+    this.gauge(
+      'taskmill_node_utilization',
+      'In-flight tasks over the node capacity (maxParallelTasksInNode), 0..1.',
+      ['node'],
+      async (g) => {
+        g.reset();
+        const snapshot = await this.snapshot();
+        for (const node of this.observed) {
+          const capacity = snapshot?.nodes.find((n) => n.id === node.id)?.capacity;
+          if (capacity) g.set({ node: node.name }, node.stats().inFlight / capacity);
+        }
+      },
+    );
+    if (!options.db) return;
+    this.gauge(
+      'taskmill_cluster_up',
+      'Whether the last scrape could read the database (1) or not (0).',
+      [],
+      async (g) => {
+        g.set((await this.snapshot()) ? 1 : 0);
+      },
+    );
+    this.gauge(
+      'taskmill_queue_depth',
+      'Pending tasks by task name and state (ready = due, delayed = not yet due, dead = dead letters).',
+      ['task', 'state'],
+      async (g) => {
+        g.reset();
+        for (const d of (await this.snapshot())?.depths ?? [])
+          g.set({ task: d.name, state: d.state }, d.count);
+      },
+    );
+    this.gauge('taskmill_cluster_nodes', 'Registered nodes by heartbeat status.', ['status'], async (g) => {
+      g.reset();
+      const nodes = (await this.snapshot())?.nodes;
+      if (!nodes) return;
+      g.set({ status: 'alive' }, nodes.filter((n) => n.alive).length);
+      g.set({ status: 'dead' }, nodes.filter((n) => !n.alive).length);
+    });
+    this.gauge(
+      'taskmill_cluster_leader',
+      'Whether some node holds an unexpired planner lease.',
+      [],
+      async (g) => {
+        const nodes = (await this.snapshot())?.nodes;
+        g.set(nodes?.some((n) => n.leader) ? 1 : 0);
+      },
+    );
+    this.gauge(
+      'taskmill_cluster_node_in_flight',
+      'In-flight tasks per live node, as of its last heartbeat.',
+      ['node'],
+      async (g) => {
+        g.reset();
+        for (const n of (await this.snapshot())?.nodes ?? [])
+          if (n.alive) g.set({ node: n.name }, n.inFlight);
+      },
+    );
+    this.gauge(
+      'taskmill_cluster_node_capacity',
+      'Capacity (maxParallelTasksInNode) per live node.',
+      ['node'],
+      async (g) => {
+        g.reset();
+        for (const n of (await this.snapshot())?.nodes ?? [])
+          if (n.alive) g.set({ node: n.name }, n.capacity);
+      },
+    );
+    this.counter(
+      'taskmill_cluster_tasks_created_total',
+      'Task rows inserted since the schema was created (identity sequence of tm_tasks; counts rolled-back inserts too).',
+      [],
+      async (g) => {
+        const snapshot = await this.snapshot();
+        if (!snapshot) return;
+        g.reset();
+        g.inc(snapshot.created);
+      },
+    );
+    this.registry.registerMetric(new LatencyHistogram(options.db, options.log) as never);
+  }
+
+  /** Counts outcomes, passes and leadership of a node until it stops or `detach` is called. */
+  observe(node: TaskmillNode): () => void {
+    const onFlush = (flush: FlushResult) => {
+      for (const a of flush.accepted) this.outcomes[a.outcome as string]?.inc({ task: a.name });
+      if (flush.stale) this.stale.inc(flush.stale);
+    };
+    const onPass = (pass: PassResult) => {
+      if (!pass.leader) return;
+      this.passes.inc();
+      this.claimed.inc(pass.claimed);
+      this.assigned.inc(pass.assigned);
+      this.passDuration.observe(pass.durationMs / 1000);
+      this.batchSize.observe(pass.claimed);
+      this.pollingDelay.set(pass.delayMs / 1000);
+      this.freeSlots.set(pass.freeSlots);
+    };
+    const onLeader = () => this.leaderChanges.inc({ node: node.name });
+    node.on('flush', onFlush);
+    node.on('pass', onPass);
+    node.on('leader', onLeader);
+    this.observed.add(node);
+    const detach = () => {
+      node.off('flush', onFlush);
+      node.off('pass', onPass);
+      node.off('leader', onLeader);
+      this.observed.delete(node);
+    };
+    this.detachers.push(detach);
+    return detach;
+  }
+
+  /** Counts tasks this process scheduled (the HTTP API calls it after each committed submit). */
+  recordScheduled(name: string, count = 1): void {
+    this.scheduled.inc({ task: name }, count);
+  }
+
+  /** Prometheus text exposition. */
+  metrics(): Promise<string> {
+    return this.registry.metrics();
+  }
+
+  get contentType(): string {
+    return this.registry.contentType;
+  }
+
+  close(): void {
+    for (const detach of this.detachers.splice(0)) detach();
+    this.registry.clear();
+  }
+
+  private snapshot(): Promise<Snapshot | undefined> {
+    const db = this.options.db;
+    if (!db) return Promise.resolve(undefined);
+    if (this.snapshotPromise && Date.now() - this.snapshotAt < SNAPSHOT_TTL_MS) return this.snapshotPromise;
+    this.snapshotAt = Date.now();
+    this.snapshotPromise = Promise.all([
+      queueDepths(db),
+      listNodes(db, this.options.nodeTimeoutMs),
+      db.query<{ created: string | null }>(
+        `select pg_sequence_last_value(pg_get_serial_sequence('tm_tasks', 'seq')::regclass) as created`,
+      ),
+    ]).then(
+      ([depths, nodes, created]) => ({ depths, nodes, created: Number(created.rows[0]?.created ?? 0) }),
+      (error: unknown) => {
+        this.options.log?.warn({ err: error }, 'metrics: cannot read the database');
+        return undefined;
+      },
+    );
+    return this.snapshotPromise;
+  }
+
+  /** A counter; `collect` (if any) sets it from a source at scrape time. */
+  private counter(
+    name: string,
+    help: string,
+    labelNames: string[] = [],
+    collect?: (counter: Counter) => void | Promise<void>,
+  ): Counter {
+    const counter: Counter = new Counter({
+      name,
+      help,
+      labelNames,
+      registers: [this.registry],
+      collect: collect && (() => collect(counter)),
+    });
+    return counter;
+  }
+
+  /** A gauge; `collect` (if any) sets it at scrape time. */
+  private gauge(
+    name: string,
+    help: string,
+    labelNames: string[] = [],
+    collect?: (gauge: Gauge) => void | Promise<void>,
+  ): Gauge {
+    const gauge: Gauge = new Gauge({
+      name,
+      help,
+      labelNames,
+      registers: [this.registry],
+      collect: collect && (() => collect(gauge)),
+    });
+    return gauge;
+  }
+}
+
+interface LatencySeries {
+  labels: { task: string; outcome: string };
+  buckets: number[];
+  sum: number;
+  count: number;
+}
+
+/**
+ * `taskmill_task_latency_seconds{task,outcome}`: creation to end of the tasks that ended (tm_history)
+ * since this exporter's first scrape. Each scrape adds the rows that ended between the previous
+ * watermark and now - LATENCY_SETTLE_MS (database time), aggregated in SQL: one range scan of the
+ * finished_at index per scrape, whatever the task rate. A prom-client Histogram cannot take
+ * pre-aggregated counts, so this metric renders its own series.
+ */
+class LatencyHistogram {
+  readonly name = 'taskmill_task_latency_seconds';
+  readonly help =
+    'Time from creation to end (completed, failed, cancelled) of tasks ended since this exporter started; cluster-wide, from history.';
+  readonly type = 'histogram';
+  readonly aggregator = 'sum';
+  private readonly series = new Map<string, LatencySeries>();
+  private watermark: Date | undefined;
+
+  constructor(
+    private readonly db: Pick<pg.Pool, 'query'>,
+    private readonly log?: Logger,
+  ) {}
+
+  async get() {
+    await this.refresh().catch((error: unknown) =>
+      this.log?.warn({ err: error }, 'metrics: latency scrape failed'),
+    );
+    const values: { metricName: string; labels: Record<string, string | number>; value: number }[] = [];
+    for (const s of this.series.values()) {
+      let cumulative = 0;
+      LATENCY_BUCKETS.forEach((le, i) => {
+        cumulative += s.buckets[i];
+        values.push({ metricName: `${this.name}_bucket`, labels: { ...s.labels, le }, value: cumulative });
+      });
+      values.push({ metricName: `${this.name}_bucket`, labels: { ...s.labels, le: '+Inf' }, value: s.count });
+      values.push({ metricName: `${this.name}_sum`, labels: s.labels, value: s.sum });
+      values.push({ metricName: `${this.name}_count`, labels: s.labels, value: s.count });
+    }
+    return { name: this.name, help: this.help, type: this.type, aggregator: this.aggregator, values };
+  }
+
+  private async refresh(): Promise<void> {
+    if (!this.watermark) {
+      const { rows } = await this.db.query<{ upto: Date }>(
+        `select now() - $1 * interval '1 millisecond' as upto`,
+        [LATENCY_SETTLE_MS],
+      );
+      this.watermark = rows[0].upto;
+      return;
+    }
+    // Bucket i holds latencies in (bounds[i-1], bounds[i]]; index = number of bounds below the value.
+    const { rows } = await this.db.query<{
+      name: string;
+      state: string;
+      bucket: number;
+      n: number;
+      sum: number;
+      upto: Date;
+    }>(
+      `with w as (select now() - $2 * interval '1 millisecond' as upto),
+       ended as (
+         select name, state, extract(epoch from finished_at - created_at)::float8 as secs
+         from tm_history, w where finished_at > $1 and finished_at <= w.upto)
+       select name, state, (select count(*) from unnest($3::float8[]) b where b < secs)::int as bucket,
+         count(*)::int as n, sum(secs)::float8 as sum, (select upto from w) as upto
+       from ended group by 1, 2, 3
+       union all select null, null, null, null, null, upto from w`,
+      [this.watermark, LATENCY_SETTLE_MS, LATENCY_BUCKETS],
+    );
+    for (const row of rows) {
+      if (row.name === null) {
+        this.watermark = row.upto;
+        continue;
+      }
+      const key = `${row.name}\u0000${row.state}`;
+      let s = this.series.get(key);
+      if (!s) {
+        s = {
+          labels: { task: row.name, outcome: row.state },
+          buckets: LATENCY_BUCKETS.map(() => 0),
+          sum: 0,
+          count: 0,
+        };
+        this.series.set(key, s);
+      }
+      if (row.bucket < LATENCY_BUCKETS.length) s.buckets[row.bucket] += row.n;
+      s.sum += row.sum;
+      s.count += row.n;
+    }
+  }
+}

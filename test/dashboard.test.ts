@@ -1,0 +1,151 @@
+import { mkdirSync } from 'node:fs';
+import path from 'node:path';
+import { chromium, type Browser, type Page } from 'playwright-core';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { startHttpServer, type HttpServer } from '../http/server.ts';
+import { createLogger } from '../runtime/logger.ts';
+import type { TaskmillNode } from '../runtime/index.ts';
+import * as defs from './fixtures/definitions.ts';
+import { count, createTestDatabase, until, type TestDatabase } from './helpers/database.ts';
+import { runningNodes, startTestNode, stopAllNodes } from './helpers/nodes.ts';
+
+const OUTPUT = path.resolve(import.meta.dirname, '../.taskmill/test-output');
+const silent = createLogger('silent');
+let db: TestDatabase;
+let node: TaskmillNode;
+let server: HttpServer;
+let browser: Browser;
+let page: Page;
+const problems: string[] = [];
+let deadId: string;
+let pendingIds: string[];
+const workflowId = '0190a5b2-0000-7000-8000-00000000da5b';
+
+beforeAll(async () => {
+  db = await createTestDatabase();
+  node = await startTestNode(db.url, { name: 'dash-node' });
+  server = await startHttpServer({
+    connectionString: db.url,
+    port: 0,
+    node,
+    log: silent,
+    nodeTimeoutMs: 1_000,
+  });
+  // Something to show: completed tasks, a dead letter, pending (delayed) tasks, one workflow of two.
+  const done = await node.client.scheduleMany(
+    defs.noop,
+    Array.from({ length: 30 }, () => ({})),
+  );
+  deadId = await node.client.schedule(defs.throws);
+  pendingIds = await node.client.scheduleMany(defs.sleep, [{ delayMs: 3_600_000 }, { delayMs: 3_600_000 }]);
+  await node.client.scheduleMany(defs.noop, [
+    { delayMs: 3_600_000, workflowId },
+    { delayMs: 3_600_000, workflowId },
+  ]);
+  await until(
+    async () =>
+      (await count(db.pool, `select count(*) from tm_history where id = any($1)`, [done])) === 30 &&
+      (await count(db.pool, `select count(*) from tm_dead_letters where id = $1`, [deadId])) === 1,
+  );
+  browser = await chromium.launch({ executablePath: '/usr/bin/chromium', args: ['--no-sandbox'] });
+  page = await browser.newPage({ viewport: { width: 1280, height: 1000 } });
+  page.on('console', (m) => m.type() === 'error' && problems.push(m.text()));
+  page.on('pageerror', (e) => problems.push(e.message));
+}, 60_000);
+
+afterAll(async () => {
+  await browser?.close();
+  await server?.close();
+  await stopAllNodes();
+  expect(runningNodes()).toBe(0);
+  await db.drop();
+});
+
+const row = (table: string, attr: string, value: string) =>
+  page.locator(`[data-testid=${table}] tr[${attr}="${value}"]`);
+
+describe('the dashboard', () => {
+  it('shows nodes, leader, queue depths, throughput, pending tasks and failures', async () => {
+    await page.goto(`${server.url}/`);
+    await page.locator('body[data-loaded=true]').waitFor();
+    expect(await page.getByTestId('leader').textContent()).toBe('leader: dash-node');
+    const nodeRow = row('nodes', 'data-node', 'dash-node');
+    expect(await nodeRow.textContent()).toMatch(/alive.*leader/);
+    expect(await page.locator('[data-testid=totals] [data-state=delayed] b').textContent()).toBe('4');
+    expect(await page.locator('[data-testid=totals] [data-state=dead] b').textContent()).toBe('1');
+    // Columns: task, ready, delayed, assigned, running, waiting, dead.
+    expect(await row('depths', 'data-task', 'sleep').locator('td').allTextContents()).toEqual([
+      'sleep',
+      '0',
+      '2',
+      '0',
+      '0',
+      '0',
+      '0',
+    ]);
+    // The chart: one bar segment per non-empty bucket and series, completed tasks among them.
+    expect(await page.locator('[data-testid=chart] svg rect[data-series=completed]').count()).toBeGreaterThan(
+      0,
+    );
+    expect(await page.getByTestId('throughput-title').textContent()).toMatch(/last 15 min/);
+    expect(await page.locator('[data-testid=pending] tr[data-id]').count()).toBe(4);
+    const failure = row('failures', 'data-id', deadId);
+    expect(await failure.textContent()).toMatch(/throws.*dead letter.*Error/);
+  });
+
+  it('cancels a task and a workflow with its buttons', async () => {
+    await row('pending', 'data-id', pendingIds[0]).locator('button[data-action=cancel]').click();
+    await until(async () => (await node.client.getTask(pendingIds[0]))?.state === 'cancelled', 10_000);
+    await page.getByTestId('notice').filter({ hasText: 'cancel task' }).waitFor();
+    expect(await page.getByTestId('notice').textContent()).toContain('"outcome":"cancelled"');
+    await row('pending', 'data-id', pendingIds[0]).waitFor({ state: 'detached' });
+
+    const inWorkflow = page.locator('[data-testid=pending] tr[data-id]').filter({ hasText: 'noop' }).first();
+    await inWorkflow.locator('button[data-action=cancel-workflow]').click();
+    await until(
+      async () =>
+        (await count(db.pool, `select count(*) from tm_tasks where workflow_id = $1`, [workflowId])) === 0,
+      10_000,
+    );
+    await page.getByTestId('notice').filter({ hasText: 'cancel workflow' }).waitFor();
+    expect(await page.locator('[data-testid=pending] tr[data-id]').count()).toBe(1);
+  });
+
+  it('requeues a dead letter with its button', async () => {
+    const failedAt = await db.pool.query(`select failed_at from tm_dead_letters where id = $1`, [deadId]);
+    await row('failures', 'data-id', deadId).locator('button[data-action=requeue]').click();
+    await page.getByTestId('notice').filter({ hasText: 'requeue' }).waitFor();
+    expect(await page.getByTestId('notice').textContent()).toContain(`{"requeued":["${deadId}"]}`);
+    // It ran again (and, as `throws` always fails, came back with a newer failure time).
+    await until(async () => {
+      const { rows } = await db.pool.query(`select failed_at from tm_dead_letters where id = $1`, [deadId]);
+      return rows.length === 1 && rows[0].failed_at > failedAt.rows[0].failed_at;
+    }, 10_000);
+  });
+
+  it('leaves a screenshot and logs no error in the browser', async () => {
+    await page.reload();
+    await page.locator('body[data-loaded=true]').waitFor();
+    mkdirSync(OUTPUT, { recursive: true });
+    await page.screenshot({ path: path.join(OUTPUT, 'dashboard.png'), fullPage: true });
+    expect(problems).toEqual([]);
+  });
+
+  it('asks for the token when the API needs one', async () => {
+    const token = 'dashboard-token-0123456789';
+    const guarded = await startHttpServer({ connectionString: db.url, port: 0, token, log: silent });
+    const other = await browser.newPage();
+    try {
+      await other.goto(`${guarded.url}/`);
+      await other.getByTestId('auth').waitFor();
+      expect(await other.getByTestId('notice').textContent()).toMatch(/token is missing or wrong/);
+      await other.locator('#token').fill(token);
+      await other.getByRole('button', { name: 'Use token' }).click();
+      await other.locator('body[data-loaded=true]').waitFor();
+      expect(await other.getByTestId('leader').textContent()).toBe('leader: dash-node');
+    } finally {
+      await other.close();
+      await guarded.close();
+    }
+  });
+});

@@ -1,0 +1,369 @@
+import { readFileSync } from 'node:fs';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { buildHttpApp, startHttpServer, type HttpServer } from '../http/server.ts';
+import { checkBinding } from '../http/auth.ts';
+import { createLogger } from '../runtime/logger.ts';
+import type { TaskmillNode } from '../runtime/index.ts';
+import { count, createTestDatabase, until, type TestDatabase } from './helpers/database.ts';
+import { runningNodes, startTestNode, stopAllNodes } from './helpers/nodes.ts';
+import { docExamples, runCurl } from './helpers/doc-examples.ts';
+
+const silent = createLogger('silent');
+let db: TestDatabase;
+let node: TaskmillNode;
+let server: HttpServer;
+
+beforeAll(async () => {
+  db = await createTestDatabase();
+  node = await startTestNode(db.url);
+  server = await startHttpServer({
+    connectionString: db.url,
+    port: 0,
+    node,
+    log: silent,
+    nodeTimeoutMs: 1_000,
+  });
+});
+afterAll(async () => {
+  await server?.close();
+  await stopAllNodes();
+  expect(runningNodes()).toBe(0);
+  await db.drop();
+});
+
+async function call(method: string, path: string, body?: unknown, headers: Record<string, string> = {}) {
+  const response = await fetch(server.url + path, {
+    method,
+    headers: body === undefined ? headers : { 'content-type': 'application/json', ...headers },
+    body: body === undefined ? undefined : typeof body === 'string' ? body : JSON.stringify(body),
+  });
+  const text = await response.text();
+  let json: any; // eslint-disable-line @typescript-eslint/no-explicit-any -- response bodies are checked field by field
+  try {
+    json = JSON.parse(text);
+  } catch {
+    json = undefined;
+  }
+  return { status: response.status, json, text, headers: response.headers };
+}
+
+const pendingCount = () => count(db.pool, `select count(*) from tm_tasks`);
+const ended = (id: string) => async () =>
+  (await count(db.pool, `select count(*) from tm_tasks where id = $1`, [id])) === 0;
+
+describe('submitting tasks', () => {
+  it('schedules one task and returns it with its result once it ran', async () => {
+    const submit = await call('POST', '/api/tasks', { name: 'echo', message: { hello: 'world' } });
+    expect(submit.status).toBe(201);
+    expect(submit.json.id).toMatch(/^[0-9a-f-]{36}$/);
+    await until(ended(submit.json.id));
+    const task = await call('GET', `/api/tasks/${submit.json.id}`);
+    expect(task.status).toBe(200);
+    expect(task.json).toMatchObject({
+      id: submit.json.id,
+      name: 'echo',
+      state: 'completed',
+      attempts: 1,
+      result: { message: { hello: 'world' }, attempt: 1 },
+    });
+  });
+
+  it('schedules many tasks of several names in one request, ids in request order', async () => {
+    const submit = await call('POST', '/api/tasks', [
+      { name: 'noop' },
+      { name: 'echo', message: 1 },
+      { name: 'noop', priority: 5 },
+    ]);
+    expect(submit.status).toBe(201);
+    expect(submit.json.ids).toHaveLength(3);
+    for (const id of submit.json.ids) await until(ended(id));
+    const names = await Promise.all(
+      submit.json.ids.map(async (id: string) => (await call('GET', `/api/tasks/${id}`)).json.name),
+    );
+    expect(names).toEqual(['noop', 'echo', 'noop']);
+  });
+
+  it('takes a delay, an epoch-ms time or an ISO time', async () => {
+    const before = Date.now();
+    const delayed = await call('POST', '/api/tasks', { name: 'noop', delayMs: 3_600_000 });
+    const atEpoch = await call('POST', '/api/tasks', { name: 'noop', runAt: before + 7_200_000 });
+    const atIso = await call('POST', '/api/tasks', {
+      name: 'noop',
+      runAt: new Date(before + 10_800_000).toISOString(),
+    });
+    const notBefore = async (id: string) =>
+      new Date((await call('GET', `/api/tasks/${id}`)).json.notBefore).getTime();
+    expect(Math.abs((await notBefore(delayed.json.id)) - (before + 3_600_000))).toBeLessThan(60_000);
+    expect(await notBefore(atEpoch.json.id)).toBe(before + 7_200_000);
+    expect(await notBefore(atIso.json.id)).toBe(before + 10_800_000);
+    for (const r of [delayed, atEpoch, atIso])
+      expect((await call('POST', `/api/tasks/${r.json.id}/cancel`)).status).toBe(200);
+  });
+
+  it.each([
+    ['an unknown task name', { name: 'nope' }, 'UNKNOWN_TASK', /nope/],
+    [
+      'an unknown name in the middle of a batch',
+      [{ name: 'noop' }, { name: 'nope' }, { name: 'noop' }],
+      'UNKNOWN_TASK',
+      /nope/,
+    ],
+    [
+      'a bad item in a batch',
+      [{ name: 'noop' }, { name: 'noop', delayMs: -1 }],
+      'INVALID_ARGUMENT',
+      /body\.1\.delayMs must be >= 0/,
+    ],
+    ['a negative delay', { name: 'noop', delayMs: -5 }, 'INVALID_ARGUMENT', /delayMs must be >= 0/],
+    [
+      'a field that does not exist',
+      { name: 'noop', delay: 5 },
+      'INVALID_ARGUMENT',
+      /additional properties \(delay\)/,
+    ],
+    ['a missing name', { message: 1 }, 'INVALID_ARGUMENT', /required property 'name'/],
+    ['a runAt that is not a time', { name: 'noop', runAt: 'tomorrow' }, 'INVALID_ARGUMENT', /runAt/],
+    [
+      'both delayMs and runAt',
+      { name: 'noop', delayMs: 1, runAt: Date.now() },
+      'INVALID_ARGUMENT',
+      /delayMs or runAt/,
+    ],
+    [
+      'a workflow id that is not a UUID',
+      { name: 'noop', workflowId: 'w1' },
+      'INVALID_ARGUMENT',
+      /workflowId must match format "uuid"/,
+    ],
+    ['an empty batch', [], 'INVALID_ARGUMENT', /fewer than 1/],
+    ['a body that is not JSON', '{"name": ', 'FST_ERR_CTP_INVALID_JSON_BODY', /JSON/],
+  ])('refuses %s with a 400 and schedules nothing', async (_what, body, code, message) => {
+    const before = await pendingCount();
+    const response = await call('POST', '/api/tasks', body);
+    expect(response.status).toBe(400);
+    expect(response.json.code).toBe(code);
+    expect(response.json.message).toMatch(message);
+    expect(await pendingCount()).toBe(before);
+  });
+});
+
+describe('reading tasks', () => {
+  it('lists with filters and keyset pagination, newest first', async () => {
+    const workflowId = '0190a5b2-0000-7000-8000-000000000001';
+    const ids: string[] = [];
+    for (let i = 0; i < 5; i++)
+      ids.push((await call('POST', '/api/tasks', { name: 'noop', workflowId, delayMs: 3_600_000 })).json.id);
+    const seen: string[] = [];
+    let cursor: string | null = null;
+    let pages = 0;
+    do {
+      const page = await call(
+        'GET',
+        `/api/tasks?workflow=${workflowId}&state=ready,waiting&limit=2${cursor ? `&cursor=${cursor}` : ''}`,
+      );
+      expect(page.status).toBe(200);
+      seen.push(...page.json.tasks.map((t: { id: string }) => t.id));
+      cursor = page.json.nextCursor;
+      pages++;
+    } while (cursor);
+    expect(seen).toEqual([...ids].reverse());
+    expect(pages).toBe(3);
+    const byName = await call('GET', `/api/tasks?name=echo&state=completed&limit=100`);
+    expect(byName.json.tasks.length).toBeGreaterThan(0);
+    expect(
+      byName.json.tasks.every(
+        (t: { name: string; state: string }) => t.name === 'echo' && t.state === 'completed',
+      ),
+    ).toBe(true);
+  });
+
+  it.each([
+    ['GET', '/api/tasks/not-a-uuid', 400],
+    ['GET', '/api/tasks/0190a5b2-0000-7000-8000-0000000000ff', 404],
+    ['GET', '/api/tasks?state=sleeping', 400],
+    ['GET', '/api/tasks?limit=0', 400],
+    ['GET', '/api/tasks?cursor=abc', 400],
+    ['GET', '/api/tasks?colour=blue', 400],
+    ['POST', '/api/tasks/0190a5b2-0000-7000-8000-0000000000ff/cancel', 404],
+    ['GET', '/api/workflows/0190a5b2-0000-7000-8000-0000000000ff', 404],
+    ['POST', '/api/workflows/not-a-uuid/cancel', 400],
+    ['GET', '/api/nothing-here', 404],
+  ])('%s %s answers %i with a message', async (method, path, status) => {
+    const response = await call(method, path);
+    expect(response.status).toBe(status);
+    expect(response.json.message).toEqual(expect.any(String));
+  });
+});
+
+describe('cancelling', () => {
+  it('cancels a task that has not started, then refuses a second cancel', async () => {
+    const { json } = await call('POST', '/api/tasks', { name: 'noop', delayMs: 3_600_000 });
+    expect(await call('POST', `/api/tasks/${json.id}/cancel`)).toMatchObject({
+      status: 200,
+      json: { id: json.id, cancelled: true },
+    });
+    expect((await call('GET', `/api/tasks/${json.id}`)).json.state).toBe('cancelled');
+    const again = await call('POST', `/api/tasks/${json.id}/cancel`);
+    expect(again.status).toBe(409);
+    expect(again.json.code).toBe('NOT_CANCELLABLE');
+  });
+
+  it('cancels a workflow and reports its counts', async () => {
+    const workflowId = '0190a5b2-0000-7000-8000-000000000002';
+    await call(
+      'POST',
+      '/api/tasks',
+      [1, 2, 3].map(() => ({ name: 'noop', workflowId, delayMs: 3_600_000 })),
+    );
+    const cancelled = await call('POST', `/api/workflows/${workflowId}/cancel`);
+    expect(cancelled.json).toMatchObject({ id: workflowId, cancelled: 3, requested: 0 });
+    const status = await call('GET', `/api/workflows/${workflowId}`);
+    expect(status.json).toMatchObject({ cancelled: 3, pending: 0, done: true });
+  });
+});
+
+describe('cluster state', () => {
+  it('shows nodes, the leader and stats', async () => {
+    await until(async () => (await call('GET', '/api/nodes')).json.leader !== null);
+    const nodes = await call('GET', '/api/nodes');
+    expect(nodes.json.nodes).toEqual([
+      expect.objectContaining({ name: node.name, alive: true, leader: true }),
+    ]);
+    expect(nodes.json.leader).toMatchObject({ nodeId: node.id, nodeName: node.name });
+
+    await call('POST', '/api/tasks', { name: 'noop', delayMs: 3_600_000 });
+    const stats = await call('GET', '/api/stats?windowMinutes=5&bucketSeconds=60');
+    expect(stats.status).toBe(200);
+    expect(stats.json.totals.delayed).toBeGreaterThanOrEqual(1);
+    expect(stats.json.depths).toContainEqual(expect.objectContaining({ name: 'noop', state: 'delayed' }));
+    expect(stats.json.throughput.buckets).toHaveLength(5);
+    const completedInWindow = stats.json.throughput.buckets.reduce(
+      (s: number, b: { completed: number }) => s + b.completed,
+      0,
+    );
+    expect(completedInWindow).toBeGreaterThanOrEqual(4);
+    expect(stats.json.nodes[0].name).toBe(node.name);
+  });
+
+  it('answers health and readiness probes', async () => {
+    expect(await call('GET', '/healthz')).toMatchObject({ status: 200, json: { status: 'ok' } });
+    expect(await call('GET', '/readyz')).toMatchObject({ status: 200, json: { status: 'ready' } });
+    const empty = await createTestDatabase({ migrated: false });
+    const app = await buildHttpApp({ pool: empty.pool, log: silent });
+    try {
+      const response = await app.inject({ method: 'GET', url: '/readyz' });
+      expect(response.statusCode).toBe(503);
+      expect(response.json().reason).toMatch(/taskmill migrate up/);
+      const submit = await app.inject({ method: 'POST', url: '/api/tasks', payload: { name: 'noop' } });
+      expect(submit.statusCode).toBe(503);
+      expect(submit.json().code).toBe('NOT_MIGRATED');
+    } finally {
+      await app.close();
+      await empty.drop();
+    }
+  });
+
+  it('serves an OpenAPI document that describes the API', async () => {
+    const doc = (await call('GET', '/openapi.json')).json;
+    expect(doc.openapi).toBe('3.0.3');
+    expect(Object.keys(doc.paths)).toEqual(
+      expect.arrayContaining([
+        '/api/tasks',
+        '/api/tasks/{id}',
+        '/api/tasks/{id}/cancel',
+        '/api/stats',
+        '/api/nodes',
+        '/api/workflows/{id}/cancel',
+      ]),
+    );
+    expect(doc.paths['/api/tasks'].post.requestBody.content['application/json'].schema.oneOf).toHaveLength(2);
+    expect(doc.components.securitySchemes.bearer).toEqual({ type: 'http', scheme: 'bearer' });
+  });
+});
+
+describe('metrics', () => {
+  it('exports task outcomes, queue depth, planner passes and latency in Prometheus text', async () => {
+    const first = await call('GET', '/metrics');
+    expect(first.headers.get('content-type')).toMatch(/^text\/plain/);
+    const { json } = await call('POST', '/api/tasks', [{ name: 'echo' }, { name: 'throws' }]);
+    await until(ended(json.ids[0]));
+    await until(ended(json.ids[1]));
+    // Latency counts rows that ended at least 2 s before the scrape.
+    await new Promise((r) => setTimeout(r, 2_100));
+    const text = (await call('GET', '/metrics')).text;
+    const value = (pattern: string) => Number(new RegExp(`^${pattern} (\\S+)$`, 'm').exec(text)?.[1]);
+    expect(value('taskmill_tasks_completed_total\\{task="echo"\\}')).toBeGreaterThanOrEqual(3);
+    expect(value('taskmill_tasks_retried_total\\{task="throws"\\}')).toBe(2);
+    expect(value('taskmill_tasks_dead_lettered_total\\{task="throws"\\}')).toBe(1);
+    expect(value('taskmill_tasks_scheduled_total\\{task="echo"\\}')).toBeGreaterThanOrEqual(3);
+    expect(value('taskmill_queue_depth\\{task="throws",state="dead"\\}')).toBe(1);
+    expect(value('taskmill_cluster_nodes\\{status="alive"\\}')).toBe(1);
+    expect(value('taskmill_cluster_leader')).toBe(1);
+    expect(value(`taskmill_node_leader\\{node="${node.name}"\\}`)).toBe(1);
+    expect(value('taskmill_planner_passes_total')).toBeGreaterThan(0);
+    expect(value('taskmill_planner_claimed_total')).toBeGreaterThan(0);
+    // Every row inserted so far is counted (rolled-back inserts too, so at least the rows that exist).
+    const present = await count(
+      db.pool,
+      `select (select count(*) from tm_tasks) + (select count(*) from tm_history) + (select count(*) from tm_dead_letters)`,
+    );
+    expect(value('taskmill_cluster_tasks_created_total')).toBeGreaterThanOrEqual(present);
+    expect(
+      value('taskmill_task_latency_seconds_count\\{task="echo",outcome="completed"\\}'),
+    ).toBeGreaterThanOrEqual(1);
+    expect(text).toMatch(/^taskmill_planner_pass_duration_seconds_bucket\{le="0.001"\} \d+$/m);
+    expect(text).toMatch(/^taskmill_node_in_flight\{node="[^"]+"\} \d+$/m);
+    expect(text).toMatch(/^process_cpu_user_seconds_total /m);
+  });
+});
+
+describe('authentication', () => {
+  const token = 'a-token-long-enough-0123';
+
+  it('refuses to serve beyond loopback without a token, or with a short one', () => {
+    expect(() => checkBinding('0.0.0.0', undefined)).toThrow(/without a token/);
+    expect(() => checkBinding('0.0.0.0', 'short')).toThrow(/at least 16/);
+    expect(() => checkBinding('127.0.0.1', undefined)).not.toThrow();
+    expect(() => checkBinding('::1', undefined)).not.toThrow();
+  });
+
+  it('requires the bearer token on every route but the probes and the dashboard shell', async () => {
+    const app = await buildHttpApp({ pool: db.pool, host: '0.0.0.0', token, log: silent });
+    try {
+      const get = (url: string, authorization?: string) =>
+        app.inject({ method: 'GET', url, headers: authorization ? { authorization } : {} });
+      for (const url of ['/api/stats', '/api/tasks', '/metrics', '/openapi.json']) {
+        const denied = await get(url);
+        expect(denied.statusCode, url).toBe(401);
+        expect(denied.headers['www-authenticate']).toBe('Bearer');
+        expect((await get(url, `Bearer ${token}x`)).statusCode, url).toBe(401);
+        expect((await get(url, `Bearer ${token}`)).statusCode, url).toBe(200);
+      }
+      const before = await pendingCount();
+      const post = await app.inject({ method: 'POST', url: '/api/tasks', payload: { name: 'noop' } });
+      expect(post.statusCode).toBe(401);
+      expect(await pendingCount()).toBe(before);
+      for (const url of ['/healthz', '/readyz', '/']) expect((await get(url)).statusCode, url).toBe(200);
+    } finally {
+      await app.close();
+    }
+  });
+});
+
+describe('docs/operations.md', () => {
+  it('runs every curl example of the HTTP reference against a live server', async () => {
+    const examples = docExamples(
+      readFileSync(new URL('../docs/operations.md', import.meta.url), 'utf8'),
+      'curl',
+    );
+    expect(examples.length).toBeGreaterThanOrEqual(6);
+    const vars: Record<string, string> = { TASKMILL_URL: server.url };
+    for (const example of examples) {
+      const response = await runCurl(example, vars);
+      expect(response.status, example).toBeLessThan(300);
+      // Examples may capture ids for later ones: `# => ID` after a submit, `# => WORKFLOW` etc.
+      const capture = /# => (\w+)=(\w+)/.exec(example);
+      if (capture) vars[capture[1]] = String((response.json as Record<string, unknown>)[capture[2]]);
+    }
+  });
+});
