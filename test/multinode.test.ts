@@ -1,0 +1,456 @@
+/**
+ * Several node processes on one database: affinity, limits and recovery checked from what really ran.
+ * The `record` fixture writes each run's interval and process id into the `runs` table, so every rule
+ * is checked on recorded intervals (a recorded interval lies inside the real run, so an overlap seen
+ * here is a real one). Nodes are real processes (test/helpers/spawn.ts), killed with real signals.
+ */
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { v7 as uuidv7 } from 'uuid';
+import { TaskmillClient, type TaskDefinition } from '../runtime/index.ts';
+import * as defs from './fixtures/definitions.ts';
+import type { RecordMessage } from './fixtures/record.ts';
+import { count, createTestDatabase, until, type TestDatabase } from './helpers/database.ts';
+import {
+  killAllNodes,
+  liveNodeProcesses,
+  spawnNode,
+  type SpawnOptions,
+  type SpawnedNode,
+} from './helpers/spawn.ts';
+
+const DONE_TIMEOUT_MS = 45_000;
+
+interface Cluster {
+  db: TestDatabase;
+  client: TaskmillClient;
+  nodes: SpawnedNode[];
+}
+
+const clusters: Cluster[] = [];
+
+async function startCluster(options: SpawnOptions[]): Promise<Cluster> {
+  const db = await createTestDatabase();
+  const client = new TaskmillClient({ connectionString: db.url });
+  const cluster: Cluster = { db, client, nodes: [] };
+  clusters.push(cluster);
+  await db.pool.query(
+    `create table runs (task_id uuid, key text, workflow_id uuid, seq int, started_at timestamptz,
+       ended_at timestamptz, pid int)`,
+  );
+  cluster.nodes = await Promise.all(options.map((o) => spawnNode(db.url, o)));
+  return cluster;
+}
+
+async function stopClusters(): Promise<void> {
+  await killAllNodes();
+  for (const c of clusters.splice(0)) {
+    await c.client.close();
+    await c.db.drop();
+  }
+}
+
+afterAll(async () => {
+  await stopClusters();
+  expect(liveNodeProcesses()).toBe(0);
+});
+
+/** Tasks of one affinity key, scheduled workflow after workflow. */
+interface KeyPlan {
+  key: string;
+  /** Workflow ids in creation order. */
+  workflows: string[];
+}
+
+interface Workload {
+  ids: string[];
+  keys: KeyPlan[];
+}
+
+/**
+ * For each key in turn, schedules `workflows` workflows of `tasks` tasks, one statement per workflow, so a
+ * key's workflows are created in order and back to back: the later ones are pending while the first
+ * runs, and each statement wakes a planning pass that may hand them to another node. (A planner that
+ * ignored the workflow rule shows overlaps on most keys with this shape, on two nodes as on three.)
+ * `seq` numbers a key's tasks in creation order.
+ */
+async function scheduleKeyed(
+  c: Cluster,
+  def: TaskDefinition,
+  o: { prefix: string; keys: number; workflows: number; tasks: number; ms: number },
+): Promise<Workload> {
+  const keys: KeyPlan[] = [];
+  const ids: string[] = [];
+  for (let k = 0; k < o.keys; k++) {
+    const plan: KeyPlan = { key: `${o.prefix}${k}`, workflows: [] };
+    keys.push(plan);
+    for (let w = 0; w < o.workflows; w++) {
+      const workflowId = uuidv7();
+      plan.workflows.push(workflowId);
+      const batch = await c.client.scheduleMany(
+        def,
+        Array.from({ length: o.tasks }, (_, i) => ({
+          workflowId,
+          affinityGroup: 'g',
+          affinity: plan.key,
+          message: { url: c.db.url, key: plan.key, seq: w * o.tasks + i, ms: o.ms } satisfies RecordMessage,
+        })),
+      );
+      ids.push(...batch);
+    }
+  }
+  return { ids, keys };
+}
+
+async function scheduleFree(
+  c: Cluster,
+  def: TaskDefinition,
+  n: number,
+  key: string,
+  ms: number,
+): Promise<string[]> {
+  return c.client.scheduleMany(
+    def,
+    Array.from({ length: n }, (_, i) => ({
+      message: { url: c.db.url, key, seq: i, ms } satisfies RecordMessage,
+    })),
+  );
+}
+
+async function waitCompleted(c: Cluster, ids: string[], timeoutMs = DONE_TIMEOUT_MS): Promise<void> {
+  try {
+    await until(
+      async () =>
+        (await count(
+          c.db.pool,
+          `select count(*) from tm_history where id = any($1) and state = 'completed'`,
+          [ids],
+        )) === ids.length,
+      timeoutMs,
+      50,
+    );
+  } catch (error) {
+    const { rows } = await c.db.pool.query(
+      `select state, node_id, count(*)::int from tm_tasks where id = any($1) group by 1, 2`,
+      [ids],
+    );
+    const logs = c.nodes.map((n) => `--- node ${n.id} (pid ${n.pid})\n${n.output()}`).join('\n');
+    throw new Error(`${(error as Error).message}; left in tm_tasks: ${JSON.stringify(rows)}\n${logs}`);
+  }
+}
+
+/** Every task has at least one recorded run, and none is left in the hot table. */
+async function expectAllRan(c: Cluster, ids: string[]): Promise<void> {
+  expect(
+    await count(c.db.pool, `select count(distinct task_id) from runs where task_id = any($1)`, [ids]),
+  ).toBe(ids.length);
+  expect(await count(c.db.pool, `select count(*) from tm_tasks`)).toBe(0);
+}
+
+/** Pairs of runs of one key, from different workflows, whose intervals overlap. */
+async function crossWorkflowOverlaps(c: Cluster, keys: string[]) {
+  const { rows } = await c.db.pool.query(
+    `select a.key, a.workflow_id as a_wf, b.workflow_id as b_wf, a.started_at as a_start, a.ended_at as a_end,
+       b.started_at as b_start, b.ended_at as b_end, a.pid as a_pid, b.pid as b_pid
+     from runs a join runs b on a.key = b.key and a.workflow_id < b.workflow_id
+       and a.started_at < b.ended_at and b.started_at < a.ended_at
+     where a.key = any($1) limit 10`,
+    [keys],
+  );
+  return rows;
+}
+
+/** Per key, the workflows in the order their first run started. */
+async function workflowRunOrder(c: Cluster, keys: string[]): Promise<Map<string, string[]>> {
+  const { rows } = await c.db.pool.query<{ key: string; workflow_id: string }>(
+    `select key, workflow_id from runs where key = any($1)
+     group by key, workflow_id order by key, min(started_at)`,
+    [keys],
+  );
+  const order = new Map<string, string[]>();
+  for (const r of rows) order.set(r.key, [...(order.get(r.key) ?? []), r.workflow_id]);
+  return order;
+}
+
+/** Checks the workflow affinity rule on recorded runs: no overlap across workflows, creation order. */
+async function expectWorkflowAffinity(c: Cluster, work: Workload): Promise<void> {
+  const keys = work.keys.map((k) => k.key);
+  expect(await crossWorkflowOverlaps(c, keys)).toEqual([]);
+  const order = await workflowRunOrder(c, keys);
+  for (const plan of work.keys) expect(order.get(plan.key), plan.key).toEqual(plan.workflows);
+}
+
+/** Checks the strict rule: no two runs of one key overlap, and they started in creation (seq) order. */
+async function expectStrictAffinity(c: Cluster, work: Workload): Promise<void> {
+  const keys = work.keys.map((k) => k.key);
+  const { rows: overlaps } = await c.db.pool.query(
+    `select a.key, a.seq as a_seq, b.seq as b_seq, a.pid as a_pid, b.pid as b_pid from runs a join runs b
+       on a.key = b.key and a.task_id < b.task_id and a.started_at < b.ended_at and b.started_at < a.ended_at
+     where a.key = any($1) limit 10`,
+    [keys],
+  );
+  expect(overlaps).toEqual([]);
+  const { rows } = await c.db.pool.query<{ key: string; seqs: number[] }>(
+    `select key, array_agg(seq order by started_at, ended_at) as seqs from runs where key = any($1) group by key`,
+    [keys],
+  );
+  expect(rows).toHaveLength(keys.length);
+  for (const r of rows) expect(r.seqs, r.key).toEqual([...r.seqs].sort((a, b) => a - b));
+}
+
+interface Interval {
+  start: number;
+  end: number;
+}
+
+/** Largest number of intervals open at one instant; an interval ending when another starts does not count. */
+function maxOverlap(intervals: Interval[]): number {
+  const events = intervals.flatMap((i) => [
+    { t: i.start, d: 1 },
+    { t: i.end, d: -1 },
+  ]);
+  events.sort((a, b) => a.t - b.t || a.d - b.d);
+  let open = 0;
+  let max = 0;
+  for (const e of events) {
+    open += e.d;
+    max = Math.max(max, open);
+  }
+  return max;
+}
+
+async function intervals(
+  c: Cluster,
+  where: string,
+  params: unknown[] = [],
+): Promise<(Interval & { pid: number })[]> {
+  // Microseconds since the epoch: JavaScript dates would round to milliseconds.
+  const { rows } = await c.db.pool.query<{ start: string; end: string; pid: number }>(
+    `select (extract(epoch from started_at) * 1e6)::bigint as start, (extract(epoch from ended_at) * 1e6)::bigint as end,
+       pid from runs where ${where}`,
+    params,
+  );
+  return rows.map((r) => ({ start: Number(r.start), end: Number(r.end), pid: r.pid }));
+}
+
+async function leaderId(c: Cluster): Promise<string | undefined> {
+  const { rows } = await c.db.pool.query<{ node_id: string }>(
+    `select node_id from tm_leader where expires_at > now()`,
+  );
+  return rows[0]?.node_id;
+}
+
+async function waitForLeader(c: Cluster): Promise<SpawnedNode> {
+  let leader: SpawnedNode | undefined;
+  await until(async () => {
+    const id = await leaderId(c);
+    leader = c.nodes.find((n) => n.id === id);
+    return leader !== undefined;
+  }, 10_000);
+  return leader!;
+}
+
+describe.each([2, 3])('%i node processes on one database', (nodes) => {
+  let c: Cluster;
+
+  beforeAll(async () => {
+    c = await startCluster(Array.from({ length: nodes }, () => ({ maxParallelTasksInNode: 8 })));
+  });
+  afterAll(stopClusters);
+
+  it('never runs two workflows of one key at once, runs them in creation order, loses nothing', async () => {
+    const [workflow, strict] = await Promise.all([
+      scheduleKeyed(c, defs.record, { prefix: 'w', keys: 20, workflows: 4, tasks: 4, ms: 30 }),
+      scheduleKeyed(c, defs.recordStrict, { prefix: 's', keys: 8, workflows: 3, tasks: 3, ms: 5 }),
+    ]);
+    const ids = [...workflow.ids, ...strict.ids];
+    expect(ids).toHaveLength(20 * 4 * 4 + 8 * 3 * 3);
+    await waitCompleted(c, ids);
+
+    await expectAllRan(c, ids);
+    // Nothing crashed, so nothing ran twice.
+    expect(await count(c.db.pool, `select count(*) from runs`)).toBe(ids.length);
+    await expectWorkflowAffinity(c, workflow);
+    await expectStrictAffinity(c, strict);
+    // Every node process took part, and tasks of one workflow did run in parallel.
+    expect(await count(c.db.pool, `select count(distinct pid) from runs`)).toBe(nodes);
+    expect(
+      await count(
+        c.db.pool,
+        `select count(*) from runs a join runs b on a.workflow_id = b.workflow_id and a.task_id < b.task_id
+           and a.started_at < b.ended_at and b.started_at < a.ended_at where a.key like 'w%'`,
+      ),
+    ).toBeGreaterThan(0);
+  });
+
+  it.runIf(nodes === 3)(
+    'never exceeds maxParallelTasksInNode per node nor maxParallelInCluster in the cluster',
+    async () => {
+      await c.db.pool.query(`truncate runs`);
+      const capacity = 8;
+      const planFactor = 2;
+      let sampled = 0;
+      let maxLimitedHeld = 0;
+      let maxNodeHeld = 0;
+      let sampling = true;
+      const sampler = (async () => {
+        while (sampling) {
+          const { rows } = await c.db.pool.query<{ limited: number; node: number }>(
+            `select (select count(*) from tm_tasks where name = 'limited' and node_id is not null)::int as limited,
+               coalesce((select max(n) from (select count(*) as n from tm_tasks where node_id is not null
+                 group by node_id) h), 0)::int as node`,
+          );
+          maxLimitedHeld = Math.max(maxLimitedHeld, rows[0].limited);
+          maxNodeHeld = Math.max(maxNodeHeld, rows[0].node);
+          sampled++;
+          await new Promise((r) => setTimeout(r, 5));
+        }
+      })();
+      const ids = [
+        ...(await scheduleFree(c, defs.limited, 30, 'limited', 40)),
+        ...(await scheduleFree(c, defs.record, 150, 'free', 40)),
+      ];
+      try {
+        await waitCompleted(c, ids);
+      } finally {
+        sampling = false;
+        await sampler;
+      }
+      await expectAllRan(c, ids);
+
+      const all = await intervals(c, 'true');
+      const byPid = new Map<number, Interval[]>();
+      for (const i of all) byPid.set(i.pid, [...(byPid.get(i.pid) ?? []), i]);
+      expect(byPid.size).toBe(3);
+      const perNode = [...byPid.values()].map(maxOverlap);
+      const limited = maxOverlap(await intervals(c, `key = 'limited'`));
+      // The limits hold, and were reached (so the measurement could have seen a breach).
+      for (const max of perNode) expect(max).toBeLessThanOrEqual(capacity);
+      expect(Math.max(...perNode)).toBeGreaterThanOrEqual(capacity / 2);
+      expect(limited).toBeLessThanOrEqual(3);
+      expect(limited).toBeGreaterThanOrEqual(2);
+      // Sampled planner view: a node holds at most capacity x plan factor, `limited` at most 3.
+      expect(sampled).toBeGreaterThan(10);
+      expect(maxLimitedHeld).toBeLessThanOrEqual(3);
+      expect(maxNodeHeld).toBeLessThanOrEqual(capacity * planFactor);
+    },
+  );
+});
+
+describe('node process failures', () => {
+  afterEach(stopClusters);
+
+  it('recovers every task of a node killed with SIGKILL mid-run; its row is removed', async () => {
+    const c = await startCluster([{ maxParallelTasksInNode: 10 }, { maxParallelTasksInNode: 10 }]);
+    const leader = await waitForLeader(c);
+    const victim = c.nodes.find((n) => n !== leader)!;
+    const work = await scheduleKeyed(c, defs.record, {
+      prefix: 'k',
+      keys: 6,
+      workflows: 3,
+      tasks: 3,
+      ms: 100,
+    });
+    const ids = [...work.ids, ...(await scheduleFree(c, defs.record, 40, 'free', 200))];
+
+    await until(
+      async () =>
+        (await count(c.db.pool, `select count(*) from tm_tasks where node_id = $1 and state = 'running'`, [
+          victim.id,
+        ])) >= 8 && (await count(c.db.pool, `select count(*) from runs where pid = $1`, [victim.pid])) > 0,
+    );
+    const { rows: held } = await c.db.pool.query<{ id: string }>(
+      `select id from tm_tasks where node_id = $1`,
+      [victim.id],
+    );
+    victim.kill('SIGKILL');
+    expect(await victim.stopped).toBeNull();
+    expect(victim.process.signalCode).toBe('SIGKILL');
+
+    await waitCompleted(c, ids);
+    await expectAllRan(c, ids);
+    await until(
+      async () => (await count(c.db.pool, `select count(*) from tm_nodes where id = $1`, [victim.id])) === 0,
+    );
+    expect(await count(c.db.pool, `select count(*) from tm_nodes where id = $1`, [leader.id])).toBe(1);
+    // The tasks it held ran again on the survivor (those it had not finished before dying).
+    const rerun = await count(
+      c.db.pool,
+      `select count(distinct task_id) from runs where task_id = any($1) and pid = $2`,
+      [held.map((h) => h.id), leader.pid],
+    );
+    expect(rerun).toBeGreaterThan(0);
+    await expectWorkflowAffinity(c, work);
+  });
+
+  it('moves the planner lease to another node when the leader is killed, and work still completes', async () => {
+    const c = await startCluster([{ maxParallelTasksInNode: 10 }, { maxParallelTasksInNode: 10 }]);
+    const leader = await waitForLeader(c);
+    const survivor = c.nodes.find((n) => n !== leader)!;
+    const work = await scheduleKeyed(c, defs.record, {
+      prefix: 'k',
+      keys: 6,
+      workflows: 3,
+      tasks: 3,
+      ms: 100,
+    });
+    const ids = [...work.ids, ...(await scheduleFree(c, defs.record, 40, 'free', 150))];
+    await until(
+      async () =>
+        (await count(c.db.pool, `select count(*) from tm_tasks where node_id = $1 and state = 'running'`, [
+          leader.id,
+        ])) >= 5,
+    );
+    leader.kill('SIGKILL');
+    await leader.stopped;
+
+    // Scheduled after the planner died: only a new leader can plan these.
+    const late = await scheduleFree(c, defs.record, 20, 'late', 20);
+    await until(async () => (await leaderId(c)) === survivor.id, 10_000);
+    await waitCompleted(c, [...ids, ...late]);
+    await expectAllRan(c, [...ids, ...late]);
+    expect(await count(c.db.pool, `select count(*) from tm_nodes where id = $1`, [leader.id])).toBe(0);
+    expect(
+      await count(c.db.pool, `select count(*) from runs where key = 'late' and pid = $1`, [survivor.pid]),
+    ).toBe(20);
+    await expectWorkflowAffinity(c, work);
+  });
+
+  it('on SIGTERM a node exits 0 and hands its queued tasks back to run elsewhere, none twice', async () => {
+    // The victim holds capacity x plan factor = 4 tasks: 2 running, 2 queued in its mailboxes. Its grace
+    // period is long enough for the running ones to finish, even with a cold worker thread.
+    const c = await startCluster([
+      { maxParallelTasksInNode: 2, shutdownGraceMs: 10_000 },
+      { maxParallelTasksInNode: 4 },
+    ]);
+    const [victim, survivor] = c.nodes;
+    const ids = await scheduleFree(c, defs.record, 16, 'free', 400);
+    await until(
+      async () =>
+        (await count(c.db.pool, `select count(*) from tm_tasks where node_id = $1 and state = 'running'`, [
+          victim.id,
+        ])) === 4,
+    );
+    const { rows: held } = await c.db.pool.query<{ id: string }>(
+      `select id from tm_tasks where node_id = $1`,
+      [victim.id],
+    );
+    victim.kill('SIGTERM');
+    expect(await victim.stopped, victim.output()).toBe(0);
+    // A graceful stop removes its own row at once (no waiting for the node timeout).
+    expect(await count(c.db.pool, `select count(*) from tm_nodes where id = $1`, [victim.id])).toBe(0);
+
+    await waitCompleted(c, ids);
+    await expectAllRan(c, ids);
+    expect(await count(c.db.pool, `select count(*) from runs`)).toBe(ids.length);
+    const ranOn = (pid: number) =>
+      count(c.db.pool, `select count(*) from runs where task_id = any($1) and pid = $2`, [
+        held.map((h) => h.id),
+        pid,
+      ]);
+    const finishedThere = await ranOn(victim.pid);
+    const handedBack = await ranOn(survivor.pid);
+    expect(finishedThere).toBeGreaterThan(0);
+    expect(handedBack).toBeGreaterThan(0);
+    expect(finishedThere + handedBack).toBe(held.length);
+  });
+});
