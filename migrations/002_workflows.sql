@@ -56,6 +56,13 @@ begin
        and not exists (select 1 from tm_join_messages m where m.join_id = any(v_ended)) then
       exit;
     end if;
+    -- Lock the waiting tasks first, in id order (no deadlock between concurrent enders). Without it, two
+    -- transactions ending the last two tasks a join waits for each still see the other's wait row, and
+    -- neither releases the join (the workflow bench stalled on exactly this). The second now waits for
+    -- the first to commit, and its next statements see the first one's deletions.
+    perform 1 from tm_tasks t
+    where t.id in (select w.task_id from tm_task_waits w where w.waits_for = any(v_ended))
+    order by t.id for update of t;
     with gone as (
       delete from tm_task_waits w
       where w.waits_for = any(v_ended) and (w.kind = 'j' or w.waits_for = any(v_succeeded))
