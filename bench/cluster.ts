@@ -159,6 +159,12 @@ export class BenchCluster extends EventEmitter<ClusterEvents> {
     this.emit('flush', counts);
   }
 
+  /** Node errors go to whoever waits on the run; with nobody listening they are printed, not thrown. */
+  private fail(error: unknown): void {
+    if (this.listenerCount('error') > 0) this.emit('error', error);
+    else console.error('node error:', error);
+  }
+
   private async startLocal(): Promise<void> {
     const tasks = await loadTasks(this.options.tasks);
     for (let i = 0; i < this.options.nodes; i++) {
@@ -169,7 +175,7 @@ export class BenchCluster extends EventEmitter<ClusterEvents> {
         tasks,
       });
       node.on('flush', (result) => this.record(flushCounts(result)));
-      node.on('error', (error) => this.emit('error', error));
+      node.on('error', (error) => this.fail(error));
       this.local.push(node);
     }
   }
@@ -192,14 +198,18 @@ export class BenchCluster extends EventEmitter<ClusterEvents> {
     });
     this.children.push(child);
     return new Promise((resolve, reject) => {
+      let ready = false;
       child.on('message', (msg: FromNode) => {
-        if (msg.type === 'ready') resolve();
-        else if (msg.type === 'flush') this.record(msg.counts);
-        else if (msg.type === 'error') this.emit('error', new Error(`${spec.name}: ${msg.message}`));
+        if (msg.type === 'ready') {
+          ready = true;
+          resolve();
+        } else if (msg.type === 'flush') this.record(msg.counts);
+        else if (msg.type === 'error') this.fail(new Error(`${spec.name}: ${msg.message}`));
       });
       child.once('exit', (code, signal) => {
-        reject(new Error(`node process ${spec.name} exited during start (code ${code}, signal ${signal})`));
-        if (!this.stopping) this.emit('error', new Error(`node process ${spec.name} exited (code ${code})`));
+        if (!ready)
+          reject(new Error(`node process ${spec.name} exited during start (code ${code}, signal ${signal})`));
+        else if (!this.stopping) this.fail(new Error(`node process ${spec.name} exited (code ${code})`));
       });
     });
   }
