@@ -8,6 +8,7 @@ import { Command, CommanderError } from 'commander';
 import { registerDbCommands } from './commands/db.ts';
 import { registerMigrateCommands } from './commands/migrate.ts';
 import { registerNodeCommand } from './commands/node.ts';
+import { registerClusterCommand } from './commands/cluster.ts';
 import { registerServeCommand } from './commands/serve.ts';
 import { registerScheduleCommand } from './commands/schedule.ts';
 import { registerStatusCommand } from './commands/status.ts';
@@ -41,6 +42,7 @@ export function buildProgram(ctx: CommandContext): Command {
   registerDbCommands(program, ctx);
   registerMigrateCommands(program, ctx);
   registerNodeCommand(program, ctx);
+  registerClusterCommand(program, ctx);
   registerServeCommand(program, ctx);
   registerScheduleCommand(program, ctx);
   registerStatusCommand(program, ctx);

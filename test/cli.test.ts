@@ -337,7 +337,15 @@ describe('with a node running (in-process `taskmill node`)', () => {
   });
 });
 
-describe('as processes (cli/taskmill.mjs)', () => {
+describe('bench', () => {
+  it('lists the benchmarks', async () => {
+    const benches = await json<{ name: string }[]>(['bench']);
+    expect(benches.map((b) => b.name)).toEqual(expect.arrayContaining(['flat', 'http-enqueue']));
+  });
+});
+
+// Tests that spawn processes mostly wait for them to start: they run side by side.
+describe.concurrent('processes', () => {
   function spawnCli(args: string[], extraEnv: NodeJS.ProcessEnv) {
     const child = spawn(process.execPath, [BIN, ...args], { cwd: ROOT, env: { ...env, ...extraEnv } });
     let out = '';
@@ -357,7 +365,64 @@ describe('as processes (cli/taskmill.mjs)', () => {
     nodeProcess?.kill('SIGKILL');
   });
 
-  it('starts the embedded server in the background, runs commands and a node against it, stops it', async () => {
+  it('runs N node processes with prefixed logs, restarts a crashed one, stops all on a signal', async ({
+    expect,
+  }) => {
+    const controller = new AbortController();
+    let out = '';
+    let err = '';
+    const done = runCli(
+      [
+        '--database-url',
+        db.url,
+        'cluster',
+        '--nodes',
+        '2',
+        '--tasks',
+        'test/fixtures/cluster-node.ts',
+        '--restart',
+        '--grace-ms',
+        '5000',
+      ],
+      { out: (s) => (out += s), err: (s) => (err += s), env, cwd: ROOT, signal: controller.signal },
+    );
+    const live = () =>
+      count(
+        db.pool,
+        `select count(*) from tm_nodes where name like 'node-_' and heartbeat_at > now() - interval '2 seconds'`,
+      );
+    try {
+      // Each node's lines carry its name.
+      await until(
+        () => [1, 2].every((i) => new RegExp(`^\\[node-${i}\\] \\{.*"msg":"node started"`, 'm').test(out)),
+        30_000,
+      );
+      expect(await live()).toBe(2);
+      const id = (await cli(['schedule', 'echo', '--message', '"clustered"'])).out.trim();
+      await until(async () => (await json(['task', 'show', id])).state === 'completed', 20_000);
+
+      // Crash one node process: the cluster starts it again.
+      const ps = await new Promise<string>((resolve) => {
+        const p = spawn('ps', ['-o', 'pid=,args=', '--ppid', String(process.pid)]);
+        let text = '';
+        p.stdout.on('data', (d: Buffer) => (text += d));
+        p.once('close', () => resolve(text));
+      });
+      const victim = Number(/^\s*(\d+) .*local-cluster-node\.ts/m.exec(ps)![1]);
+      process.kill(victim, 'SIGKILL');
+      await until(() => /restarting node-\d in \d+ ms/.test(err), 10_000);
+      const starts = () => out.match(/^\[node-\d\] \{.*"msg":"node started"/gm)?.length ?? 0;
+      await until(() => starts() === 3, 30_000);
+    } finally {
+      controller.abort('SIGTERM');
+    }
+    expect(await done, err).toBe(0);
+    expect(err).toMatch(/\[cluster\] stopping 2 node\(s\)/);
+  });
+
+  it('starts the embedded server in the background, runs commands and a node against it, stops it', async ({
+    expect,
+  }) => {
     // Commands run in-process find the server the way a separate process would: through its data folder.
     const local = { ...env, TASKMILL_DATA_DIR: path.join(tmp, 'pg') };
     const started = await runBin(['db', 'start', '--port', '0', '--json'], local);
@@ -395,15 +460,8 @@ describe('as processes (cli/taskmill.mjs)', () => {
     expect(after.out).toMatch(/^stopped/);
     expect((await cli(['db', 'stop'], { url: null, env: local })).out).toBe('not running\n');
   });
-});
 
-describe('bench and results', () => {
-  it('lists the benchmarks', async () => {
-    const benches = await json<{ name: string }[]>(['bench']);
-    expect(benches.map((b) => b.name)).toEqual(expect.arrayContaining(['flat', 'http-enqueue']));
-  });
-
-  it('runs the HTTP enqueue benchmark at its tiny size and writes its result', async () => {
+  it('runs the HTTP enqueue benchmark at its tiny size and writes its result', async ({ expect }) => {
     const outDir = path.join(tmp, 'results');
     const run = await cli([
       'bench',

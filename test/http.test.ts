@@ -147,6 +147,93 @@ describe('submitting tasks', () => {
   });
 });
 
+describe('dependencies', () => {
+  it('holds a task until the tasks it depends on completed', async () => {
+    const first = await call('POST', '/api/tasks', { name: 'noop', delayMs: 3_600_000 });
+    const second = await call('POST', '/api/tasks', {
+      name: 'echo',
+      message: 'after',
+      dependsOn: [first.json.id],
+    });
+    expect(second.status).toBe(201);
+    expect((await call('GET', `/api/tasks/${second.json.id}`)).json.state).toBe('waiting');
+    await call('POST', `/api/tasks/${first.json.id}/cancel`);
+    // A dependency that ends without success fails its dependents, with the reason.
+    await until(ended(second.json.id));
+    const task = (await call('GET', `/api/tasks/${second.json.id}`)).json;
+    expect(task).toMatchObject({ state: 'failed', error: expect.stringMatching(/DependencyFailed/) });
+  });
+
+  it('refuses dependencies on unknown tasks and schedules nothing', async () => {
+    const before = await pendingCount();
+    const response = await call('POST', '/api/tasks', [
+      { name: 'noop' },
+      { name: 'noop', dependsOn: ['0190a5b2-0000-7000-8000-0000000000ee'] },
+    ]);
+    expect(response.status).toBe(400);
+    expect(response.json.message).toMatch(/unknown task ids: 0190a5b2-0000-7000-8000-0000000000ee/);
+    expect(await pendingCount()).toBe(before);
+  });
+});
+
+describe('dead letters', () => {
+  it('lists, shows, requeues and purges them', async () => {
+    const { json } = await call('POST', '/api/tasks', { name: 'throws', message: { why: 'test' } });
+    await until(ended(json.id));
+    const list = await call('GET', '/api/dead-letters?name=throws&limit=10');
+    expect(list.json.deadLetters.map((d: { id: string }) => d.id)).toContain(json.id);
+    const one = await call('GET', `/api/dead-letters/${json.id}`);
+    expect(one.json).toMatchObject({ id: json.id, name: 'throws', attempts: 3, message: { why: 'test' } });
+    expect((await call('POST', `/api/dead-letters/${json.id}/requeue`)).json).toEqual({
+      requeued: [json.id],
+    });
+    await until(
+      async () =>
+        (await count(db.pool, `select count(*) from tm_dead_letters where id = $1`, [json.id])) === 1,
+    );
+    expect((await call('POST', '/api/dead-letters/requeue', { name: 'throws' })).json.requeued).toContain(
+      json.id,
+    );
+    await until(
+      async () =>
+        (await count(db.pool, `select count(*) from tm_dead_letters where id = $1`, [json.id])) === 1,
+    );
+    expect((await call('POST', '/api/dead-letters/purge', { ids: [json.id] })).json).toEqual({ purged: 1 });
+    expect((await call('GET', `/api/dead-letters/${json.id}`)).status).toBe(404);
+  });
+
+  it.each([
+    ['/api/dead-letters/requeue', {}, 400, /exactly one of/],
+    [
+      '/api/dead-letters/requeue',
+      { ids: ['0190a5b2-0000-7000-8000-0000000000ee'] },
+      404,
+      /nothing was changed/,
+    ],
+    ['/api/dead-letters/requeue', { ids: ['nope'] }, 400, /must match format "uuid"/],
+    ['/api/dead-letters/requeue', { all: false }, 400, /must be equal to one of the allowed values/],
+    ['/api/dead-letters/purge', {}, 400, /purge needs ids, name or olderThanMs/],
+    ['/api/dead-letters/purge', { olderThanMs: -1 }, 400, /must be >= 0/],
+    [
+      '/api/dead-letters/purge',
+      { ids: ['0190a5b2-0000-7000-8000-0000000000ee'], name: 'x' },
+      400,
+      /no other criterion/,
+    ],
+  ])('POST %s %j answers %i and changes nothing', async (url, body, status, message) => {
+    const before = await count(
+      db.pool,
+      `select (select count(*) from tm_dead_letters) + (select count(*) from tm_tasks)`,
+    );
+    const response = await call('POST', url, body);
+    expect(response.status).toBe(status);
+    expect(response.json.message).toMatch(message);
+    expect(
+      await count(db.pool, `select (select count(*) from tm_dead_letters) + (select count(*) from tm_tasks)`),
+    ).toBe(before);
+  });
+});
+
 describe('reading tasks', () => {
   it('lists with filters and keyset pagination, newest first', async () => {
     const workflowId = '0190a5b2-0000-7000-8000-000000000001';
@@ -200,12 +287,23 @@ describe('cancelling', () => {
     const { json } = await call('POST', '/api/tasks', { name: 'noop', delayMs: 3_600_000 });
     expect(await call('POST', `/api/tasks/${json.id}/cancel`)).toMatchObject({
       status: 200,
-      json: { id: json.id, cancelled: true },
+      json: { id: json.id, outcome: 'cancelled' },
     });
     expect((await call('GET', `/api/tasks/${json.id}`)).json.state).toBe('cancelled');
     const again = await call('POST', `/api/tasks/${json.id}/cancel`);
     expect(again.status).toBe(409);
     expect(again.json.code).toBe('NOT_CANCELLABLE');
+  });
+
+  it('asks the node to abort a running task, which ends cancelled', async () => {
+    const { json } = await call('POST', '/api/tasks', { name: 'sleep', message: { ms: 20_000 } });
+    await until(async () => (await call('GET', `/api/tasks/${json.id}`)).json.state === 'running');
+    expect((await call('POST', `/api/tasks/${json.id}/cancel`)).json).toEqual({
+      id: json.id,
+      outcome: 'requested',
+    });
+    await until(ended(json.id), 10_000);
+    expect((await call('GET', `/api/tasks/${json.id}`)).json.state).toBe('cancelled');
   });
 
   it('cancels a workflow and reports its counts', async () => {
@@ -285,18 +383,26 @@ describe('metrics', () => {
   it('exports task outcomes, queue depth, planner passes and latency in Prometheus text', async () => {
     const first = await call('GET', '/metrics');
     expect(first.headers.get('content-type')).toMatch(/^text\/plain/);
+    const read = (text: string) => (pattern: string) =>
+      Number(new RegExp(`^${pattern} (\\S+)$`, 'm').exec(text)?.[1] ?? 0);
+    const before = read(first.text);
     const { json } = await call('POST', '/api/tasks', [{ name: 'echo' }, { name: 'throws' }]);
     await until(ended(json.ids[0]));
     await until(ended(json.ids[1]));
     // Latency counts rows that ended at least 2 s before the scrape.
     await new Promise((r) => setTimeout(r, 2_100));
     const text = (await call('GET', '/metrics')).text;
-    const value = (pattern: string) => Number(new RegExp(`^${pattern} (\\S+)$`, 'm').exec(text)?.[1]);
-    expect(value('taskmill_tasks_completed_total\\{task="echo"\\}')).toBeGreaterThanOrEqual(3);
-    expect(value('taskmill_tasks_retried_total\\{task="throws"\\}')).toBe(2);
-    expect(value('taskmill_tasks_dead_lettered_total\\{task="throws"\\}')).toBe(1);
-    expect(value('taskmill_tasks_scheduled_total\\{task="echo"\\}')).toBeGreaterThanOrEqual(3);
-    expect(value('taskmill_queue_depth\\{task="throws",state="dead"\\}')).toBe(1);
+    const value = read(text);
+    const delta = (pattern: string) => value(pattern) - before(pattern);
+    expect(delta('taskmill_tasks_completed_total\\{task="echo"\\}')).toBe(1);
+    expect(delta('taskmill_tasks_retried_total\\{task="throws"\\}')).toBe(2);
+    expect(delta('taskmill_tasks_dead_lettered_total\\{task="throws"\\}')).toBe(1);
+    expect(delta('taskmill_tasks_scheduled_total\\{task="echo"\\}')).toBe(1);
+    expect(delta('taskmill_tasks_cancelled_total\\{task="sleep"\\}')).toBe(0);
+    expect(value('taskmill_tasks_cancelled_total\\{task="sleep"\\}')).toBe(1);
+    expect(value('taskmill_queue_depth\\{task="throws",state="dead"\\}')).toBe(
+      await count(db.pool, `select count(*) from tm_dead_letters where name = 'throws'`),
+    );
     expect(value('taskmill_cluster_nodes\\{status="alive"\\}')).toBe(1);
     expect(value('taskmill_cluster_leader')).toBe(1);
     expect(value(`taskmill_node_leader\\{node="${node.name}"\\}`)).toBe(1);
@@ -308,9 +414,12 @@ describe('metrics', () => {
       `select (select count(*) from tm_tasks) + (select count(*) from tm_history) + (select count(*) from tm_dead_letters)`,
     );
     expect(value('taskmill_cluster_tasks_created_total')).toBeGreaterThanOrEqual(present);
+    // The first scrape set the latency watermark (2 s back): tasks that ended since are counted.
+    const latencyCount = value('taskmill_task_latency_seconds_count\\{task="echo",outcome="completed"\\}');
+    expect(latencyCount).toBeGreaterThanOrEqual(1);
     expect(
-      value('taskmill_task_latency_seconds_count\\{task="echo",outcome="completed"\\}'),
-    ).toBeGreaterThanOrEqual(1);
+      value('taskmill_task_latency_seconds_bucket\\{task="echo",outcome="completed",le="\\+Inf"\\}'),
+    ).toBe(latencyCount);
     expect(text).toMatch(/^taskmill_planner_pass_duration_seconds_bucket\{le="0.001"\} \d+$/m);
     expect(text).toMatch(/^taskmill_node_in_flight\{node="[^"]+"\} \d+$/m);
     expect(text).toMatch(/^process_cpu_user_seconds_total /m);

@@ -5,7 +5,8 @@
  * the embedded server itself and stops it on exit.
  */
 import type { Command } from 'commander';
-import { startEmbeddedPostgres, type DatabaseHandle } from '../../runtime/database.ts';
+import type { DatabaseHandle } from '../../runtime/database.ts';
+import { startOwnedEmbedded } from '../embedded-server.ts';
 import { createLogger } from '../../runtime/logger.ts';
 import { startNode, type NodeOptions } from '../../runtime/node.ts';
 import { startHttpServer, type HttpServer } from '../../http/server.ts';
@@ -69,7 +70,7 @@ async function runNode(ctx: CommandContext, opts: NodeCommandOptions): Promise<v
   let db: DatabaseHandle | undefined;
   let url = await findDatabaseUrl(opts, io);
   if (!url) {
-    db = await startEmbeddedPostgres({ dataDir: dataDirOf(io) });
+    db = await startOwnedEmbedded({ dataDir: dataDirOf(io) });
     url = db.url;
     log.info({ url }, 'started the embedded PostgreSQL server for this node');
   }
