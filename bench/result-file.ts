@@ -8,7 +8,7 @@
  * figure a sweep or a comparison ranks runs by.
  */
 import { execFileSync } from 'node:child_process';
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { availableParallelism, cpus, loadavg, release, totalmem } from 'node:os';
 import path from 'node:path';
 import type pg from 'pg';
@@ -148,4 +148,30 @@ export function costColumns(nodeCpuSeconds: number, postgresCpuSeconds: number |
     'PG CPU (s)': postgresCpuSeconds === null ? 'n/a' : round(postgresCpuSeconds),
     'Xact/task': round(xactPerTask, 3),
   };
+}
+
+/** Reads a result file written by writeResult. */
+export function readResult(file: string): BenchResult {
+  const result = JSON.parse(readFileSync(file, 'utf8')) as BenchResult;
+  if (typeof result.bench !== 'string' || typeof result.startedAt !== 'string' || !result.headline) {
+    throw new Error(`${file} is not a benchmark result file`);
+  }
+  return result;
+}
+
+/** Result files of a directory, oldest first (by start time), optionally of one bench only. */
+export function listResults(dir: string, bench?: string): { file: string; result: BenchResult }[] {
+  if (!existsSync(dir)) return [];
+  return readdirSync(dir)
+    .filter((f) => f.endsWith('.json'))
+    .map((f) => path.join(dir, f))
+    .flatMap((file) => {
+      try {
+        return [{ file, result: readResult(file) }];
+      } catch {
+        return [];
+      }
+    })
+    .filter((r) => !bench || r.result.bench === bench)
+    .sort((a, b) => a.result.startedAt.localeCompare(b.result.startedAt));
 }
