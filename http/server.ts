@@ -24,6 +24,7 @@ import type { TaskmillNode } from '../runtime/node.ts';
 import { bearerAuth, checkBinding } from './auth.ts';
 import { registerClusterRoutes } from './cluster-routes.ts';
 import { registerDeadLetterRoutes } from './dead-letter-routes.ts';
+import { PlannerWaker } from './planner-waker.ts';
 import { registerTaskRoutes } from './task-routes.ts';
 import { registerWorkflowRoutes } from './workflow-routes.ts';
 
@@ -84,7 +85,8 @@ export async function buildHttpApp(options: HttpServerOptions = {}): Promise<Fas
   const pool = options.pool ?? new pg.Pool({ connectionString, max: 10, application_name: 'taskmill-http' });
   const ownsPool = !options.pool;
   if (ownsPool) pool.on('error', (error) => log.error({ err: error }, 'database pool error'));
-  const client = new TaskmillClient({ pool });
+  const client = new TaskmillClient({ pool, notify: false });
+  const waker = new PlannerWaker(pool, log);
   const ownsMetrics = !options.metrics;
   const metrics =
     options.metrics ?? new TaskmillMetrics({ db: pool, nodeTimeoutMs: options.nodeTimeoutMs, log });
@@ -120,6 +122,7 @@ export async function buildHttpApp(options: HttpServerOptions = {}): Promise<Fas
   });
   app.addHook('onRequest', bearerAuth(token));
   app.addHook('onClose', async () => {
+    await waker.close();
     if (ownsMetrics) metrics.close();
     await client.close();
     if (ownsPool) await pool.end();
@@ -184,7 +187,7 @@ export async function buildHttpApp(options: HttpServerOptions = {}): Promise<Fas
       .send(DASHBOARD_HTML),
   );
 
-  registerTaskRoutes(app, { pool, client, metrics });
+  registerTaskRoutes(app, { pool, client, metrics, waker });
   registerClusterRoutes(app, { pool, nodeTimeoutMs: options.nodeTimeoutMs });
   registerWorkflowRoutes(app, { pool });
   registerDeadLetterRoutes(app, { pool });

@@ -5,6 +5,7 @@ import { TaskmillError } from '../runtime/errors.ts';
 import type { TaskmillClient } from '../runtime/client.ts';
 import { listTasks } from '../runtime/inspect.ts';
 import type { TaskmillMetrics } from '../runtime/metrics.ts';
+import type { PlannerWaker } from './planner-waker.ts';
 import type { ScheduleContext } from '../runtime/schedule-context.ts';
 import type { TaskState } from '../runtime/task-store.ts';
 import {
@@ -20,9 +21,13 @@ export interface TaskRoutesOptions {
   pool: pg.Pool;
   client: TaskmillClient;
   metrics: TaskmillMetrics;
+  waker: PlannerWaker;
 }
 
-export function registerTaskRoutes(app: FastifyInstance, { pool, client, metrics }: TaskRoutesOptions): void {
+export function registerTaskRoutes(
+  app: FastifyInstance,
+  { pool, client, metrics, waker }: TaskRoutesOptions,
+): void {
   app.post<{ Body: NewTaskBody | NewTaskBody[] }>(
     '/api/tasks',
     { schema: submitSchema },
@@ -30,6 +35,7 @@ export function registerTaskRoutes(app: FastifyInstance, { pool, client, metrics
       const many = Array.isArray(request.body);
       const items = many ? (request.body as NewTaskBody[]) : [request.body as NewTaskBody];
       const ids = await schedule(pool, client, items);
+      waker.wake();
       const counts = new Map<string, number>();
       for (const item of items) counts.set(item.name, (counts.get(item.name) ?? 0) + 1);
       for (const [name, n] of counts) metrics.recordScheduled(name, n);
@@ -93,6 +99,11 @@ async function schedule(pool: pg.Pool, client: TaskmillClient, items: NewTaskBod
     groups.set(key, group);
   });
   const ids = new Array<string>(items.length);
+  if (groups.size === 1) {
+    // One statement is atomic on its own: no transaction round trips.
+    const [{ name, dependsOn }] = groups.values();
+    return client.scheduleMany(name, contexts, { dependsOn });
+  }
   const tx = await pool.connect();
   try {
     await tx.query('begin');
