@@ -1,5 +1,5 @@
 /** Parses `host:port`, `[v6]:port`, `host`, `:port` or `port` (the --http option of `node` and `serve`). */
-import { HTTP_DEFAULTS } from '../http/server.ts';
+import { HTTP_DEFAULTS } from '../http/auth.ts';
 import { CliError, EXIT } from './output.ts';
 
 export function parseAddress(value: string | true | undefined): { host: string; port: number } {

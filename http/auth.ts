@@ -8,6 +8,8 @@ import { timingSafeEqual, createHash } from 'node:crypto';
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import { TaskmillError } from '../runtime/errors.ts';
 
+/** Where the server binds unless told otherwise: loopback only. */
+export const HTTP_DEFAULTS = { host: '127.0.0.1', port: 8080 };
 export const MIN_TOKEN_LENGTH = 16;
 /** Routes that answer without a token. */
 export const PUBLIC_ROUTES = new Set(['/healthz', '/readyz', '/']);

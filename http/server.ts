@@ -21,14 +21,14 @@ import { TaskmillError, type TaskmillErrorCode } from '../runtime/errors.ts';
 import { createLogger, type Logger } from '../runtime/logger.ts';
 import { TaskmillMetrics } from '../runtime/metrics.ts';
 import type { TaskmillNode } from '../runtime/node.ts';
-import { bearerAuth, checkBinding } from './auth.ts';
+import { bearerAuth, checkBinding, HTTP_DEFAULTS } from './auth.ts';
+
+export { HTTP_DEFAULTS };
 import { registerClusterRoutes } from './cluster-routes.ts';
 import { registerDeadLetterRoutes } from './dead-letter-routes.ts';
 import { PlannerWaker } from './planner-waker.ts';
 import { registerTaskRoutes } from './task-routes.ts';
 import { registerWorkflowRoutes } from './workflow-routes.ts';
-
-export const HTTP_DEFAULTS = { host: '127.0.0.1', port: 8080 };
 
 const DASHBOARD_HTML = readFileSync(new URL('./dashboard.html', import.meta.url), 'utf8');
 // The dashboard loads nothing from elsewhere; the policy makes sure of it.

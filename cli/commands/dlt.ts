@@ -1,17 +1,13 @@
 /** `taskmill dlt list|show|requeue|purge`: the dead-letter table (runtime/dead-letters.ts). */
 import type { Command } from 'commander';
-import {
-  getDeadLetter,
-  listDeadLetters,
-  purgeDeadLetters,
-  requeueDeadLetters,
-  type PurgeSelector,
-  type RequeueSelector,
-} from '../../runtime/dead-letters.ts';
+import type { PurgeSelector, RequeueSelector } from '../../runtime/dead-letters.ts';
 import { toJson } from '../../http/to-json.ts';
 import { withPool } from '../database-url.ts';
 import { CliError, EXIT, intOption, print, table } from '../output.ts';
 import type { CommandContext } from '../main.ts';
+
+/** Loaded on use, so that other commands start without it. */
+const deadLetters = () => import('../../runtime/dead-letters.ts');
 
 export function registerDltCommands(program: Command, ctx: CommandContext): void {
   const cmd = program.command('dlt').description('Dead letters: tasks that failed every attempt');
@@ -25,7 +21,9 @@ export function registerDltCommands(program: Command, ctx: CommandContext): void
     .option('--json', 'print JSON')
     .action(
       async (opts: { name?: string; limit: number; after?: string; json?: boolean }, command: Command) => {
-        const rows = await withPool(command.optsWithGlobals(), ctx.io, (pool) => listDeadLetters(pool, opts));
+        const rows = await withPool(command.optsWithGlobals(), ctx.io, async (pool) =>
+          (await deadLetters()).listDeadLetters(pool, opts),
+        );
         const nextAfter = rows.length === opts.limit ? rows[rows.length - 1].id : null;
         print(ctx.io, opts.json, { deadLetters: rows, nextAfter }, (d) =>
           [
@@ -53,7 +51,9 @@ export function registerDltCommands(program: Command, ctx: CommandContext): void
     .argument('<id>', 'task id')
     .option('--json', 'print JSON')
     .action(async (id: string, opts: { json?: boolean }, command: Command) => {
-      const dl = await withPool(command.optsWithGlobals(), ctx.io, (pool) => getDeadLetter(pool, id));
+      const dl = await withPool(command.optsWithGlobals(), ctx.io, async (pool) =>
+        (await deadLetters()).getDeadLetter(pool, id),
+      );
       print(ctx.io, opts.json, { ...dl, message: toJson(dl.message) }, (d) =>
         [
           `${d.name} ${d.id}: ${d.attempts} attempts, failed ${d.failedAt.toISOString()}`,
@@ -78,8 +78,8 @@ export function registerDltCommands(program: Command, ctx: CommandContext): void
           throw new CliError(EXIT.USAGE, 'Give task ids, --name or --all (exactly one of them).');
         const selector: RequeueSelector =
           ids.length > 0 ? { ids } : opts.name !== undefined ? { name: opts.name } : { all: true };
-        const result = await withPool(command.optsWithGlobals(), ctx.io, (pool) =>
-          requeueDeadLetters(pool, selector),
+        const result = await withPool(command.optsWithGlobals(), ctx.io, async (pool) =>
+          (await deadLetters()).requeueDeadLetters(pool, selector),
         );
         print(ctx.io, opts.json, result, (r) => `requeued ${r.requeued.length}`);
       },
@@ -113,8 +113,8 @@ export function registerDltCommands(program: Command, ctx: CommandContext): void
             : opts.all
               ? { olderThanMs: 0 }
               : { name: opts.name, olderThanMs: opts.olderThan };
-        const result = await withPool(command.optsWithGlobals(), ctx.io, (pool) =>
-          purgeDeadLetters(pool, selector),
+        const result = await withPool(command.optsWithGlobals(), ctx.io, async (pool) =>
+          (await deadLetters()).purgeDeadLetters(pool, selector),
         );
         print(ctx.io, opts.json, result, (r) => `purged ${r.purged}`);
       },

@@ -8,8 +8,8 @@ import type { Command } from 'commander';
 import type { DatabaseHandle } from '../../runtime/database.ts';
 import { startOwnedEmbedded } from '../embedded-server.ts';
 import { createLogger } from '../../runtime/logger.ts';
-import { startNode, type NodeOptions } from '../../runtime/node.ts';
-import { startHttpServer, type HttpServer } from '../../http/server.ts';
+import type { NodeOptions } from '../../runtime/node.ts';
+import type { HttpServer } from '../../http/server.ts';
 import { parseAddress } from '../address.ts';
 import { dataDirOf, findDatabaseUrl } from '../database-url.ts';
 import { intOption } from '../output.ts';
@@ -67,6 +67,9 @@ async function runNode(ctx: CommandContext, opts: NodeCommandOptions): Promise<v
   const { io } = ctx;
   const log = createLogger(opts.logLevel ?? io.env.TASKMILL_LOG_LEVEL, { component: 'cli' });
   const tasks = await loadTaskModules(opts.tasks, io.cwd);
+  // Loaded here, not at the top: the other commands start faster without the node and the server.
+  const { startNode } = await import('../../runtime/node.ts');
+  const { startHttpServer } = await import('../../http/server.ts');
   let db: DatabaseHandle | undefined;
   let url = await findDatabaseUrl(opts, io);
   if (!url) {

@@ -1,6 +1,5 @@
 /** `taskmill schedule <name>`: schedules tasks by name (the name must be registered by a node). */
 import type { Command } from 'commander';
-import { TaskmillClient } from '../../runtime/client.ts';
 import type { ScheduleContext } from '../../runtime/schedule-context.ts';
 import { withPool } from '../database-url.ts';
 import { CliError, EXIT, intOption, print } from '../output.ts';
@@ -34,6 +33,7 @@ export function registerScheduleCommand(program: Command, ctx: CommandContext): 
     .option('--json', 'print JSON')
     .action(async (name: string, opts: ScheduleOptions, command: Command) => {
       const context = scheduleContext(opts);
+      const { TaskmillClient } = await import('../../runtime/client.ts');
       const ids = await withPool(command.optsWithGlobals(), ctx.io, async (pool) => {
         const client = new TaskmillClient({ pool });
         return client.scheduleMany(

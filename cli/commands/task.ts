@@ -1,6 +1,6 @@
 /** `taskmill task show|cancel|list`. */
 import type { Command } from 'commander';
-import { TaskmillClient } from '../../runtime/client.ts';
+import type pg from 'pg';
 import { TaskmillError } from '../../runtime/errors.ts';
 import { listTasks, TASK_STATES, type TaskPage } from '../../runtime/inspect.ts';
 import type { TaskState } from '../../runtime/task-store.ts';
@@ -30,7 +30,7 @@ export function registerTaskCommands(program: Command, ctx: CommandContext): voi
     .option('--json', 'print JSON')
     .action(async (id: string, opts: { json?: boolean }, command: Command) => {
       const task = await withPool(command.optsWithGlobals(), ctx.io, (pool) =>
-        new TaskmillClient({ pool }).getTask(id),
+        client(pool).then((c) => c.getTask(id)),
       );
       if (!task) throw new TaskmillError('NOT_FOUND', `No task ${id} (unknown, or past history retention).`);
       print(ctx.io, opts.json, { ...task, result: toJson(task.result) }, (t) =>
@@ -50,7 +50,7 @@ export function registerTaskCommands(program: Command, ctx: CommandContext): voi
     .option('--json', 'print JSON')
     .action(async (id: string, opts: { json?: boolean }, command: Command) => {
       const outcome = await withPool(command.optsWithGlobals(), ctx.io, (pool) =>
-        new TaskmillClient({ pool }).cancel(id),
+        client(pool).then((c) => c.cancel(id)),
       );
       print(ctx.io, opts.json, { id, outcome }, () =>
         outcome === 'cancelled' ? `cancelled ${id}` : `asked the node running ${id} to abort it`,
@@ -78,6 +78,12 @@ export function registerTaskCommands(program: Command, ctx: CommandContext): voi
       );
       print(ctx.io, opts.json, page, renderPage);
     });
+}
+
+/** Loaded on use: the client brings the task-definition schema (zod), which other commands do without. */
+async function client(pool: pg.Pool) {
+  const { TaskmillClient } = await import('../../runtime/client.ts');
+  return new TaskmillClient({ pool });
 }
 
 export function renderPage(page: TaskPage): string {
