@@ -337,6 +337,30 @@ describe('with a node running (in-process `taskmill node`)', () => {
   });
 });
 
+describe('serve', () => {
+  it('serves the API until stopped, and refuses to bind beyond loopback without a token', async () => {
+    const port = await freePort();
+    const controller = new AbortController();
+    let out = '';
+    const done = runCli(['--database-url', db.url, 'serve', `127.0.0.1:${port}`, '--log-level', 'silent'], {
+      out: (s) => (out += s),
+      err: () => {},
+      env,
+      cwd: ROOT,
+      signal: controller.signal,
+    });
+    await until(() => out.includes('serving'), 20_000);
+    expect(out).toBe(`serving http://127.0.0.1:${port}\n`);
+    expect((await (await fetch(`http://127.0.0.1:${port}/readyz`)).json()).status).toBe('ready');
+    controller.abort('SIGINT');
+    expect(await done).toBe(0);
+
+    const open = await cli(['serve', `0.0.0.0:${port}`]);
+    expect(open.code).toBe(EXIT.USAGE);
+    expect(open.err).toMatch(/without a token/);
+  });
+});
+
 describe('bench', () => {
   it('lists the benchmarks', async () => {
     const benches = await json<{ name: string }[]>(['bench']);
