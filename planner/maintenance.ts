@@ -3,18 +3,19 @@
  * - dead-node recovery: nodes whose heartbeat is older than the node timeout (database time) are
  *   removed and every task they held goes back to ready. Recovery is by lease, never by age: a task
  *   that has run for hours on a live node is left alone.
- * - retention: history rows older than the retention are deleted, a bounded batch per pass.
+ * - retention: history partitions past the retention are dropped and upcoming ones created
+ *   (history-retention.ts); `purgedHistory` counts the rows that went.
  *
  * States: stopped -> running -> stopped; passes do nothing unless this node leads.
  */
 import type pg from 'pg';
 import { Loop, type Timers } from '../runtime/loop.ts';
 import { PLANNER_CHANNEL } from '../runtime/task-store.ts';
+import { HistoryRetention } from './history-retention.ts';
 
 export const MAINTENANCE_DEFAULTS = {
   intervalMs: 1_000,
   historyRetentionMs: 7 * 86_400_000,
-  retentionBatch: 10_000,
 };
 
 export interface MaintenanceResult {
@@ -29,6 +30,8 @@ export interface MaintenanceOptions {
   nodeTimeoutMs: number;
   intervalMs?: number;
   historyRetentionMs?: number;
+  /** History partition period; default derived from the retention (history-retention.ts). */
+  historyPartitionMs?: number;
   onResult?: (result: MaintenanceResult) => void;
   onError: (error: unknown) => void;
   timers?: Timers;
@@ -36,8 +39,14 @@ export interface MaintenanceOptions {
 
 export class Maintenance {
   private readonly loop: Loop<MaintenanceResult>;
+  private readonly history: HistoryRetention;
 
   constructor(private readonly options: MaintenanceOptions) {
+    this.history = new HistoryRetention({
+      db: options.db,
+      retentionMs: options.historyRetentionMs ?? MAINTENANCE_DEFAULTS.historyRetentionMs,
+      periodMs: options.historyPartitionMs,
+    });
     this.loop = new Loop({
       name: 'maintenance',
       runOnce: () => this.runOnce(),
@@ -61,13 +70,8 @@ export class Maintenance {
       ...(await recoverDeadNodes(this.options.db, this.options.nodeTimeoutMs)),
       purgedHistory: 0,
     };
-    const retention = this.options.historyRetentionMs ?? MAINTENANCE_DEFAULTS.historyRetentionMs;
-    const purged = await this.options.db.query(
-      `delete from tm_history where id in (
-         select id from tm_history where finished_at < now() - $1 * interval '1 millisecond' limit $2)`,
-      [retention, MAINTENANCE_DEFAULTS.retentionBatch],
-    );
-    result.purgedHistory = purged.rowCount ?? 0;
+    const history = await this.history.runOnce();
+    result.purgedHistory = history.dropped.reduce((sum, p) => sum + p.rows, history.purgedFromDefault);
     if (result.deadNodes + result.recovered + result.purgedHistory > 0) this.options.onResult?.(result);
     return result;
   }
