@@ -4,8 +4,9 @@
  * is checked on recorded intervals (a recorded interval lies inside the real run, so an overlap seen
  * here is a real one). Nodes are real processes (test/helpers/spawn.ts), killed with real signals.
  */
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { v7 as uuidv7 } from 'uuid';
+import { PLANNER_DEFAULTS } from '../planner/planner.ts';
 import { TaskmillClient, type TaskDefinition } from '../runtime/index.ts';
 import * as defs from './fixtures/definitions.ts';
 import type { RecordMessage } from './fixtures/record.ts';
@@ -26,13 +27,13 @@ interface Cluster {
   nodes: SpawnedNode[];
 }
 
-const clusters: Cluster[] = [];
+const clusters = new Set<Cluster>();
 
 async function startCluster(options: SpawnOptions[]): Promise<Cluster> {
   const db = await createTestDatabase();
   const client = new TaskmillClient({ connectionString: db.url });
   const cluster: Cluster = { db, client, nodes: [] };
-  clusters.push(cluster);
+  clusters.add(cluster);
   await db.pool.query(
     `create table runs (task_id uuid, key text, workflow_id uuid, seq int, started_at timestamptz,
        ended_at timestamptz, pid int)`,
@@ -41,16 +42,23 @@ async function startCluster(options: SpawnOptions[]): Promise<Cluster> {
   return cluster;
 }
 
-async function stopClusters(): Promise<void> {
-  await killAllNodes();
-  for (const c of clusters.splice(0)) {
-    await c.client.close();
-    await c.db.drop();
-  }
+/** Kills the cluster's node processes (the ones still alive) and drops its database. */
+async function stopCluster(c: Cluster): Promise<void> {
+  clusters.delete(c);
+  await Promise.all(
+    c.nodes.map((n) => {
+      n.kill('SIGKILL');
+      return n.stopped;
+    }),
+  );
+  await c.client.close();
+  await c.db.drop();
 }
 
 afterAll(async () => {
-  await stopClusters();
+  // Also the nodes of a cluster whose start failed half-way.
+  await killAllNodes();
+  await Promise.all([...clusters].map(stopCluster));
   expect(liveNodeProcesses()).toBe(0);
 });
 
@@ -249,98 +257,123 @@ async function waitForLeader(c: Cluster): Promise<SpawnedNode> {
   return leader!;
 }
 
-describe.each([2, 3])('%i node processes on one database', (nodes) => {
-  let c: Cluster;
+/**
+ * Schedules keyed `record` and `recordStrict` workloads on a running cluster and checks, from what ran,
+ * the affinity rules, that nothing was lost or run twice, and that every node took part.
+ */
+async function checkAffinity(c: Cluster): Promise<void> {
+  const [workflow, strict] = await Promise.all([
+    scheduleKeyed(c, defs.record, { prefix: 'w', keys: 20, workflows: 4, tasks: 4, ms: 30 }),
+    scheduleKeyed(c, defs.recordStrict, { prefix: 's', keys: 8, workflows: 3, tasks: 3, ms: 5 }),
+  ]);
+  const ids = [...workflow.ids, ...strict.ids];
+  expect(ids).toHaveLength(20 * 4 * 4 + 8 * 3 * 3);
+  await waitCompleted(c, ids);
 
-  beforeAll(async () => {
-    c = await startCluster(Array.from({ length: nodes }, () => ({ maxParallelTasksInNode: 8 })));
-  });
-  afterAll(stopClusters);
+  await expectAllRan(c, ids);
+  // Nothing crashed, so nothing ran twice.
+  expect(await count(c.db.pool, `select count(*) from runs`)).toBe(ids.length);
+  await expectWorkflowAffinity(c, workflow);
+  await expectStrictAffinity(c, strict);
+  // Every node process took part, and tasks of one workflow did run in parallel.
+  expect(await count(c.db.pool, `select count(distinct pid) from runs`)).toBe(c.nodes.length);
+  expect(
+    await count(
+      c.db.pool,
+      `select count(*) from runs a join runs b on a.workflow_id = b.workflow_id and a.task_id < b.task_id
+         and a.started_at < b.ended_at and b.started_at < a.ended_at where a.key like 'w%'`,
+    ),
+  ).toBeGreaterThan(0);
+}
 
-  it('never runs two workflows of one key at once, runs them in creation order, loses nothing', async () => {
-    const [workflow, strict] = await Promise.all([
-      scheduleKeyed(c, defs.record, { prefix: 'w', keys: 20, workflows: 4, tasks: 4, ms: 30 }),
-      scheduleKeyed(c, defs.recordStrict, { prefix: 's', keys: 8, workflows: 3, tasks: 3, ms: 5 }),
-    ]);
-    const ids = [...workflow.ids, ...strict.ids];
-    expect(ids).toHaveLength(20 * 4 * 4 + 8 * 3 * 3);
+/**
+ * Runs `limited` tasks (cluster limit 3) among free `record` tasks on a running cluster of nodes with
+ * maxParallelTasksInNode = `capacity`, and checks both limits on the recorded intervals and on samples
+ * of the planner's view.
+ */
+async function checkLimits(c: Cluster, capacity: number): Promise<void> {
+  await c.db.pool.query(`truncate runs`);
+  const { planFactor } = PLANNER_DEFAULTS;
+  let sampled = 0;
+  let maxLimitedHeld = 0;
+  let maxNodeHeld = 0;
+  let sampling = true;
+  const sampler = (async () => {
+    while (sampling) {
+      const { rows } = await c.db.pool.query<{ limited: number; node: number }>(
+        `select (select count(*) from tm_tasks where name = 'limited' and node_id is not null)::int as limited,
+           coalesce((select max(n) from (select count(*) as n from tm_tasks where node_id is not null
+             group by node_id) h), 0)::int as node`,
+      );
+      maxLimitedHeld = Math.max(maxLimitedHeld, rows[0].limited);
+      maxNodeHeld = Math.max(maxNodeHeld, rows[0].node);
+      sampled++;
+      await new Promise((r) => setTimeout(r, 5));
+    }
+  })();
+  const ids = [
+    ...(await scheduleFree(c, defs.limited, 30, 'limited', 40)),
+    ...(await scheduleFree(c, defs.record, 150, 'free', 40)),
+  ];
+  try {
     await waitCompleted(c, ids);
+  } finally {
+    sampling = false;
+    await sampler;
+  }
+  await expectAllRan(c, ids);
 
-    await expectAllRan(c, ids);
-    // Nothing crashed, so nothing ran twice.
-    expect(await count(c.db.pool, `select count(*) from runs`)).toBe(ids.length);
-    await expectWorkflowAffinity(c, workflow);
-    await expectStrictAffinity(c, strict);
-    // Every node process took part, and tasks of one workflow did run in parallel.
-    expect(await count(c.db.pool, `select count(distinct pid) from runs`)).toBe(nodes);
-    expect(
-      await count(
-        c.db.pool,
-        `select count(*) from runs a join runs b on a.workflow_id = b.workflow_id and a.task_id < b.task_id
-           and a.started_at < b.ended_at and b.started_at < a.ended_at where a.key like 'w%'`,
-      ),
-    ).toBeGreaterThan(0);
+  const all = await intervals(c, 'true');
+  const byPid = new Map<number, Interval[]>();
+  for (const i of all) byPid.set(i.pid, [...(byPid.get(i.pid) ?? []), i]);
+  expect(byPid.size).toBe(c.nodes.length);
+  const perNode = [...byPid.values()].map(maxOverlap);
+  const limited = maxOverlap(await intervals(c, `key = 'limited'`));
+  // The limits hold, and were reached (so the measurement could have seen a breach).
+  for (const max of perNode) expect(max).toBeLessThanOrEqual(capacity);
+  expect(Math.max(...perNode)).toBeGreaterThanOrEqual(capacity / 2);
+  expect(limited).toBeLessThanOrEqual(3);
+  expect(limited).toBeGreaterThanOrEqual(2);
+  // Sampled planner view: a node holds at most capacity x plan factor, `limited` at most 3.
+  expect(sampled).toBeGreaterThan(10);
+  expect(maxLimitedHeld).toBeLessThanOrEqual(3);
+  expect(maxNodeHeld).toBeLessThanOrEqual(capacity * planFactor);
+}
+
+describe('two node processes on one database', () => {
+  let c: Cluster;
+  beforeAll(async () => {
+    c = await startCluster([{ maxParallelTasksInNode: 8 }, { maxParallelTasksInNode: 8 }]);
   });
+  afterAll(() => stopCluster(c));
 
-  it.runIf(nodes === 3)(
-    'never exceeds maxParallelTasksInNode per node nor maxParallelInCluster in the cluster',
-    async () => {
-      await c.db.pool.query(`truncate runs`);
-      const capacity = 8;
-      const planFactor = 2;
-      let sampled = 0;
-      let maxLimitedHeld = 0;
-      let maxNodeHeld = 0;
-      let sampling = true;
-      const sampler = (async () => {
-        while (sampling) {
-          const { rows } = await c.db.pool.query<{ limited: number; node: number }>(
-            `select (select count(*) from tm_tasks where name = 'limited' and node_id is not null)::int as limited,
-               coalesce((select max(n) from (select count(*) as n from tm_tasks where node_id is not null
-                 group by node_id) h), 0)::int as node`,
-          );
-          maxLimitedHeld = Math.max(maxLimitedHeld, rows[0].limited);
-          maxNodeHeld = Math.max(maxNodeHeld, rows[0].node);
-          sampled++;
-          await new Promise((r) => setTimeout(r, 5));
-        }
-      })();
-      const ids = [
-        ...(await scheduleFree(c, defs.limited, 30, 'limited', 40)),
-        ...(await scheduleFree(c, defs.record, 150, 'free', 40)),
-      ];
-      try {
-        await waitCompleted(c, ids);
-      } finally {
-        sampling = false;
-        await sampler;
-      }
-      await expectAllRan(c, ids);
-
-      const all = await intervals(c, 'true');
-      const byPid = new Map<number, Interval[]>();
-      for (const i of all) byPid.set(i.pid, [...(byPid.get(i.pid) ?? []), i]);
-      expect(byPid.size).toBe(3);
-      const perNode = [...byPid.values()].map(maxOverlap);
-      const limited = maxOverlap(await intervals(c, `key = 'limited'`));
-      // The limits hold, and were reached (so the measurement could have seen a breach).
-      for (const max of perNode) expect(max).toBeLessThanOrEqual(capacity);
-      expect(Math.max(...perNode)).toBeGreaterThanOrEqual(capacity / 2);
-      expect(limited).toBeLessThanOrEqual(3);
-      expect(limited).toBeGreaterThanOrEqual(2);
-      // Sampled planner view: a node holds at most capacity x plan factor, `limited` at most 3.
-      expect(sampled).toBeGreaterThan(10);
-      expect(maxLimitedHeld).toBeLessThanOrEqual(3);
-      expect(maxNodeHeld).toBeLessThanOrEqual(capacity * planFactor);
-    },
-  );
+  it('never runs two workflows of one key at once, runs them in creation order, loses nothing', () =>
+    checkAffinity(c));
 });
 
-describe('node process failures', () => {
-  afterEach(stopClusters);
+describe('three node processes on one database', () => {
+  let c: Cluster;
+  beforeAll(async () => {
+    c = await startCluster(Array.from({ length: 3 }, () => ({ maxParallelTasksInNode: 8 })));
+  });
+  afterAll(() => stopCluster(c));
 
-  it('recovers every task of a node killed with SIGKILL mid-run; its row is removed', async () => {
+  it('never runs two workflows of one key at once, runs them in creation order, loses nothing', () =>
+    checkAffinity(c));
+
+  it('never exceeds maxParallelTasksInNode per node nor maxParallelInCluster in the cluster', async () => {
+    await checkLimits(c, 8);
+  });
+});
+
+// Independent clusters on their own databases: run at once, so their waits (node timeout, lease
+// expiry, task sleeps) overlap. Concurrent tests take their hooks from the test context.
+describe.concurrent('node process failures', () => {
+  it('recovers every task of a node killed with SIGKILL mid-run; its row is removed', async ({
+    onTestFinished,
+  }) => {
     const c = await startCluster([{ maxParallelTasksInNode: 10 }, { maxParallelTasksInNode: 10 }]);
+    onTestFinished(() => stopCluster(c));
     const leader = await waitForLeader(c);
     const victim = c.nodes.find((n) => n !== leader)!;
     const work = await scheduleKeyed(c, defs.record, {
@@ -382,8 +415,11 @@ describe('node process failures', () => {
     await expectWorkflowAffinity(c, work);
   });
 
-  it('moves the planner lease to another node when the leader is killed, and work still completes', async () => {
+  it('moves the planner lease to another node when the leader is killed, and work still completes', async ({
+    onTestFinished,
+  }) => {
     const c = await startCluster([{ maxParallelTasksInNode: 10 }, { maxParallelTasksInNode: 10 }]);
+    onTestFinished(() => stopCluster(c));
     const leader = await waitForLeader(c);
     const survivor = c.nodes.find((n) => n !== leader)!;
     const work = await scheduleKeyed(c, defs.record, {
@@ -415,13 +451,16 @@ describe('node process failures', () => {
     await expectWorkflowAffinity(c, work);
   });
 
-  it('on SIGTERM a node exits 0 and hands its queued tasks back to run elsewhere, none twice', async () => {
+  it('on SIGTERM a node exits 0 and hands its queued tasks back to run elsewhere, none twice', async ({
+    onTestFinished,
+  }) => {
     // The victim holds capacity x plan factor = 4 tasks: 2 running, 2 queued in its mailboxes. Its grace
     // period is long enough for the running ones to finish, even with a cold worker thread.
     const c = await startCluster([
       { maxParallelTasksInNode: 2, shutdownGraceMs: 10_000 },
       { maxParallelTasksInNode: 4 },
     ]);
+    onTestFinished(() => stopCluster(c));
     const [victim, survivor] = c.nodes;
     const ids = await scheduleFree(c, defs.record, 16, 'free', 400);
     await until(
