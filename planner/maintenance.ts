@@ -9,6 +9,7 @@
  * States: stopped -> running -> stopped; passes do nothing unless this node leads.
  */
 import type pg from 'pg';
+import { releaseDanglingWaits } from './dangling-waits.ts';
 import { Loop, type Timers } from '../runtime/loop.ts';
 import { PLANNER_CHANNEL } from '../runtime/task-store.ts';
 import { HistoryRetention } from './history-retention.ts';
@@ -22,6 +23,8 @@ export interface MaintenanceResult {
   deadNodes: number;
   recovered: number;
   purgedHistory: number;
+  /** Waits on vanished tasks settled by the safety net (dangling-waits.ts); 0 in normal operation. */
+  danglingWaits: number;
 }
 
 export interface MaintenanceOptions {
@@ -65,14 +68,17 @@ export class Maintenance {
   }
 
   async runOnce(): Promise<MaintenanceResult> {
-    if (!this.options.isLeader()) return { deadNodes: 0, recovered: 0, purgedHistory: 0 };
+    if (!this.options.isLeader()) return { deadNodes: 0, recovered: 0, purgedHistory: 0, danglingWaits: 0 };
     const result = {
       ...(await recoverDeadNodes(this.options.db, this.options.nodeTimeoutMs)),
       purgedHistory: 0,
+      danglingWaits: await releaseDanglingWaits(this.options.db),
     };
     const history = await this.history.runOnce();
     result.purgedHistory = history.dropped.reduce((sum, p) => sum + p.rows, history.purgedFromDefault);
-    if (result.deadNodes + result.recovered + result.purgedHistory > 0) this.options.onResult?.(result);
+    if (result.deadNodes + result.recovered + result.purgedHistory + result.danglingWaits > 0) {
+      this.options.onResult?.(result);
+    }
     return result;
   }
 }

@@ -114,7 +114,12 @@ describe('dead-node recovery', () => {
         throw error;
       },
     });
-    expect(await maintenance.runOnce()).toEqual({ deadNodes: 0, recovered: 0, purgedHistory: 0 });
+    expect(await maintenance.runOnce()).toEqual({
+      deadNodes: 0,
+      recovered: 0,
+      purgedHistory: 0,
+      danglingWaits: 0,
+    });
     expect(await heldIds(db.pool)).toEqual([task.id]);
     expect(await count(db.pool, `select count(*) from tm_history`)).toBe(2);
 
