@@ -54,6 +54,18 @@ export async function createBenchDatabase(
       const c = new pg.Client({ connectionString: serverUrl });
       await c.connect();
       try {
+        // Some systems close their pools without waiting (graphile-worker 0.17 drops its error handlers,
+        // then ends its pool in the background): terminating those sessions now would crash the harness
+        // with an unhandled pool error. Let them go first.
+        const deadline = Date.now() + 10_000;
+        while (Date.now() < deadline) {
+          const { rows } = await c.query<{ n: number }>(
+            'select count(*)::int as n from pg_stat_activity where datname = $1',
+            [name],
+          );
+          if (rows[0].n === 0) break;
+          await new Promise((r) => setTimeout(r, 50));
+        }
         await c.query(`drop database if exists ${pg.escapeIdentifier(name)} with (force)`);
       } finally {
         await c.end();

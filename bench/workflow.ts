@@ -36,6 +36,7 @@ import {
 } from './result-file.ts';
 import { TARGETS } from './targets.ts';
 import { calibrate } from './tasks/cpu-work.ts';
+import { PUBLISHED_COLUMNS } from './workflow/columns.ts';
 import { runWorkflow, type WorkflowFigures } from './workflow/run.ts';
 import type { Work } from './workflow/work.ts';
 
@@ -54,23 +55,6 @@ interface WorkflowCli extends NodeCliOptions {
   outDir?: string;
   save: boolean;
 }
-
-/** The published table's columns, in its order; every workflow result's `table` has exactly these. */
-export const PUBLISHED_COLUMNS = [
-  'Nodes',
-  'Logs',
-  'max-parallel-tasks-in-cluster-default',
-  'batch-size',
-  'polling-delay',
-  'new-batch-size',
-  'max-parallel-tasks-in-node',
-  'manage-delay',
-  'plan-factor',
-  'Total tasks',
-  'Total time',
-  'RPM',
-  'RPS',
-] as const;
 
 function command(): Command {
   const cmd = new Command('workflow')
