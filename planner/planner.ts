@@ -255,10 +255,12 @@ export class Planner {
  * Ready tasks in priority order whose affinity key is free for them. A task with a key may run when
  * (1) no row of the key belongs to an older workflow, (2) no other workflow has a task of the key in
  * flight (a workflow that reaches a key late waits for the active one; for a strict task, no task of
- * the key at all), and (3) no older strict task of the key is waiting (strict tasks run one at a time
- * in creation order). Each check is its own NOT EXISTS on its own index, so it stops at the first match
- * rather than reading every row of a busy key. Rows locked by a concurrent completion or cancel are
- * skipped, not waited for.
+ * the key at all), and (3) no older strict task of the key, of its own or an older workflow, is
+ * waiting (strict tasks run one at a time in creation order within the workflow order of (1); a task of
+ * a newer workflow must not hold back an older workflow's task created after it, e.g. a child, or each
+ * would wait for the other forever). Each check is its own NOT EXISTS on its own index, so it stops at
+ * the first match rather than reading every row of a busy key. Rows locked by a concurrent completion
+ * or cancel are skipped, not waited for.
  */
 export const CLAIM_READY_TASKS = `
   select t.id, t.name, t.affinity_group, t.affinity
@@ -277,7 +279,8 @@ export const CLAIM_READY_TASKS = `
       and not exists (
         select 1 from tm_tasks o
         where o.affinity_group = t.affinity_group and o.affinity = t.affinity and o.strict_affinity
-          and o.seq < t.seq)))
+          and o.seq < t.seq
+          and (o.workflow_created_at, o.workflow_id) <= (t.workflow_created_at, t.workflow_id))))
   order by t.priority desc, t.seq
   limit $1
   for update of t skip locked`;

@@ -8,6 +8,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { v7 as uuidv7 } from 'uuid';
 import { PLANNER_DEFAULTS } from '../planner/planner.ts';
 import { TaskmillClient, type TaskDefinition } from '../runtime/index.ts';
+import { recordStrictParent } from './fixtures/affinity-definitions.ts';
 import * as defs from './fixtures/definitions.ts';
 import type { RecordMessage } from './fixtures/record.ts';
 import { count, createTestDatabase, until, type TestDatabase } from './helpers/database.ts';
@@ -349,6 +350,31 @@ describe('two node processes on one database', () => {
 
   it('never runs two workflows of one key at once, runs them in creation order, loses nothing', () =>
     checkAffinity(c));
+
+  it('runs a strict task an older workflow creates after a newer workflow queued on its key', async () => {
+    // P (workflow 1) runs; Q (workflow 2) is queued on the key; P's completion adds its child C to
+    // workflow 1. C is younger than Q by creation but belongs to the older workflow: C runs, then Q.
+    await c.db.pool.query(`truncate runs`);
+    const msg = (seq: number) => ({ url: c.db.url, key: 'late', seq, ms: 300 }) satisfies RecordMessage;
+    const p = await c.client.schedule(recordStrictParent, {
+      affinity: 'late',
+      message: { ...msg(0), child: msg(1) },
+    });
+    await until(
+      async () =>
+        (await count(c.db.pool, `select count(*) from tm_tasks where id = $1 and state = 'running'`, [p])) ===
+        1,
+    );
+    const q = await c.client.schedule(defs.recordStrict, { affinity: 'late', message: msg(2) });
+    await until(async () => (await count(c.db.pool, `select count(*) from runs`)) === 3, 15_000);
+    expect(await count(c.db.pool, `select count(*) from tm_tasks`)).toBe(0);
+    const { rows } = await c.db.pool.query<{ seq: number; task_id: string }>(
+      `select seq, task_id from runs order by started_at`,
+    );
+    expect(rows.map((r) => r.seq)).toEqual([0, 1, 2]);
+    expect([rows[0].task_id, rows[2].task_id]).toEqual([p, q]);
+    await expectStrictAffinity(c, { ids: [p, q], keys: [{ key: 'late', workflows: [] }] });
+  });
 });
 
 describe('three node processes on one database', () => {
