@@ -1,13 +1,13 @@
 /**
  * The database side of a benchmark run: the server (DATABASE_URL, else the embedded one), a fresh
  * database per run (dropped afterwards, so runs never see each other's rows or bloat), and what the
- * server spent during the run: CPU seconds of its processes (when it runs on this machine) and
+ * server spent on it during the run: CPU seconds of its processes (when it runs on this machine) and
  * transactions and row changes from pg_stat_database.
  *
  * States of a BenchDatabase: open -> dropped (drop() is idempotent).
  */
 import { randomBytes } from 'node:crypto';
-import { existsSync, readFileSync, readdirSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import pg from 'pg';
 import { migrate } from '../migrations/migrator.ts';
 import { openDatabase, withDatabase, type DatabaseHandle } from '../runtime/database.ts';
@@ -75,7 +75,11 @@ export async function createBenchDatabase(
 }
 
 export interface ServerUsage {
-  /** CPU seconds of the server's processes; null when the server is not on this machine. */
+  /**
+   * CPU seconds of the server processes working for this database in the window: its sessions (and
+   * autovacuum workers) plus the server's shared background processes (WAL writer, checkpointer, ...).
+   * Null when the server is not on this machine (or /proc is not readable).
+   */
   cpuSeconds: number | null;
   transactions: number;
   rowsInserted: number;
@@ -83,8 +87,7 @@ export interface ServerUsage {
   rowsDeleted: number;
 }
 
-interface UsageSample {
-  cpuTicks: number | null;
+interface Counters {
   xact: number;
   ins: number;
   upd: number;
@@ -92,31 +95,47 @@ interface UsageSample {
 }
 
 /**
- * Measures what the server spends between `start()` and `stop()`. Transactions count every session of
- * the database (the system under test and the harness's few checks). A busy session publishes its
- * statistics at most once a second and an idle one only after 10 s or when it ends, so call `stop()`
- * after the system under test has closed its connections.
+ * Measures what the server spends on this database between `start()` and `endWindow()` (CPU, read
+ * from /proc per server process) and `stop()` (transactions and row changes from pg_stat_database).
+ * CPU is sampled per process while the sessions are alive, so call `endWindow()` before the system
+ * under test closes its connections. Statistics are published by a busy session at most once a second
+ * and by an idle one only after 10 s or when it ends, so call `stop()` after it has closed them.
  */
 export class ServerUsageMeter {
-  private startSample: UsageSample | undefined;
-  private postmasterPid: number | null | undefined;
+  private cpuStart: Map<number, number> | null | undefined;
+  private cpuSeconds: number | null | undefined;
+  private counters: Counters | undefined;
 
   constructor(private readonly db: Pick<pg.Pool, 'query'>) {}
 
   async start(): Promise<void> {
-    this.postmasterPid ??= await this.findPostmaster();
-    this.startSample = await this.sample();
+    this.counters = await this.readCounters();
+    this.cpuStart = await this.cpuSample();
+  }
+
+  /** Ends the CPU window (idempotent). */
+  async endWindow(): Promise<void> {
+    if (this.cpuSeconds !== undefined) return;
+    const end = await this.cpuSample();
+    const start = this.cpuStart;
+    if (!end || !start) {
+      this.cpuSeconds = null;
+      return;
+    }
+    let ticks = 0;
+    for (const [pid, t] of end) ticks += t - (start.get(pid) ?? 0);
+    this.cpuSeconds = ticks / CLOCK_TICKS;
   }
 
   async stop(): Promise<ServerUsage> {
-    if (!this.startSample) throw new Error('ServerUsageMeter.stop() before start()');
+    if (!this.counters) throw new Error('ServerUsageMeter.stop() before start()');
+    await this.endWindow();
     // Sessions that just ended publish their statistics as they exit.
     await new Promise((r) => setTimeout(r, 250));
-    const end = await this.sample();
-    const a = this.startSample;
+    const end = await this.readCounters();
+    const a = this.counters;
     return {
-      cpuSeconds:
-        end.cpuTicks === null || a.cpuTicks === null ? null : (end.cpuTicks - a.cpuTicks) / CLOCK_TICKS,
+      cpuSeconds: this.cpuSeconds ?? null,
       transactions: end.xact - a.xact,
       rowsInserted: end.ins - a.ins,
       rowsUpdated: end.upd - a.upd,
@@ -124,7 +143,7 @@ export class ServerUsageMeter {
     };
   }
 
-  private async sample(): Promise<UsageSample> {
+  private async readCounters(): Promise<Counters> {
     await this.db.query('select pg_stat_clear_snapshot()');
     const { rows } = await this.db.query<{ xact: string; ins: string; upd: string; del: string }>(
       `select xact_commit + xact_rollback as xact, tup_inserted as ins, tup_updated as upd,
@@ -132,20 +151,26 @@ export class ServerUsageMeter {
        from pg_stat_database where datname = current_database()`,
     );
     const r = rows[0];
-    return {
-      cpuTicks: this.postmasterPid ? serverCpuTicks(this.postmasterPid) : null,
-      xact: Number(r.xact),
-      ins: Number(r.ins),
-      upd: Number(r.upd),
-      del: Number(r.del),
-    };
+    return { xact: Number(r.xact), ins: Number(r.ins), upd: Number(r.upd), del: Number(r.del) };
   }
 
-  /** The postmaster is the parent of our backend, when /proc shows it (same machine, Linux). */
-  private async findPostmaster(): Promise<number | null> {
-    const { rows } = await this.db.query<{ pid: number }>('select pg_backend_pid() as pid');
-    const stat = readStat(rows[0].pid);
-    return stat ? stat.ppid : null;
+  /** CPU ticks per server process of this database or of the whole server (background processes). */
+  private async cpuSample(): Promise<Map<number, number> | null> {
+    const { rows } = await this.db.query<{ pid: number; me: boolean }>(
+      `select pid, pid = pg_backend_pid() as me from pg_stat_activity
+       where datname = current_database() or datname is null`,
+    );
+    const ticks = new Map<number, number>();
+    for (const { pid, me } of rows) {
+      const stat = readStat(pid);
+      // Our own backend must be visible, else the server is elsewhere and pids mean nothing here.
+      if (!stat) {
+        if (me) return null;
+        continue;
+      }
+      ticks.set(pid, stat.utime + stat.stime);
+    }
+    return ticks;
   }
 }
 
@@ -153,11 +178,9 @@ export class ServerUsageMeter {
 const CLOCK_TICKS = 100;
 
 interface ProcStat {
-  ppid: number;
+  comm: string;
   utime: number;
   stime: number;
-  cutime: number;
-  cstime: number;
 }
 
 function readStat(pid: number): ProcStat | null {
@@ -165,34 +188,14 @@ function readStat(pid: number): ProcStat | null {
   if (!existsSync(file)) return null;
   try {
     const text = readFileSync(file, 'utf8');
-    // Fields after the command name (which may contain spaces) start at field 3.
+    // The command name (field 2) is in parentheses and may contain spaces; fields 14-15 are CPU times.
+    const comm = text.slice(text.indexOf('(') + 1, text.lastIndexOf(')'));
     const fields = text.slice(text.lastIndexOf(')') + 2).split(' ');
-    return {
-      ppid: Number(fields[1]),
-      utime: Number(fields[11]),
-      stime: Number(fields[12]),
-      cutime: Number(fields[13]),
-      cstime: Number(fields[14]),
-    };
+    if (!comm.startsWith('postgres')) return null;
+    return { comm, utime: Number(fields[11]), stime: Number(fields[12]) };
   } catch {
     return null;
   }
-}
-
-/**
- * CPU ticks of a server: the postmaster (with its exited children, reaped into cutime/cstime) plus its
- * live children (backends, walwriter, checkpointer, ...).
- */
-function serverCpuTicks(postmaster: number): number | null {
-  const main = readStat(postmaster);
-  if (!main) return null;
-  let ticks = main.utime + main.stime + main.cutime + main.cstime;
-  for (const entry of readdirSync('/proc')) {
-    if (!/^\d+$/.test(entry)) continue;
-    const stat = readStat(Number(entry));
-    if (stat && stat.ppid === postmaster) ticks += stat.utime + stat.stime;
-  }
-  return ticks;
 }
 
 /** Statistics for the planner after a bulk insert: every system gets the same treatment. */

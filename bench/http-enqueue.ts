@@ -1,6 +1,6 @@
 /**
- * Enqueue over HTTP: autocannon POSTs tasks to the HTTP API (POST /api/tasks) on 127.0.0.1 for a
- * bounded duration and measures accepted tasks per second and request latency.
+ * Enqueue over HTTP: accepted tasks per second and request latency of POST /api/tasks.
+ * autocannon POSTs tasks to the HTTP API on 127.0.0.1 for a bounded duration.
  * One process runs the API server on its main thread and autocannon in a worker thread, against a
  * fresh database (DATABASE_URL, else the embedded server) where a node registered the `bench-noop`
  * task. By default nothing consumes the tasks, so the figure is the enqueue path alone; `--consume`

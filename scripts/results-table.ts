@@ -57,6 +57,11 @@ const SECTIONS: { bench: string; title: string; intro: string; multiRow?: boolea
     multiRow: true,
   },
   {
+    bench: 'http-enqueue',
+    title: 'Enqueue over HTTP',
+    intro: 'autocannon POSTs tasks to the HTTP API; accepted tasks per second. `npm run bench:http`',
+  },
+  {
     bench: 'micro',
     title: 'Micro-benchmarks (latest run)',
     intro: '`npm run bench:micro`',
@@ -110,6 +115,11 @@ export function renderResultsReadme(entries: Entry[], runs: number): string {
     targetsTable(entries),
     '',
   ];
+  if (entries.length === 0) {
+    out.push(
+      '_No runs recorded yet: run a benchmark (it writes its result here), then `npm run bench:results`._',
+    );
+  }
   const known = new Set(SECTIONS.map((s) => s.bench).concat('sweep'));
   for (const section of SECTIONS) {
     const mine = entries.filter((e) => e.result.bench === section.bench);

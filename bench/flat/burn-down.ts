@@ -86,6 +86,7 @@ export async function runBurnDown(o: BurnDownOptions): Promise<BurnDownFigures> 
     await pause.resume();
     await waitForCompleted(cluster, target, { label: o.progressLabel ?? 'burn-down', base, total: o.tasks });
     const seconds = (performance.now() - t0) / 1000;
+    await meter.endWindow();
     reports = await cluster.stop();
     const postgres = await meter.stop();
     await assertDrained(o.pool, warmupTasks + o.tasks, def.name);

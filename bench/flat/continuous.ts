@@ -99,6 +99,7 @@ export async function runContinuous(o: ContinuousOptions): Promise<ContinuousFig
     const completed = cluster.totals.completed - base;
     const { rows: dbEnd } = await o.pool.query<{ now: Date }>('select clock_timestamp() as now');
     cluster.off('flush', topUp);
+    await meter.endWindow();
     await inserting;
     reports = await cluster.stop();
     const postgres = await meter.stop();

@@ -96,6 +96,7 @@ export async function runWorkflow(o: WorkflowOptions): Promise<WorkflowFigures> 
       `select extract(epoch from max(finished_at) - $1::timestamptz)::float8 as seconds from perf_pipelines`,
       [start],
     );
+    await meter.endWindow();
     reports = await cluster.stop();
     const postgres = await meter.stop();
     await assertComplete(o.pool, counts.byName);
