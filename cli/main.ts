@@ -79,6 +79,11 @@ export async function main(argv: string[]): Promise<number> {
   };
   process.on('SIGINT', onSignal);
   process.on('SIGTERM', onSignal);
+  // Output piped into `head` and the like: stop quietly when the reader is gone.
+  process.stdout.on('error', (error: NodeJS.ErrnoException) => {
+    if (error.code === 'EPIPE') process.exit(EXIT.OK);
+    throw error;
+  });
   return runCli(argv, {
     out: (s) => process.stdout.write(s),
     err: (s) => process.stderr.write(s),

@@ -351,7 +351,8 @@ describe('serve', () => {
     });
     await until(() => out.includes('serving'), 20_000);
     expect(out).toBe(`serving http://127.0.0.1:${port}\n`);
-    expect((await (await fetch(`http://127.0.0.1:${port}/readyz`)).json()).status).toBe('ready');
+    const ready = (await (await fetch(`http://127.0.0.1:${port}/readyz`)).json()) as { status: string };
+    expect(ready.status).toBe('ready');
     controller.abort('SIGINT');
     expect(await done).toBe(0);
 
@@ -364,7 +365,7 @@ describe('serve', () => {
 describe('bench', () => {
   it('lists the benchmarks', async () => {
     const benches = await json<{ name: string }[]>(['bench']);
-    expect(benches.map((b) => b.name)).toEqual(expect.arrayContaining(['flat', 'http-enqueue']));
+    expect(benches.map((b) => b.name)).toEqual(expect.arrayContaining(['flat', 'http-enqueue', 'sweep']));
   });
 });
 
@@ -505,5 +506,13 @@ describe.concurrent('processes', () => {
     expect(result.figures.tasks).toBeGreaterThan(0);
     expect(result.figures.stored).toBeGreaterThanOrEqual(result.figures.tasks);
     expect(result.figures.errors + result.figures.non2xx).toBe(0);
+
+    // The results scripts read it: a comparison (here with itself) and the generated table.
+    const compared = await cli(['results', 'compare', path.join(outDir, file), path.join(outDir, file)]);
+    expect(compared.code, compared.err).toBe(0);
+    expect(compared.out).toMatch(/^\| headline: enqueue throughput \(tasks\/s\) \| \d+ \| \d+ \| x1 \|$/m);
+    const tabled = await cli(['results', 'table', '--dir', outDir]);
+    expect(tabled.code, tabled.err).toBe(0);
+    expect(readFileSync(path.join(outDir, 'README.md'), 'utf8')).toContain('http-enqueue');
   });
 });

@@ -2,7 +2,8 @@
  * `taskmill bench [name] [args...]` and `taskmill results <compare|table> [args...]`: run the
  * benchmark scripts of bench/ and the results scripts of scripts/ as child processes (same Node, with
  * the TypeScript loader), passing the remaining arguments through and their exit code back. A bench is
- * a top-level file of bench/ that runs `main()` when executed.
+ * a top-level file of bench/ that runs `main()` when executed; `sweep` (scripts/sweep.ts) runs one
+ * over a grid of parameters.
  */
 import { spawn } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
@@ -17,6 +18,8 @@ const RESULT_SCRIPTS: Record<string, string> = {
   compare: 'scripts/compare.ts',
   table: 'scripts/results-table.ts',
 };
+/** Runnable like a bench, though it lives in scripts/: runs a bench over a grid of parameters. */
+const SWEEP = path.join(REPO_ROOT, 'scripts/sweep.ts');
 
 export function registerBenchCommands(program: Command, ctx: CommandContext): void {
   program
@@ -79,16 +82,31 @@ export function registerBenchCommands(program: Command, ctx: CommandContext): vo
 }
 
 export function listBenches(): { name: string; file: string; description: string }[] {
-  return readdirSync(BENCH_DIR)
+  const files = readdirSync(BENCH_DIR)
     .filter((f) => f.endsWith('.ts'))
-    .map((f) => ({ file: path.join(BENCH_DIR, f), source: readFileSync(path.join(BENCH_DIR, f), 'utf8') }))
+    .map((f) => path.join(BENCH_DIR, f));
+  if (existsSync(SWEEP)) files.push(SWEEP);
+  return files
+    .map((file) => ({ file, source: readFileSync(file, 'utf8') }))
     .filter(({ source }) => /^main\(\)/m.test(source))
     .map(({ file, source }) => ({
       name: path.basename(file, '.ts'),
       file,
-      description: /^\/\*\*\s*\n?\s*\*?\s*(.+)$/m.exec(source)?.[1].replace(/[:.]$/, '').trim() ?? '',
+      description: summary(source),
     }))
     .sort((a, b) => a.name.localeCompare(b.name));
+}
+
+/** The opening sentence of a file's header comment (up to the first line ending in `.` or `:`). */
+function summary(source: string): string {
+  const header = /^\/\*\*([\s\S]*?)\*\//m.exec(source)?.[1] ?? '';
+  const lines = header.split('\n').map((l) => l.replace(/^\s*\*\s?/, '').trim());
+  const words: string[] = [];
+  for (const line of lines.filter(Boolean)) {
+    words.push(line);
+    if (/[.:]$/.test(line)) break;
+  }
+  return words.join(' ').replace(/[.:]$/, '');
 }
 
 /** Runs a TypeScript script in a child Node process; resolves with its exit code. */
