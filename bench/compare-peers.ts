@@ -11,6 +11,7 @@ import { Command } from 'commander';
 import { createBenchDatabase, openBenchServer } from './bench-database.ts';
 import type { LatencySummary } from './latency-histogram.ts';
 import { markdownTable } from './markdown-table.ts';
+import { progressWanted } from './progress.ts';
 import { addNodeOptions, intArg, knobsFromCli, type NodeCliOptions } from './node-options.ts';
 import { bareSqlPeer } from './peers/bare-sql.ts';
 import { bullmqPeer } from './peers/bullmq.ts';
@@ -126,7 +127,7 @@ async function main(): Promise<void> {
     postgres = await postgresInfo(info.pool);
     await info.drop();
     for (const peer of peers(o)) {
-      process.stderr.write(`${peer.label}...\n`);
+      if (progressWanted()) process.stderr.write(`${peer.label}...\n`);
       outcomes.push(await runPeer(peer, server.url, o));
     }
   } finally {

@@ -59,7 +59,7 @@ export function formatPollingDelay(map: Record<number, number>): string {
 export function addNodeOptions(command: Command): Command {
   return command
     .option('--nodes <n>', 'number of nodes', intArg('--nodes', 1), 1)
-    .option('--spawn', 'run each node in its own process (default: all nodes in this process)', false)
+    .option('--spawn', 'run each node in its own process instead of all in this one', false)
     .option('--batch-size <n>', 'planner: most tasks claimed per pass', intArg('--batch-size', 1))
     .option(
       '--plan-factor <x>',
@@ -102,7 +102,10 @@ export function addNodeOptions(command: Command): Command {
       new Option('--notifications <on|off>', 'LISTEN/NOTIFY wake-ups').choices(['on', 'off']).default('on'),
     )
     .addOption(
-      new Option('--log-level <level>', 'node log level (logs go to stderr for spawned nodes)')
+      new Option(
+        '--log-level <level>',
+        'node log level (in-process nodes log to stdout, spawned ones to stderr)',
+      )
         .choices(['silent', 'fatal', 'error', 'warn', 'info', 'debug', 'trace'])
         .default('silent'),
     );

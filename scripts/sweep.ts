@@ -14,6 +14,7 @@ import { spawn } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { markdownTable } from '../bench/markdown-table.ts';
+import { progressWanted } from '../bench/progress.ts';
 import {
   finishRun,
   readResult,
@@ -75,7 +76,10 @@ export function parseSweepArgs(argv: string[]): SweepArgs {
       args.passThrough = argv.slice(i + 1);
       break;
     }
-    if (arg === '--help' || arg === '-h') throw new Error(USAGE);
+    if (arg === '--help' || arg === '-h') {
+      console.log(USAGE);
+      process.exit(0);
+    }
     const m = /^--([a-z-]+)(?:=(.*))?$/.exec(arg);
     if (!m) throw new Error(`unexpected argument ${arg}\n${USAGE}`);
     const value = m[2] ?? argv[++i];
@@ -143,7 +147,7 @@ async function main(): Promise<void> {
   const outcomes: PointOutcome[] = [];
   for (const [i, point] of points.entries()) {
     const gridArgs = Object.entries(point).flatMap(([k, v]) => [`--${k}`, v]);
-    process.stderr.write(`point ${i + 1}/${points.length}: ${gridArgs.join(' ')}\n`);
+    if (progressWanted()) process.stderr.write(`point ${i + 1}/${points.length}: ${gridArgs.join(' ')}\n`);
     const { code, stdout, stderr } = await runPoint(BENCHES[args.bench], [
       ...args.passThrough,
       ...gridArgs,
