@@ -27,6 +27,7 @@ export { HTTP_DEFAULTS };
 import { registerClusterRoutes } from './cluster-routes.ts';
 import { registerDeadLetterRoutes } from './dead-letter-routes.ts';
 import { PlannerWaker } from './planner-waker.ts';
+import { SubmitBatcher } from './submit-batcher.ts';
 import { registerTaskRoutes } from './task-routes.ts';
 import { registerWorkflowRoutes } from './workflow-routes.ts';
 
@@ -87,6 +88,7 @@ export async function buildHttpApp(options: HttpServerOptions = {}): Promise<Fas
   if (ownsPool) pool.on('error', (error) => log.error({ err: error }, 'database pool error'));
   const client = new TaskmillClient({ pool, notify: false });
   const waker = new PlannerWaker(pool, log);
+  const batcher = new SubmitBatcher(client);
   const ownsMetrics = !options.metrics;
   const metrics =
     options.metrics ?? new TaskmillMetrics({ db: pool, nodeTimeoutMs: options.nodeTimeoutMs, log });
@@ -187,7 +189,7 @@ export async function buildHttpApp(options: HttpServerOptions = {}): Promise<Fas
       .send(DASHBOARD_HTML),
   );
 
-  registerTaskRoutes(app, { pool, client, metrics, waker });
+  registerTaskRoutes(app, { pool, client, metrics, waker, batcher });
   registerClusterRoutes(app, { pool, nodeTimeoutMs: options.nodeTimeoutMs });
   registerWorkflowRoutes(app, { pool });
   registerDeadLetterRoutes(app, { pool });

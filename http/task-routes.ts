@@ -6,6 +6,7 @@ import type { TaskmillClient } from '../runtime/client.ts';
 import { listTasks } from '../runtime/inspect.ts';
 import type { TaskmillMetrics } from '../runtime/metrics.ts';
 import type { PlannerWaker } from './planner-waker.ts';
+import type { SubmitBatcher } from './submit-batcher.ts';
 import type { ScheduleContext } from '../runtime/schedule-context.ts';
 import type { TaskState } from '../runtime/task-store.ts';
 import {
@@ -22,11 +23,12 @@ export interface TaskRoutesOptions {
   client: TaskmillClient;
   metrics: TaskmillMetrics;
   waker: PlannerWaker;
+  batcher: SubmitBatcher;
 }
 
 export function registerTaskRoutes(
   app: FastifyInstance,
-  { pool, client, metrics, waker }: TaskRoutesOptions,
+  { pool, client, metrics, waker, batcher }: TaskRoutesOptions,
 ): void {
   app.post<{ Body: NewTaskBody | NewTaskBody[] }>(
     '/api/tasks',
@@ -34,7 +36,7 @@ export function registerTaskRoutes(
     async (request, reply) => {
       const many = Array.isArray(request.body);
       const items = many ? (request.body as NewTaskBody[]) : [request.body as NewTaskBody];
-      const ids = await schedule(pool, client, items);
+      const ids = await schedule({ pool, client, batcher }, items);
       waker.wake();
       const counts = new Map<string, number>();
       for (const item of items) counts.set(item.name, (counts.get(item.name) ?? 0) + 1);
@@ -87,7 +89,10 @@ export function registerTaskRoutes(
 }
 
 /** Schedules the items in one transaction; ids in request order. */
-async function schedule(pool: pg.Pool, client: TaskmillClient, items: NewTaskBody[]): Promise<string[]> {
+async function schedule(
+  { pool, client, batcher }: Pick<TaskRoutesOptions, 'pool' | 'client' | 'batcher'>,
+  items: NewTaskBody[],
+): Promise<string[]> {
   const contexts = items.map(toContext);
   // One multi-row insert per (name, dependencies), in order of first appearance.
   const groups = new Map<string, { name: string; dependsOn?: string[]; indexes: number[] }>();
@@ -100,9 +105,10 @@ async function schedule(pool: pg.Pool, client: TaskmillClient, items: NewTaskBod
   });
   const ids = new Array<string>(items.length);
   if (groups.size === 1) {
-    // One statement is atomic on its own: no transaction round trips.
+    // One statement is atomic on its own: no transaction round trips; concurrent requests without
+    // dependencies share multi-row inserts.
     const [{ name, dependsOn }] = groups.values();
-    return client.scheduleMany(name, contexts, { dependsOn });
+    return dependsOn ? client.scheduleMany(name, contexts, { dependsOn }) : batcher.submit(name, contexts);
   }
   const tx = await pool.connect();
   try {

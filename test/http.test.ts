@@ -2,6 +2,9 @@ import { readFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { buildHttpApp, startHttpServer, type HttpServer } from '../http/server.ts';
 import { checkBinding } from '../http/auth.ts';
+import { SubmitBatcher } from '../http/submit-batcher.ts';
+import type { TaskmillClient } from '../runtime/client.ts';
+import type { ScheduleContext } from '../runtime/schedule-context.ts';
 import { createLogger } from '../runtime/logger.ts';
 import type { TaskmillNode } from '../runtime/index.ts';
 import { count, createTestDatabase, until, type TestDatabase } from './helpers/database.ts';
@@ -144,6 +147,57 @@ describe('submitting tasks', () => {
     expect(response.json.code).toBe(code);
     expect(response.json.message).toMatch(message);
     expect(await pendingCount()).toBe(before);
+  });
+});
+
+describe('concurrent submits', () => {
+  it('share multi-row inserts, and a bad request among them fails alone', async () => {
+    const before = await pendingCount();
+    const bodies = Array.from({ length: 30 }, (_, i) =>
+      i === 17
+        ? { name: 'noop', affinityGroup: 'g', delayMs: 3_600_000 }
+        : { name: 'noop', message: i, delayMs: 3_600_000 },
+    );
+    const responses = await Promise.all(bodies.map((b) => call('POST', '/api/tasks', b)));
+    expect(responses.map((r) => r.status)).toEqual(bodies.map((_, i) => (i === 17 ? 400 : 201)));
+    expect(responses[17].json.message).toMatch(/affinityGroup was given without affinity/);
+    expect(await pendingCount()).toBe(before + 29);
+    // Each request got its own task.
+    const stored = await Promise.all(
+      responses
+        .filter((r) => r.status === 201)
+        .map(async (r) => (await call('GET', `/api/tasks/${r.json.id}`)).json.id),
+    );
+    expect(new Set(stored).size).toBe(29);
+  });
+
+  it('answers each request with its own ids from one statement', async () => {
+    const calls: number[] = [];
+    const fake = {
+      async scheduleMany(_name: unknown, ctxs: ScheduleContext[]) {
+        calls.push(ctxs.length);
+        if (ctxs.some((c) => c.message === 'bad')) throw new Error('bad message');
+        return ctxs.map((c) => `id-${String(c.message)}`);
+      },
+    } as unknown as TaskmillClient;
+    const batcher = new SubmitBatcher(fake);
+    const ids = await Promise.all([
+      batcher.submit('noop', [{ message: 1 }, { message: 2 }]),
+      batcher.submit('noop', [{ message: 3 }]),
+      batcher.submit('noop', [{ message: 4 }, { message: 5 }]),
+    ]);
+    expect(ids).toEqual([['id-1', 'id-2'], ['id-3'], ['id-4', 'id-5']]);
+    expect(calls).toEqual([5]);
+
+    calls.length = 0;
+    const outcomes = await Promise.allSettled([
+      batcher.submit('noop', [{ message: 6 }]),
+      batcher.submit('noop', [{ message: 'bad' }]),
+      batcher.submit('noop', [{ message: 7 }]),
+    ]);
+    expect(outcomes.map((o) => o.status)).toEqual(['fulfilled', 'rejected', 'fulfilled']);
+    // The failed batch, then each request alone.
+    expect(calls).toEqual([3, 1, 1, 1]);
   });
 });
 
