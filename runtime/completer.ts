@@ -25,6 +25,8 @@ export interface FlushResult {
   deadLettered: number;
   /** Tasks that failed for good, into history (dead-letter table off for their task). */
   failed: number;
+  /** Tasks whose cancellation arrived before their outcome: they ended cancelled. */
+  cancelled: number;
   /** Outcomes refused because the task was reassigned meanwhile (fenced out). */
   stale: number;
   /** Every accepted outcome, with its task name. */
@@ -116,6 +118,7 @@ export class Completer {
       retried: 0,
       deadLettered: 0,
       failed: 0,
+      cancelled: 0,
       stale: 0,
       accepted: [],
     };
@@ -131,6 +134,7 @@ export class Completer {
         if (a.outcome === 'completed') result.completed++;
         else if (a.outcome === 'retried') result.retried++;
         else if (a.outcome === 'dead') result.deadLettered++;
+        else if (a.outcome === 'cancelled') result.cancelled++;
         else result.failed++;
       }
       result.accepted = accepted;

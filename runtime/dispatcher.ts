@@ -42,7 +42,7 @@ export type Outcome =
       joinMessages: JoinMessage[];
     }
   /** Exactly-once: committed in the worker thread (or fenced out there); nothing left to do. */
-  | { task: FetchedTask; kind: 'committed' }
+  | { task: FetchedTask; kind: 'committed'; outcome: 'completed' | 'cancelled' | 'stale' }
   | { task: FetchedTask; kind: 'failed'; error: SerializedError; stopRetry: boolean; reason?: AbortReason };
 
 export interface DispatcherOptions {
@@ -246,8 +246,10 @@ export class Dispatcher {
         children: event.children,
         joinMessages: event.joinMessages,
       });
-    } else if (event.type === 'committed' || event.type === 'stale') {
-      this.options.onOutcome({ task: running.task, kind: 'committed' });
+    } else if (event.type === 'committed') {
+      this.options.onOutcome({ task: running.task, kind: 'committed', outcome: event.outcome });
+    } else if (event.type === 'stale') {
+      this.options.onOutcome({ task: running.task, kind: 'committed', outcome: 'stale' });
     } else {
       const cancelled = running.reason === 'cancel';
       this.options.onOutcome({

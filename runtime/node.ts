@@ -137,15 +137,7 @@ export class TaskmillNode extends EventEmitter<TaskmillNodeEvents> {
       db: this.pool,
       nodeId: this.id,
       ...config.completer,
-      onFlush: (result) => {
-        this.counters.completed += result.completed;
-        this.counters.retried += result.retried;
-        this.counters.failed += result.failed + result.deadLettered;
-        this.counters.stale += result.stale;
-        if (result.stale > 0)
-          this.log.warn({ stale: result.stale }, 'outcomes fenced out: tasks were reassigned');
-        this.emit('flush', result);
-      },
+      onFlush: (result) => this.onFlush(result),
       onError,
     });
     this.heartbeat = new Heartbeat({
@@ -398,7 +390,11 @@ export class TaskmillNode extends EventEmitter<TaskmillNodeEvents> {
     const { task } = outcome;
     this.mailboxes.release(task);
     this.pump();
-    if (outcome.kind === 'committed') return;
+    if (outcome.kind === 'committed') {
+      // Exactly-once: committed in its worker thread; reported like a flush of one, for stats and metrics.
+      if (outcome.outcome !== 'stale') this.onFlush(committedFlush(task, outcome.outcome));
+      return;
+    }
     if (outcome.kind === 'done') {
       this.completer.succeed({
         id: task.id,
@@ -432,6 +428,16 @@ export class TaskmillNode extends EventEmitter<TaskmillNodeEvents> {
       deadLetter: def?.deadLetter ?? true,
       cancelled,
     });
+  }
+
+  private onFlush(result: FlushResult): void {
+    this.counters.completed += result.completed;
+    this.counters.retried += result.retried;
+    this.counters.failed += result.failed + result.deadLettered;
+    this.counters.stale += result.stale;
+    if (result.stale > 0)
+      this.log.warn({ stale: result.stale }, 'outcomes fenced out: tasks were reassigned');
+    this.emit('flush', result);
   }
 
   /** Cancels a task this node holds: dropped if still queued, aborted if running. */
@@ -470,6 +476,18 @@ export class TaskmillNode extends EventEmitter<TaskmillNodeEvents> {
     this.log.error({ err: error }, 'node error');
     if (this.listenerCount('error') > 0) this.emit('error', error);
   }
+}
+
+function committedFlush(task: FetchedTask, outcome: 'completed' | 'cancelled'): FlushResult {
+  return {
+    completed: outcome === 'completed' ? 1 : 0,
+    retried: 0,
+    deadLettered: 0,
+    failed: 0,
+    cancelled: outcome === 'cancelled' ? 1 : 0,
+    stale: 0,
+    accepted: [{ id: task.id, name: task.name, outcome }],
+  };
 }
 
 function cancelledFailure(task: FetchedTask): Failure {

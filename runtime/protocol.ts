@@ -62,7 +62,7 @@ export interface SerializedError {
 export type WorkerEvent =
   | { type: 'done'; id: string; result: Uint8Array | null; children: NewTask[]; joinMessages: JoinMessage[] }
   /** An exactly-once task committed its completion itself, in its own transaction. */
-  | { type: 'committed'; id: string }
+  | { type: 'committed'; id: string; outcome: 'completed' | 'cancelled' }
   /** An exactly-once task found itself reassigned (fenced out): its transaction was rolled back. */
   | { type: 'stale'; id: string }
   | { type: 'failed'; id: string; error: SerializedError; stopRetry: boolean };

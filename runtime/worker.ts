@@ -220,11 +220,11 @@ async function runExactlyOnce(
           { id: task.id, assignment: task.assignment, result: null, children: [], joinMessages: [] },
         ]),
       );
-      return { type: 'committed', id: task.id };
+      return { type: 'committed', id: task.id, outcome: 'cancelled' };
     }
     await client.query('commit');
     open = false;
-    return { type: 'committed', id: task.id };
+    return { type: 'committed', id: task.id, outcome: 'completed' };
   } finally {
     ctx.db = undefined;
     if (open) await client.query('rollback').catch(() => {});

@@ -185,8 +185,18 @@ describe('cancellation', () => {
 
 describe('exactly-once tasks', () => {
   it('commit their writes, children and completion together', async () => {
+    const flushed = new Promise<string[]>((resolve) =>
+      node.on('flush', (f) => {
+        const mine = f.accepted.filter((a) => a.name === 'deposit').map((a) => `${a.id}:${a.outcome}`);
+        if (mine.length > 0) resolve(mine);
+      }),
+    );
+    const before = node.stats().completed;
     const id = await node.client.schedule(deposit, { message: { account: 'a', amount: 10 } });
     await ended(id);
+    // Committed in its worker thread, it is still reported to observers like any completion.
+    expect(await flushed).toEqual([`${id}:completed`]);
+    expect(node.stats().completed).toBe(before + 1);
     expect((await db.pool.query(`select balance from ledger where account = 'a'`)).rows[0].balance).toBe(10);
   });
 
