@@ -35,8 +35,8 @@ export const PLANNER_DEFAULTS = {
   nodeTimeoutMs: 10_000,
   /** Nodes whose reported CPU use (0..1 of the machine) is above this get no new tasks; 1 disables. */
   nodeCpuLimit: 1,
-  /** Coalesces bursts of NOTIFYs into one pass. */
-  wakeDebounceMs: 2,
+  /** Extra wait to gather a burst of NOTIFYs into one pass (0: only those arriving during a pass coalesce). */
+  wakeDebounceMs: 0,
 };
 
 export interface PlannerOptions {
@@ -116,8 +116,15 @@ export class Planner {
     await this.loop.stop();
   }
 
-  /** Debounced wake-up (new tasks or freed capacity were announced). */
+  /**
+   * Wake-up on NOTIFY (new tasks or freed capacity). Wake-ups during a pass coalesce into one next
+   * pass; `wakeDebounceMs` > 0 also waits that long to gather a burst first.
+   */
   wake(): void {
+    if (this.cfg.wakeDebounceMs === 0) {
+      this.loop.wake();
+      return;
+    }
     if (this.wakeTimer) return;
     this.wakeTimer = setTimeout(() => {
       this.wakeTimer = undefined;
@@ -137,7 +144,6 @@ export class Planner {
       delivered?: FetchedTask[];
     };
     try {
-      await client.query('begin');
       result = await this.pass(client);
       await client.query('commit');
       if (result.delivered?.length) this.options.local?.deliver(result.delivered);
@@ -162,20 +168,23 @@ export class Planner {
     return pass;
   }
 
+  /**
+   * One pass inside a transaction the caller commits. Round trips: begin + lock, cluster state, claim,
+   * one assignment per node; with one node and no cluster limit in play, claim and assignment are a
+   * single statement (the latency path of an idle cluster).
+   */
   private async pass(client: pg.PoolClient) {
     const none = { leader: true, claimed: 0, assigned: 0, freeSlots: 0, capacityLimited: false };
-    const lock = await client.query<{ ok: boolean }>('select pg_try_advisory_xact_lock($1) as ok', [
-      PLANNER_LOCK_KEY,
-    ]);
+    // The lock key is a code constant, so the two statements can share one round trip.
+    const [, lock] = (await client.query(
+      `begin; select pg_try_advisory_xact_lock(${PLANNER_LOCK_KEY}) as ok`,
+    )) as unknown as pg.QueryResult<{ ok: boolean }>[];
     if (!lock.rows[0].ok) return { ...none, leader: false };
 
-    const { rows: live } = await client.query<LiveNode>(
-      `select n.id, n.capacity, n.task_names, n.cpu,
-         (select count(*) from tm_tasks t where t.node_id = n.id)::int as held
-       from tm_nodes n where n.heartbeat_at > now() - $1 * interval '1 millisecond'`,
-      [this.cfg.nodeTimeoutMs],
-    );
-    const nodes: NodeSlots[] = live
+    const { rows: state } = await client.query<{ nodes: LiveNode[]; limits: Limit[] }>(CLUSTER_STATE, [
+      this.cfg.nodeTimeoutMs,
+    ]);
+    const nodes: NodeSlots[] = state[0].nodes
       .filter((n) => n.cpu <= this.cfg.nodeCpuLimit)
       .map((n) => ({
         id: n.id,
@@ -190,66 +199,87 @@ export class Planner {
       );
       return { ...none, capacityLimited: rows[0].waiting };
     }
-    const runnable = [...new Set(nodes.filter((n) => n.free > 0).flatMap((n) => [...n.taskNames]))];
-
-    const { rows: limits } = await client.query<{ name: string; max: number; held: number }>(
-      `select d.name, d.max_parallel_in_cluster as max,
-         (select count(*) from tm_tasks t where t.name = d.name and t.node_id is not null)::int as held
-       from tm_task_defs d where d.max_parallel_in_cluster is not null and d.name = any($1::text[])`,
-      [runnable],
-    );
+    const open = nodes.filter((n) => n.free > 0);
+    const runnable = [...new Set(open.flatMap((n) => [...n.taskNames]))];
+    const limits = state[0].limits.filter((l) => runnable.includes(l.name));
     const budget = new Map(limits.map((l) => [l.name, l.max - l.held]));
     const saturated = limits.filter((l) => l.held >= l.max).map((l) => l.name);
-
     const limit = Math.min(this.cfg.batchSize, freeSlots);
+    const outcome = (claimed: number, assigned: number, delivered: FetchedTask[]) => ({
+      delivered,
+      leader: true,
+      claimed,
+      assigned,
+      freeSlots,
+      capacityLimited: limit < this.cfg.batchSize && claimed === limit,
+    });
+
+    if (open.length === 1 && limits.length === 0) {
+      const { rows } = await this.assign(client, open[0].id, null, [limit, runnable, saturated]);
+      return outcome(rows.length, rows.length, open[0].id === this.options.local?.nodeId ? rows : []);
+    }
+
     const { rows: candidates } = await client.query<Candidate>(CLAIM_READY_TASKS, [
       limit,
       runnable,
       saturated,
     ]);
     const plan = assignTasks(candidates, nodes, budget);
+    const byNode = new Map<string, string[]>();
+    plan.taskIds.forEach((id, i) => {
+      const ids = byNode.get(plan.nodeIds[i]);
+      if (ids) ids.push(id);
+      else byNode.set(plan.nodeIds[i], [id]);
+    });
     let delivered: FetchedTask[] = [];
-    if (plan.taskIds.length > 0) {
-      const byNode = new Map<string, string[]>();
-      plan.taskIds.forEach((id, i) => {
-        const ids = byNode.get(plan.nodeIds[i]);
-        if (ids) ids.push(id);
-        else byNode.set(plan.nodeIds[i], [id]);
-      });
-      const remote: string[] = [];
-      for (const [nodeId, ids] of byNode) {
-        // One statement per node with `id = any(...)`: an index scan. Joining an unnest of ids and
-        // nodes made PostgreSQL hash the whole hot table (36 ms of a 107 ms pass for 2,000 tasks).
-        if (nodeId === this.options.local?.nodeId) {
-          const { rows } = await client.query<FetchedTask>(
-            `update tm_tasks t set state = 'running', node_id = $2, assignment = t.assignment + 1, assigned_at = now()
-             where t.id = any($1::uuid[]) returning ${FETCH_COLUMNS}`,
-            [ids, nodeId],
-          );
-          delivered = rows;
-        } else {
-          await client.query(
-            `update tm_tasks t set state = 'assigned', node_id = $2, assignment = t.assignment + 1, assigned_at = now()
-             where t.id = any($1::uuid[])`,
-            [ids, nodeId],
-          );
-          remote.push(nodeId);
-        }
-      }
-      if (remote.length > 0) {
-        await client.query(`select pg_notify('${NODE_CHANNEL}', n) from unnest($1::text[]) as n`, [remote]);
-      }
+    for (const [nodeId, ids] of byNode) {
+      const { rows } = await this.assign(client, nodeId, ids, []);
+      if (nodeId === this.options.local?.nodeId) delivered = rows;
     }
-    return {
-      delivered,
-      leader: true,
-      claimed: candidates.length,
-      assigned: plan.taskIds.length,
-      freeSlots,
-      capacityLimited: limit < this.cfg.batchSize && candidates.length === limit,
-    };
+    return outcome(candidates.length, plan.taskIds.length, delivered);
+  }
+
+  /**
+   * Assigns tasks to one node: the given ids, or (ids null) the claim itself with `claimParams`. The
+   * planner's own node gets them as 'running' with everything it needs to run them (no fetch); another
+   * node gets them as 'assigned' and a NOTIFY. One statement per node with `id = any(...)` is an index
+   * scan: joining an unnest of ids and nodes made PostgreSQL hash the whole hot table (36 ms of a 107 ms
+   * pass for 2,000 tasks, measured).
+   */
+  private assign(client: pg.PoolClient, nodeId: string, ids: string[] | null, claimParams: unknown[]) {
+    const local = nodeId === this.options.local?.nodeId;
+    const target = ids ? '$1::uuid[]' : `array(select c.id from (${CLAIM_READY_TASKS}) c)`;
+    const nodeParam = ids ? '$2' : '$4';
+    return client.query<FetchedTask>(
+      `with a as (
+         update tm_tasks t set state = '${local ? 'running' : 'assigned'}', node_id = ${nodeParam},
+           assignment = t.assignment + 1, assigned_at = now()
+         where t.id = any(${target})
+         returning ${local ? FETCH_COLUMNS : 't.id'})
+       select a.*${local ? '' : `, pg_notify('${NODE_CHANNEL}', ${nodeParam}::text)`} from a`,
+      ids ? [ids, nodeId] : [...claimParams, nodeId],
+    );
   }
 }
+
+interface Limit {
+  name: string;
+  max: number;
+  held: number;
+}
+
+/**
+ * Live nodes with the tasks each holds, and the task names with a cluster limit with their running
+ * count (through the partial node index: only held rows are read), in one round trip.
+ */
+const CLUSTER_STATE = `
+  select
+    (select coalesce(json_agg(json_build_object('id', n.id, 'capacity', n.capacity, 'task_names', n.task_names,
+        'cpu', n.cpu, 'held', (select count(*) from tm_tasks t where t.node_id = n.id))), '[]')
+      from tm_nodes n where n.heartbeat_at > now() - $1 * interval '1 millisecond') as nodes,
+    (select coalesce(json_agg(json_build_object('name', d.name, 'max', d.max_parallel_in_cluster,
+        'held', (select count(*) from tm_tasks t where t.node_id is not null and t.name = d.name))), '[]')
+      from tm_task_defs d where d.max_parallel_in_cluster is not null) as limits`;
 
 /**
  * Ready tasks in priority order whose affinity key is free for them. A task with a key may run when
