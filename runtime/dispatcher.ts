@@ -33,7 +33,8 @@ export const DISPATCHER_DEFAULTS = {
   abortGraceMs: 1_000,
 };
 
-export type Outcome =
+/** `runMs`: time the run took in its worker thread; undefined when the thread died under it. */
+export type Outcome = (
   | {
       task: FetchedTask;
       kind: 'done';
@@ -43,7 +44,8 @@ export type Outcome =
     }
   /** Exactly-once: committed in the worker thread (or fenced out there); nothing left to do. */
   | { task: FetchedTask; kind: 'committed'; outcome: 'completed' | 'cancelled' | 'stale' }
-  | { task: FetchedTask; kind: 'failed'; error: SerializedError; stopRetry: boolean; reason?: AbortReason };
+  | { task: FetchedTask; kind: 'failed'; error: SerializedError; stopRetry: boolean; reason?: AbortReason }
+) & { runMs?: number };
 
 export interface DispatcherOptions {
   handlers: Record<string, string>;
@@ -245,11 +247,17 @@ export class Dispatcher {
         result: event.result,
         children: event.children,
         joinMessages: event.joinMessages,
+        runMs: event.runMs,
       });
     } else if (event.type === 'committed') {
-      this.options.onOutcome({ task: running.task, kind: 'committed', outcome: event.outcome });
+      this.options.onOutcome({
+        task: running.task,
+        kind: 'committed',
+        outcome: event.outcome,
+        runMs: event.runMs,
+      });
     } else if (event.type === 'stale') {
-      this.options.onOutcome({ task: running.task, kind: 'committed', outcome: 'stale' });
+      this.options.onOutcome({ task: running.task, kind: 'committed', outcome: 'stale', runMs: event.runMs });
     } else {
       const cancelled = running.reason === 'cancel';
       this.options.onOutcome({
@@ -258,6 +266,7 @@ export class Dispatcher {
         error: event.error,
         stopRetry: event.stopRetry || cancelled,
         reason: running.reason,
+        runMs: event.runMs,
       });
     }
   }

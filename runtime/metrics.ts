@@ -12,7 +12,7 @@
  */
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import type pg from 'pg';
-import type { TaskmillNode } from './node.ts';
+import type { TaskRun, TaskmillNode } from './node.ts';
 import type { FlushResult } from './completer.ts';
 import type { PassResult } from '../planner/planner.ts';
 import { listNodes, queueDepths, type NodeInfo, type QueueDepth } from './inspect.ts';
@@ -107,6 +107,13 @@ export class TaskmillMetrics {
     name: 'taskmill_planner_pass_duration_seconds',
     help: 'Duration of one planning pass (claim, choose nodes, assign).',
     buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5],
+    registers: [this.registry],
+  });
+  private readonly runDuration = new Histogram({
+    name: 'taskmill_task_run_seconds',
+    help: 'Time one run of a task took in its worker thread (handler, decode, encode), by task.',
+    labelNames: ['task', 'outcome'],
+    buckets: [0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30, 120],
     registers: [this.registry],
   });
   private readonly batchSize = new Histogram({
@@ -252,11 +259,17 @@ export class TaskmillMetrics {
       this.freeSlots.set(pass.freeSlots);
     };
     const onLeader = () => this.leaderChanges.inc({ node: node.name });
+    const onTask = (run: TaskRun) => {
+      if (run.runMs !== undefined)
+        this.runDuration.observe({ task: run.name, outcome: run.outcome }, run.runMs / 1000);
+    };
+    node.on('task', onTask);
     node.on('flush', onFlush);
     node.on('pass', onPass);
     node.on('leader', onLeader);
     this.observed.add(node);
     const detach = () => {
+      node.off('task', onTask);
       node.off('flush', onFlush);
       node.off('pass', onPass);
       node.off('leader', onLeader);

@@ -55,7 +55,17 @@ export interface NodeStats {
   stale: number;
 }
 
+/** One task's run on this node ended (before its outcome is committed). */
+export interface TaskRun {
+  id: string;
+  name: string;
+  outcome: 'completed' | 'failed' | 'cancelled' | 'stale';
+  /** Time the run took in its worker thread; undefined when the thread died under it. */
+  runMs: number | undefined;
+}
+
 export interface TaskmillNodeEvents {
+  task: [TaskRun];
   pass: [PassResult];
   flush: [FlushResult];
   leader: [boolean];
@@ -388,6 +398,11 @@ export class TaskmillNode extends EventEmitter<TaskmillNodeEvents> {
 
   private onOutcome(outcome: Outcome): void {
     const { task } = outcome;
+    if (this.listenerCount('task') > 0) {
+      const result =
+        outcome.kind === 'done' ? 'completed' : outcome.kind === 'committed' ? outcome.outcome : 'failed';
+      this.emit('task', { id: task.id, name: task.name, outcome: result, runMs: outcome.runMs });
+    }
     this.mailboxes.release(task);
     this.pump();
     if (outcome.kind === 'committed') {

@@ -59,13 +59,17 @@ export interface SerializedError {
   code?: string;
 }
 
-export type WorkerEvent =
+/** What a task's run ended with, as the worker thread reports it. */
+export type WorkerOutcome =
   | { type: 'done'; id: string; result: Uint8Array | null; children: NewTask[]; joinMessages: JoinMessage[] }
   /** An exactly-once task committed its completion itself, in its own transaction. */
   | { type: 'committed'; id: string; outcome: 'completed' | 'cancelled' }
   /** An exactly-once task found itself reassigned (fenced out): its transaction was rolled back. */
   | { type: 'stale'; id: string }
   | { type: 'failed'; id: string; error: SerializedError; stopRetry: boolean };
+
+/** A task's outcome with the time its run took in the thread (decode, handler, encode, own commit). */
+export type WorkerEvent = WorkerOutcome & { runMs: number };
 
 export type AbortReason = 'timeout' | 'cancel' | 'shutdown';
 

@@ -15,6 +15,7 @@ import {
   type BatchRequest,
   type TaskEnvelope,
   type WorkerEvent,
+  type WorkerOutcome,
   type WorkerInit,
 } from './protocol.ts';
 import { newTask, type NewTask } from './schedule-context.ts';
@@ -69,8 +70,10 @@ export default async function runBatch({ tasks, messages, port }: BatchRequest):
       tasks.map((task) => {
         const controller = new AbortController();
         controllers.set(task.id, controller);
-        return runOne(task, bytes, controller.signal).then((event) => {
+        const started = performance.now();
+        return runOne(task, bytes, controller.signal).then((outcome) => {
           controllers.delete(task.id);
+          const event: WorkerEvent = { ...outcome, runMs: performance.now() - started };
           port.postMessage(event);
         });
       }),
@@ -91,7 +94,7 @@ function pool(): pg.Pool {
   return dbPool;
 }
 
-async function runOne(task: TaskEnvelope, bytes: Uint8Array, signal: AbortSignal): Promise<WorkerEvent> {
+async function runOne(task: TaskEnvelope, bytes: Uint8Array, signal: AbortSignal): Promise<WorkerOutcome> {
   const children: NewTask[] = [];
   const joinMessages: JoinMessage[] = [];
   const inherited = {
@@ -184,7 +187,7 @@ async function runExactlyOnce(
   ctx: TaskContext,
   children: NewTask[],
   joinMessages: JoinMessage[],
-): Promise<WorkerEvent> {
+): Promise<WorkerOutcome> {
   const client = await pool().connect();
   let open = false;
   try {

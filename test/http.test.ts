@@ -475,6 +475,12 @@ describe('metrics', () => {
       value('taskmill_task_latency_seconds_bucket\\{task="echo",outcome="completed",le="\\+Inf"\\}'),
     ).toBe(latencyCount);
     expect(text).toMatch(/^taskmill_planner_pass_duration_seconds_bucket\{le="0.001"\} \d+$/m);
+    expect(
+      value('taskmill_task_run_seconds_count\\{task="echo",outcome="completed"\\}'),
+    ).toBeGreaterThanOrEqual(1);
+    expect(
+      value('taskmill_task_run_seconds_count\\{task="throws",outcome="failed"\\}'),
+    ).toBeGreaterThanOrEqual(3);
     expect(text).toMatch(/^taskmill_node_in_flight\{node="[^"]+"\} \d+$/m);
     expect(text).toMatch(/^process_cpu_user_seconds_total /m);
   });
