@@ -108,7 +108,10 @@ describe('the dashboard', () => {
       10_000,
     );
     await page.getByTestId('notice').filter({ hasText: 'cancel workflow' }).waitFor();
-    expect(await page.locator('[data-testid=pending] tr[data-id]').count()).toBe(1);
+    // The list refreshes after the notice: wait for it rather than read it at once.
+    await expect
+      .poll(() => page.locator('[data-testid=pending] tr[data-id]').count(), { timeout: 10_000 })
+      .toBe(1);
   });
 
   it('requeues a dead letter with its button', async () => {
