@@ -18,6 +18,7 @@ import { TaskmillError } from './errors.ts';
 import type {
   AbortReason,
   BatchRequest,
+  BatchStarted,
   SerializedError,
   TaskEnvelope,
   WorkerEvent,
@@ -64,11 +65,15 @@ export interface DispatcherOptions {
   concurrentBatchesPerThread?: number;
 }
 
+/** One worker-thread run. `threadId` is known once the thread has started it. */
+interface Batch {
+  threadId?: number;
+}
+
 interface Running {
   task: FetchedTask;
   port: MessageChannel['port1'];
-  /** Terminates the thread running the batch; batch-mates that had not reported are re-run alone. */
-  hardAbort: AbortController;
+  batch: Batch;
   reason?: AbortReason;
   timers: NodeJS.Timeout[];
 }
@@ -135,11 +140,16 @@ export class Dispatcher {
     if (!running) return false;
     running.reason ??= reason;
     running.port.postMessage({ type: 'abort', id, reason });
-    running.timers.push(
-      setTimeout(() => {
-        if (this.running.has(id)) running.hardAbort.abort();
-      }, this.abortGraceMs),
-    );
+    const hardAbort = () => {
+      if (!this.running.has(id)) return;
+      // Terminate the thread running the batch (Piscina then fails its run and replaces the thread;
+      // batch-mates that had not reported run again alone). A batch still queued has no thread yet:
+      // its task sees the abort when it starts, and this checks again later.
+      const thread = this.pool.threads.find((t) => t.threadId === running.batch.threadId);
+      if (thread) void thread.terminate();
+      else running.timers.push(setTimeout(hardAbort, this.abortGraceMs));
+    };
+    running.timers.push(setTimeout(hardAbort, this.abortGraceMs));
     return true;
   }
 
@@ -189,9 +199,12 @@ export class Dispatcher {
     });
 
     const { port1, port2 } = new MessageChannel();
-    const hardAbort = new AbortController();
-    for (const task of tasks) this.running.set(task.id, { task, port: port1, hardAbort, timers: [] });
-    port1.on('message', (event: WorkerEvent) => this.report(event));
+    const batch: Batch = {};
+    for (const task of tasks) this.running.set(task.id, { task, port: port1, batch, timers: [] });
+    port1.on('message', (event: WorkerEvent | BatchStarted) => {
+      if (event.type === 'started') batch.threadId = event.threadId;
+      else this.report(event);
+    });
 
     if (alone) {
       const timeoutMs = this.options.timeoutOf(tasks[0].name);
@@ -221,7 +234,9 @@ export class Dispatcher {
     this.pool
       .run(
         { tasks: envelopes, messages, port: port2 },
-        { transferList: [messages, port2], signal: hardAbort.signal },
+        // No AbortSignal here: Piscina runs only one signal-carrying task per thread at a time, which
+        // would cap a node's concurrency at its thread count. Hard aborts terminate the thread instead.
+        { transferList: [messages, port2] },
       )
       .then(
         () => (settled = { error: undefined }),

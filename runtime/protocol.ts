@@ -68,6 +68,12 @@ export type WorkerOutcome =
   | { type: 'stale'; id: string }
   | { type: 'failed'; id: string; error: SerializedError; stopRetry: boolean };
 
+/** First message of every batch: which thread runs it (the main thread terminates it to hard-abort). */
+export interface BatchStarted {
+  type: 'started';
+  threadId: number;
+}
+
 /** A task's outcome with the time its run took in the thread (decode, handler, encode, own commit). */
 export type WorkerEvent = WorkerOutcome & { runMs: number };
 

@@ -5,13 +5,14 @@
  *
  * Owned by one worker thread; the main thread talks to it only through protocol.ts messages.
  */
-import { workerData } from 'node:worker_threads';
+import { threadId, workerData } from 'node:worker_threads';
 import pg from 'pg';
 import { decode, encode } from './codec.ts';
 import { TaskmillError } from './errors.ts';
 import {
   serializeError,
   type AbortMessage,
+  type BatchStarted,
   type BatchRequest,
   type TaskEnvelope,
   type WorkerEvent,
@@ -61,9 +62,16 @@ for (const name of Object.keys(init.handlers)) load(name).catch(() => {});
 export default async function runBatch({ tasks, messages, port }: BatchRequest): Promise<number> {
   const controllers = new Map<string, AbortController>();
   port.on('message', (msg: AbortMessage) => {
-    const reason = msg.reason === 'timeout' ? 'TASK_TIMEOUT' : 'TASK_CANCELLED';
+    const reason =
+      msg.reason === 'timeout'
+        ? 'TASK_TIMEOUT'
+        : msg.reason === 'shutdown'
+          ? 'NODE_STOPPED'
+          : 'TASK_CANCELLED';
     controllers.get(msg.id)?.abort(new TaskmillError(reason, `Task ${msg.id} was aborted (${msg.reason}).`));
   });
+  const started: BatchStarted = { type: 'started', threadId };
+  port.postMessage(started);
   const bytes = new Uint8Array(messages);
   try {
     await Promise.all(
@@ -159,7 +167,7 @@ async function runOne(task: TaskEnvelope, bytes: Uint8Array, signal: AbortSignal
     mod = await load(task.name);
     if (task.exactlyOnce) return await runExactlyOnce(task, mod, message, ctx, children, joinMessages);
     const value = await mod.handler(message, ctx);
-    if (signal.aborted) throw signal.reason;
+    throwIfAbortedForGood(signal);
     const result = value === undefined ? null : encode(value, 'result');
     return { type: 'done', id: task.id, result, children, joinMessages };
   } catch (error) {
@@ -204,7 +212,7 @@ async function runExactlyOnce(
     }
     ctx.db = client;
     const value = await mod.handler(message, ctx);
-    if (ctx.signal.aborted) throw ctx.signal.reason;
+    throwIfAbortedForGood(ctx.signal);
     const result = value === undefined ? null : encode(value, 'result');
     const done = await client.query(
       COMPLETE_SQL,
@@ -233,6 +241,16 @@ async function runExactlyOnce(
     if (open) await client.query('rollback').catch(() => {});
     client.release();
   }
+}
+
+/**
+ * A handler that returned after its abort still fails on a timeout or a cancellation; after a node
+ * shutdown abort its success stands (handing it back would run it a second time).
+ */
+function throwIfAbortedForGood(signal: AbortSignal): void {
+  if (!signal.aborted) return;
+  if (signal.reason instanceof TaskmillError && signal.reason.code === 'NODE_STOPPED') return;
+  throw signal.reason;
 }
 
 function definition(def: unknown, call: string): TaskDefinition {

@@ -1,0 +1,39 @@
+/**
+ * Asynchronous handlers interleave on their worker threads: a node runs up to maxParallelTasksInNode
+ * of them at once, not one per thread, and never more.
+ */
+import { afterAll, beforeAll, expect, it } from 'vitest';
+import type { TaskmillNode } from '../runtime/index.ts';
+import { record } from './fixtures/definitions.ts';
+import { count, createTestDatabase, until, type TestDatabase } from './helpers/database.ts';
+import { startTestNode, stopAllNodes } from './helpers/nodes.ts';
+
+let db: TestDatabase;
+let node: TaskmillNode;
+
+beforeAll(async () => {
+  db = await createTestDatabase();
+  await db.pool.query(
+    `create table runs (task_id uuid, key text, workflow_id uuid, seq int, started_at timestamptz, ended_at timestamptz, pid int)`,
+  );
+  node = await startTestNode(db.url, { maxParallelTasksInNode: 20, threads: 2 });
+});
+afterAll(async () => {
+  await stopAllNodes();
+  await db.drop();
+});
+
+it('runs up to maxParallelTasksInNode asynchronous tasks at once on two threads, and no more', async () => {
+  await node.client.scheduleMany(
+    record,
+    Array.from({ length: 60 }, (_, i) => ({ message: { url: db.url, key: `k${i}`, ms: 300 } })),
+  );
+  await until(async () => (await count(db.pool, `select count(*) from runs`)) === 60, 30_000);
+  const { rows } = await db.pool.query<{ peak: number }>(
+    `select max(c)::int as peak from (
+       select (select count(*) from runs o where o.started_at <= r.started_at and o.ended_at > r.started_at) as c
+       from runs r) x`,
+  );
+  expect(rows[0].peak).toBeGreaterThan(2 * 2);
+  expect(rows[0].peak).toBeLessThanOrEqual(20);
+});
