@@ -40,7 +40,11 @@ create index tm_dead_letters_workflow on tm_dead_letters (workflow_id);
 -- After tasks ended: releases joins waiting on them, satisfies or fails dependents (cascading), and
 -- promotes waiting tasks whose waits are all gone. Runs inside the caller's transaction; as a volatile
 -- plpgsql function every statement sees rows committed before it started, so a join scheduled
--- concurrently on a task that is ending is never missed.
+-- concurrently on a task that is ending is never missed. Two transactions ending the last two tasks a
+-- join waits for may each still see the other's wait row and leave the join waiting: no lock prevents
+-- that here (locking the join rows serialised completions behind exactly-once transactions still open
+-- on busy worker threads: 300 RPS in the workflow bench). The planner promotes such joins, level-
+-- triggered, with tm_promote_waiting() below.
 create function tm_after_end(p_ended uuid[], p_succeeded uuid[]) returns void
 language plpgsql as $$
 #variable_conflict use_column
@@ -56,13 +60,6 @@ begin
        and not exists (select 1 from tm_join_messages m where m.join_id = any(v_ended)) then
       exit;
     end if;
-    -- Lock the waiting tasks first, in id order (no deadlock between concurrent enders). Without it, two
-    -- transactions ending the last two tasks a join waits for each still see the other's wait row, and
-    -- neither releases the join (the workflow bench stalled on exactly this). The second now waits for
-    -- the first to commit, and its next statements see the first one's deletions.
-    perform 1 from tm_tasks t
-    where t.id in (select w.task_id from tm_task_waits w where w.waits_for = any(v_ended))
-    order by t.id for update of t;
     with gone as (
       delete from tm_task_waits w
       where w.waits_for = any(v_ended) and (w.kind = 'j' or w.waits_for = any(v_succeeded))
@@ -93,6 +90,24 @@ begin
     v_succeeded := '{}';
   end loop;
 end $$;
+
+-- Waiting tasks with nothing left to wait for become ready (the level-triggered half of tm_after_end).
+-- A committed 'waiting' row without waits is always ready: every insert of a waiting task writes its
+-- waits in the same transaction.
+create index tm_tasks_waiting on tm_tasks (id) where state = 'waiting';
+
+create function tm_promote_waiting(p_limit integer) returns integer
+language sql as $$
+  with promoted as (
+    update tm_tasks t set state = 'ready', not_before = greatest(t.not_before, now())
+    where t.id in (
+      select w.id from tm_tasks w
+      where w.state = 'waiting' and not exists (select 1 from tm_task_waits x where x.task_id = w.id)
+      limit p_limit
+      for update skip locked)
+    returning 1)
+  select count(*)::int from promoted
+$$;
 
 -- Completes a batch of tasks for one node, fenced: only rows still running on p_node under the same
 -- assignment number are accepted. In one round trip and one transaction: outcomes to history,

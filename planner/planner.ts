@@ -85,6 +85,7 @@ export class Planner {
     Omit<PlannerOptions, 'timers' | 'onPass' | 'db' | 'isLeader' | 'onError' | 'local'>
   >;
   private wakeTimer: NodeJS.Timeout | undefined;
+  private lastPromotion = 0;
 
   constructor(private readonly options: PlannerOptions) {
     this.cfg = {
@@ -176,13 +177,20 @@ export class Planner {
   private async pass(client: pg.PoolClient) {
     const none = { leader: true, claimed: 0, assigned: 0, freeSlots: 0, capacityLimited: false };
     // The lock key is a code constant, so the two statements can share one round trip.
-    const [, lock] = (await client.query(
-      `begin; select pg_try_advisory_xact_lock(${PLANNER_LOCK_KEY}) as ok`,
+    // enable_sort off: the claim must walk the ready index in priority order and stop at its LIMIT. The
+    // hot table's statistics lag behind its churn, and with a low row estimate PostgreSQL would instead
+    // check the affinity rules of every ready row and sort them (175 ms against 14 ms for 400 of 6,573
+    // ready tasks in the workflow bench).
+    const [, , lock] = (await client.query(
+      `begin; set local enable_sort = off; select pg_try_advisory_xact_lock(${PLANNER_LOCK_KEY}) as ok`,
     )) as unknown as pg.QueryResult<{ ok: boolean }>[];
     if (!lock.rows[0].ok) return { ...none, leader: false };
 
+    const promote = performance.now() - this.lastPromotion >= PROMOTE_WAITING_EVERY_MS;
+    if (promote) this.lastPromotion = performance.now();
     const { rows: state } = await client.query<{ nodes: LiveNode[]; limits: Limit[] }>(CLUSTER_STATE, [
       this.cfg.nodeTimeoutMs,
+      promote,
     ]);
     const nodes: NodeSlots[] = state[0].nodes
       .filter((n) => n.cpu <= this.cfg.nodeCpuLimit)
@@ -269,8 +277,15 @@ interface Limit {
 }
 
 /**
+ * How often a pass also promotes waiting tasks left with nothing to wait for (tm_promote_waiting): the
+ * level-triggered release of a join whose last two tasks ended in concurrent transactions.
+ */
+const PROMOTE_WAITING_EVERY_MS = 100;
+
+/**
  * Live nodes with the tasks each holds, and the task names with a cluster limit with their running
- * count (through the partial node index: only held rows are read), in one round trip.
+ * count (through the partial node index: only held rows are read), in one round trip; every
+ * PROMOTE_WAITING_EVERY_MS it also promotes waiting tasks with nothing left to wait for ($2).
  */
 const CLUSTER_STATE = `
   select
@@ -279,7 +294,8 @@ const CLUSTER_STATE = `
       from tm_nodes n where n.heartbeat_at > now() - $1 * interval '1 millisecond') as nodes,
     (select coalesce(json_agg(json_build_object('name', d.name, 'max', d.max_parallel_in_cluster,
         'held', (select count(*) from tm_tasks t where t.node_id is not null and t.name = d.name))), '[]')
-      from tm_task_defs d where d.max_parallel_in_cluster is not null) as limits`;
+      from tm_task_defs d where d.max_parallel_in_cluster is not null) as limits,
+    case when $2 then tm_promote_waiting(1000) end as promoted`;
 
 /**
  * Ready tasks in priority order whose affinity key is free for them. A task with a key may run when

@@ -30,6 +30,7 @@ interface LoadedModule {
 }
 
 const init = workerData as WorkerInit;
+const YIELD_EVERY_MS = 1;
 const modules = new Map<string, Promise<LoadedModule>>();
 
 function load(name: string): Promise<LoadedModule> {
@@ -74,18 +75,28 @@ export default async function runBatch({ tasks, messages, port }: BatchRequest):
   port.postMessage(started);
   const bytes = new Uint8Array(messages);
   try {
-    await Promise.all(
-      tasks.map((task) => {
-        const controller = new AbortController();
-        controllers.set(task.id, controller);
-        const started = performance.now();
-        return runOne(task, bytes, controller.signal).then((outcome) => {
+    const runs: Promise<void>[] = [];
+    let sinceYield = performance.now();
+    for (const task of tasks) {
+      // Synchronous handlers of a batch would otherwise run back to back in one turn of the event loop,
+      // holding up the I/O of everything else on this thread (an exactly-once task waiting to COMMIT
+      // keeps its row locks meanwhile). Yield after each millisecond of such work.
+      if (performance.now() - sinceYield > YIELD_EVERY_MS) {
+        await new Promise((resolve) => setImmediate(resolve));
+        sinceYield = performance.now();
+      }
+      const controller = new AbortController();
+      controllers.set(task.id, controller);
+      const started = performance.now();
+      runs.push(
+        runOne(task, bytes, controller.signal).then((outcome) => {
           controllers.delete(task.id);
           const event: WorkerEvent = { ...outcome, runMs: performance.now() - started };
           port.postMessage(event);
-        });
-      }),
-    );
+        }),
+      );
+    }
+    await Promise.all(runs);
   } finally {
     port.close();
   }

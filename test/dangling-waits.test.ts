@@ -41,3 +41,26 @@ it('settles waits whose target vanished without tm_after_end: joins released, de
   expect(await count(db.pool, `select count(*) from tm_task_waits`)).toBe(0);
   expect(await releaseDanglingWaits(db.pool)).toBe(0);
 });
+
+it('a planning pass promotes a waiting task left with nothing to wait for (two enders that missed each other)', async () => {
+  const { Planner } = await import('../planner/planner.ts');
+  const orphan = await insertTask(db.pool, { state: 'waiting' });
+  const stillWaiting = await insertTask(db.pool, { state: 'waiting' });
+  const target = await insertTask(db.pool, { state: 'ready', notBeforeInMs: 60_000 });
+  await db.pool.query(`insert into tm_task_waits (task_id, waits_for, kind) values ($1, $2, 'j')`, [
+    stillWaiting.id,
+    target.id,
+  ]);
+  const planner = new Planner({
+    db: db.pool,
+    isLeader: () => true,
+    onError: (e) => {
+      throw e;
+    },
+  });
+  await planner.runOnce();
+  const state = async (id: string) =>
+    (await db.pool.query(`select state from tm_tasks where id = $1`, [id])).rows[0]?.state;
+  expect(await state(orphan.id)).toBe('ready');
+  expect(await state(stillWaiting.id)).toBe('waiting');
+});
