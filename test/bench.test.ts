@@ -148,6 +148,17 @@ describe.concurrent('benchmarks at a tiny size', () => {
     expect(r.table.RPS).toBe(Math.round(f.rps));
   });
 
+  it('workflow: runs to completion on three node processes, every pipeline DONE', async () => {
+    const r = await bench('bench/workflow.ts', [
+      ...['--pipelines', '6', '--affinities', '3', '--l1', '3', '--l2', '3', '--nodes', '3', '--spawn'],
+      ...['--task-work', 'sleep'],
+    ]);
+    expect(r.table.Nodes).toBe('3');
+    const f = r.figures as { pipelinesDone: number; totalTasks: number };
+    expect(f.pipelinesDone).toBe(6);
+    expect(f.totalTasks).toBe(6 * (2 + 2 * 3 + 3 * 3) + 1);
+  });
+
   it('workflow: a broken affinity fails the run loudly', async () => {
     const r = await run('bench/workflow.ts', [
       ...['--pipelines', '4', '--affinities', '1', '--l1', '3', '--l2', '3', '--break-affinity', '--no-save'],
