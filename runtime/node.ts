@@ -336,7 +336,7 @@ export class TaskmillNode extends EventEmitter<TaskmillNodeEvents> {
     await this.waitForInFlight(deadline);
     if (this.dispatcher.inFlight > 0) {
       this.log.warn({ inFlight: this.dispatcher.inFlight }, 'grace period over: aborting running tasks');
-      for (const id of this.runningIds()) this.dispatcher.abort(id, 'shutdown');
+      for (const id of this.dispatcher.runningIds()) this.dispatcher.abort(id, 'shutdown');
       await this.waitForInFlight(Date.now() + this.config.abortGraceMs + 1_000);
     }
     const left = await this.completer.drain(Date.now() + Math.max(5_000, this.config.shutdownGraceMs));
@@ -348,10 +348,6 @@ export class TaskmillNode extends EventEmitter<TaskmillNodeEvents> {
     if (this.ownsPool) await this.pool.end();
     this.phase = 'stopped';
     this.log.info({ handedBack: released, queued: queued.length + this.handedBack.length }, 'node stopped');
-  }
-
-  private runningIds(): string[] {
-    return this.dispatcher.runningIds();
   }
 
   private async waitForInFlight(deadline: number): Promise<void> {

@@ -283,7 +283,8 @@ function stopChild(child: ChildProcess, graceMs: number, onKill: () => void): Pr
   });
 }
 
-function onLines(stream: NodeJS.ReadableStream, fn: (line: string) => void): void {
+/** Calls `fn` for each line a child process writes (the last one even without a final newline). */
+export function onLines(stream: NodeJS.ReadableStream, fn: (line: string) => void): void {
   let rest = '';
   stream.setEncoding('utf8');
   stream.on('data', (chunk: string) => {

@@ -10,8 +10,12 @@ import { closeSync, existsSync, mkdirSync, openSync, readFileSync, rmSync, write
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Command } from 'commander';
-import { DEFAULT_EMBEDDED_PORT, embeddedUrl, runningEmbeddedPort } from '../../runtime/database.ts';
-import { startOwnedEmbedded } from '../embedded-server.ts';
+import {
+  DEFAULT_EMBEDDED_PORT,
+  embeddedUrl,
+  runningEmbeddedPort,
+  startEmbeddedPostgres,
+} from '../../runtime/database.ts';
 import { dataDirOf } from '../database-url.ts';
 import { CliError, EXIT, intOption, print, type CliIo } from '../output.ts';
 import type { CommandContext } from '../main.ts';
@@ -177,7 +181,7 @@ async function status(io: CliIo, opts: DbOptions): Promise<number> {
 
 async function run(io: CliIo, opts: DbOptions): Promise<void> {
   const dataDir = dataDirOf(io, opts.dataDir);
-  const handle = await startOwnedEmbedded({ dataDir, port: opts.port, onLog: (line) => io.err(line) });
+  const handle = await startEmbeddedPostgres({ dataDir, port: opts.port, onLog: (line) => io.err(line) });
   if (!handle.owner)
     throw new CliError(EXIT.CONFLICT, `A server already runs from ${dataDir}: ${handle.url}`);
   const { pid } = files(dataDir);

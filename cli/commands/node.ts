@@ -5,8 +5,7 @@
  * the embedded server itself and stops it on exit.
  */
 import type { Command } from 'commander';
-import type { DatabaseHandle } from '../../runtime/database.ts';
-import { startOwnedEmbedded } from '../embedded-server.ts';
+import { startEmbeddedPostgres, type DatabaseHandle } from '../../runtime/database.ts';
 import { createLogger } from '../../runtime/logger.ts';
 import type { NodeOptions } from '../../runtime/node.ts';
 import type { HttpServer } from '../../http/server.ts';
@@ -73,7 +72,7 @@ async function runNode(ctx: CommandContext, opts: NodeCommandOptions): Promise<v
   let db: DatabaseHandle | undefined;
   let url = await findDatabaseUrl(opts, io);
   if (!url) {
-    db = await startOwnedEmbedded({ dataDir: dataDirOf(io) });
+    db = await startEmbeddedPostgres({ dataDir: dataDirOf(io) });
     url = db.url;
     log.info({ url }, 'started the embedded PostgreSQL server for this node');
   }

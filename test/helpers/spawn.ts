@@ -8,6 +8,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import type { NodeOptions } from '../../runtime/index.ts';
+import { onLines } from '../../scripts/local-cluster.ts';
 
 const SCRIPT = fileURLToPath(new URL('../fixtures/node-process.ts', import.meta.url));
 const TSX = import.meta.resolve('tsx');
@@ -113,17 +114,4 @@ function parseReady(line: string): { id: string; pid: number } | undefined {
   if (!line.startsWith('{"ready"')) return undefined;
   const parsed = JSON.parse(line) as { ready: boolean; id: string; pid: number };
   return parsed.ready ? { id: parsed.id, pid: parsed.pid } : undefined;
-}
-
-function onLines(stream: NodeJS.ReadableStream, fn: (line: string) => void): void {
-  let rest = '';
-  stream.setEncoding('utf8');
-  stream.on('data', (chunk: string) => {
-    const parts = (rest + chunk).split('\n');
-    rest = parts.pop()!;
-    for (const line of parts) fn(line);
-  });
-  stream.on('end', () => {
-    if (rest) fn(rest);
-  });
 }
