@@ -2,10 +2,18 @@
  * JSON schemas of the HTTP API: they validate requests (a request that does not match gets a 400 and
  * changes nothing), shape responses, and make up the OpenAPI document served at /openapi.json.
  */
+import { DEAD_LETTER_LIMITS } from '../runtime/dead-letters.ts';
+import { SCHEDULE_LIMITS } from '../runtime/schedule-context.ts';
 import { TASK_NAME_PATTERN } from '../runtime/task-definition.ts';
 import { TASK_STATES, INSPECT_DEFAULTS } from '../runtime/inspect.ts';
 
 export const MAX_TASKS_PER_REQUEST = 10_000;
+
+const taskName = {
+  type: 'string',
+  pattern: TASK_NAME_PATTERN.source,
+  description: 'A task name: 1-200 letters, digits or _ . : -',
+} as const;
 
 const uuid = { type: 'string', format: 'uuid' } as const;
 const nullableString = { type: 'string', nullable: true } as const;
@@ -29,27 +37,34 @@ export const newTaskSchema = {
   required: ['name'],
   additionalProperties: false,
   properties: {
-    name: {
-      type: 'string',
-      pattern: TASK_NAME_PATTERN.source,
-      description: 'A task name registered by a node.',
-    },
+    name: { ...taskName, description: 'A task name registered by a node.' },
     message: { description: 'Any JSON value; stored as msgpack and handed to the handler.' },
     delayMs: {
       type: 'integer',
       minimum: 0,
+      maximum: SCHEDULE_LIMITS.maxDelayMs,
       description: 'Run no earlier than this many milliseconds from now.',
     },
     runAt: {
       type: ['integer', 'string'],
-      description: 'Run no earlier than this time: epoch milliseconds or an ISO 8601 date-time.',
+      minimum: SCHEDULE_LIMITS.minRunAt,
+      maximum: SCHEDULE_LIMITS.maxRunAt,
+      minLength: 1,
+      maxLength: 64,
+      description:
+        'Run no earlier than this time: epoch milliseconds or an ISO 8601 date-time, between years 0001 and 9999.',
     },
     affinity: {
       type: 'string',
       minLength: 1,
-      description: 'Affinity key: at most one workflow per key runs at once.',
+      maxLength: SCHEDULE_LIMITS.maxAffinityBytes,
+      description: `Affinity key: at most one workflow per key runs at once. At most ${SCHEDULE_LIMITS.maxAffinityBytes} bytes (UTF-8).`,
     },
-    affinityGroup: { type: 'string', description: 'Group of the affinity key (default "").' },
+    affinityGroup: {
+      type: 'string',
+      maxLength: SCHEDULE_LIMITS.maxAffinityBytes,
+      description: `Group of the affinity key (default ""). At most ${SCHEDULE_LIMITS.maxAffinityBytes} bytes (UTF-8).`,
+    },
     workflowId: { ...uuid, description: 'Join this workflow (or name a new one).' },
     priority: { type: 'integer', minimum: -1_000_000, maximum: 1_000_000, description: 'Higher runs first.' },
     dependsOn: {
@@ -153,7 +168,7 @@ export const listTasksSchema = {
         items: { type: 'string', enum: TASK_STATES },
         description: 'One or more states (repeat the parameter, or separate with commas).',
       },
-      name: { type: 'string' },
+      name: taskName,
       workflow: uuid,
       limit: {
         type: 'integer',
@@ -377,7 +392,7 @@ export const listDeadLettersSchema = {
     type: 'object',
     additionalProperties: false,
     properties: {
-      name: { type: 'string' },
+      name: taskName,
       limit: { type: 'integer', minimum: 1, maximum: 10_000, default: 100 },
       after: { ...uuid, description: 'Id of the last dead letter of the previous page.' },
     },
@@ -420,7 +435,7 @@ export const requeueSchema = {
   body: {
     type: 'object',
     additionalProperties: false,
-    properties: { ids, name: { type: 'string' }, all: { type: 'boolean', enum: [true] } },
+    properties: { ids, name: taskName, all: { type: 'boolean', enum: [true] } },
   },
   response: {
     200: { type: 'object', properties: { requeued: { type: 'array', items: uuid } } },
@@ -441,10 +456,39 @@ export const purgeSchema = {
   body: {
     type: 'object',
     additionalProperties: false,
-    properties: { ids, name: { type: 'string' }, olderThanMs: { type: 'integer', minimum: 0 } },
+    properties: {
+      ids,
+      name: taskName,
+      olderThanMs: {
+        type: 'integer',
+        minimum: 0,
+        maximum: DEAD_LETTER_LIMITS.maxOlderThanMs,
+        description: 'Dead letters that failed at least this many milliseconds ago (at most 1,000 years).',
+      },
+    },
   },
   response: {
     200: { type: 'object', properties: { purged: { type: 'integer' } } },
     '4xx': errorSchema,
   },
 } as const;
+
+/**
+ * Request bodies are validated without type coercion (a string is never taken for a number, an
+ * array for a string, null for 0). Query strings are text by nature: their numbers, booleans and
+ * lists are parsed here, following the route's querystring schema, before validation. A value that
+ * does not parse is left as text, for the validator to refuse.
+ */
+export function parseQuery(schema: unknown, query: Record<string, unknown>): void {
+  const properties = (schema as { properties?: Record<string, { type?: unknown }> } | undefined)?.properties;
+  if (!properties) return;
+  for (const [key, value] of Object.entries(query)) {
+    const type = properties[key]?.type;
+    if (type === 'array') query[key] = Array.isArray(value) ? value : [value];
+    else if (typeof value !== 'string') continue;
+    else if (type === 'integer' && /^-?\d{1,16}$/.test(value)) query[key] = Number(value);
+    else if (type === 'number' && value.trim() !== '' && Number.isFinite(Number(value)))
+      query[key] = Number(value);
+    else if (type === 'boolean' && (value === 'true' || value === 'false')) query[key] = value === 'true';
+  }
+}

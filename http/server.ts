@@ -21,11 +21,12 @@ import { TaskmillError, type TaskmillErrorCode } from '../runtime/errors.ts';
 import { createLogger, type Logger } from '../runtime/logger.ts';
 import { TaskmillMetrics } from '../runtime/metrics.ts';
 import type { TaskmillNode } from '../runtime/node.ts';
-import { bearerAuth, checkBinding, HTTP_DEFAULTS } from './auth.ts';
+import { bearerAuth, checkBinding, hostCheck, HTTP_DEFAULTS, parseAllowedHosts } from './auth.ts';
 
 export { HTTP_DEFAULTS };
 import { registerClusterRoutes } from './cluster-routes.ts';
 import { registerDeadLetterRoutes } from './dead-letter-routes.ts';
+import { parseQuery } from './schemas.ts';
 import { PlannerWaker } from './planner-waker.ts';
 import { SubmitBatcher } from './submit-batcher.ts';
 import { registerTaskRoutes } from './task-routes.ts';
@@ -56,6 +57,11 @@ export interface HttpServerOptions {
   port?: number;
   /** Bearer token; required unless bound to a loopback address. Default TASKMILL_HTTP_TOKEN. */
   token?: string;
+  /**
+   * Without a token, the Host names (optionally `name:port`) answered besides localhost, 127.0.0.1 and
+   * [::1], e.g. a reverse proxy's public name. Default TASKMILL_HTTP_ALLOWED_HOSTS (comma-separated).
+   */
+  allowedHosts?: string[];
   /** A node running in this process: its metrics are exported and /readyz checks it. */
   node?: TaskmillNode;
   metrics?: TaskmillMetrics;
@@ -75,6 +81,7 @@ export async function buildHttpApp(options: HttpServerOptions = {}): Promise<Fas
   const host = options.host ?? HTTP_DEFAULTS.host;
   const token = options.token ?? (process.env.TASKMILL_HTTP_TOKEN || undefined);
   checkBinding(host, token);
+  const allowedHosts = parseAllowedHosts(options.allowedHosts ?? process.env.TASKMILL_HTTP_ALLOWED_HOSTS);
   const log = options.log ?? createLogger(undefined, { component: 'http' });
   const connectionString = options.connectionString ?? process.env.DATABASE_URL;
   if (!options.pool && !connectionString) {
@@ -102,7 +109,9 @@ export async function buildHttpApp(options: HttpServerOptions = {}): Promise<Fas
     ajv: {
       customOptions: {
         removeAdditional: false,
-        coerceTypes: 'array',
+        // Bodies are taken as sent: no string for a number, no [x] for x, no null for 0. Query strings
+        // are parsed by their schema in a preValidation hook (parseQuery).
+        coerceTypes: false,
         allErrors: false,
         allowUnionTypes: true,
       },
@@ -122,7 +131,14 @@ export async function buildHttpApp(options: HttpServerOptions = {}): Promise<Fas
       return new Error(text);
     },
   });
+  app.addHook('onRequest', hostCheck({ host, token, allowedHosts }));
   app.addHook('onRequest', bearerAuth(token));
+  app.addHook('preValidation', async (request) => {
+    const schema = request.routeOptions.schema?.querystring;
+    if (schema && typeof request.query === 'object' && request.query !== null) {
+      parseQuery(schema, request.query as Record<string, unknown>);
+    }
+  });
   app.addHook('onClose', async () => {
     await waker.close();
     if (ownsMetrics) metrics.close();
@@ -219,6 +235,7 @@ function httpText(status: number): string {
     {
       400: 'Bad Request',
       401: 'Unauthorized',
+      403: 'Forbidden',
       404: 'Not Found',
       409: 'Conflict',
       413: 'Payload Too Large',

@@ -16,7 +16,13 @@ import { PLANNER_CHANNEL } from './task-store.ts';
 
 type Db = Pick<pg.Pool, 'query' | 'connect'>;
 
-export const DEAD_LETTER_LIMITS = { defaultPage: 100, maxPage: 10_000, maxIds: 10_000 };
+export const DEAD_LETTER_LIMITS = {
+  defaultPage: 100,
+  maxPage: 10_000,
+  maxIds: 10_000,
+  /** purge olderThanMs: 1,000 years (the cut-off time must stay within PostgreSQL's timestamps). */
+  maxOlderThanMs: 1_000 * 365 * 86_400_000,
+};
 
 export interface DeadLetterSummary {
   id: string;
@@ -169,8 +175,13 @@ function purgeWhere(selector: PurgeSelector): Where {
     throw invalid('purge needs ids, name or olderThanMs (olderThanMs: 0 purges every dead letter)');
   }
   if (name !== undefined) checkName(name);
-  if (olderThanMs !== undefined && !(Number.isInteger(olderThanMs) && olderThanMs >= 0)) {
-    throw invalid(`olderThanMs must be a non-negative integer, got ${String(olderThanMs)}`);
+  if (
+    olderThanMs !== undefined &&
+    !(Number.isInteger(olderThanMs) && olderThanMs >= 0 && olderThanMs <= DEAD_LETTER_LIMITS.maxOlderThanMs)
+  ) {
+    throw invalid(
+      `olderThanMs must be an integer between 0 and ${DEAD_LETTER_LIMITS.maxOlderThanMs}, got ${String(olderThanMs)}`,
+    );
   }
   return {
     sql: `($1::text is null or d.name = $1)

@@ -5,7 +5,7 @@
  */
 import type { Queryable, TaskState } from './task-store.ts';
 import { TaskmillError, isUndefinedTable, notMigratedError } from './errors.ts';
-import { isUuid } from './schedule-context.ts';
+import { isUuid, TASK_NAME_PATTERN } from './schedule-context.ts';
 import { PLANNER_DEFAULTS } from '../planner/planner.ts';
 
 export const HOT_STATES = ['ready', 'assigned', 'running', 'waiting'] as const;
@@ -87,6 +87,14 @@ export async function listTasks(db: Queryable, filter: TaskFilter = {}): Promise
   for (const s of states ?? []) {
     if (!TASK_STATES.includes(s))
       throw invalid(`unknown state ${JSON.stringify(s)}; use ${TASK_STATES.join(', ')}`);
+  }
+  if (
+    filter.name !== undefined &&
+    !(typeof filter.name === 'string' && TASK_NAME_PATTERN.test(filter.name))
+  ) {
+    throw invalid(
+      `name must be a task name (1-200 letters, digits or _ . : -), got ${JSON.stringify(filter.name)}`,
+    );
   }
   if (filter.workflowId !== undefined && !isUuid(filter.workflowId)) {
     throw invalid(`workflow id must be a UUID, got ${JSON.stringify(filter.workflowId)}`);

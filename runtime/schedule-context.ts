@@ -45,8 +45,36 @@ export interface NewTask {
   joinOf?: string[];
 }
 
+/** Task names: 1-200 letters, digits or _ . : - (no spaces, markup or control characters). */
+export const TASK_NAME_PATTERN = /^[A-Za-z0-9_.:-]{1,200}$/;
+
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
-const MAX_DELAY_MS = 10 * 365 * 86_400_000;
+
+/**
+ * Bounds on what one schedule call may carry; every value outside them is refused with
+ * INVALID_ARGUMENT before anything is written (docs/operations.md, "Limits of scheduled tasks").
+ */
+export const SCHEDULE_LIMITS = {
+  /** delayMs: at most ten years. */
+  maxDelayMs: 10 * 365 * 86_400_000,
+  /** runAt: between 0001-01-01 and 9999-12-31 (UTC), the years PostgreSQL and ISO 8601 share. */
+  minRunAt: Date.parse('0001-01-01T00:00:00.000Z'),
+  maxRunAt: Date.UTC(9999, 11, 31, 23, 59, 59, 999),
+  /** affinity and affinityGroup: UTF-8 bytes each (both go into one index entry). */
+  maxAffinityBytes: 1_000,
+  /** The message, msgpack-encoded. */
+  maxMessageBytes: 1024 * 1024,
+} as const;
+
+const CONTEXT_KEYS: ReadonlySet<string> = new Set([
+  'message',
+  'workflowId',
+  'affinityGroup',
+  'affinity',
+  'priority',
+  'delayMs',
+  'runAt',
+]);
 
 export function isUuid(value: unknown): value is string {
   return typeof value === 'string' && UUID.test(value);
@@ -62,33 +90,49 @@ export interface Inherited {
 
 /** Validates a schedule context and builds the row; throws before anything is written. */
 export function newTask(def: TaskDefinition, ctx: ScheduleContext = {}, inherited?: Inherited): NewTask {
-  if (typeof ctx !== 'object' || ctx === null) throw invalid('the schedule context must be an object');
+  assertSchedulable(def);
+  if (typeof ctx !== 'object' || ctx === null || Array.isArray(ctx))
+    throw invalid('the schedule context must be an object');
+  for (const key of Object.keys(ctx)) {
+    if (!CONTEXT_KEYS.has(key)) {
+      throw invalid(
+        `unknown key ${JSON.stringify(key.slice(0, 100))} in the schedule context; the keys are ${[...CONTEXT_KEYS].join(', ')}`,
+      );
+    }
+  }
   const { delayMs, runAt, priority, workflowId, affinityGroup, affinity } = ctx;
-  if (delayMs !== undefined && !(Number.isFinite(delayMs) && delayMs >= 0 && delayMs <= MAX_DELAY_MS)) {
+  const { maxDelayMs, minRunAt, maxRunAt, maxAffinityBytes, maxMessageBytes } = SCHEDULE_LIMITS;
+  if (delayMs !== undefined && !(Number.isFinite(delayMs) && delayMs >= 0 && delayMs <= maxDelayMs)) {
     throw invalid(
-      `delayMs must be a number of milliseconds between 0 and ${MAX_DELAY_MS}, got ${String(delayMs)}`,
+      `delayMs must be a number of milliseconds between 0 and ${maxDelayMs}, got ${show(delayMs)}`,
     );
   }
-  if (runAt !== undefined && !(runAt instanceof Date && Number.isFinite(runAt.getTime()))) {
-    throw invalid('runAt must be a valid Date');
+  if (runAt !== undefined) {
+    const time = runAt instanceof Date ? runAt.getTime() : Number.NaN;
+    if (!Number.isFinite(time)) throw invalid(`runAt must be a valid Date, got ${show(runAt)}`);
+    if (time < minRunAt || time > maxRunAt) {
+      throw invalid(
+        `runAt must be between ${new Date(minRunAt).toISOString()} and ${new Date(maxRunAt).toISOString()}, got ${runAt.toISOString()}`,
+      );
+    }
   }
   if (delayMs !== undefined && runAt !== undefined) throw invalid('give delayMs or runAt, not both');
   if (priority !== undefined && !(Number.isInteger(priority) && Math.abs(priority) <= 1_000_000)) {
-    throw invalid(`priority must be an integer between -1000000 and 1000000, got ${String(priority)}`);
+    throw invalid(`priority must be an integer between -1000000 and 1000000, got ${show(priority)}`);
   }
   if (workflowId !== undefined && !isUuid(workflowId))
-    throw invalid(`workflowId must be a UUID, got ${String(workflowId)}`);
+    throw invalid(`workflowId must be a UUID, got ${show(workflowId)}`);
   if (affinityGroup !== undefined && affinity === undefined) {
     throw invalid('affinityGroup was given without affinity: give both, or affinity alone');
   }
-  if (
-    affinity !== undefined &&
-    (typeof affinity !== 'string' || affinity.length === 0 || affinity.includes('\0'))
-  ) {
-    throw invalid('affinity must be a non-empty string without NUL characters');
+  if (affinity !== undefined) checkKey('affinity', affinity, false, maxAffinityBytes);
+  if (affinityGroup !== undefined) checkKey('affinityGroup', affinityGroup, true, maxAffinityBytes);
+  const message = encode(ctx.message);
+  if (message.length > maxMessageBytes) {
+    throw invalid(
+      `the message is ${message.length} bytes once encoded (msgpack), over the limit of ${maxMessageBytes} bytes; store large data elsewhere and pass a reference`,
+    );
   }
-  if (affinityGroup !== undefined && (typeof affinityGroup !== 'string' || affinityGroup.includes('\0')))
-    throw invalid('affinityGroup must be a string without NUL characters');
 
   const sameWorkflow = inherited && (workflowId === undefined || workflowId === inherited.workflowId);
   const explicitAffinity = affinity !== undefined;
@@ -102,12 +146,62 @@ export function newTask(def: TaskDefinition, ctx: ScheduleContext = {}, inherite
     affinityGroup: explicitAffinity ? (affinityGroup ?? '') : (inherited?.affinityGroup ?? null),
     affinity: explicitAffinity ? affinity : (inherited?.affinity ?? null),
     strict: def.affinityMode === 'strict',
-    message: encode(ctx.message),
+    message,
     priority: priority ?? def.priority,
     delayMs: delayMs ?? null,
     runAt: runAt ? runAt.toISOString() : null,
     state: 'ready',
   };
+}
+
+/**
+ * Checked on every schedule: the fields a task row takes from its definition. A look-alike object
+ * (not made by defineTask()) is refused with INVALID_ARGUMENT before anything is written.
+ */
+export function assertSchedulable(def: unknown): asserts def is TaskDefinition {
+  const d = def as Partial<TaskDefinition> | null | undefined;
+  const problem =
+    typeof d !== 'object' || d === null
+      ? 'it is not an object'
+      : typeof d.name !== 'string' || !TASK_NAME_PATTERN.test(d.name)
+        ? `its name must be 1-200 letters, digits or _ . : -, got ${preview(d.name)}`
+        : typeof d.handler !== 'string'
+          ? 'it has no handler URL'
+          : !(Number.isInteger(d.priority) && Math.abs(d.priority as number) <= 1_000_000)
+            ? `its priority must be an integer between -1000000 and 1000000, got ${preview(d.priority)}`
+            : d.affinityMode !== 'workflow' && d.affinityMode !== 'strict'
+              ? `its affinityMode must be 'workflow' or 'strict', got ${preview(d.affinityMode)}`
+              : undefined;
+  if (problem !== undefined) {
+    throw new TaskmillError(
+      'INVALID_ARGUMENT',
+      `Invalid schedule: pass a definition made by defineTask() or a registered task name (${problem}).`,
+    );
+  }
+}
+
+function preview(value: unknown): string {
+  const text = typeof value === 'string' ? JSON.stringify(value) : String(value);
+  return text.length > 60 ? `${text.slice(0, 60)}...` : text;
+}
+
+function checkKey(what: string, value: unknown, mayBeEmpty: boolean, maxBytes: number): void {
+  if (typeof value !== 'string' || (!mayBeEmpty && value.length === 0) || value.includes('\0')) {
+    throw invalid(`${what} must be a ${mayBeEmpty ? '' : 'non-empty '}string without NUL characters`);
+  }
+  // A UTF-16 unit takes at most 3 UTF-8 bytes: count the bytes only when the limit could be passed.
+  if (value.length * 3 > maxBytes && Buffer.byteLength(value, 'utf8') > maxBytes) {
+    throw invalid(
+      `${what} must be at most ${maxBytes} bytes (UTF-8), got ${Buffer.byteLength(value, 'utf8')}`,
+    );
+  }
+}
+
+/** A value for an error message: short, whatever its type. */
+function show(value: unknown): string {
+  if (value instanceof Date) return Number.isFinite(value.getTime()) ? value.toISOString() : 'Invalid Date';
+  const text = typeof value === 'string' ? JSON.stringify(value) : String(value);
+  return text.length > 100 ? `${text.slice(0, 100)}...` : text;
 }
 
 function invalid(message: string): TaskmillError {

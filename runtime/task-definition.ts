@@ -8,6 +8,7 @@ import { fileURLToPath, pathToFileURL } from 'node:url';
 import path from 'node:path';
 import { z } from 'zod';
 import { TaskmillError } from './errors.ts';
+import { TASK_NAME_PATTERN } from './schedule-context.ts';
 import {
   DEFAULT_RETRY_POLICY,
   retryPolicySchema,
@@ -20,7 +21,7 @@ export type ExecutionGuarantee = 'at-least-once' | 'exactly-once';
 /** `workflow`: one workflow at a time per key, its tasks in parallel. `strict`: one task at a time per key. */
 export type AffinityMode = 'workflow' | 'strict';
 
-export const TASK_NAME_PATTERN = /^[A-Za-z0-9_.:-]{1,200}$/;
+export { TASK_NAME_PATTERN };
 
 const optionsSchema = z
   .object({
@@ -111,9 +112,16 @@ function handlerUrl(handler: URL | string): string {
   return pathToFileURL(handler).href;
 }
 
+/** A definition made by defineTask() (or read back from tm_task_defs): a valid name and a handler URL. */
 export function isTaskDefinition(value: unknown): value is TaskDefinition {
   const v = value as TaskDefinition | undefined;
-  return typeof v === 'object' && v !== null && typeof v.name === 'string' && typeof v.handler === 'string';
+  return (
+    typeof v === 'object' &&
+    v !== null &&
+    typeof v.name === 'string' &&
+    TASK_NAME_PATTERN.test(v.name) &&
+    typeof v.handler === 'string'
+  );
 }
 
 /** Checked when a node starts: the handler module of each definition must exist. */

@@ -1,11 +1,12 @@
 import { mkdirSync } from 'node:fs';
 import path from 'node:path';
-import { chromium, type Browser, type Page } from 'playwright-core';
+import type { Browser, Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startHttpServer, type HttpServer } from '../http/server.ts';
 import { createLogger } from '../runtime/logger.ts';
 import type { TaskmillNode } from '../runtime/index.ts';
 import * as defs from './fixtures/definitions.ts';
+import { launchChromium } from './helpers/browser.ts';
 import { count, createTestDatabase, until, type TestDatabase } from './helpers/database.ts';
 import { runningNodes, startTestNode, stopAllNodes } from './helpers/nodes.ts';
 
@@ -47,7 +48,7 @@ beforeAll(async () => {
       (await count(db.pool, `select count(*) from tm_history where id = any($1)`, [done])) === 30 &&
       (await count(db.pool, `select count(*) from tm_dead_letters where id = $1`, [deadId])) === 1,
   );
-  browser = await chromium.launch({ executablePath: '/usr/bin/chromium', args: ['--no-sandbox'] });
+  browser = await launchChromium();
   page = await browser.newPage({ viewport: { width: 1280, height: 1000 } });
   page.on('console', (m) => m.type() === 'error' && problems.push(m.text()));
   page.on('pageerror', (e) => problems.push(e.message));

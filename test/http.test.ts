@@ -1,7 +1,8 @@
 import { readFileSync } from 'node:fs';
+import { request as httpRequest } from 'node:http';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { buildHttpApp, startHttpServer, type HttpServer } from '../http/server.ts';
-import { checkBinding } from '../http/auth.ts';
+import { checkBinding, parseAllowedHosts } from '../http/auth.ts';
 import { SubmitBatcher } from '../http/submit-batcher.ts';
 import type { TaskmillClient } from '../runtime/client.ts';
 import type { ScheduleContext } from '../runtime/schedule-context.ts';
@@ -51,6 +52,50 @@ async function call(method: string, path: string, body?: unknown, headers: Recor
 }
 
 const pendingCount = () => count(db.pool, `select count(*) from tm_tasks`);
+/** Tasks ever scheduled and still known: running them moves rows between tables, not out of them. */
+const knownTasks = () =>
+  count(
+    db.pool,
+    `select (select count(*) from tm_tasks) + (select count(*) from tm_history) + (select count(*) from tm_dead_letters)`,
+  );
+
+/** A request with headers fetch() will not send as given (Host), to `url` (default: the test server). */
+// eslint-disable-next-line @typescript-eslint/no-explicit-any -- response bodies are checked field by field
+type Json = any;
+function rawCall(
+  method: string,
+  path: string,
+  headers: Record<string, string>,
+  body?: unknown,
+  url = server.url,
+): Promise<{ status: number; json: Json }> {
+  const payload = body === undefined ? undefined : JSON.stringify(body);
+  return new Promise((resolve, reject) => {
+    const req = httpRequest(
+      url + path,
+      {
+        method,
+        headers: payload === undefined ? headers : { 'content-type': 'application/json', ...headers },
+      },
+      (res) => {
+        let text = '';
+        res.setEncoding('utf8');
+        res.on('data', (chunk: string) => (text += chunk));
+        res.on('end', () => {
+          let json: unknown;
+          try {
+            json = JSON.parse(text);
+          } catch {
+            json = undefined;
+          }
+          resolve({ status: res.statusCode ?? 0, json });
+        });
+      },
+    );
+    req.on('error', reject);
+    req.end(payload);
+  });
+}
 const ended = (id: string) => async () =>
   (await count(db.pool, `select count(*) from tm_tasks where id = $1`, [id])) === 0;
 
@@ -147,6 +192,54 @@ describe('submitting tasks', () => {
     expect(response.json.code).toBe(code);
     expect(response.json.message).toMatch(message);
     expect(await pendingCount()).toBe(before);
+  });
+});
+
+describe('request bodies are taken as sent, never coerced', () => {
+  const id = '0190a6e2-5b8f-7d2a-9a51-8f1f4c3e2d10';
+  it.each([
+    ['a name in an array', { name: ['echo'] }, /body\.name must be string/],
+    ['runAt true', { name: 'noop', runAt: true }, /body\.runAt must be integer,string/],
+    ['delayMs null', { name: 'noop', delayMs: null }, /body\.delayMs must be integer/],
+    ['delayMs as text', { name: 'noop', delayMs: '10' }, /body\.delayMs must be integer/],
+    ['priority as text', { name: 'noop', priority: '5' }, /body\.priority must be integer/],
+    ['dependsOn as one id', { name: 'noop', dependsOn: id }, /body\.dependsOn must be array/],
+    ['affinity as a number', { name: 'noop', affinity: 7 }, /body\.affinity must be string/],
+    ['a batch item of the wrong type', [{ name: 'noop' }, 'noop'], /body\.1 must be object/],
+  ])('refuses %s with a 400 and schedules nothing', async (_what, body, message) => {
+    const before = await knownTasks();
+    const response = await call('POST', '/api/tasks', body);
+    expect(response.status).toBe(400);
+    expect(response.json.code).toBe('INVALID_ARGUMENT');
+    expect(response.json.message).toMatch(message);
+    expect(await knownTasks()).toBe(before);
+  });
+
+  it('refuses requeue and purge bodies of the wrong type', async () => {
+    for (const body of [{ all: 'true' }, { ids: id }, { name: ['echo'] }]) {
+      const response = await call('POST', '/api/dead-letters/requeue', body);
+      expect(response.status, JSON.stringify(body)).toBe(400);
+    }
+    for (const body of [{ olderThanMs: '0' }, { olderThanMs: null }, { olderThanMs: 1e300 }, { ids: id }]) {
+      const response = await call('POST', '/api/dead-letters/purge', body);
+      expect(response.status, JSON.stringify(body)).toBe(400);
+      expect(response.json.code).toBe('INVALID_ARGUMENT');
+    }
+  });
+
+  it('still parses query strings: numbers, repeated and comma-separated lists', async () => {
+    const listed = await call('GET', '/api/tasks?limit=2&state=completed&state=failed,dead');
+    expect(listed.status).toBe(200);
+    expect(listed.json.tasks.length).toBeLessThanOrEqual(2);
+    expect((await call('GET', '/api/stats?windowMinutes=5&bucketSeconds=60')).status).toBe(200);
+    expect((await call('GET', '/api/dead-letters?limit=1')).status).toBe(200);
+    for (const query of ['limit=abc', 'limit=1.5', 'limit=0', 'limit=1&limit=2', 'name=%00', 'nope=1']) {
+      const response = await call('GET', `/api/tasks?${query}`);
+      expect(response.status, query).toBe(400);
+      expect(response.json.code, query).toBe('INVALID_ARGUMENT');
+    }
+    expect((await call('GET', '/api/dead-letters?name=%00')).status).toBe(400);
+    expect((await call('GET', '/api/stats?windowMinutes=x')).status).toBe(400);
   });
 });
 
@@ -515,6 +608,101 @@ describe('authentication', () => {
       for (const url of ['/healthz', '/readyz', '/']) expect((await get(url)).statusCode, url).toBe(200);
     } finally {
       await app.close();
+    }
+  });
+});
+
+describe('DNS rebinding and cross-site requests, without a token', () => {
+  const port = () => new URL(server.url).port;
+
+  it('answers only to localhost, 127.0.0.1 and [::1] on its own port', async () => {
+    for (const host of [`127.0.0.1:${port()}`, `localhost:${port()}`, 'localhost', `[::1]:${port()}`]) {
+      expect((await rawCall('GET', '/api/nodes', { host })).status, host).toBe(200);
+    }
+    for (const host of ['evil.example', `evil.example:${port()}`, `127.0.0.1.evil.example:${port()}`]) {
+      for (const path of ['/api/nodes', '/', '/metrics', '/healthz']) {
+        const response = await rawCall('GET', path, { host });
+        expect(response.status, `${host} ${path}`).toBe(403);
+        expect(response.json).toMatchObject({ code: 'HOST_NOT_ALLOWED', message: /allowedHosts/ });
+      }
+    }
+    const otherPort = Number(port()) === 1 ? 2 : 1;
+    expect((await rawCall('GET', '/api/nodes', { host: `localhost:${otherPort}` })).status).toBe(403);
+  });
+
+  it('refuses state-changing requests from another origin, and changes nothing', async () => {
+    const before = await knownTasks();
+    const host = `127.0.0.1:${port()}`;
+    for (const origin of ['http://evil.example', `http://evil.example:${port()}`, 'null']) {
+      const response = await rawCall('POST', '/api/tasks', { host, origin }, { name: 'noop' });
+      expect(response.status, origin).toBe(403);
+      expect(response.json.code).toBe('ORIGIN_NOT_ALLOWED');
+    }
+    expect(await knownTasks()).toBe(before);
+    // Reads from elsewhere are left to the browser's same-origin policy.
+    expect((await rawCall('GET', '/api/nodes', { host, origin: 'http://evil.example' })).status).toBe(200);
+    const same = await rawCall(
+      'POST',
+      '/api/tasks',
+      { host, origin: `http://${host}` },
+      { name: 'noop', delayMs: 3_600_000 },
+    );
+    expect(same.status).toBe(201);
+    expect((await call('POST', `/api/tasks/${same.json.id}/cancel`)).status).toBe(200);
+  });
+
+  it('answers to the allowed hosts of a reverse proxy, and to any host with a token', async () => {
+    const proxied = await startHttpServer({
+      pool: db.pool,
+      port: 0,
+      log: silent,
+      allowedHosts: ['tasks.example.com', 'proxy.internal:8443'],
+    });
+    try {
+      const at = (host: string) => rawCall('GET', '/api/nodes', { host }, undefined, proxied.url);
+      expect((await at('tasks.example.com')).status).toBe(200);
+      expect((await at('TASKS.example.com:443')).status).toBe(200);
+      expect((await at('proxy.internal:8443')).status).toBe(200);
+      expect((await at('proxy.internal:8444')).status).toBe(403);
+      expect((await at('evil.example')).status).toBe(403);
+    } finally {
+      await proxied.close();
+    }
+    const token = 'a-token-long-enough-0123';
+    const withToken = await startHttpServer({ pool: db.pool, port: 0, log: silent, token });
+    try {
+      const response = await rawCall(
+        'GET',
+        '/api/nodes',
+        { host: 'evil.example', authorization: `Bearer ${token}` },
+        undefined,
+        withToken.url,
+      );
+      expect(response.status).toBe(200);
+    } finally {
+      await withToken.close();
+    }
+  });
+
+  it('takes allowed hosts from TASKMILL_HTTP_ALLOWED_HOSTS and refuses ones that are not host names', async () => {
+    expect(parseAllowedHosts(' a.example , b.example:8080,')).toEqual(['a.example', 'b.example:8080']);
+    for (const bad of ['http://a.example', 'a.example/path', 'a b', 'a.example:99999']) {
+      expect(() => parseAllowedHosts([bad]), bad).toThrow(
+        expect.objectContaining({ code: 'INVALID_CONFIG', message: expect.stringMatching(/host name/) }),
+      );
+    }
+    process.env.TASKMILL_HTTP_ALLOWED_HOSTS = 'from-env.example';
+    try {
+      const app = await buildHttpApp({ pool: db.pool, log: silent });
+      try {
+        const get = (host: string) => app.inject({ method: 'GET', url: '/healthz', headers: { host } });
+        expect((await get('from-env.example')).statusCode).toBe(200);
+        expect((await get('evil.example')).statusCode).toBe(403);
+      } finally {
+        await app.close();
+      }
+    } finally {
+      delete process.env.TASKMILL_HTTP_ALLOWED_HOSTS;
     }
   });
 });

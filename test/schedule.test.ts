@@ -3,6 +3,8 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { TaskmillClient, defineTask, startNode, type NodeOptions } from '../runtime/index.ts';
+import { v7 as uuidv7 } from 'uuid';
+import { SCHEDULE_LIMITS, type ScheduleContext } from '../runtime/schedule-context.ts';
 import * as defs from './fixtures/definitions.ts';
 import { count, createTestDatabase, type TestDatabase } from './helpers/database.ts';
 import { FAST } from './helpers/nodes.ts';
@@ -112,6 +114,77 @@ describe('schedule() refuses bad input and writes nothing', () => {
     await refused(() => client.scheduleMany(defs.noop, ctxs), 'INVALID_ARGUMENT');
     await refused(() => client.scheduleMany(defs.noop, [{}, { message: () => 1 }]), 'ENCODE_FAILED');
     await refused(() => client.scheduleMany(defs.noop, {} as unknown as []), 'INVALID_ARGUMENT');
+  });
+
+  it('an unknown key in the context, such as a typo', async () => {
+    const typo = { mesage: 'hi' } as unknown as ScheduleContext;
+    await refused(() => client.schedule(defs.echo, typo), 'INVALID_ARGUMENT', /unknown key "mesage"/);
+    await refused(() => client.scheduleMany(defs.echo, [{}, typo]), 'INVALID_ARGUMENT', /mesage/);
+    await refused(() => client.scheduleJoin(defs.echo, typo, [uuidv7()]), 'INVALID_ARGUMENT', /mesage/);
+    await refused(() => client.schedule(defs.echo, [] as ScheduleContext), 'INVALID_ARGUMENT', /object/);
+  });
+
+  it('run-at times beyond what PostgreSQL and ISO 8601 share', async () => {
+    for (const runAt of [new Date(-8.64e15), new Date(8.64e15), new Date('+010000-01-01T00:00:00Z')]) {
+      await refused(() => client.schedule(defs.noop, { runAt }), 'INVALID_ARGUMENT', /runAt must be between/);
+    }
+    // The bounds themselves are accepted by the database.
+    const bounds = [new Date(SCHEDULE_LIMITS.minRunAt), new Date(SCHEDULE_LIMITS.maxRunAt)];
+    const ids = await client.scheduleMany(
+      defs.noop,
+      bounds.map((runAt) => ({ runAt })),
+    );
+    await db.pool.query(`delete from tm_tasks where id = any($1)`, [ids]);
+  });
+
+  it('an affinity key or group over the byte limit (it would not fit the key index)', async () => {
+    const max = SCHEDULE_LIMITS.maxAffinityBytes;
+    for (const ctx of [
+      { affinity: 'a'.repeat(max + 1) },
+      { affinity: '\u20ac'.repeat(Math.ceil(max / 3) + 1) },
+      { affinity: 'a', affinityGroup: 'g'.repeat(max + 1) },
+      { affinity: 'a'.repeat(10_000), affinityGroup: 'g'.repeat(10_000) },
+    ]) {
+      await refused(
+        () => client.schedule(defs.noop, ctx),
+        'INVALID_ARGUMENT',
+        new RegExp(`at most ${max} bytes`),
+      );
+    }
+    const id = await client.schedule(defs.noop, {
+      affinity: 'a'.repeat(max),
+      affinityGroup: 'g'.repeat(max),
+    });
+    await db.pool.query(`delete from tm_tasks where id = $1`, [id]);
+  });
+
+  it('a message over the size limit, with its size and the limit in the error', async () => {
+    const max = SCHEDULE_LIMITS.maxMessageBytes;
+    // msgpack: a string of n >= 65536 bytes is n + 5 bytes.
+    const over = { message: 'x'.repeat(max - 4) };
+    await refused(
+      () => client.schedule(defs.echo, over),
+      'INVALID_ARGUMENT',
+      new RegExp(`${max + 1} bytes.*limit of ${max} bytes`),
+    );
+    await refused(() => client.scheduleMany(defs.echo, [{}, over]), 'INVALID_ARGUMENT', /limit/);
+    const id = await client.schedule(defs.echo, { message: 'x'.repeat(max - 5) });
+    await db.pool.query(`delete from tm_tasks where id = $1`, [id]);
+  });
+
+  it('an object that only looks like a definition', async () => {
+    const handler = new URL('./fixtures/noop.ts', import.meta.url).href;
+    const fakes = [
+      { name: 'x'.repeat(1_000_000), handler },
+      { name: '<img src=x onerror=alert(1)>', handler },
+      { name: 'noop', handler }, // no priority, no affinity mode
+      { ...defs.noop, priority: 1.5 },
+      { ...defs.noop, affinityMode: 'loose' },
+    ];
+    for (const fake of fakes) {
+      await refused(() => client.schedule(fake as never), 'INVALID_ARGUMENT', /defineTask/);
+      await refused(() => client.scheduleMany(fake as never, [{}]), 'INVALID_ARGUMENT', /defineTask/);
+    }
   });
 
   it('something that is neither a definition nor a name', async () => {
