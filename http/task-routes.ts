@@ -1,6 +1,7 @@
 /** Task routes: submit one or many, look one up, list with filters, cancel. */
 import type { FastifyInstance } from 'fastify';
 import type pg from 'pg';
+import { inTransaction } from '../runtime/checkout.ts';
 import { TaskmillError } from '../runtime/errors.ts';
 import type { TaskmillClient } from '../runtime/client.ts';
 import { listTasks } from '../runtime/inspect.ts';
@@ -110,9 +111,7 @@ async function schedule(
     const [{ name, dependsOn }] = groups.values();
     return dependsOn ? client.scheduleMany(name, contexts, { dependsOn }) : batcher.submit(name, contexts);
   }
-  const tx = await pool.connect();
-  try {
-    await tx.query('begin');
+  await inTransaction(pool, async (tx) => {
     for (const { name, dependsOn, indexes } of groups.values()) {
       const groupIds = await client.scheduleMany(
         name,
@@ -121,13 +120,7 @@ async function schedule(
       );
       indexes.forEach((i, k) => (ids[i] = groupIds[k]));
     }
-    await tx.query('commit');
-  } catch (error) {
-    await tx.query('rollback').catch(() => {});
-    throw error;
-  } finally {
-    tx.release();
-  }
+  });
   return ids;
 }
 

@@ -12,6 +12,7 @@
  * session advisory lock, so two nodes that both believe they lead never manage partitions at once.
  */
 import type pg from 'pg';
+import { checkout } from '../runtime/checkout.ts';
 
 /** Candidate partition periods; the period of a retention is the largest one within a quarter of it. */
 export const HISTORY_PERIODS_MS = [
@@ -125,7 +126,8 @@ export class HistoryRetention {
       purgedFromDefault: 0,
       deferred: [],
     };
-    const client = await this.options.db.connect();
+    let unlockFailed = false;
+    const { client, release } = await checkout(this.options.db);
     try {
       const { rows } = await client.query<{ locked: boolean }>(`select pg_try_advisory_lock($1) as locked`, [
         HISTORY_LOCK_KEY,
@@ -134,10 +136,13 @@ export class HistoryRetention {
       try {
         await this.manage(client, result);
       } finally {
-        await client.query(`select pg_advisory_unlock($1)`, [HISTORY_LOCK_KEY]);
+        // A session lock dies with its session: a connection that broke meanwhile is destroyed below.
+        await client
+          .query(`select pg_advisory_unlock($1)`, [HISTORY_LOCK_KEY])
+          .catch(() => (unlockFailed = true));
       }
     } finally {
-      client.release();
+      release(unlockFailed);
     }
     return result;
   }

@@ -12,6 +12,7 @@
  * States: stopped -> running -> stopped; the loop runs passes only while the lease says leader.
  */
 import type pg from 'pg';
+import { checkout } from '../runtime/checkout.ts';
 import { Loop, type Timers } from '../runtime/loop.ts';
 import { FETCH_COLUMNS, NODE_CHANNEL, type FetchedTask } from '../runtime/task-store.ts';
 import { assignTasks, type Candidate, type NodeSlots } from './assignment.ts';
@@ -139,20 +140,23 @@ export class Planner {
     if (!this.options.isLeader()) {
       return { leader: false, claimed: 0, assigned: 0, freeSlots: 0, durationMs: 0, delayMs: idle };
     }
-    const client = await this.options.db.connect();
+    // The pass's connection may break under it (server restart, terminated backend): checkout()
+    // keeps that from ending the process; the pass then fails and the loop retries with backoff.
+    const { client, release } = await checkout(this.options.db);
     let result: Omit<PassResult, 'durationMs' | 'delayMs'> & {
       capacityLimited: boolean;
       delivered?: FetchedTask[];
     };
+    let destroy = false;
     try {
       result = await this.pass(client);
       await client.query('commit');
       if (result.delivered?.length) this.options.local?.deliver(result.delivered);
     } catch (error) {
-      await client.query('rollback').catch(() => {});
+      await client.query('rollback').catch(() => (destroy = true));
       throw error;
     } finally {
-      client.release();
+      release(destroy);
     }
     const pass: PassResult = {
       leader: result.leader,

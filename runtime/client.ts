@@ -5,6 +5,8 @@
  */
 import pg from 'pg';
 import { TaskmillError, isUndefinedTable, notMigratedError } from './errors.ts';
+import { FailureLog } from './failure-log.ts';
+import { createLogger, type Logger } from './logger.ts';
 import { newTask, isUuid, type NewTask, type ScheduleContext } from './schedule-context.ts';
 import {
   cancelTasks,
@@ -26,6 +28,8 @@ export interface ClientOptions {
   pool?: pg.Pool;
   /** NOTIFY the planner when tasks are scheduled (default true). */
   notify?: boolean;
+  /** Where the client's own pool reports lost connections (default: a pino logger, level TASKMILL_LOG_LEVEL). */
+  log?: Logger;
 }
 
 export interface ScheduleOptions {
@@ -69,6 +73,14 @@ export class TaskmillClient {
     this.pool =
       options.pool ?? new pg.Pool({ connectionString, max: 10, application_name: 'taskmill-client' });
     this.ownsPool = !options.pool;
+    if (this.ownsPool) {
+      // An idle connection that dies (server restart, terminated backend, idle timeout of a proxy) is
+      // dropped by the pool, which opens a new one on next use; without this listener the pool's
+      // 'error' event would end the process. Logged once per outage, and once when a connection opens again.
+      const failures = new FailureLog(options.log ?? createLogger(undefined, { component: 'client' }));
+      this.pool.on('error', (error) => failures.failure('pool', error));
+      this.pool.on('connect', () => failures.recovered('pool'));
+    }
     this.notify = options.notify ?? true;
   }
 

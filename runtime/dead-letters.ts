@@ -8,6 +8,7 @@
  * attempt 0, created now (so the retry policy's window starts again), and wakes the planner.
  */
 import type pg from 'pg';
+import { inTransaction } from './checkout.ts';
 import { decode } from './codec.ts';
 import { TaskmillError, isUndefinedTable, notMigratedError } from './errors.ts';
 import { isUuid } from './schedule-context.ts';
@@ -229,17 +230,10 @@ function checkName(name: unknown): string {
 }
 
 async function transaction<T>(db: Db, body: (client: pg.PoolClient) => Promise<T>): Promise<T> {
-  const client = await db.connect();
   try {
-    await client.query('begin');
-    const result = await body(client);
-    await client.query('commit');
-    return result;
+    return await inTransaction(db, body);
   } catch (error) {
-    await client.query('rollback').catch(() => {});
     throw isUndefinedTable(error) ? notMigratedError(error) : error;
-  } finally {
-    client.release();
   }
 }
 

@@ -26,6 +26,8 @@ export interface HeartbeatOptions {
   inFlight: () => number;
   onReregistered: () => void;
   onError: (error: unknown) => void;
+  /** Called after each beat that reached the database. */
+  onBeat?: () => void;
   timers?: Timers;
 }
 
@@ -41,6 +43,10 @@ export class Heartbeat {
       runOnce: () => this.runOnce(),
       delayMs: () => options.intervalMs ?? DEFAULT_HEARTBEAT_INTERVAL_MS,
       onError: options.onError,
+      onSuccess: () => options.onBeat?.(),
+      // The beat is the node's liveness: while the database is away it backs off only to twice its
+      // interval, so the node is seen alive again within moments of the database coming back.
+      maxBackoffMs: 2 * (options.intervalMs ?? DEFAULT_HEARTBEAT_INTERVAL_MS),
       timers: options.timers,
     });
   }

@@ -21,6 +21,7 @@ import { TaskmillClient } from './client.ts';
 import { Completer, type FlushResult } from './completer.ts';
 import { Dispatcher, type Outcome } from './dispatcher.ts';
 import { Heartbeat } from './heartbeat.ts';
+import { FailureLog } from './failure-log.ts';
 import { Listener } from './listener.ts';
 import { createLogger, type Logger } from './logger.ts';
 import { Loop } from './loop.ts';
@@ -41,6 +42,12 @@ import {
 } from './task-store.ts';
 
 export type { NodeOptions } from './node-config.ts';
+
+/**
+ * Heartbeats to wait after the database came back before recovering dead nodes: a heartbeat backs off
+ * to at most twice its interval while the database is away, so two beats and one of margin.
+ */
+const DATABASE_BACK_GRACE_BEATS = 3;
 
 export interface NodeStats {
   id: string;
@@ -100,6 +107,9 @@ export class TaskmillNode extends EventEmitter<TaskmillNodeEvents> {
   private pumpScheduled = false;
   private stopping: Promise<void> | undefined;
   private readonly counters = { completed: 0, retried: 0, failed: 0, stale: 0 };
+  private readonly failures: FailureLog;
+  /** When the database last came back after an outage this node saw (epoch ms). */
+  private databaseBackAt = 0;
 
   /** Validates the configuration, migrates (unless told not to), registers and starts the node. */
   static async start(options: NodeOptions): Promise<TaskmillNode> {
@@ -119,15 +129,17 @@ export class TaskmillNode extends EventEmitter<TaskmillNodeEvents> {
     super();
     this.name = config.name;
     this.log = createLogger(config.logLevel, { node: config.name });
+    this.failures = new FailureLog(this.log);
     const connectionString = config.connectionString ?? process.env.DATABASE_URL;
     this.pool =
       (config.pool as pg.Pool | undefined) ??
       new pg.Pool({ connectionString, max: config.poolSize, application_name: `taskmill-node` });
     this.ownsPool = !config.pool;
-    this.pool.on('error', (error) => this.fail(error));
+    // An idle pooled connection that dies (server restart, terminated backend) is dropped by the pool.
+    this.pool.on('error', (error) => this.fail(error, 'pool'));
     this.client = new TaskmillClient({ pool: this.pool, notify: config.notifications });
     this.defs = new Map(config.tasks.map((d) => [d.name, d]));
-    const onError = (error: unknown) => this.fail(error);
+    const onError = (source: string) => (error: unknown) => this.fail(error, source);
 
     this.mailboxes = new Mailboxes((name) => this.defs.get(name)?.maxParallelInNode);
     this.dispatcher = new Dispatcher({
@@ -141,6 +153,7 @@ export class TaskmillNode extends EventEmitter<TaskmillNodeEvents> {
       maxBatchSize: config.maxBatchSize,
       abortGraceMs: config.abortGraceMs,
       execArgv: config.workerExecArgv,
+      threadHeapLimitMb: config.threadHeapLimitMb,
       shell: workerShellPolicy(config.shell, config.abortGraceMs),
     });
     this.completer = new Completer({
@@ -148,7 +161,7 @@ export class TaskmillNode extends EventEmitter<TaskmillNodeEvents> {
       nodeId: this.id,
       ...config.completer,
       onFlush: (result) => this.onFlush(result),
-      onError,
+      onError: onError('completer'),
     });
     this.heartbeat = new Heartbeat({
       db: this.pool,
@@ -167,7 +180,8 @@ export class TaskmillNode extends EventEmitter<TaskmillNodeEvents> {
           'node was declared dead and re-registered; queued tasks dropped',
         );
       },
-      onError,
+      onError: onError('heartbeat'),
+      onBeat: () => this.recovered('heartbeat'),
     });
     const fetchIntervalMs =
       config.fetchIntervalMs ??
@@ -176,15 +190,17 @@ export class TaskmillNode extends EventEmitter<TaskmillNodeEvents> {
       name: 'fetcher',
       runOnce: () => this.fetchOnce(),
       delayMs: () => fetchIntervalMs,
-      onError,
+      onError: onError('fetcher'),
+      onSuccess: () => this.recovered('fetcher'),
     });
     this.cancels = new Loop({
       name: 'cancellations',
       runOnce: () => this.checkCancellations(),
       delayMs: () => config.heartbeatIntervalMs,
-      onError,
+      onError: onError('cancellations'),
+      onSuccess: () => this.recovered('cancellations'),
     });
-    if (config.notifications) this.listener = new Listener(connectionString ?? '', onError);
+    if (config.notifications) this.listener = new Listener(connectionString ?? '', onError('listener'));
 
     if (config.planner) {
       const p = config.planner;
@@ -198,7 +214,7 @@ export class TaskmillNode extends EventEmitter<TaskmillNodeEvents> {
           if (leader) this.cron?.wake();
           this.emit('leader', leader);
         },
-        onError,
+        onError: onError('leader'),
       });
       const isLeader = () => this.lease!.isLeader;
       this.planner = new Planner({
@@ -212,17 +228,19 @@ export class TaskmillNode extends EventEmitter<TaskmillNodeEvents> {
         wakeDebounceMs: p.wakeDebounceMs,
         onPass: (pass) => this.emit('pass', pass),
         local: { nodeId: this.id, deliver: (tasks) => this.accept(tasks) },
-        onError,
+        onError: onError('planner'),
       });
       this.cron = new Cron({
         db: this.pool,
         isLeader,
         onResult: (result) => this.log.debug(result, 'cron pass'),
-        onError,
+        onError: onError('cron'),
       });
       this.maintenance = new Maintenance({
         db: this.pool,
-        isLeader,
+        isLeader: () =>
+          isLeader() &&
+          Date.now() - this.databaseBackAt >= DATABASE_BACK_GRACE_BEATS * config.heartbeatIntervalMs,
         nodeTimeoutMs: config.nodeTimeoutMs,
         intervalMs: p.maintenanceIntervalMs,
         historyRetentionMs: config.historyRetentionMs,
@@ -231,7 +249,7 @@ export class TaskmillNode extends EventEmitter<TaskmillNodeEvents> {
             this.log.warn(result, 'recovered tasks of dead nodes');
           this.emit('maintenance', result);
         },
-        onError,
+        onError: onError('maintenance'),
       });
     }
   }
@@ -259,7 +277,7 @@ export class TaskmillNode extends EventEmitter<TaskmillNodeEvents> {
     this.fetcher.start();
     this.cancels.start();
     if (this.lease) {
-      await this.lease.runOnce().catch((error) => this.fail(error));
+      await this.lease.runOnce().catch((error) => this.fail(error, 'leader'));
       this.lease.start();
       this.planner!.start();
       this.maintenance!.start();
@@ -290,6 +308,11 @@ export class TaskmillNode extends EventEmitter<TaskmillNodeEvents> {
 
   get isLeader(): boolean {
     return this.lease?.isLeader ?? false;
+  /** False while this node's loops cannot reach the database (from the first failure until a success). */
+  get databaseAvailable(): boolean {
+    return !this.failures.databaseDown;
+  }
+
   }
 
   get state(): Phase {
@@ -326,13 +349,14 @@ export class TaskmillNode extends EventEmitter<TaskmillNodeEvents> {
     await this.planner?.stop();
     await this.maintenance?.stop();
     await this.cron?.stop();
-    await this.lease?.stop().catch((error) => this.fail(error));
+    await this.lease?.stop().catch((error) => this.fail(error, 'leader'));
     await this.fetcher.stop();
     await this.cancels.stop();
 
     // Queued tasks go back now, not after the grace period: another node can run them meanwhile.
     const queued = this.mailboxes.drain().map((t) => t.id);
-    if (queued.length > 0) await releaseTasks(this.pool, this.id, queued).catch((error) => this.fail(error));
+    if (queued.length > 0)
+      await releaseTasks(this.pool, this.id, queued).catch((error) => this.fail(error, 'shutdown'));
     await this.waitForInFlight(deadline);
     if (this.dispatcher.inFlight > 0) {
       this.log.warn({ inFlight: this.dispatcher.inFlight }, 'grace period over: aborting running tasks');
@@ -342,8 +366,10 @@ export class TaskmillNode extends EventEmitter<TaskmillNodeEvents> {
     const left = await this.completer.drain(Date.now() + Math.max(5_000, this.config.shutdownGraceMs));
     if (left > 0) this.log.error({ left }, 'outcomes not committed; the planner will take these tasks back');
     // Hand back what was queued or aborted, and anything assigned after the fetcher stopped.
-    const released = await releaseTasks(this.pool, this.id).catch((error) => (this.fail(error), 0));
-    await this.heartbeat.stop().catch((error) => this.fail(error));
+    const released = await releaseTasks(this.pool, this.id).catch(
+      (error) => (this.fail(error, 'shutdown'), 0),
+    );
+    await this.heartbeat.stop().catch((error) => this.fail(error, 'shutdown'));
     await this.dispatcher.destroy();
     if (this.ownsPool) await this.pool.end();
     this.phase = 'stopped';
@@ -483,8 +509,12 @@ export class TaskmillNode extends EventEmitter<TaskmillNodeEvents> {
     );
   }
 
-  private fail(error: unknown): void {
-    this.log.error({ err: error }, 'node error');
+  /**
+   * A background failure: logged through the FailureLog (one line when it starts, at most one per
+   * interval while it goes on) and emitted, every time, as an 'error' event.
+   */
+  private fail(error: unknown, source: string): void {
+    this.failures.failure(source, error);
     if (this.listenerCount('error') > 0) this.emit('error', error);
   }
 }
@@ -497,6 +527,22 @@ function committedFlush(task: FetchedTask, outcome: 'completed' | 'cancelled'): 
     failed: 0,
     cancelled: outcome === 'cancelled' ? 1 : 0,
     stale: 0,
+
+  /**
+   * `source` reached the database. After an outage every loop is woken (they may be backing off), and
+   * dead-node recovery holds off for DATABASE_BACK_GRACE_BEATS heartbeats: every node's heartbeat went
+   * stale while the database was away, and each must get the chance to beat again before the leader
+   * judges it dead.
+   */
+  private recovered(source: string): void {
+    if (!this.failures.recovered(source)) return;
+    this.databaseBackAt = Date.now();
+    this.fetcher.wake();
+    this.cancels.wake();
+    this.lease?.wake();
+    this.planner?.wake();
+    this.cron?.wake();
+  }
     accepted: [{ id: task.id, name: task.name, outcome }],
   };
 }
