@@ -18,6 +18,7 @@ import pg from 'pg';
 import { assertSchemaKnown } from '../migrations/migrator.ts';
 import { TaskmillClient } from '../runtime/client.ts';
 import { TaskmillError, type TaskmillErrorCode } from '../runtime/errors.ts';
+import { FailureLog } from '../runtime/failure-log.ts';
 import { createLogger, type Logger } from '../runtime/logger.ts';
 import { TaskmillMetrics } from '../runtime/metrics.ts';
 import type { TaskmillNode } from '../runtime/node.ts';
@@ -92,7 +93,12 @@ export async function buildHttpApp(options: HttpServerOptions = {}): Promise<Fas
   }
   const pool = options.pool ?? new pg.Pool({ connectionString, max: 10, application_name: 'taskmill-http' });
   const ownsPool = !options.pool;
-  if (ownsPool) pool.on('error', (error) => log.error({ err: error }, 'database pool error'));
+  if (ownsPool) {
+    // An idle connection that dies is dropped by the pool: one line per outage, one when it is back.
+    const failures = new FailureLog(log);
+    pool.on('error', (error) => failures.failure('pool', error));
+    pool.on('connect', () => failures.recovered('pool'));
+  }
   const client = new TaskmillClient({ pool, notify: false });
   const waker = new PlannerWaker(pool, log);
   const batcher = new SubmitBatcher(client);
@@ -185,10 +191,13 @@ export async function buildHttpApp(options: HttpServerOptions = {}): Promise<Fas
   app.get('/healthz', { schema: { hide: true } }, async () => ({ status: 'ok' }));
   app.get('/readyz', { schema: { hide: true } }, async (_request, reply) => {
     try {
-      await assertSchemaKnown(pool);
       if (options.node && options.node.state !== 'running') {
         throw new Error(`node ${options.node.name} is ${options.node.state}`);
       }
+      if (options.node && !options.node.databaseAvailable) {
+        throw new Error(`node ${options.node.name} cannot reach the database`);
+      }
+      await withTimeout(assertSchemaKnown(pool), READY_TIMEOUT_MS, 'the database did not answer in time');
       return { status: 'ready' };
     } catch (error) {
       return reply.code(503).send({ status: 'not ready', reason: (error as Error).message });
@@ -228,6 +237,18 @@ export async function startHttpServer(options: HttpServerOptions = {}): Promise<
   app.log.info({ url }, 'HTTP API listening');
   let closing: Promise<void> | undefined;
   return { app, url, close: () => (closing ??= app.close()) };
+}
+
+/** /readyz answers 503 when the database takes longer than this to answer. */
+const READY_TIMEOUT_MS = 2_000;
+
+function withTimeout<T>(promise: Promise<T>, ms: number, message: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(message)), ms);
+  });
+  promise.catch(() => {});
+  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
 }
 
 function httpText(status: number): string {

@@ -7,6 +7,7 @@
  */
 import { threadId, workerData } from 'node:worker_threads';
 import pg from 'pg';
+import { checkout } from './checkout.ts';
 import { decode, encode } from './codec.ts';
 import { TaskmillError } from './errors.ts';
 import {
@@ -105,11 +106,16 @@ export default async function runBatch({ tasks, messages, port }: BatchRequest):
 
 let dbPool: pg.Pool | undefined;
 function pool(): pg.Pool {
-  dbPool ??= new pg.Pool({
-    connectionString: init.connectionString,
-    max: 8,
-    application_name: 'taskmill-worker',
-  });
+  if (!dbPool) {
+    dbPool = new pg.Pool({
+      connectionString: init.connectionString,
+      max: 8,
+      application_name: 'taskmill-worker',
+    });
+    // An idle connection that dies (server restart, terminated backend) is dropped by the pool and
+    // replaced on next use; without a listener the 'error' event would end the worker thread.
+    dbPool.on('error', () => {});
+  }
   return dbPool;
 }
 
@@ -207,7 +213,9 @@ async function runExactlyOnce(
   children: NewTask[],
   joinMessages: JoinMessage[],
 ): Promise<WorkerOutcome> {
-  const client = await pool().connect();
+  // checkout(): a connection that breaks while the handler holds it fails this task (its query rejects)
+  // instead of ending the thread, and is destroyed rather than returned to the pool.
+  const { client, release } = await checkout(pool());
   let open = false;
   try {
     await client.query('begin');
@@ -249,8 +257,9 @@ async function runExactlyOnce(
     return { type: 'committed', id: task.id, outcome: 'completed' };
   } finally {
     ctx.db = undefined;
-    if (open) await client.query('rollback').catch(() => {});
-    client.release();
+    let destroy = false;
+    if (open) await client.query('rollback').catch(() => (destroy = true));
+    release(destroy);
   }
 }
 
