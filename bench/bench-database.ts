@@ -21,8 +21,10 @@ export interface BenchDatabase {
 }
 
 /** The server of a run: DATABASE_URL, or the embedded server (started here and stopped by `stop()`). */
-export function openBenchServer(): Promise<DatabaseHandle> {
-  return openDatabase();
+export async function openBenchServer(): Promise<DatabaseHandle> {
+  const server = await openDatabase();
+  if (server.dataDir) console.error(`embedded PostgreSQL at ${server.url} (data in ${server.dataDir})`);
+  return server;
 }
 
 /** Creates an empty database named after the run; `migrate` applies taskmill's schema. */

@@ -1,10 +1,11 @@
 /**
  * Which database a command talks to: `--database-url`, else DATABASE_URL, else the embedded server
- * started by `taskmill db start` (found through its data folder, TASKMILL_DATA_DIR or `.taskmill/pg`).
+ * started by `taskmill db start` (found through its data folder: TASKMILL_DATA_DIR, else `.taskmill/pg`
+ * under the current directory).
  */
 import path from 'node:path';
-import pg from 'pg';
-import { DEFAULT_EMBEDDED_DIR, embeddedUrl, runningEmbeddedPort } from '../runtime/database.ts';
+import type pg from 'pg';
+import { defaultEmbeddedDir, embeddedUrl, runningEmbeddedPort } from '../runtime/database.ts';
 import { CliError, EXIT, type CliIo } from './output.ts';
 
 export interface DatabaseOptions {
@@ -12,8 +13,7 @@ export interface DatabaseOptions {
 }
 
 export function dataDirOf(io: CliIo, option?: string): string {
-  const dir = option ?? io.env.TASKMILL_DATA_DIR;
-  return dir ? path.resolve(io.cwd, dir) : DEFAULT_EMBEDDED_DIR;
+  return option ? path.resolve(io.cwd, option) : defaultEmbeddedDir(io.env, io.cwd);
 }
 
 /** The URL to use, or undefined when nothing is configured or running. */
@@ -41,6 +41,7 @@ export async function withPool<T>(
   io: CliIo,
   fn: (pool: pg.Pool) => Promise<T>,
 ): Promise<T> {
+  const { default: pg } = await import('pg');
   const pool = new pg.Pool({
     connectionString: await databaseUrl(opts, io),
     max: 4,

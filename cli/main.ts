@@ -3,20 +3,97 @@
  * exit code; it never exits the process, so tests run commands in-process. `main()` wires it to the
  * real process: stdout/stderr, the environment, and SIGINT/SIGTERM (the first one asks long-running
  * commands to stop gracefully, a second one exits at once).
+ *
+ * Startup stays cheap (`taskmill --help` loads no database driver, logger or schema library): the
+ * command modules import what their actions need when they run.
  */
 import { Command, CommanderError } from 'commander';
 import { registerDbCommands } from './commands/db.ts';
 import { registerMigrateCommands } from './commands/migrate.ts';
 import { registerNodeCommand } from './commands/node.ts';
-import { registerClusterCommand } from './commands/cluster.ts';
 import { registerServeCommand } from './commands/serve.ts';
 import { registerScheduleCommand } from './commands/schedule.ts';
-import { registerStatusCommand } from './commands/status.ts';
-import { registerTaskCommands } from './commands/task.ts';
-import { registerWorkflowCommands } from './commands/workflow.ts';
 import { registerDltCommands } from './commands/dlt.ts';
 import { registerBenchCommands } from './commands/bench.ts';
-import { EXIT, exitCodeOf, type CliIo } from './output.ts';
+import { CliError, EXIT, exitCodeOf, type CliIo } from './output.ts';
+
+type Register = (program: Command, ctx: CommandContext) => void;
+
+/**
+ * Commands whose modules are loaded only when they run (or by loadCommands()): they import the task
+ * store, the codec and the planner at the top. Until loaded, the program lists them by `summary`
+ * (keep it equal to the command's description; test/consumer.test.ts checks).
+ */
+export const LAZY_COMMANDS: Record<string, { summary: string; load: () => Promise<Register> }> = {
+  cluster: {
+    summary: 'Run N node processes locally against one database, with prefixed logs; Ctrl-C stops them all',
+    load: () => import('./commands/cluster.ts').then((m) => m.registerClusterCommand, clusterUnavailable),
+  },
+  status: {
+    summary: 'Show nodes, the leader, queue depths by state and task, throughput and recent failures',
+    load: () => import('./commands/status.ts').then((m) => m.registerStatusCommand),
+  },
+  task: {
+    summary: 'Look at or cancel one task',
+    load: () => import('./commands/task.ts').then((m) => m.registerTaskCommands),
+  },
+  workflow: {
+    summary: 'Look at, wait for or cancel a workflow',
+    load: () => import('./commands/workflow.ts').then((m) => m.registerWorkflowCommands),
+  },
+};
+const loaded = new Map<string, Register>();
+
+/** Loads the modules of the given lazy commands (default: all of them), so buildProgram() registers them. */
+export async function loadCommands(names: string[] = Object.keys(LAZY_COMMANDS)): Promise<void> {
+  for (const name of names) {
+    if (!loaded.has(name) && LAZY_COMMANDS[name]) loaded.set(name, await LAZY_COMMANDS[name].load());
+  }
+}
+
+/** The command an argument list runs (`help <command>` included), skipping the global options. */
+export function commandOf(argv: string[]): string | undefined {
+  let help = false;
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i];
+    if (arg === '--database-url') i++;
+    else if (arg === 'help' && !help) help = true;
+    else if (!arg.startsWith('-')) return arg;
+  }
+  return undefined;
+}
+
+/**
+ * `taskmill cluster` runs the local cluster script of taskmill's repository (scripts/, through tsx). The
+ * published package does not ship scripts/: there the command says so instead of the whole CLI failing.
+ */
+function clusterUnavailable(error: { code?: string }): Register {
+  if (error.code !== 'ERR_MODULE_NOT_FOUND') throw error;
+  return (program) => {
+    program
+      .command('cluster')
+      .description('Run N node processes locally (from a checkout of the taskmill repository only)')
+      .argument('[args...]')
+      .allowUnknownOption()
+      .helpOption(false)
+      .action(() => {
+        throw new CliError(
+          EXIT.UNAVAILABLE,
+          'taskmill cluster runs from a checkout of the taskmill repository (its scripts/ folder), ' +
+            'which the installed package leaves out. Start each node with `taskmill node --tasks <module>`.',
+        );
+      });
+  };
+}
+
+/** A command not loaded yet: listed with its summary; runCli() loads the real one before it runs. */
+function lazy(name: string): Register {
+  return (program, ctx) => {
+    const register = loaded.get(name);
+    if (register) register(program, ctx);
+    else program.command(name).description(LAZY_COMMANDS[name].summary).allowUnknownOption();
+  };
+}
 
 export interface CommandContext {
   io: CliIo;
@@ -42,12 +119,12 @@ export function buildProgram(ctx: CommandContext): Command {
   registerDbCommands(program, ctx);
   registerMigrateCommands(program, ctx);
   registerNodeCommand(program, ctx);
-  registerClusterCommand(program, ctx);
+  lazy('cluster')(program, ctx);
   registerServeCommand(program, ctx);
   registerScheduleCommand(program, ctx);
-  registerStatusCommand(program, ctx);
-  registerTaskCommands(program, ctx);
-  registerWorkflowCommands(program, ctx);
+  lazy('status')(program, ctx);
+  lazy('task')(program, ctx);
+  lazy('workflow')(program, ctx);
   registerDltCommands(program, ctx);
   registerBenchCommands(program, ctx);
   return program;
@@ -56,6 +133,8 @@ export function buildProgram(ctx: CommandContext): Command {
 /** Runs one command line (without the program name); resolves with the exit code. */
 export async function runCli(argv: string[], io: CliIo): Promise<number> {
   let code: number = EXIT.OK;
+  const command = commandOf(argv);
+  if (command !== undefined) await loadCommands([command]);
   const program = buildProgram({ io, exit: (c) => (code = c) });
   try {
     await program.parseAsync(argv, { from: 'user' });

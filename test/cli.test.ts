@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import type { Command } from 'commander';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { buildProgram, runCli } from '../cli/main.ts';
+import { buildProgram, loadCommands, runCli } from '../cli/main.ts';
 import { EXIT } from '../cli/output.ts';
 import { freePort } from '../runtime/database.ts';
 import { count, createTestDatabase, until, type TestDatabase } from './helpers/database.ts';
@@ -83,6 +83,8 @@ async function startCliNode(name: string, extra: string[] = []) {
     },
   };
 }
+
+await loadCommands();
 
 describe('every command', () => {
   function paths(command: Command, prefix: string[] = []): string[][] {

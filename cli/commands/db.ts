@@ -13,6 +13,7 @@ import type { Command } from 'commander';
 import {
   DEFAULT_EMBEDDED_PORT,
   embeddedUrl,
+  loadEmbeddedPostgres,
   runningEmbeddedPort,
   startEmbeddedPostgres,
 } from '../../runtime/database.ts';
@@ -36,7 +37,7 @@ export function registerDbCommands(program: Command, ctx: CommandContext): void 
     .description('Manage the embedded PostgreSQL server (used when DATABASE_URL is not set)');
   const dataDirOption = [
     '--data-dir <dir>',
-    'data folder (default: TASKMILL_DATA_DIR or .taskmill/pg)',
+    'data folder (default: TASKMILL_DATA_DIR, else .taskmill/pg under the current directory)',
   ] as const;
 
   db.command('start')
@@ -44,7 +45,7 @@ export function registerDbCommands(program: Command, ctx: CommandContext): void 
     .option(...dataDirOption)
     .option(
       '--port <port>',
-      `TCP port on 127.0.0.1, 0 for any free one (default ${DEFAULT_EMBEDDED_PORT})`,
+      `TCP port on 127.0.0.1, 0 for any free one (default ${DEFAULT_EMBEDDED_PORT}, or a free one when taken)`,
       intOption('--port', 0, 65535),
     )
     .option('--json', 'print JSON')
@@ -78,21 +79,18 @@ async function start(io: CliIo, opts: DbOptions): Promise<void> {
   const running = await runningEmbeddedPort(dataDir);
   if (running !== undefined) {
     const info = { status: 'running', url: embeddedUrl(running), dataDir, started: false };
-    print(io, opts.json, info, (i) => `already running: ${i.url}`);
+    print(io, opts.json, info, (i) => `already running: ${i.url}\n(data ${i.dataDir})`);
     return;
   }
+  // Fails now, with what to install, rather than in the background process.
+  await loadEmbeddedPostgres().catch((error: Error) => {
+    throw new CliError(EXIT.UNAVAILABLE, error.message);
+  });
   const { log, pid } = files(dataDir);
   mkdirSync(path.dirname(dataDir), { recursive: true });
   const logFd = openSync(log, 'a');
-  const args = [
-    CLI_ENTRY,
-    'db',
-    'run',
-    '--data-dir',
-    dataDir,
-    '--port',
-    String(opts.port ?? DEFAULT_EMBEDDED_PORT),
-  ];
+  const args = [CLI_ENTRY, 'db', 'run', '--data-dir', dataDir];
+  if (opts.port !== undefined) args.push('--port', String(opts.port));
   const child = spawn(process.execPath, args, {
     detached: true,
     stdio: ['ignore', logFd, logFd],

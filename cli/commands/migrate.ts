@@ -1,6 +1,5 @@
 /** `taskmill migrate up|status`: the numbered SQL migrations of migrations/. */
 import type { Command } from 'commander';
-import { migrate, migrationStatus } from '../../migrations/migrator.ts';
 import { withPool } from '../database-url.ts';
 import { EXIT, print, table } from '../output.ts';
 import type { CommandContext } from '../main.ts';
@@ -13,6 +12,7 @@ export function registerMigrateCommands(program: Command, ctx: CommandContext): 
     .description('Apply pending migrations (safe while nodes run or start)')
     .option('--json', 'print JSON')
     .action(async (opts: { json?: boolean }, command: Command) => {
+      const { migrate } = await import('../../migrations/migrator.ts');
       const applied = await withPool(command.optsWithGlobals(), ctx.io, (pool) => migrate(pool));
       print(ctx.io, opts.json, { applied }, (r) =>
         r.applied.length
@@ -26,6 +26,7 @@ export function registerMigrateCommands(program: Command, ctx: CommandContext): 
     .description('List applied and pending migrations (exit code 5 when some are pending)')
     .option('--json', 'print JSON')
     .action(async (opts: { json?: boolean }, command: Command) => {
+      const { migrationStatus } = await import('../../migrations/migrator.ts');
       const status = await withPool(command.optsWithGlobals(), ctx.io, (pool) => migrationStatus(pool));
       const data = {
         applied: status.applied,

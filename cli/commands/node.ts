@@ -5,14 +5,12 @@
  * the embedded server itself and stops it on exit.
  */
 import type { Command } from 'commander';
-import { startEmbeddedPostgres, type DatabaseHandle } from '../../runtime/database.ts';
-import { createLogger } from '../../runtime/logger.ts';
+import type { DatabaseHandle } from '../../runtime/database.ts';
 import type { NodeOptions } from '../../runtime/node.ts';
 import type { HttpServer } from '../../http/server.ts';
 import { parseAddress } from '../address.ts';
 import { dataDirOf, findDatabaseUrl } from '../database-url.ts';
 import { intOption } from '../output.ts';
-import { loadTaskModules } from '../task-modules.ts';
 import type { CommandContext } from '../main.ts';
 
 interface NodeCommandOptions {
@@ -64,9 +62,13 @@ export function registerNodeCommand(program: Command, ctx: CommandContext): void
 
 async function runNode(ctx: CommandContext, opts: NodeCommandOptions): Promise<void> {
   const { io } = ctx;
+  // Loaded here, not at the top: every other command starts faster without the logger, the task
+  // definitions (zod), the node and the server.
+  const { createLogger } = await import('../../runtime/logger.ts');
+  const { loadTaskModules } = await import('../task-modules.ts');
+  const { startEmbeddedPostgres } = await import('../../runtime/database.ts');
   const log = createLogger(opts.logLevel ?? io.env.TASKMILL_LOG_LEVEL, { component: 'cli' });
   const tasks = await loadTaskModules(opts.tasks, io.cwd);
-  // Loaded here, not at the top: the other commands start faster without the node and the server.
   const { startNode } = await import('../../runtime/node.ts');
   const { startHttpServer } = await import('../../http/server.ts');
   let db: DatabaseHandle | undefined;
@@ -74,7 +76,7 @@ async function runNode(ctx: CommandContext, opts: NodeCommandOptions): Promise<v
   if (!url) {
     db = await startEmbeddedPostgres({ dataDir: dataDirOf(io) });
     url = db.url;
-    log.info({ url }, 'started the embedded PostgreSQL server for this node');
+    log.info({ url, dataDir: db.dataDir }, 'embedded PostgreSQL server for this node');
   }
   let http: HttpServer | undefined;
   try {

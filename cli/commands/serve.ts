@@ -1,6 +1,5 @@
 /** `taskmill serve`: the HTTP API, dashboard and cluster metrics without a node, until SIGINT/SIGTERM. */
 import type { Command } from 'commander';
-import { createLogger } from '../../runtime/logger.ts';
 import { parseAddress } from '../address.ts';
 import { databaseUrl } from '../database-url.ts';
 import type { CommandContext } from '../main.ts';
@@ -17,6 +16,7 @@ export function registerServeCommand(program: Command, ctx: CommandContext): voi
       const opts = command.optsWithGlobals<{ token?: string; logLevel?: string; databaseUrl?: string }>();
       const { host, port } = parseAddress(address);
       const { startHttpServer } = await import('../../http/server.ts');
+      const { createLogger } = await import('../../runtime/logger.ts');
       const log = createLogger(opts.logLevel ?? ctx.io.env.TASKMILL_LOG_LEVEL, { component: 'http' });
       const server = await startHttpServer({
         connectionString: await databaseUrl(opts, ctx.io),
