@@ -34,7 +34,10 @@ export default worker.default;
 function resolveTsx(parents) {
   for (const parent of parents) {
     try {
-      return pathToFileURL(createRequire(parent).resolve('tsx/esm/api')).href;
+      // require.resolve picks tsx's CommonJS build (index.cjs), whose register() cannot load its own
+      // ESM hooks (ERR_MODULE_NOT_FOUND .../api/esm/index.mjs); the ESM build sits next to it.
+      const resolved = createRequire(parent).resolve('tsx/esm/api');
+      return pathToFileURL(resolved.replace(/\.cjs$/, '.mjs')).href;
     } catch {
       // Not installed where this module lives: try the next one.
     }
