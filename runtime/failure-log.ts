@@ -106,18 +106,18 @@ export class FailureLog {
       this.kinds.set(kind, { since: now, lastLogged: now, unlogged: 0, total: 1 });
       if (database) {
         this.log.error(
-          { err: error, source },
+          { err: summarize(error), source },
           'database unavailable; retrying with backoff (one line per interval until it is back)',
         );
       } else {
-        this.log.error({ err: error, source }, `${source} failed`);
+        this.log.error({ err: summarize(error), source }, `${source} failed`);
       }
       return;
     }
     state.total++;
     state.unlogged++;
     if (now - state.lastLogged < this.intervalMs) return;
-    const fields = { err: error, source, failures: state.unlogged, sinceMs: now - state.since };
+    const fields = { err: summarize(error), source, failures: state.unlogged, sinceMs: now - state.since };
     state.lastLogged = now;
     state.unlogged = 0;
     if (database) this.log.error(fields, 'database still unavailable');
@@ -142,6 +142,16 @@ export class FailureLog {
     for (const kind of this.kinds.keys()) if (kind.startsWith(`${source}:`)) this.kinds.delete(kind);
     return db !== undefined;
   }
+}
+
+/**
+ * What a line says about an error: its type, code and message (a pg error carries its client, with the
+ * connection's whole state, which has no place in a log line).
+ */
+function summarize(error: unknown): Record<string, unknown> {
+  if (!error || typeof error !== 'object') return { message: String(error) };
+  const { name, code, message } = error as { name?: unknown; code?: unknown; message?: unknown };
+  return { type: name, code, message };
 }
 
 function errorCode(error: unknown): string {
