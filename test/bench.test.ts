@@ -27,7 +27,15 @@ interface Run {
   result?: BenchResult;
 }
 
-function run(script: string, args: string[]): Promise<Run> {
+/**
+ * Each benchmark runs alone (they are sized for a quiet machine, and several node processes each would
+ * also take more connections at once than a stock server's max_connections = 100 leaves). A run that
+ * has not ended by its deadline is killed and fails with its output, before the test's own timeout.
+ */
+const RUN_DEADLINE_MS = 150_000;
+const TEST_TIMEOUT_MS = RUN_DEADLINE_MS + 15_000;
+
+function run(script: string, args: string[], deadlineMs = RUN_DEADLINE_MS): Promise<Run> {
   return new Promise((resolve, reject) => {
     const child = spawn(process.execPath, ['--import', TSX, path.join(ROOT, script), ...args], {
       cwd: ROOT,
@@ -38,8 +46,15 @@ function run(script: string, args: string[]): Promise<Run> {
     let stderr = '';
     child.stdout.on('data', (c: Buffer) => (stdout += c.toString()));
     child.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
+    const timer = setTimeout(() => {
+      child.kill('SIGKILL');
+      reject(
+        new Error(`${script} ${args.join(' ')} still running after ${deadlineMs} ms:\n${stdout}\n${stderr}`),
+      );
+    }, deadlineMs);
     child.once('error', reject);
     child.once('exit', (code) => {
+      clearTimeout(timer);
       const lines = stdout.trim().split('\n');
       const summary = lines[lines.length - 1] ?? '';
       const file = /; result: (.+\.json)$/.exec(summary)?.[1];
@@ -49,8 +64,8 @@ function run(script: string, args: string[]): Promise<Run> {
   });
 }
 
-async function bench(script: string, args: string[]): Promise<BenchResult> {
-  const r = await run(script, args);
+async function bench(script: string, args: string[], deadlineMs?: number): Promise<BenchResult> {
+  const r = await run(script, args, deadlineMs);
   if (r.code !== 0 || !r.result)
     throw new Error(`${script} ${args.join(' ')} failed (${r.code}):\n${r.stderr}`);
   // One summary line on stdout, nothing else.
@@ -63,7 +78,7 @@ async function bench(script: string, args: string[]): Promise<BenchResult> {
 
 type Reports = { completed: number; cpuSeconds: number }[];
 
-describe.concurrent('benchmarks at a tiny size', () => {
+describe('benchmarks at a tiny size', { timeout: TEST_TIMEOUT_MS }, () => {
   it('flat burn-down, in-process: every task completes once', async () => {
     const r = await bench('bench/flat.ts', ['--tasks', '300', '--warmup', '50']);
     const f = r.figures as { tasks: number; seconds: number; tasksPerSec: number; nodeReports: Reports };
@@ -169,9 +184,13 @@ describe.concurrent('benchmarks at a tiny size', () => {
 
   it(
     'peers: every system burns down the same jobs and reports a ratio to taskmill',
-    { timeout: 120_000 },
+    { timeout: 2 * TEST_TIMEOUT_MS },
     async () => {
-      const r = await bench('bench/compare-peers.ts', ['--tasks', '100', '--samples', '3']);
+      const r = await bench(
+        'bench/compare-peers.ts',
+        ['--tasks', '100', '--samples', '3'],
+        2 * RUN_DEADLINE_MS,
+      );
       const systems = (
         r.figures as {
           systems: {
@@ -223,7 +242,7 @@ describe.concurrent('benchmarks at a tiny size', () => {
   });
 });
 
-describe('scripts over the result files', () => {
+describe('scripts over the result files', { timeout: TEST_TIMEOUT_MS }, () => {
   it('sweep: one result per point, a table and a chart', async () => {
     const r = await bench('scripts/sweep.ts', [
       '--batch-size',
