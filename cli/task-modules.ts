@@ -14,9 +14,7 @@ export async function loadTaskModules(specs: string[], cwd: string): Promise<Tas
     const file = path.resolve(cwd, spec);
     if (!existsSync(file)) throw new CliError(EXIT.USAGE, `Task module not found: ${file}`);
     const module = (await import(pathToFileURL(file).href)) as Record<string, unknown>;
-    const defs = Object.values(module)
-      .flatMap((value) => (Array.isArray(value) ? value : [value]))
-      .filter(isTaskDefinition);
+    const defs = taskDefinitionsOf(module);
     for (const def of defs) found.add(def);
     if (defs.length === 0) {
       throw new CliError(
@@ -26,4 +24,16 @@ export async function loadTaskModules(specs: string[], cwd: string): Promise<Tas
     }
   }
   return [...found];
+}
+
+/**
+ * The task definitions a loaded module exports: named exports, the default export, and arrays of them.
+ * The one rule of what a tasks module is, shared by `taskmill node --tasks` and the node processes of
+ * `taskmill cluster` (scripts/local-cluster-node.ts).
+ */
+export function taskDefinitionsOf(module: Record<string, unknown>): TaskDefinition[] {
+  const defs = Object.values(module)
+    .flatMap((value) => (Array.isArray(value) ? value : [value]))
+    .filter(isTaskDefinition);
+  return [...new Set(defs)];
 }

@@ -26,6 +26,7 @@ import { bearerAuth, checkBinding, hostCheck, HTTP_DEFAULTS, parseAllowedHosts }
 
 export { HTTP_DEFAULTS };
 import { registerClusterRoutes } from './cluster-routes.ts';
+import { registerCronRoutes } from './cron-routes.ts';
 import { registerDeadLetterRoutes } from './dead-letter-routes.ts';
 import { parseQuery } from './schemas.ts';
 import { PlannerWaker } from './planner-waker.ts';
@@ -218,6 +219,7 @@ export async function buildHttpApp(options: HttpServerOptions = {}): Promise<Fas
   registerClusterRoutes(app, { pool, nodeTimeoutMs: options.nodeTimeoutMs });
   registerWorkflowRoutes(app, { pool });
   registerDeadLetterRoutes(app, { pool });
+  registerCronRoutes(app, { pool, nodeTimeoutMs: options.nodeTimeoutMs });
   return app;
 }
 

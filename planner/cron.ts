@@ -16,6 +16,14 @@
  *     for the most recent missed slot; `'skip'`: none. Either way they are then handled.
  * An instance's message is a CronMessage. "now" is the database clock unless a clock is injected.
  *
+ * At most one instance waits per cron: while the last instance a pass created has not started (still
+ * `ready` with no failed attempt: no node has taken it, e.g. no live node runs the task), due slots
+ * create nothing and count as missed. `run-once`: the waiting instance stands for them (its message
+ * becomes the most recent held-back slot, `catchUp: true`), so it runs once when a node takes it;
+ * `'skip'`: it keeps its own slot. last_slot moves past the held-back slots with the same
+ * compare-and-set, in a statement that also locks the waiting instance, so an instance the planner
+ * claims meanwhile is seen as started and the slots get instances as usual.
+ *
  * States: stopped -> running -> stopped; passes do nothing unless this node leads.
  * tm_cron rows are written by registering nodes (definition columns) and by the leader (last_slot).
  */
@@ -186,6 +194,8 @@ export interface CronPassResult {
   caughtUp: number;
   /** Crons whose missed slots were skipped (`skip`). */
   skipped: number;
+  /** Crons whose due slots were held back: their last instance had not started. */
+  heldBack: number;
   /** Crons another leader had handled first (compare-and-set lost). */
   lost: number;
   /** Time to the next due slot of any cron, if any. */
@@ -210,6 +220,9 @@ interface CronRow {
   timezone: string;
   missed: CronMissedPolicy;
   last_slot: Date;
+  last_task_id: string | null;
+  /** The last instance has not started (still ready, no failed attempt). */
+  last_waiting: boolean;
   options: Record<string, unknown>;
   db_now: Date;
 }
@@ -250,13 +263,17 @@ export class Cron {
       created: 0,
       caughtUp: 0,
       skipped: 0,
+      heldBack: 0,
       lost: 0,
       nextInMs: undefined,
     };
     if (!result.leader) return result;
     const { rows } = await this.options.db.query<CronRow>(
-      `select c.name, c.expression, c.timezone, c.missed, c.last_slot, d.options, clock_timestamp() as db_now
-       from tm_cron c join tm_task_defs d using (name) order by c.name`,
+      `select c.name, c.expression, c.timezone, c.missed, c.last_slot, c.last_task_id,
+         coalesce(t.state = 'ready' and t.attempt = 0, false) as last_waiting, d.options,
+         clock_timestamp() as db_now
+       from tm_cron c join tm_task_defs d using (name) left join tm_tasks t on t.id = c.last_task_id
+       order by c.name`,
     );
     for (const row of rows) {
       const now = this.options.now?.() ?? row.db_now;
@@ -268,7 +285,7 @@ export class Cron {
         this.options.onError(error);
       }
     }
-    if (result.created + result.skipped + result.lost > 0) this.options.onResult?.(result);
+    if (result.created + result.skipped + result.heldBack + result.lost > 0) this.options.onResult?.(result);
     return result;
   }
 
@@ -277,6 +294,16 @@ export class Cron {
     const plan = planSlots(row, row.last_slot, now, this.options.missedAfterMs);
     if (!plan) return false;
     const def = { ...row.options, name: row.name } as TaskDefinition;
+    if (row.last_waiting && row.last_task_id) {
+      const latest = schedule(row.expression, row.timezone).previousRuns(1, new Date(now.getTime() + 1))[0];
+      const stand =
+        row.missed === 'run-once' ? newTask(def, { message: { slot: latest, catchUp: true } }) : undefined;
+      const held = await holdBack(this.options.db, row.name, row.last_task_id, plan.firstDue, latest, stand);
+      if (held === 'lost') result.lost++;
+      if (held === 'held') result.heldBack++;
+      // 'started': the instance left the queue meanwhile; the slots get instances as usual.
+      if (held !== 'started') return false;
+    }
     const tasks: NewTask[] = plan.create.map((message) => newTask(def, { message }));
     const inserted = await createInstances(this.options.db, row.name, plan, tasks);
     if (inserted === undefined) {
@@ -288,6 +315,39 @@ export class Cron {
     if (plan.missed && row.missed === 'skip') result.skipped++;
     return plan.more;
   }
+}
+
+/**
+ * Moves last_slot to `latest` without an instance while the cron's last instance has not started, in
+ * one statement that locks that instance first (a claim by the planner in progress is waited for) and,
+ * for `run-once`, makes its message stand for `latest`. 'started': the instance had left the queue
+ * (nothing changed); 'lost': last_slot had already moved (another leader).
+ */
+async function holdBack(
+  db: Pick<pg.Pool, 'query'>,
+  name: string,
+  waitingId: string,
+  firstDue: Date,
+  latest: Date,
+  stand: NewTask | undefined,
+): Promise<'held' | 'started' | 'lost'> {
+  const { rows } = await db.query<{ waiting: number; advanced: number }>(
+    `with waiting as (
+       select id from tm_tasks where id = $1 and state = 'ready' and attempt = 0 for update),
+     cas as (
+       update tm_cron set last_slot = $3, updated_at = now()
+       where name = $2 and last_slot < $4 and exists (select 1 from waiting)
+       returning name),
+     stand as (
+       update tm_tasks set message = $5 where $5::bytea is not null and id in (select id from waiting)
+         and exists (select 1 from cas)
+       returning 1)
+     select (select count(*) from waiting)::int as waiting, (select count(*) from cas)::int as advanced,
+       (select count(*) from stand)::int as stood`,
+    [waitingId, name, latest, firstDue, stand?.message ?? null],
+  );
+  if (rows[0].waiting === 0) return 'started';
+  return rows[0].advanced === 1 ? 'held' : 'lost';
 }
 
 /**

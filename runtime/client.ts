@@ -20,6 +20,7 @@ import {
 import { cancelWorkflow, waitForWorkflow, workflowStatus, type WorkflowStatus } from './workflows.ts';
 import { TASK_NAME_PATTERN, isTaskDefinition, type TaskDefinition } from './task-definition.ts';
 import { decode } from './codec.ts';
+import type { CronInfo } from '../planner/cron-table.ts';
 
 export interface ClientOptions {
   /** Default: DATABASE_URL. */
@@ -191,6 +192,23 @@ export class TaskmillClient {
   /** Cancels every pending task of a workflow and aborts its running ones. */
   cancelWorkflow(id: string): Promise<{ cancelled: number; requested: number }> {
     return cancelWorkflow(this.pool, id);
+  }
+
+  /** The crons the leader runs (planner/cron-table.ts): slots, last instance, live nodes running each. */
+  async listCrons(): Promise<CronInfo[]> {
+    const { listCrons } = await import('../planner/cron-table.ts');
+    return listCrons(this.pool);
+  }
+
+  /**
+   * Removes a cron whose definition is gone: no more instances are created (those created stay; cancel
+   * the waiting one by `lastTaskId`). Throws NOT_FOUND for a name without a cron.
+   */
+  async removeCron(
+    name: string,
+  ): Promise<{ name: string; lastTaskId: string | null; lastTaskState: CronInfo['lastTaskState'] }> {
+    const { removeCron } = await import('../planner/cron-table.ts');
+    return removeCron(this.pool, name);
   }
 
   async close(): Promise<void> {

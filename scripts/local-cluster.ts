@@ -11,20 +11,28 @@
  *
  * The node module (a .ts or .js file; each process loads it through scripts/local-cluster-node.ts with
  * DATABASE_URL, TASKMILL_NODE_INDEX and TASKMILL_NODE_NAME set) takes one of three shapes:
- *   1. task definitions: `export default [defA, defB]` or `export const tasks = [...]`, optionally
- *      `export const nodeOptions = {...}` (any startNode option): the process starts a node named
- *      `node-<i>` running them, and stops it gracefully on SIGTERM/SIGINT.
+ *   1. a tasks module, the same as `taskmill node --tasks` takes (cli/task-modules.ts decides): task
+ *      definitions exported by name, as the default export, or in arrays (`export const a =
+ *      defineTask(...)`, `export default [defA, defB]`), optionally `export const nodeOptions = {...}`
+ *      (any startNode option): the process starts a node named `node-<i>` running them, and stops it
+ *      gracefully on SIGTERM/SIGINT.
  *   2. a function: `export default async function ({ index, name }) { return startNode({...}) }`: it
  *      starts what it wants; if it returns something with `stop()` (a TaskmillNode), the process calls
  *      it on SIGTERM/SIGINT and then exits 0.
- *   3. anything else runs on import and owns its process (e.g. `startNode({..., handleSignals: true})`).
+ *   3. anything else runs on import and owns its process (e.g. `startNode({..., handleSignals: true,
+ *      name: process.env.TASKMILL_NODE_NAME })`).
+ * Whatever the shape, a process must register a node within `registerTimeoutMs` (30 s): one that
+ * does not exits with NO_NODE_EXIT_CODE, and the cluster stops with that error (`error`) instead of
+ * reporting the node as started.
  *
- * States of the cluster: starting -> running -> stopping -> stopped. Per node process: running ->
- * exited -> (restarting -> running)*: with `restart` on, a process that exits without being asked (a
- * crash, a kill, a non-zero exit) is started again with the same index after a delay that doubles on
- * each quick crash (500 ms up to 10 s). Stop (Ctrl-C or SIGTERM in the CLI, `stop()` in code): SIGTERM
- * to every node, SIGKILL to those still alive after the grace period, then the database it started.
- * When every node has exited and none will restart, the cluster stops by itself.
+ * States of the cluster: starting -> running -> stopping -> stopped. Per node process: starting ->
+ * running (its node registered) -> exited -> (restarting -> starting)*: with `restart` on, a process
+ * that exits without being asked (a crash, a kill, a non-zero exit) is started again with the same
+ * index after a delay that doubles on each quick crash (500 ms up to 10 s), except one that registered
+ * no node (NO_NODE_EXIT_CODE), which stops the cluster with an error, as does any process that exits
+ * before registering when `restart` is off. Stop (Ctrl-C or SIGTERM in the CLI, `stop()` in code):
+ * SIGTERM to every node, SIGKILL to those still alive after the grace period, then the database it
+ * started. When every node has exited and none will restart, the cluster stops by itself.
  *
  * Nodes and the embedded server run in process groups of their own, so a terminal Ctrl-C reaches only
  * the cluster, which then stops them in order; if the cluster process dies, each of them sees its stdin
@@ -37,6 +45,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Command, InvalidArgumentError } from 'commander';
 import type { DatabaseHandle, EmbeddedOptions } from '../runtime/database.ts';
+import { TaskmillError } from '../runtime/errors.ts';
 
 export const LOCAL_CLUSTER_DEFAULTS = {
   /** SIGTERM to SIGKILL; above a node's default shutdownGraceMs (10 s) so it can finish in-flight tasks. */
@@ -45,7 +54,19 @@ export const LOCAL_CLUSTER_DEFAULTS = {
   maxRestartDelayMs: 10_000,
   /** A process that ran at least this long before crashing restarts after the initial delay again. */
   stableAfterMs: 10_000,
+  /** A node process must have registered its node within this time (migrations on first start included). */
+  registerTimeoutMs: 30_000,
 };
+
+/** Exit code of a node process whose module registered no node: bad input, nothing to restart. */
+export const NO_NODE_EXIT_CODE = 2;
+
+/** What a node process tells the cluster over IPC once its node is in tm_nodes. */
+export interface RegisteredMessage {
+  type: 'registered';
+  id: string;
+  name: string;
+}
 
 const RUNNER = fileURLToPath(new URL('./local-cluster-node.ts', import.meta.url));
 const DB_HOLDER = fileURLToPath(new URL('./local-cluster-db.ts', import.meta.url));
@@ -75,6 +96,8 @@ export interface LocalClusterOptions {
   embedded?: EmbeddedOptions;
   graceMs?: number;
   restartDelayMs?: number;
+  /** How long a node process may take to register its node (default 30 s). */
+  registerTimeoutMs?: number;
 }
 
 export interface ClusterNodeProcess {
@@ -83,7 +106,10 @@ export interface ClusterNodeProcess {
   /** Process id of the current (or last) process of this node. */
   readonly pid: number | undefined;
   readonly restarts: number;
-  readonly state: 'running' | 'restarting' | 'exited';
+  /** starting: spawned, its node not registered yet; running: registered. */
+  readonly state: 'starting' | 'running' | 'restarting' | 'exited';
+  /** Id of the node the current (or last) process registered (tm_nodes.id). */
+  readonly nodeId: string | undefined;
   /** Exit of the last process: code, or the signal that ended it. */
   readonly lastExit: { code: number | null; signal: NodeJS.Signals | null } | undefined;
 }
@@ -96,6 +122,12 @@ export interface LocalCluster {
   stop(): Promise<void>;
   /** Resolves once the cluster has stopped (asked to, or every node gone for good). */
   readonly stopped: Promise<void>;
+  /**
+   * Why the cluster stopped by itself when a node process exited before registering a node (a module
+   * that starts none, a crash at start), else undefined. `code` is INVALID_CONFIG for a module that
+   * registered no node.
+   */
+  readonly error: TaskmillError | Error | undefined;
 }
 
 interface NodeSlot {
@@ -103,7 +135,10 @@ interface NodeSlot {
   name: string;
   pid: number | undefined;
   restarts: number;
-  state: 'running' | 'restarting' | 'exited';
+  state: 'starting' | 'running' | 'restarting' | 'exited';
+  nodeId: string | undefined;
+  /** The process's last stderr line, for the error when it registers no node. */
+  lastError: string | undefined;
   lastExit: { code: number | null; signal: NodeJS.Signals | null } | undefined;
   child: ChildProcess | undefined;
   startedAt: number;
@@ -119,6 +154,7 @@ export async function runLocalCluster(options: LocalClusterOptions): Promise<Loc
   if (!existsSync(modulePath)) throw new Error(`node module not found: ${modulePath}`);
   const graceMs = options.graceMs ?? LOCAL_CLUSTER_DEFAULTS.graceMs;
   const restartDelayMs = options.restartDelayMs ?? LOCAL_CLUSTER_DEFAULTS.restartDelayMs;
+  const registerTimeoutMs = options.registerTimeoutMs ?? LOCAL_CLUSTER_DEFAULTS.registerTimeoutMs;
   const emit =
     options.onLine ??
     ((line: string, source: LineSource) =>
@@ -129,6 +165,7 @@ export async function runLocalCluster(options: LocalClusterOptions): Promise<Loc
   if (db.owner) say(`started embedded PostgreSQL at ${db.url}`);
 
   let phase: 'running' | 'stopping' | 'stopped' = 'running';
+  let error: Error | undefined;
   let stopping: Promise<void> | undefined;
   let resolveStopped!: () => void;
   const stopped = new Promise<void>((resolve) => (resolveStopped = resolve));
@@ -139,6 +176,8 @@ export async function runLocalCluster(options: LocalClusterOptions): Promise<Loc
     pid: undefined,
     restarts: 0,
     state: 'exited',
+    nodeId: undefined,
+    lastError: undefined,
     lastExit: undefined,
     child: undefined,
     startedAt: 0,
@@ -154,31 +193,58 @@ export async function runLocalCluster(options: LocalClusterOptions): Promise<Loc
         DATABASE_URL: db.url,
         TASKMILL_NODE_INDEX: String(slot.index),
         TASKMILL_NODE_NAME: slot.name,
+        TASKMILL_REGISTER_TIMEOUT_MS: String(registerTimeoutMs),
       },
-      stdio: ['pipe', 'pipe', 'pipe'],
+      stdio: ['pipe', 'pipe', 'pipe', 'ipc'],
       detached: true,
     });
     slot.child = child;
     slot.pid = child.pid;
-    slot.state = 'running';
+    slot.state = 'starting';
+    slot.nodeId = undefined;
+    slot.lastError = undefined;
     slot.startedAt = Date.now();
-    say(`${slot.name} started (pid ${child.pid})`);
+    say(`${slot.name} spawned (pid ${child.pid})`);
+    child.on('message', (message: RegisteredMessage) => {
+      if (message?.type !== 'registered' || slot.child !== child) return;
+      slot.state = 'running';
+      slot.nodeId = message.id;
+      say(`${slot.name} started (pid ${child.pid}, node ${message.name} ${message.id})`);
+    });
     const prefix = `[${slot.name}] `;
     onLines(child.stdout!, (line) =>
       emit(prefix + line, { node: slot.index, name: slot.name, stream: 'stdout' }),
     );
-    onLines(child.stderr!, (line) =>
-      emit(prefix + line, { node: slot.index, name: slot.name, stream: 'stderr' }),
-    );
+    onLines(child.stderr!, (line) => {
+      if (line.trim()) slot.lastError = line;
+      emit(prefix + line, { node: slot.index, name: slot.name, stream: 'stderr' });
+    });
     child.on('error', (error) => say(`${slot.name}: ${error.message}`));
     child.once('exit', (code, signal) => {
       child.stdin?.destroy();
+      const registered = slot.state === 'running';
       slot.child = undefined;
       slot.state = 'exited';
       slot.lastExit = { code, signal };
-      say(`${slot.name} (pid ${child.pid}) exited ${signal ? `on ${signal}` : `with code ${code}`}`);
+      const how = signal ? `on ${signal}` : `with code ${code}`;
+      say(`${slot.name} (pid ${child.pid}) exited ${how}${registered ? '' : ' before registering a node'}`);
       if (phase !== 'running') return;
       const crashed = signal !== null || code !== 0;
+      if (!registered && (code === NO_NODE_EXIT_CODE || !options.restart)) {
+        error =
+          code === NO_NODE_EXIT_CODE
+            ? new TaskmillError(
+                'INVALID_CONFIG',
+                `${slot.name} registered no node: ${slot.lastError ?? `${modulePath} started none`}`,
+              )
+            : new Error(
+                `${slot.name} exited ${how} before registering a node` +
+                  (slot.lastError ? `: ${slot.lastError}` : ''),
+              );
+        say(`error: ${error.message}`);
+        void stop();
+        return;
+      }
       if (options.restart && crashed) {
         if (Date.now() - slot.startedAt >= LOCAL_CLUSTER_DEFAULTS.stableAfterMs)
           slot.restartDelayMs = restartDelayMs;
@@ -227,7 +293,15 @@ export async function runLocalCluster(options: LocalClusterOptions): Promise<Loc
 
   say(`starting ${options.nodes} node(s) running ${modulePath}`);
   for (const slot of slots) launch(slot);
-  return { url: db.url, nodes: slots, stop, stopped };
+  return {
+    url: db.url,
+    nodes: slots,
+    stop,
+    stopped,
+    get error() {
+      return error;
+    },
+  };
 }
 
 /**
@@ -357,7 +431,8 @@ export async function main(argv = process.argv): Promise<void> {
   process.on('SIGTERM', onSignal);
   const cluster = await started;
   await cluster.stopped;
-  process.exitCode = requested ? 0 : 1;
+  if (cluster.error) process.stderr.write(`local-cluster: ${cluster.error.message}\n`);
+  process.exitCode = cluster.error ? (cluster.error instanceof TaskmillError ? 2 : 1) : requested ? 0 : 1;
 }
 
 if (process.argv[1] && path.resolve(process.argv[1]) === fileURLToPath(import.meta.url)) {

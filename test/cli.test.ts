@@ -121,6 +121,8 @@ describe('every command', () => {
         'dlt show',
         'dlt requeue',
         'dlt purge',
+        'cron list',
+        'cron remove',
         'bench',
         'results',
       ]),

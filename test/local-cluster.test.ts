@@ -44,6 +44,12 @@ import { all } from '${url('test/fixtures/definitions.ts')}';
 await startNode({ ...${FAST_NODE}, name: process.env.TASKMILL_NODE_NAME, tasks: all, handleSignals: true });`,
   /** A function that fails at once (a node that cannot start). */
   exits: `export default () => process.exit(3);`,
+  /** The README's tasks module: named defineTask exports only, as `taskmill node --tasks` takes. */
+  named: `import { defineTask } from '${url('runtime/index.ts')}';
+export const hello = defineTask({ name: 'cluster-hello', handler: new URL('${url('test/fixtures/echo.ts')}') });
+export const nodeOptions = ${FAST_NODE};`,
+  /** Neither definitions, nor a function, nor a node: nothing would run. */
+  nothing: `export const answer = 42;`,
 };
 
 function modulePath(shape: keyof typeof modules): string {
@@ -79,6 +85,71 @@ afterAll(async () => {
 });
 
 describe('runLocalCluster', () => {
+  it('runs a tasks module of named defineTask exports, and reports each node once it registered', async () => {
+    const lines: string[] = [];
+    const cluster = await runLocalCluster({
+      nodes: 2,
+      module: modulePath('named'),
+      databaseUrl: db.url,
+      onLine: (line) => lines.push(line),
+    });
+    clusters.push(cluster);
+    await until(() => cluster.nodes.every((n) => n.state === 'running'), 30_000);
+    const { rows } = await db.pool.query<{ id: string; name: string; task_names: string[] }>(
+      `select id, name, task_names from tm_nodes where name like 'node-_' order by name`,
+    );
+    expect(rows.map((r) => [r.name, r.task_names])).toEqual([
+      ['node-1', ['cluster-hello']],
+      ['node-2', ['cluster-hello']],
+    ]);
+    expect(cluster.nodes.map((n) => n.nodeId)).toEqual(rows.map((r) => r.id));
+    for (const node of cluster.nodes) {
+      expect(lines).toContain(
+        `[cluster] ${node.name} started (pid ${node.pid}, node ${node.name} ${node.nodeId})`,
+      );
+    }
+    // One of them leads and the task runs.
+    await until(
+      async () =>
+        (await count(db.pool, `select count(*) from tm_leader where node_id = any($1)`, [
+          cluster.nodes.map((n) => n.nodeId),
+        ])) === 1,
+    );
+    const client = new TaskmillClient({ connectionString: db.url });
+    const id = await client.schedule('cluster-hello', { message: 'hi' });
+    await until(async () => (await client.getTask(id))?.state === 'completed');
+    await client.close();
+    await cluster.stop();
+    expect(cluster.error).toBeUndefined();
+  });
+
+  it('stops with an error, and reports no node as started, when a process registers no node', async () => {
+    const lines: string[] = [];
+    const cluster = await runLocalCluster({
+      nodes: 2,
+      module: modulePath('nothing'),
+      databaseUrl: db.url,
+      registerTimeoutMs: 2_000,
+      onLine: (line) => lines.push(line),
+    });
+    clusters.push(cluster);
+    await cluster.stopped;
+    expect(cluster.error).toMatchObject({
+      code: 'INVALID_CONFIG',
+      message: expect.stringMatching(
+        /^node-\d registered no node: .*nothing\.mts registered no node within 2000 ms/,
+      ),
+    });
+    expect(lines.some((l) => /^\[cluster\] node-\d started/.test(l))).toBe(false);
+    expect(
+      lines.some((l) =>
+        /^\[cluster\] node-\d \(pid \d+\) exited with code 2 before registering a node$/.test(l),
+      ),
+    ).toBe(true);
+    expect(cluster.nodes.some((n) => n.lastExit?.code === 2)).toBe(true);
+    expect(cluster.nodes.every((n) => n.state === 'exited')).toBe(true);
+  });
+
   it('runs N nodes with prefixed output, restarts one killed with SIGKILL, and stops them all', async () => {
     const lines: string[] = [];
     const cluster = await runLocalCluster({
@@ -159,7 +230,7 @@ describe('runLocalCluster', () => {
     expect(await nodeRows('node-1')).toBe(0);
   });
 
-  it('stops by itself, with no restart, when every node has exited', async () => {
+  it('stops by itself with an error, with no restart, when a node exits before it registered', async () => {
     const lines: string[] = [];
     const cluster = await runLocalCluster({
       nodes: 2,
@@ -169,11 +240,10 @@ describe('runLocalCluster', () => {
     });
     clusters.push(cluster);
     await cluster.stopped;
-    for (const node of cluster.nodes) {
-      expect(node.lastExit).toEqual({ code: 3, signal: null });
-      expect(node.restarts).toBe(0);
-    }
-    expect(lines).toContain('[cluster] every node has exited');
+    // The first exit stops the cluster: the other node exits on its own or on the cluster's SIGTERM.
+    expect(cluster.nodes.some((n) => n.lastExit?.code === 3)).toBe(true);
+    for (const node of cluster.nodes) expect(node.restarts).toBe(0);
+    expect(cluster.error?.message).toMatch(/^node-\d exited with code 3 before registering a node/);
   });
 
   it('refuses a module that does not exist, before starting anything', async () => {
@@ -210,10 +280,16 @@ describe('the local-cluster command', () => {
     child.stdout.on('data', (chunk: Buffer) => (output += chunk.toString()));
     child.stderr.on('data', (chunk: Buffer) => (output += chunk.toString()));
     try {
-      await until(() => (output.match(/"node started"/g) ?? []).length === 2, 60_000);
+      // Both nodes logged their start, and the cluster heard that each registered.
+      await until(
+        () =>
+          (output.match(/"node started"/g) ?? []).length === 2 &&
+          (output.match(/\[cluster\] node-\d started \(pid/g) ?? []).length === 2,
+        60_000,
+      );
       const pgUrl = /\[cluster\] started embedded PostgreSQL at (\S+)/.exec(output)?.[1];
       expect(pgUrl).toBeDefined();
-      const pids = [...output.matchAll(/\[cluster\] node-\d started \(pid (\d+)\)/g)].map((m) =>
+      const pids = [...output.matchAll(/\[cluster\] node-\d started \(pid (\d+), node node-\d /g)].map((m) =>
         Number(m[1]),
       );
       expect(pids).toHaveLength(2);

@@ -1,13 +1,15 @@
 /**
  * `taskmill cluster`: N node processes on this machine against one database (scripts/local-cluster.ts),
  * each one's output lines prefixed with its name, until SIGINT/SIGTERM stops them all (SIGTERM, then
- * SIGKILL after the grace period). With --restart a node process that crashes is started again.
+ * SIGKILL after the grace period). With --restart a node process that crashes is started again. A node
+ * process that registers no node (a module that is neither a tasks module nor starts a node) stops the
+ * cluster with an error and a non-zero exit code.
  */
 import path from 'node:path';
 import { InvalidArgumentError, type Command } from 'commander';
 import { LOCAL_CLUSTER_DEFAULTS } from '../../scripts/local-cluster.ts';
 import { dataDirOf, findDatabaseUrl } from '../database-url.ts';
-import { EXIT, intOption } from '../output.ts';
+import { EXIT, exitCodeOf, intOption } from '../output.ts';
 import type { CommandContext } from '../main.ts';
 
 interface ClusterOptions {
@@ -28,8 +30,9 @@ export function registerClusterCommand(program: Command, ctx: CommandContext): v
     .requiredOption('-n, --nodes <n>', 'number of node processes', intOption('--nodes', 1, 256))
     .requiredOption(
       '-t, --tasks <module>',
-      'node module: `export default [defs]` or `export const tasks = [defs]` (optionally `nodeOptions`), ' +
-        'or a function or script that starts its own node (see scripts/local-cluster.ts)',
+      'tasks module, as `taskmill node --tasks` takes (defineTask results exported by name, as default or ' +
+        'in arrays; optionally `export const nodeOptions`), or a function or script that starts its own ' +
+        'node (see scripts/local-cluster.ts)',
     )
     .option('-r, --restart', 'start a node process again when it crashes')
     .option(
@@ -57,8 +60,12 @@ export function registerClusterCommand(program: Command, ctx: CommandContext): v
       io.signal.addEventListener('abort', onAbort, { once: true });
       await cluster.stopped;
       io.signal.removeEventListener('abort', onAbort);
-      // Stopped on request: 0; every node exited on its own: 1.
-      if (!io.signal.aborted) ctx.exit(EXIT.FAILURE);
+      // A node process that registered no node: 2 (bad module) or 1; stopped on request: 0; every node
+      // exited on its own: 1.
+      if (cluster.error) {
+        io.err(`taskmill: ${cluster.error.message}\n`);
+        ctx.exit(exitCodeOf(cluster.error));
+      } else if (!io.signal.aborted) ctx.exit(EXIT.FAILURE);
     });
 }
 
