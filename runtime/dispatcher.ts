@@ -2,25 +2,40 @@
  * Runs tasks on a Piscina pool of worker threads, in micro-batches: one `run()` carries many tiny
  * tasks (one run per no-op task tops out near 27,000/s on 2 cores, 100 per run near 460,000/s).
  * Messages travel as one transferred ArrayBuffer per batch; outcomes come back one by one on the batch
- * port (protocol.ts).
+ * port (protocol.ts). A thread holds several batches at once (`concurrentBatchesPerThread`).
  *
- * Tasks with a timeout run alone, so their clock starts when they start and a hard kill (terminating
- * the thread) hits nobody else. Abort is soft first (the handler's signal), then hard after
- * `abortGraceMs`. When a thread dies mid-batch (process.exit, hard abort), the tasks of that batch that
- * had not reported are re-run one per batch, so a poison task ends up failing alone.
+ * Blame: a crashed or terminated thread charges only the task that caused it.
+ * - Tasks with a timeout run in batches of one; the clock starts when the thread starts the task
+ *   (never while it waits in a queue). On timeout the task's signal is aborted and its thread pinged;
+ *   after `abortGraceMs` a task still running gets its thread terminated. If the thread answered the
+ *   ping, the task ignores its abort on a live thread: it is charged (TASK_TIMEOUT) and every other
+ *   task of that thread runs again, uncharged. If the thread did not answer, something synchronous
+ *   blocks it and nobody knows what: every task of the thread, the timed-out one too, runs again alone.
+ * - A thread that dies by itself (process.exit, out of memory, an uncaught error) fails every batch
+ *   on it; nobody knows which task did it, so each runs again alone, uncharged.
+ * - Alone means on the isolation pool, whose threads run one task at a time: there a thread's death
+ *   or timeout is its task's own doing, and is charged. A task charged so is remembered and runs alone
+ *   on its retries on this node.
+ * Each thread's V8 heap is capped (`threadHeapLimitMb`), so a handler that allocates without end ends
+ * its own thread (ERR_WORKER_OUT_OF_MEMORY), not the process.
  *
- * States per task: dispatched -> (reported | thread died -> isolated rerun | aborted). Main thread only.
+ * Process groups a task reports (shell tasks) are killed when the task ends in a way its thread could
+ * not clean up after (the thread died or was terminated), before the task runs again.
+ *
+ * States per task: dispatched -> started (its clock runs) -> reported | thread died -> (charged |
+ * run again, uncharged). Main thread only.
  */
 import { availableParallelism } from 'node:os';
-import { MessageChannel } from 'node:worker_threads';
+import { MessageChannel, Worker } from 'node:worker_threads';
 import { Piscina } from 'piscina';
 import { TaskmillError } from './errors.ts';
 import type {
   AbortReason,
   BatchRequest,
-  BatchStarted,
+  MainMessage,
   SerializedError,
   TaskEnvelope,
+  ThreadMessage,
   WorkerEvent,
   WorkerInit,
 } from './protocol.ts';
@@ -32,7 +47,20 @@ export const DISPATCHER_DEFAULTS = {
   /** Most tasks one worker-thread run carries. */
   maxBatchSize: 100,
   abortGraceMs: 1_000,
+  concurrentBatchesPerThread: 16,
+  /**
+   * V8 heap (old generation) of each worker thread, MiB. A handler that allocates more ends its own
+   * thread with ERR_WORKER_OUT_OF_MEMORY. Keep threads x this (plus the main thread) within the
+   * machine's memory.
+   */
+  threadHeapLimitMb: 1_024,
 };
+/** Bounds the memory of tasks that crashed or hung a thread here (they run alone on retries). */
+const UNTRUSTED_MAX = 10_000;
+/** Idle isolation threads end after this. */
+const ISOLATION_IDLE_MS = 60_000;
+/** Uncharged reruns of one task after threads died under it, before it is charged anyway. */
+const MAX_RERUNS = 8;
 
 /** `runMs`: time the run took in its worker thread; undefined when the thread died under it. */
 export type Outcome = (
@@ -61,28 +89,56 @@ export interface DispatcherOptions {
   execArgv?: string[];
   /** Shell task policy for the threads (shell-task.ts); absent: shell tasks are refused. */
   shell?: WorkerInit['shell'];
+  /** Result and message size limits enforced in the threads. */
+  limits?: WorkerInit['limits'];
   /** Concurrent batches one thread may hold (async handlers interleave on its event loop). */
   concurrentBatchesPerThread?: number;
+  /** V8 heap limit of each worker thread, MiB (DISPATCHER_DEFAULTS.threadHeapLimitMb). */
+  threadHeapLimitMb?: number;
 }
 
 /** One worker-thread run. `threadId` is known once the thread has started it. */
 interface Batch {
+  tasks: FetchedTask[];
+  /** On the isolation pool: one task, alone on its thread. */
+  isolated: boolean;
+  port: MessageChannel['port1'];
   threadId?: number;
+  /** performance.now() of the last ping sent and of the last pong received. */
+  pingAt?: number;
+  pongAt?: number;
 }
 
 interface Running {
   task: FetchedTask;
-  port: MessageChannel['port1'];
   batch: Batch;
   reason?: AbortReason;
   timers: NodeJS.Timeout[];
+  /** Process groups the task started and that may still be alive. */
+  groups: Set<number>;
 }
 
+/** Why the dispatcher terminated a thread: the task to charge, or none (a blocked thread, blame unknown). */
+interface Termination {
+  culprit: string | undefined;
+}
+
+type Pool = Piscina<BatchRequest, number>;
+
 export class Dispatcher {
-  private readonly pool: Piscina<BatchRequest, number>;
+  private readonly pool: Pool;
+  /** Threads that run one task at a time: suspects and untrusted tasks. Created on first use. */
+  private isolationPool: Pool | undefined;
   private readonly running = new Map<string, Running>();
+  private readonly terminated = new Map<number, Termination>();
+  /** Tasks that crashed or hung a thread of this node: they run alone from now on. */
+  private readonly untrusted = new Set<string>();
+  /** Uncharged reruns of a task in this dispatch (bounded, so a run that fails for other reasons ends). */
+  private readonly reruns = new WeakMap<FetchedTask, number>();
   private readonly maxBatchSize: number;
   private readonly abortGraceMs: number;
+  private readonly poolOptions: ConstructorParameters<typeof Piscina>[0];
+  private destroyed = false;
   readonly threads: number;
 
   constructor(private readonly options: DispatcherOptions) {
@@ -95,16 +151,32 @@ export class Dispatcher {
       nodeId: options.nodeId,
     };
     if (options.shell) init.shell = options.shell;
-    this.pool = new Piscina({
+    if (options.limits) init.limits = options.limits;
+    const refused = options.execArgv ? refusedWorkerFlags(options.execArgv) : new Set<string>();
+    if (refused.size > 0) {
+      throw new TaskmillError(
+        'INVALID_CONFIG',
+        `workerExecArgv holds flags Node refuses for worker threads: ${[...refused].join(', ')}. ` +
+          'Give them to the node process itself (they apply to every thread).',
+      );
+    }
+    this.poolOptions = {
       filename: new URL('./worker-entry.mjs', import.meta.url).href,
-      minThreads: this.threads,
-      maxThreads: this.threads,
-      idleTimeout: 60_000,
-      concurrentTasksPerWorker: options.concurrentBatchesPerThread ?? 16,
       // Handlers may be asynchronous (timers, I/O): the thread's event loop must keep running between runs.
       atomics: 'disabled',
       execArgv: options.execArgv ?? workerExecArgv(),
       workerData: init,
+      resourceLimits: {
+        maxOldGenerationSizeMb: options.threadHeapLimitMb ?? DISPATCHER_DEFAULTS.threadHeapLimitMb,
+      },
+    };
+    this.pool = new Piscina({
+      ...this.poolOptions,
+      minThreads: this.threads,
+      maxThreads: this.threads,
+      idleTimeout: 60_000,
+      concurrentTasksPerWorker:
+        options.concurrentBatchesPerThread ?? DISPATCHER_DEFAULTS.concurrentBatchesPerThread,
     });
   }
 
@@ -126,8 +198,9 @@ export class Dispatcher {
   dispatch(tasks: FetchedTask[]): void {
     const batched: FetchedTask[] = [];
     for (const task of tasks) {
-      if (this.options.timeoutOf(task.name) === undefined) batched.push(task);
-      else this.runBatch([task], true);
+      if (this.untrusted.has(task.id)) this.runBatch([task], true);
+      else if (this.options.timeoutOf(task.name) === undefined) batched.push(task);
+      else this.runBatch([task], false);
     }
     if (batched.length === 0) return;
     const size = Math.min(this.maxBatchSize, Math.ceil(batched.length / this.threads));
@@ -139,25 +212,61 @@ export class Dispatcher {
     const running = this.running.get(id);
     if (!running) return false;
     running.reason ??= reason;
-    running.port.postMessage({ type: 'abort', id, reason });
+    const { batch } = running;
+    this.post(batch, { type: 'abort', id, reason });
+    this.post(batch, { type: 'ping' });
+    batch.pingAt = performance.now();
     const hardAbort = () => {
-      if (!this.running.has(id)) return;
-      // Terminate the thread running the batch (Piscina then fails its run and replaces the thread;
-      // batch-mates that had not reported run again alone). A batch still queued has no thread yet:
-      // its task sees the abort when it starts, and this checks again later.
-      const thread = this.pool.threads.find((t) => t.threadId === running.batch.threadId);
-      if (thread) void thread.terminate();
-      else running.timers.push(setTimeout(hardAbort, this.abortGraceMs));
+      if (this.running.get(id) !== running) return;
+      // A batch still queued has no thread yet: its task sees the abort when it starts; check again later.
+      const thread = this.threadOf(batch);
+      if (!thread || batch.threadId === undefined) {
+        running.timers.push(setTimeout(hardAbort, this.abortGraceMs));
+        return;
+      }
+      // The thread answered the ping: its loop turns and this task ignores its abort, its own doing.
+      // No answer: a synchronous handler blocks the thread, maybe another one; nobody is charged.
+      const responsive = batch.pongAt !== undefined && batch.pongAt >= batch.pingAt!;
+      const culprit = responsive || batch.isolated || running.reason !== 'timeout' ? id : undefined;
+      this.terminated.set(batch.threadId, { culprit });
+      if (this.terminated.size > 1_000) this.terminated.delete(this.terminated.keys().next().value!);
+      void thread.terminate();
     };
     running.timers.push(setTimeout(hardAbort, this.abortGraceMs));
     return true;
   }
 
   async destroy(): Promise<void> {
-    await this.pool.destroy();
+    this.destroyed = true;
+    await Promise.all([this.pool.destroy(), this.isolationPool?.destroy()]);
+    for (const running of this.running.values()) killGroups(running);
   }
 
-  private runBatch(tasks: FetchedTask[], alone: boolean): void {
+  private isolation(): Pool {
+    this.isolationPool ??= new Piscina({
+      ...this.poolOptions,
+      minThreads: 0,
+      maxThreads: this.threads,
+      idleTimeout: ISOLATION_IDLE_MS,
+      concurrentTasksPerWorker: 1,
+    });
+    return this.isolationPool;
+  }
+
+  private threadOf(batch: Batch): Worker | undefined {
+    const pool = batch.isolated ? this.isolationPool : this.pool;
+    return pool?.threads.find((t) => t.threadId === batch.threadId);
+  }
+
+  private post(batch: Batch, message: MainMessage): void {
+    try {
+      batch.port.postMessage(message);
+    } catch {
+      // The port is closed: the batch has ended.
+    }
+  }
+
+  private runBatch(tasks: FetchedTask[], isolated: boolean): void {
     let total = 0;
     for (const t of tasks) {
       total += t.message?.length ?? 0;
@@ -199,21 +308,25 @@ export class Dispatcher {
     });
 
     const { port1, port2 } = new MessageChannel();
-    const batch: Batch = {};
-    for (const task of tasks) this.running.set(task.id, { task, port: port1, batch, timers: [] });
-    port1.on('message', (event: WorkerEvent | BatchStarted) => {
-      if (event.type === 'started') batch.threadId = event.threadId;
-      else this.report(event);
-    });
-
-    if (alone) {
-      const timeoutMs = this.options.timeoutOf(tasks[0].name);
-      if (timeoutMs !== undefined) {
-        this.running
-          .get(tasks[0].id)!
-          .timers.push(setTimeout(() => this.abort(tasks[0].id, 'timeout'), timeoutMs));
-      }
+    const batch: Batch = { tasks, isolated, port: port1 };
+    for (const task of tasks) {
+      this.running.set(task.id, { task, batch, timers: [], groups: new Set() });
     }
+    port1.on('message', (event: ThreadMessage) => {
+      if (event.type === 'started') {
+        batch.threadId = event.threadId;
+        this.startClocks(batch);
+      } else if (event.type === 'pong') {
+        batch.pongAt = performance.now();
+      } else if (event.type === 'group') {
+        const running = this.running.get(event.id);
+        if (running?.batch !== batch) return;
+        if (event.alive) running.groups.add(event.pgid);
+        else running.groups.delete(event.pgid);
+      } else {
+        this.report(event);
+      }
+    });
 
     // The batch is over when the run has settled and its port is closed (outcomes posted just before the
     // run resolved are delivered first); a killed thread may never close the port cleanly, hence the cap.
@@ -223,15 +336,15 @@ export class Dispatcher {
     const finishBatch = () => {
       if (finished || !settled || !portClosed) return;
       finished = true;
-      const pending = tasks.filter((t) => this.running.get(t.id)?.port === port1);
+      const pending = tasks.filter((t) => this.running.get(t.id)?.batch === batch);
       if (pending.length > 0)
-        this.batchDied(pending, alone, settled.error ?? new Error('no outcome reported'));
+        this.batchDied(batch, pending, settled.error ?? new Error('no outcome reported'));
     };
     port1.on('close', () => {
       portClosed = true;
       finishBatch();
     });
-    this.pool
+    (isolated ? this.isolation() : this.pool)
       .run(
         { tasks: envelopes, messages, port: port2 },
         // No AbortSignal here: Piscina runs only one signal-carrying task per thread at a time, which
@@ -250,6 +363,16 @@ export class Dispatcher {
           finishBatch();
         }, 200).unref();
       });
+  }
+
+  /** A task's timeout measures its own run: the clock starts when its thread starts its batch. */
+  private startClocks(batch: Batch): void {
+    for (const task of batch.tasks) {
+      const running = this.running.get(task.id);
+      const timeoutMs = this.options.timeoutOf(task.name);
+      if (running?.batch !== batch || timeoutMs === undefined) continue;
+      running.timers.push(setTimeout(() => this.abort(task.id, 'timeout'), timeoutMs));
+    }
   }
 
   private report(event: WorkerEvent): void {
@@ -286,25 +409,50 @@ export class Dispatcher {
     }
   }
 
-  private batchDied(tasks: FetchedTask[], alone: boolean, error: unknown): void {
-    const pending = tasks.filter((t) => this.running.has(t.id));
-    const aborted = pending.filter((t) => this.running.get(t.id)!.reason !== undefined);
-    if (!alone || aborted.length > 0) {
-      // Aborted tasks end here; for the others it is unknown which one killed the thread: each runs
-      // again alone, so only a poison task fails.
-      for (const task of aborted) this.died(this.finish(task.id)!, error);
-      for (const task of pending) {
-        if (aborted.includes(task)) continue;
-        this.finish(task.id);
+  /**
+   * The thread of `batch` died (or the run failed) before these tasks reported. Charges the one task
+   * that is known to have caused it, and runs every other one again without charging it.
+   */
+  private batchDied(batch: Batch, pending: FetchedTask[], error: unknown): void {
+    const termination = batch.threadId === undefined ? undefined : this.terminated.get(batch.threadId);
+    for (const task of pending) {
+      const running = this.finish(task.id)!;
+      const reruns = (this.reruns.get(task) ?? 0) + 1;
+      this.reruns.set(task, reruns);
+      if (
+        this.destroyed ||
+        reruns > MAX_RERUNS ||
+        running.reason === 'cancel' ||
+        running.reason === 'shutdown'
+      ) {
+        this.died(running, error);
+      } else if (termination) {
+        if (termination.culprit === task.id) {
+          this.distrust(task.id);
+          this.died(running, error);
+        } else if (termination.culprit === undefined) {
+          this.runBatch([task], true);
+        } else {
+          this.dispatch([task]);
+        }
+      } else if (batch.isolated && batch.threadId !== undefined) {
+        // Alone on its thread, which died by itself: this task did it.
+        this.distrust(task.id);
+        this.died(running, error);
+      } else {
         this.runBatch([task], true);
       }
-      return;
     }
-    for (const task of pending) this.died(this.finish(task.id)!, error);
+  }
+
+  private distrust(id: string): void {
+    this.untrusted.add(id);
+    if (this.untrusted.size > UNTRUSTED_MAX) this.untrusted.delete(this.untrusted.values().next().value!);
   }
 
   private died(running: Running, error: unknown): void {
     const reason = running.reason;
+    const cause = error as { code?: string; message?: string } | undefined;
     const failure =
       reason === 'timeout'
         ? new TaskmillError(
@@ -318,7 +466,11 @@ export class Dispatcher {
             )
           : new TaskmillError(
               'WORKER_EXITED',
-              `The worker thread running task ${running.task.name} died: ${(error as Error)?.message ?? error}`,
+              `The worker thread running task ${running.task.name} alone died: ` +
+                `${cause?.code ? `${cause.code}: ` : ''}${cause?.message ?? String(error)}` +
+                (cause?.code === 'ERR_WORKER_OUT_OF_MEMORY'
+                  ? ' (the thread heap limit is the node option threadHeapLimitMb)'
+                  : ''),
             );
     this.options.onOutcome({
       task: running.task,
@@ -329,19 +481,36 @@ export class Dispatcher {
     });
   }
 
+  /** Ends a task's presence here: its timers stop and the process groups it left behind are killed. */
   private finish(id: string): Running | undefined {
     const running = this.running.get(id);
     if (!running) return undefined;
     for (const timer of running.timers) clearTimeout(timer);
+    killGroups(running);
     this.running.delete(id);
     return running;
   }
 }
 
-/** The parent's Node flags, less its TypeScript loader (worker-entry.mjs registers one per thread). */
-export function workerExecArgv(): string[] {
+function killGroups(running: Running): void {
+  for (const pgid of running.groups) {
+    try {
+      process.kill(-pgid, 'SIGKILL');
+    } catch {
+      // ESRCH: the group is already gone.
+    }
+  }
+  running.groups.clear();
+}
+
+/**
+ * The parent's Node flags that worker threads accept: less its TypeScript loader (worker-entry.mjs
+ * registers one per thread), the inspector, and per-process flags such as V8 options
+ * (`--max-old-space-size`, `--stack-size`), which Node refuses for a thread
+ * (ERR_WORKER_INVALID_EXEC_ARGV) and which already apply to the whole process anyway.
+ */
+export function workerExecArgv(argv: readonly string[] = process.execArgv): string[] {
   const out: string[] = [];
-  const argv = process.execArgv;
   for (let i = 0; i < argv.length; i++) {
     const flag = argv[i];
     if (
@@ -354,5 +523,31 @@ export function workerExecArgv(): string[] {
     if (flag.startsWith('--inspect') || /tsx/.test(flag)) continue;
     out.push(flag);
   }
-  return out;
+  const refused = refusedWorkerFlags(out);
+  return out.filter((flag) => !refused.has(flag));
+}
+
+const refusedCache = new Map<string, Set<string>>();
+
+/**
+ * The flags of `argv` Node refuses for a worker thread. Node has no list of them, but its Worker
+ * constructor checks execArgv before it starts a thread and names every refused flag; asked with a
+ * thread that is terminated at once when the flags are all accepted.
+ */
+export function refusedWorkerFlags(argv: readonly string[]): Set<string> {
+  if (argv.length === 0) return new Set();
+  const key = argv.join('\0');
+  let refused = refusedCache.get(key);
+  if (refused) return refused;
+  refused = new Set();
+  try {
+    void new Worker('', { eval: true, execArgv: [...argv], stdout: true, stderr: true }).terminate();
+  } catch (error) {
+    const e = error as { code?: string; message?: string };
+    if (e.code !== 'ERR_WORKER_INVALID_EXEC_ARGV') throw error;
+    const listed = (e.message ?? '').replace(/^[^:]*:\s*/, '').split(', ');
+    for (const flag of argv) if (listed.includes(flag)) refused.add(flag);
+  }
+  refusedCache.set(key, refused);
+  return refused;
 }

@@ -76,6 +76,8 @@ const schema = z
     logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).optional(),
     handleSignals: z.boolean().default(false),
     workerExecArgv: z.array(z.string()).optional(),
+    /** V8 heap limit of each worker thread, MiB: a handler that allocates more ends its own thread. */
+    threadHeapLimitMb: positiveInt.min(16).max(1_048_576).default(DISPATCHER_DEFAULTS.threadHeapLimitMb),
     /** Shell tasks (shell-task.ts): disabled unless enabled here, with an allowlist of executables. */
     shell: shellOptionsSchema.default({ enabled: false, allow: [], allowShellStrings: false }),
   })

@@ -154,6 +154,7 @@ export class TaskmillNode extends EventEmitter<TaskmillNodeEvents> {
       abortGraceMs: config.abortGraceMs,
       execArgv: config.workerExecArgv,
       threadHeapLimitMb: config.threadHeapLimitMb,
+      threadHeapLimitMb: config.threadHeapLimitMb,
       shell: workerShellPolicy(config.shell, config.abortGraceMs),
     });
     this.completer = new Completer({

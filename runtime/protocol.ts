@@ -5,9 +5,15 @@
  * message back to back (transferred, not copied; only the worker decodes), and a MessagePort. The
  * worker reports each task's outcome on the port as soon as that task ends, so a slow task does not
  * hold back the others; the run() resolves when the whole batch has ended. The main thread sends
- * aborts (timeout, cancel, shutdown) for single tasks on the same port.
+ * aborts (timeout, cancel, shutdown) for single tasks on the same port, and pings to learn whether the
+ * thread's event loop still turns (a thread blocked by a synchronous handler cannot answer).
+ *
+ * Child processes: a handler that spawns one (shell tasks) reports its process group on the port of
+ * the batch running it (`reportProcessGroup`), alive and then gone, before the task's outcome; the main
+ * thread kills every group still alive when the task ends in any other way (its thread died or was
+ * terminated), so a command never outlives its task nor runs twice.
  */
-import type { MessagePort } from 'node:worker_threads';
+import { isMainThread, type MessagePort } from 'node:worker_threads';
 import type { NewTask } from './schedule-context.ts';
 import type { JoinMessage } from './task-store.ts';
 
@@ -19,6 +25,8 @@ export interface WorkerInit {
   /** For exactly-once tasks, which open their own transaction in the thread. */
   connectionString: string;
   nodeId: string;
+  /** Size limits of what handlers produce (node option `limits`); absent: unbounded. */
+  limits?: { maxResultBytes: number; maxMessageBytes: number };
 }
 
 /** One input of a join task, its bytes in BatchRequest.messages. */
@@ -83,6 +91,50 @@ export interface AbortMessage {
   type: 'abort';
   id: string;
   reason: AbortReason;
+}
+
+/** Main thread -> worker: answer with a Pong as soon as the thread's event loop turns. */
+export interface PingMessage {
+  type: 'ping';
+}
+
+/** What the main thread posts on a batch port. */
+export type MainMessage = AbortMessage | PingMessage;
+
+export interface Pong {
+  type: 'pong';
+}
+
+/** Worker -> main: a task's child process group started (alive) or is gone (its whole group killed). */
+export interface ProcessGroupEvent {
+  type: 'group';
+  id: string;
+  pgid: number;
+  alive: boolean;
+}
+
+/** Everything a worker thread posts on a batch port. */
+export type ThreadMessage = WorkerEvent | BatchStarted | Pong | ProcessGroupEvent;
+
+/** Worker-thread side: the port of the batch running each task of this thread (worker.ts keeps it). */
+const taskPorts = new Map<string, MessagePort>();
+
+export function bindTaskPort(id: string, port: MessagePort): void {
+  taskPorts.set(id, port);
+}
+
+export function unbindTaskPort(id: string): void {
+  taskPorts.delete(id);
+}
+
+/**
+ * Called in a worker thread by a handler that started (alive) or ended (gone) a process group for the
+ * task `id`. Outside a worker thread (a handler called directly) there is nobody to tell.
+ */
+export function reportProcessGroup(id: string, pgid: number, alive: boolean): void {
+  if (isMainThread) return;
+  const event: ProcessGroupEvent = { type: 'group', id, pgid, alive };
+  taskPorts.get(id)?.postMessage(event);
 }
 
 export function serializeError(error: unknown): SerializedError {

@@ -11,8 +11,11 @@ import { checkout } from './checkout.ts';
 import { decode, encode } from './codec.ts';
 import { TaskmillError } from './errors.ts';
 import {
+  bindTaskPort,
   serializeError,
-  type AbortMessage,
+  unbindTaskPort,
+  type MainMessage,
+  type Pong,
   type BatchStarted,
   type BatchRequest,
   type TaskEnvelope,
@@ -63,7 +66,11 @@ for (const name of Object.keys(init.handlers)) load(name).catch(() => {});
 
 export default async function runBatch({ tasks, messages, port }: BatchRequest): Promise<number> {
   const controllers = new Map<string, AbortController>();
-  port.on('message', (msg: AbortMessage) => {
+  port.on('message', (msg: MainMessage) => {
+    if (msg.type === 'ping') {
+      port.postMessage({ type: 'pong' } satisfies Pong);
+      return;
+    }
     const reason =
       msg.reason === 'timeout'
         ? 'TASK_TIMEOUT'
@@ -88,10 +95,12 @@ export default async function runBatch({ tasks, messages, port }: BatchRequest):
       }
       const controller = new AbortController();
       controllers.set(task.id, controller);
+      bindTaskPort(task.id, port);
       const started = performance.now();
       runs.push(
         runOne(task, bytes, controller.signal).then((outcome) => {
           controllers.delete(task.id);
+          unbindTaskPort(task.id);
           const event: WorkerEvent = { ...outcome, runMs: performance.now() - started };
           port.postMessage(event);
         }),

@@ -1,0 +1,131 @@
+/**
+ * Poison tasks on one node: a crashed, out-of-memory or terminated worker thread charges only the task
+ * that caused it; its batch-mates and thread-mates run again without being charged, and their timeouts
+ * measure their own runs. Poison definitions retry once, healthy ones too: a healthy task charged for a
+ * neighbour would show two attempts or an error.
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { TaskmillNode } from '../../runtime/index.ts';
+import * as chaos from '../fixtures/chaos-definitions.ts';
+import { count, createTestDatabase, until, type TestDatabase } from '../helpers/database.ts';
+import { runningNodes, startTestNode, stopAllNodes } from '../helpers/nodes.ts';
+
+let db: TestDatabase;
+
+beforeAll(async () => {
+  db = await createTestDatabase();
+});
+afterAll(async () => {
+  await stopAllNodes();
+  expect(runningNodes()).toBe(0);
+  await db.drop();
+});
+
+const THREAD_HEAP_MB = 128;
+
+async function start(threads: number): Promise<TaskmillNode> {
+  return startTestNode(db.url, { tasks: chaos.all, threads, threadHeapLimitMb: THREAD_HEAP_MB });
+}
+
+async function ended(ids: string[], timeoutMs: number): Promise<void> {
+  await until(
+    async () => (await count(db.pool, `select count(*) from tm_tasks where id = any($1)`, [ids])) === 0,
+    timeoutMs,
+    100,
+  );
+}
+
+/** History rows of ids that did not complete at the first attempt without error. */
+async function charged(ids: string[]): Promise<unknown[]> {
+  const { rows } = await db.pool.query(
+    `select id, name, state, attempts, error from tm_history
+     where id = any($1) and (state <> 'completed' or attempts <> 1 or error is not null)
+     union all
+     select id, name, 'dead', attempts, error from tm_dead_letters where id = any($1)`,
+    [ids],
+  );
+  return rows;
+}
+
+async function deadLetters(ids: string[]): Promise<{ id: string; attempts: number; error: string }[]> {
+  const { rows } = await db.pool.query(
+    `select id::text, attempts, error from tm_dead_letters where id = any($1)`,
+    [ids],
+  );
+  return rows;
+}
+
+const sleepers = (n: number, ms: number) => Array.from({ length: n }, () => ({ message: { ms } }));
+const empties = (n: number) => Array.from({ length: n }, () => ({}));
+
+describe('thread crashes charge only the task that caused them', () => {
+  it('a handler that allocates without end ends its own thread, not the node', async () => {
+    const node = await start(2);
+    const healthy = await node.client.scheduleMany(chaos.healthy, empties(50));
+    const [oom] = await node.client.scheduleMany(chaos.poisonRetried.oom, [{}]);
+    await ended([oom, ...healthy], 120_000);
+    const [dead] = await deadLetters([oom]);
+    expect(dead).toMatchObject({ attempts: 2 });
+    expect(dead.error).toContain('ERR_WORKER_OUT_OF_MEMORY');
+    expect(await charged(healthy)).toEqual([]);
+    expect(node.state).toBe('running');
+    await node.stop();
+  }, 180_000);
+
+  it('a spinning neighbour does not make the timeouts of its thread-mates fire', async () => {
+    // One thread: the spinner and the sleepers share it, and the sleepers queue behind the spinner.
+    const node = await start(1);
+    const sleeping = await node.client.scheduleMany(chaos.sleepWithTimeout, sleepers(20, 100));
+    const [spin] = await node.client.scheduleMany(chaos.poisonRetried.spin, [{}]);
+    const more = await node.client.scheduleMany(chaos.sleepWithTimeout, sleepers(20, 100));
+    await ended([spin, ...sleeping, ...more], 120_000);
+    expect(await charged([...sleeping, ...more])).toEqual([]);
+    const [dead] = await deadLetters([spin]);
+    expect(dead).toMatchObject({ attempts: 2 });
+    expect(dead.error).toContain('TASK_TIMEOUT');
+    await node.stop();
+  }, 180_000);
+
+  it('a thread terminated for one task timeout runs its other tasks again, uncharged', async () => {
+    // The hanging task leaves its thread responsive: it alone is charged, at its first timeout.
+    const node = await start(1);
+    const sleeping = await node.client.scheduleMany(chaos.sleepWithTimeout, sleepers(20, 600));
+    const [hang] = await node.client.scheduleMany(chaos.poisonRetried.hang, [{}]);
+    const healthy = await node.client.scheduleMany(chaos.healthy, empties(50));
+    await ended([hang, ...sleeping, ...healthy], 120_000);
+    expect(await charged([...sleeping, ...healthy])).toEqual([]);
+    const [dead] = await deadLetters([hang]);
+    expect(dead).toMatchObject({ attempts: 2 });
+    expect(dead.error).toContain('TASK_TIMEOUT');
+    await node.stop();
+  }, 180_000);
+
+  it('50 poison tasks among 500 healthy ones: the healthy run once, the poison end in the dead letters', async () => {
+    const node = await start(2);
+    const healthy: string[] = [];
+    const poison: string[] = [];
+    // Interleaved, so poison tasks share batches and threads with healthy ones.
+    for (let round = 0; round < 10; round++) {
+      healthy.push(...(await node.client.scheduleMany(chaos.healthy, empties(30))));
+      healthy.push(...(await node.client.scheduleMany(chaos.sleepWithTimeout, sleepers(20, 20))));
+      poison.push(...(await node.client.scheduleMany(chaos.poisonOnce.exit, empties(2))));
+      poison.push(...(await node.client.scheduleMany(chaos.poisonOnce.oom, empties(1))));
+      poison.push(...(await node.client.scheduleMany(chaos.poisonOnce.spin, empties(1))));
+      poison.push(...(await node.client.scheduleMany(chaos.poisonOnce.hang, empties(1))));
+    }
+    expect(healthy).toHaveLength(500);
+    expect(poison).toHaveLength(50);
+    await ended([...healthy, ...poison], 540_000);
+
+    expect(await charged(healthy)).toEqual([]);
+    expect(await count(db.pool, `select count(*) from tm_history where id = any($1)`, [healthy])).toBe(500);
+    const dead = await deadLetters(poison);
+    expect(dead).toHaveLength(50);
+    for (const d of dead) {
+      expect(d.attempts).toBe(1);
+      expect(d.error).toMatch(/WORKER_EXITED|TASK_TIMEOUT/);
+    }
+    expect(node.state).toBe('running');
+    await node.stop();
+  }, 600_000);
+});
