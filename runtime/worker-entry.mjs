@@ -10,8 +10,9 @@
 // from the handler modules' folders (the application's node_modules). Without tsx, .ts handlers are left
 // to Node itself (which strips types natively from Node 22.18 on; on Node 20 their tasks fail with Node's
 // ERR_UNKNOWN_FILE_EXTENSION).
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
+import path from 'node:path';
 import { fileURLToPath, pathToFileURL, URL } from 'node:url';
 import { workerData } from 'node:worker_threads';
 
@@ -22,25 +23,26 @@ const handlers = Object.values(workerData?.handlers ?? {}).filter((url) => url.s
 if (!compiled || handlers.some((url) => TYPESCRIPT.test(url))) {
   const api = resolveTsx([import.meta.url, ...handlers]);
   if (api) {
-    const tsx = await import(api);
-    (tsx.register ?? tsx.default.register)();
+    const { register } = await import(api);
+    register();
   }
 }
 
 const worker = await import(compiled ? './worker.js' : './worker.ts');
 export default worker.default;
 
-/** URL of tsx's ESM API as seen from the first of `parents` that can resolve it, or undefined. */
+/** URL of tsx's ESM API (its `import` export) as seen from the first of `parents` that has tsx. */
 function resolveTsx(parents) {
   for (const parent of parents) {
+    let manifest;
     try {
-      // require.resolve picks tsx's CommonJS build (index.cjs), whose register() cannot load its own
-      // ESM hooks (ERR_MODULE_NOT_FOUND .../api/esm/index.mjs); the ESM build sits next to it.
-      const resolved = createRequire(parent).resolve('tsx/esm/api');
-      return pathToFileURL(resolved.replace(/\.cjs$/, '.mjs')).href;
+      manifest = createRequire(parent).resolve('tsx/package.json');
     } catch {
-      // Not installed where this module lives: try the next one.
+      continue; // Not installed where this module lives: try the next one.
     }
+    const api = JSON.parse(readFileSync(manifest, 'utf8')).exports?.['./esm/api']?.import;
+    const file = typeof api === 'string' ? api : api?.default;
+    if (file) return pathToFileURL(path.join(path.dirname(manifest), file)).href;
   }
   return undefined;
 }

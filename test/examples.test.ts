@@ -1,21 +1,61 @@
-import { expect, it } from 'vitest';
-import { createTestDatabase } from './helpers/database.ts';
+/**
+ * The docs' TypeScript cannot drift: the examples/ programs run here as real processes, and every ```ts
+ * block of README.md and docs/*.md is an exact excerpt of one of them (as a user writes it: importing
+ * 'taskmill') or is marked `// fragment` on its first line.
+ */
+import { spawn } from 'node:child_process';
+import { readFileSync, readdirSync } from 'node:fs';
+import path from 'node:path';
+import { afterAll, beforeAll, expect, it } from 'vitest';
+import { createTestDatabase, type TestDatabase } from './helpers/database.ts';
+import { FRAGMENT_MARK, asDocumented, tsBlocks } from './helpers/doc-examples.ts';
 
-it('the README quick start runs end to end', async () => {
-  const db = await createTestDatabase();
-  const previous = process.env.DATABASE_URL;
-  process.env.DATABASE_URL = db.url;
-  try {
-    const { quickstart } = await import('../examples/quickstart.ts');
-    expect(await quickstart()).toEqual({
-      url: 'https://example.com/cat.png',
-      width: 320,
-      resizedBy: 'resize-image',
-      attempt: 1,
-    });
-  } finally {
-    if (previous === undefined) delete process.env.DATABASE_URL;
-    else process.env.DATABASE_URL = previous;
-    await db.drop();
+const ROOT = path.resolve(import.meta.dirname, '..');
+const TSX = import.meta.resolve('tsx');
+/** The examples/ files the tests run: quickstart.ts, and the modules it loads. */
+const RUN_BY_TESTS = ['examples/quickstart.ts', 'examples/tasks.ts', 'examples/resize-image.ts'];
+
+let db: TestDatabase;
+beforeAll(async () => {
+  db = await createTestDatabase();
+});
+afterAll(async () => {
+  await db.drop();
+});
+
+it('the README quick start runs as written: prints the completed result and exits', async () => {
+  const child = spawn(process.execPath, ['--import', TSX, 'examples/quickstart.ts'], {
+    cwd: ROOT,
+    env: { ...process.env, DATABASE_URL: db.url },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let out = '';
+  child.stdout.on('data', (d: Buffer) => (out += d));
+  child.stderr.on('data', (d: Buffer) => (out += d));
+  // A process that does not exit by itself fails the test at its timeout.
+  const code = await new Promise<number | null>((resolve) => child.once('exit', (c) => resolve(c)));
+  expect(code, out).toBe(0);
+  expect(out).toBe(`completed { url: 'https://example.com/cat.png', width: 320 }\n`);
+});
+
+it('every ts block of README.md and docs/*.md is an excerpt of an example the tests run, or a marked fragment', () => {
+  const examples = RUN_BY_TESTS.map((file) => asDocumented(readFileSync(path.join(ROOT, file), 'utf8')));
+  const docs = [
+    'README.md',
+    ...readdirSync(path.join(ROOT, 'docs'))
+      .filter((f) => f.endsWith('.md'))
+      .map((f) => `docs/${f}`),
+  ];
+  const drifted: string[] = [];
+  let excerpts = 0;
+  for (const doc of docs) {
+    for (const block of tsBlocks(readFileSync(path.join(ROOT, doc), 'utf8'))) {
+      if (block.startsWith(`${FRAGMENT_MARK}\n`)) continue;
+      if (examples.some((source) => source.includes(block))) excerpts++;
+      else drifted.push(`${doc}:\n${block}`);
+    }
   }
+  expect(drifted, 'blocks that match no example (update examples/ or mark them `// fragment`)').toEqual([]);
+  // The quick start's three files are shown whole.
+  expect(excerpts).toBeGreaterThanOrEqual(3);
 });

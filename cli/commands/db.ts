@@ -13,7 +13,7 @@ import type { Command } from 'commander';
 import {
   DEFAULT_EMBEDDED_PORT,
   embeddedUrl,
-  loadEmbeddedPostgres,
+  assertEmbeddedPostgresInstalled,
   runningEmbeddedPort,
   startEmbeddedPostgres,
 } from '../../runtime/database.ts';
@@ -83,7 +83,7 @@ async function start(io: CliIo, opts: DbOptions): Promise<void> {
     return;
   }
   // Fails now, with what to install, rather than in the background process.
-  await loadEmbeddedPostgres().catch((error: Error) => {
+  await assertEmbeddedPostgresInstalled().catch((error: Error) => {
     throw new CliError(EXIT.UNAVAILABLE, error.message);
   });
   const { log, pid } = files(dataDir);

@@ -113,3 +113,19 @@ export async function runCurl(
   }
   return { status: response.status, json, text };
 }
+
+/** The ```ts code blocks of a markdown text, without their fences. */
+export function tsBlocks(markdown: string): string[] {
+  return [...markdown.matchAll(/^```ts\n([\s\S]*?)^```/gm)].map((m) => m[1]);
+}
+
+/**
+ * An examples/ file as the docs show it: imports of the package's entry written as a user writes them
+ * (`'../runtime/index.ts'` -> `'taskmill'`).
+ */
+export function asDocumented(source: string): string {
+  return source.replaceAll(`'../runtime/index.ts'`, `'taskmill'`);
+}
+
+/** Marks a ```ts block that is not a whole program: an excerpt the tests need not run. */
+export const FRAGMENT_MARK = '// fragment';
