@@ -62,7 +62,10 @@ export const SCHEDULE_LIMITS = {
   maxRunAt: Date.UTC(9999, 11, 31, 23, 59, 59, 999),
   /** affinity and affinityGroup: UTF-8 bytes each (both go into one index entry). */
   maxAffinityBytes: 1_000,
-  /** The message, msgpack-encoded. */
+  /**
+   * The message, msgpack-encoded, when scheduled from outside a task (client, HTTP, CLI, cron). A
+   * child scheduled inside a handler is held to its node's limits.maxMessageBytes by the worker.
+   */
   maxMessageBytes: 1024 * 1024,
 } as const;
 
@@ -128,7 +131,7 @@ export function newTask(def: TaskDefinition, ctx: ScheduleContext = {}, inherite
   if (affinity !== undefined) checkKey('affinity', affinity, false, maxAffinityBytes);
   if (affinityGroup !== undefined) checkKey('affinityGroup', affinityGroup, true, maxAffinityBytes);
   const message = encode(ctx.message);
-  if (message.length > maxMessageBytes) {
+  if (!inherited && message.length > maxMessageBytes) {
     throw invalid(
       `the message is ${message.length} bytes once encoded (msgpack), over the limit of ${maxMessageBytes} bytes; store large data elsewhere and pass a reference`,
     );
