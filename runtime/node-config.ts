@@ -8,6 +8,12 @@ import { PLANNER_DEFAULTS } from '../planner/planner.ts';
 import { DEFAULT_LEASE_TTL_MS } from '../planner/leader.ts';
 import { MAINTENANCE_DEFAULTS } from '../planner/maintenance.ts';
 import { validatePollingDelay } from '../planner/polling-delay.ts';
+import {
+  DEFAULT_MAX_ERROR_BYTES,
+  DEFAULT_MAX_MESSAGE_BYTES,
+  DEFAULT_MAX_RESULT_BYTES,
+  MAX_PAYLOAD_LIMIT_BYTES,
+} from './codec.ts';
 import { COMPLETER_DEFAULTS } from './completer.ts';
 import { DISPATCHER_DEFAULTS } from './dispatcher.ts';
 import { TaskmillError } from './errors.ts';
@@ -42,6 +48,36 @@ const plannerSchema = z
   })
   .strict();
 
+const KiB = 1024;
+
+/** Size limits of what handlers produce (docs/limits.md). */
+const limitsSchema = z
+  .object({
+    /** A larger result fails its task with RESULT_TOO_LARGE. */
+    maxResultBytes: positiveInt.max(MAX_PAYLOAD_LIMIT_BYTES).default(DEFAULT_MAX_RESULT_BYTES),
+    /** A larger message of a child or join message fails the sending task with MESSAGE_TOO_LARGE. */
+    maxMessageBytes: positiveInt.max(MAX_PAYLOAD_LIMIT_BYTES).default(DEFAULT_MAX_MESSAGE_BYTES),
+    /** A longer error text (UTF-8 bytes) is stored truncated, with a marker. */
+    maxErrorBytes: positiveInt
+      .min(KiB)
+      .max(16 * KiB * KiB)
+      .default(DEFAULT_MAX_ERROR_BYTES),
+  })
+  .strict();
+
+const completerSchema = z
+  .object({
+    batchSize: positiveInt.max(100_000).default(COMPLETER_DEFAULTS.batchSize),
+    maxBatchBytes: positiveInt
+      .min(64 * KiB)
+      .max(MAX_PAYLOAD_LIMIT_BYTES)
+      .default(COMPLETER_DEFAULTS.maxBatchBytes),
+    flushIntervalMs: ms.max(60_000).default(COMPLETER_DEFAULTS.flushIntervalMs),
+    highWaterMark: positiveInt.default(COMPLETER_DEFAULTS.highWaterMark),
+    highWaterMarkBytes: positiveInt.min(KiB * KiB).default(COMPLETER_DEFAULTS.highWaterMarkBytes),
+  })
+  .strict();
+
 const schema = z
   .object({
     connectionString: z.string().min(1).optional(),
@@ -55,18 +91,8 @@ const schema = z
     nodeTimeoutMs: positiveInt.default(PLANNER_DEFAULTS.nodeTimeoutMs),
     fetchIntervalMs: positiveInt.optional(),
     planner: z.union([z.literal(false), plannerSchema]).default(plannerSchema.parse({})),
-    completer: z
-      .object({
-        batchSize: positiveInt.max(100_000).default(COMPLETER_DEFAULTS.batchSize),
-        flushIntervalMs: ms.max(60_000).default(COMPLETER_DEFAULTS.flushIntervalMs),
-        highWaterMark: positiveInt.default(COMPLETER_DEFAULTS.highWaterMark),
-      })
-      .strict()
-      .default({
-        batchSize: COMPLETER_DEFAULTS.batchSize,
-        flushIntervalMs: COMPLETER_DEFAULTS.flushIntervalMs,
-        highWaterMark: COMPLETER_DEFAULTS.highWaterMark,
-      }),
+    completer: completerSchema.default(completerSchema.parse({})),
+    limits: limitsSchema.default(limitsSchema.parse({})),
     notifications: z.boolean().default(true),
     shutdownGraceMs: ms.default(NODE_DEFAULTS.shutdownGraceMs),
     abortGraceMs: ms.default(DISPATCHER_DEFAULTS.abortGraceMs),
@@ -79,7 +105,7 @@ const schema = z
     /** V8 heap limit of each worker thread, MiB: a handler that allocates more ends its own thread. */
     threadHeapLimitMb: positiveInt.min(16).max(1_048_576).default(DISPATCHER_DEFAULTS.threadHeapLimitMb),
     /** Shell tasks (shell-task.ts): disabled unless enabled here, with an allowlist of executables. */
-    shell: shellOptionsSchema.default({ enabled: false, allow: [], allowShellStrings: false }),
+    shell: shellOptionsSchema.default(shellOptionsSchema.parse({})),
   })
   .strict();
 

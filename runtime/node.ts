@@ -161,11 +161,13 @@ export class TaskmillNode extends EventEmitter<TaskmillNodeEvents> {
       db: this.pool,
       nodeId: this.id,
       ...config.completer,
+      limits: config.limits,
       onFlush: (result) => this.onFlush(result),
       onError: onError('completer'),
     });
     this.heartbeat = new Heartbeat({
       db: this.pool,
+      maxErrorBytes: config.limits.maxErrorBytes,
       node: {
         id: this.id,
         name: this.name,
@@ -445,6 +447,7 @@ export class TaskmillNode extends EventEmitter<TaskmillNodeEvents> {
     }
     if (outcome.reason === 'shutdown') {
       this.handedBack.push(task.id);
+        ifRejected: this.retryOf(task),
       return;
     }
     const def = this.defs.get(task.name);
@@ -473,6 +476,13 @@ export class TaskmillNode extends EventEmitter<TaskmillNodeEvents> {
     this.counters.retried += result.retried;
     this.counters.failed += result.failed + result.deadLettered;
     this.counters.stale += result.stale;
+  /** What a failed attempt of `task` would lead to, under its definition's retry policy. */
+  private retryOf(task: FetchedTask): Pick<Failure, 'retryDelayMs' | 'deadLetter'> {
+    const def = this.defs.get(task.name);
+    const delay = def && nextRetryDelay(def.retry, task.attempt + 1, Date.now() - task.created_at.getTime());
+    return { retryDelayMs: delay ?? null, deadLetter: def?.deadLetter ?? true };
+  }
+
     if (result.stale > 0)
       this.log.warn({ stale: result.stale }, 'outcomes fenced out: tasks were reassigned');
     this.emit('flush', result);

@@ -131,6 +131,11 @@ export interface Success {
   result: Uint8Array | null;
   children: NewTask[];
   joinMessages: JoinMessage[];
+  /**
+   * What becomes of the task if the database refuses this completion (a failed attempt under its retry
+   * policy); absent: it ends in the dead-letter table.
+   */
+  ifRejected?: Pick<Failure, 'retryDelayMs' | 'deadLetter'>;
 }
 
 export interface Accepted {
@@ -141,7 +146,51 @@ export interface Accepted {
 
 const bytes = (b: Uint8Array | null) => (b ? Buffer.from(b.buffer, b.byteOffset, b.byteLength) : null);
 
-/** Parameters of tm_complete (migrations/002_workflows.sql) for a batch of successes. */
+/** Bytes a row costs in a statement besides its payloads (ids, names, numbers), roughly. */
+const ROW_OVERHEAD_BYTES = 128;
+
+/**
+ * Payload bytes one success adds to tm_complete's parameters: its result, its children (message and
+ * strings) and its join messages. The completer bounds a batch by the sum of these.
+ */
+export function successBytes(s: Success): number {
+  let n = ROW_OVERHEAD_BYTES + (s.result?.byteLength ?? 0);
+  for (const c of s.children) {
+    n += ROW_OVERHEAD_BYTES + c.message.byteLength + c.name.length;
+    n += (c.affinityGroup?.length ?? 0) + (c.affinity?.length ?? 0) + (c.joinOf?.length ?? 0) * 80;
+  }
+  for (const m of s.joinMessages) n += ROW_OVERHEAD_BYTES + m.payload.byteLength + m.joinName.length;
+  return n;
+}
+
+/** Payload bytes one failure adds to tm_fail's parameters (its error text, at most 3 bytes a character). */
+export function failureBytes(f: Failure): number {
+  return ROW_OVERHEAD_BYTES + f.error.length * 3;
+}
+
+/**
+ * An error text PostgreSQL can store and within `maxBytes` UTF-8 bytes: NUL characters (which text
+ * columns refuse) are replaced by U+FFFD, and a longer text is cut with a marker saying how much was
+ * kept.
+ */
+export function storableError(text: string, maxBytes: number): string {
+  const clean = text.includes('\0') ? text.replaceAll('\0', '\uFFFD') : text;
+  if (clean.length <= maxBytes / 3) return clean;
+  const bytes = Buffer.from(clean, 'utf8');
+  if (bytes.length <= maxBytes) return clean;
+  const marker = (kept: number) => `\n[truncated: ${kept} of ${bytes.length} bytes kept]`;
+  const room = Math.max(0, maxBytes - Buffer.byteLength(marker(maxBytes)));
+  // Cut on a character boundary: drop continuation bytes (10xxxxxx) the cut would split.
+  let end = room;
+  while (end > 0 && (bytes[end] & 0xc0) === 0x80) end--;
+  return bytes.subarray(0, end).toString('utf8') + marker(end);
+}
+
+/**
+ * Parameters of tm_complete (migrations/002_workflows.sql) for a batch of successes. Results and
+ * messages travel as bytea arrays, which node-postgres sends as hex text: the completer keeps a batch
+ * within its byte budget so these strings stay far below V8's longest string.
+ */
 export function completeParams(nodeId: string, done: Success[]): unknown[] {
   const children = done.flatMap((d) => d.children);
   const waits = children.flatMap((c) => (c.joinOf ?? []).map((waitsFor) => [c.id, waitsFor]));

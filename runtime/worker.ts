@@ -8,7 +8,7 @@
 import { threadId, workerData } from 'node:worker_threads';
 import pg from 'pg';
 import { checkout } from './checkout.ts';
-import { decode, encode } from './codec.ts';
+import { assertWithinLimit, decode, encode } from './codec.ts';
 import { TaskmillError } from './errors.ts';
 import {
   bindTaskPort,
@@ -36,6 +36,8 @@ interface LoadedModule {
 const init = workerData as WorkerInit;
 const YIELD_EVERY_MS = 1;
 const modules = new Map<string, Promise<LoadedModule>>();
+const maxResultBytes = init.limits?.maxResultBytes ?? Infinity;
+const maxMessageBytes = init.limits?.maxMessageBytes ?? Infinity;
 
 function load(name: string): Promise<LoadedModule> {
   let loaded = modules.get(name);
@@ -155,6 +157,7 @@ async function runOne(task: TaskEnvelope, bytes: Uint8Array, signal: AbortSignal
       const child = newTask(definition(def, 'schedule'), scheduleCtx, inherited);
       children.push(child);
       return child.id;
+      assertWithinLimit(child.message, maxMessageBytes, 'message');
     },
     scheduleJoin(def, scheduleCtx, taskIds) {
       if (!Array.isArray(taskIds) || taskIds.length === 0) {
@@ -171,13 +174,14 @@ async function runOne(task: TaskEnvelope, bytes: Uint8Array, signal: AbortSignal
       const join = newTask(definition(def, 'scheduleJoin'), scheduleCtx, inherited);
       join.state = 'waiting';
       join.joinOf = [...new Set(taskIds)];
+      assertWithinLimit(join.message, maxMessageBytes, 'message');
       children.push(join);
       return join.id;
     },
     sendToJoin(def, message) {
       joinMessages.push({
         joinName: definition(def, 'sendToJoin').name,
-        payload: encode(message, 'join message'),
+        payload: encode(message, 'join message', maxMessageBytes),
       });
     },
   };
@@ -194,7 +198,7 @@ async function runOne(task: TaskEnvelope, bytes: Uint8Array, signal: AbortSignal
     if (task.exactlyOnce) return await runExactlyOnce(task, mod, message, ctx, children, joinMessages);
     const value = await mod.handler(message, ctx);
     throwIfAbortedForGood(signal);
-    const result = value === undefined ? null : encode(value, 'result');
+    const result = value === undefined ? null : encode(value, 'result', maxResultBytes);
     return { type: 'done', id: task.id, result, children, joinMessages };
   } catch (error) {
     let stopRetry = error instanceof TaskmillError && error.code === 'TASK_CANCELLED';
@@ -241,7 +245,7 @@ async function runExactlyOnce(
     ctx.db = client;
     const value = await mod.handler(message, ctx);
     throwIfAbortedForGood(ctx.signal);
-    const result = value === undefined ? null : encode(value, 'result');
+    const result = value === undefined ? null : encode(value, 'result', maxResultBytes);
     const done = await client.query(
       COMPLETE_SQL,
       completeParams(init.nodeId, [
