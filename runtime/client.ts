@@ -20,6 +20,7 @@ import {
 import { cancelWorkflow, waitForWorkflow, workflowStatus, type WorkflowStatus } from './workflows.ts';
 import { TASK_NAME_PATTERN, isTaskDefinition, type TaskDefinition } from './task-definition.ts';
 import { decode } from './codec.ts';
+import { clusterOverview, type ClusterOverview } from './inspect.ts';
 import type { CronInfo } from '../planner/cron-table.ts';
 
 export interface ClientOptions {
@@ -209,6 +210,16 @@ export class TaskmillClient {
   ): Promise<{ name: string; lastTaskId: string | null; lastTaskState: CronInfo['lastTaskState'] }> {
     const { removeCron } = await import('../planner/cron-table.ts');
     return removeCron(this.pool, name);
+  }
+
+  /**
+   * The cluster as the database sees it: the planner leader and since when it leads, every registered
+   * node with its state (alive, stopping, dead), last heartbeat, capacity and load, and totals over
+   * the live nodes. One query; `nodeTimeoutMs` is the heartbeat age after which a node counts as dead
+   * (the nodes' own setting, default 10 s).
+   */
+  cluster(options: { nodeTimeoutMs?: number } = {}): Promise<ClusterOverview> {
+    return clusterOverview(this.pool, options.nodeTimeoutMs);
   }
 
   async close(): Promise<void> {

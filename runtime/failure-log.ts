@@ -10,13 +10,19 @@
  * per source and error code.
  *
  * States per kind: absent -> failing (first line) -> failing (one line per interval) -> absent
- * (recovered, or the interval passed without a failure). Main thread only.
+ * (recovered: successes for `settleMs` with no connection failure between; or, for other kinds, the
+ * interval passed without a failure). Main thread only.
  */
 import type { Logger } from './logger.ts';
 
 export const FAILURE_LOG_DEFAULTS = {
   /** At most one line per failure kind per this interval while the failure goes on. */
   intervalMs: 30_000,
+  /**
+   * The database counts as back once queries succeed for this long without a connection failure: while
+   * a server shuts down, a session it has not terminated yet still answers for a moment.
+   */
+  settleMs: 1_000,
 };
 
 export const DATABASE_FAILURE = 'database';
@@ -62,16 +68,20 @@ interface KindState {
   /** Failures since the last line. */
   unlogged: number;
   total: number;
+  /** First success since the last failure (database kind only). */
+  okSince?: number;
 }
 
 export interface FailureLogOptions {
   intervalMs?: number;
+  settleMs?: number;
   now?: () => number;
 }
 
 export class FailureLog {
   private readonly kinds = new Map<string, KindState>();
   private readonly intervalMs: number;
+  private readonly settleMs: number;
   private readonly now: () => number;
 
   constructor(
@@ -79,12 +89,14 @@ export class FailureLog {
     options: FailureLogOptions = {},
   ) {
     this.intervalMs = options.intervalMs ?? FAILURE_LOG_DEFAULTS.intervalMs;
+    this.settleMs = options.settleMs ?? FAILURE_LOG_DEFAULTS.settleMs;
     this.now = options.now ?? Date.now;
   }
 
   /** True while the database counts as unreachable (a connection failure and no success since). */
   get databaseDown(): boolean {
-    return this.kinds.has(DATABASE_FAILURE);
+    const db = this.kinds.get(DATABASE_FAILURE);
+    return db !== undefined && db.okSince === undefined;
   }
 
   /** Since when the database counts as unreachable (epoch ms), or undefined. */
@@ -116,6 +128,7 @@ export class FailureLog {
     }
     state.total++;
     state.unlogged++;
+    state.okSince = undefined;
     if (now - state.lastLogged < this.intervalMs) return;
     const fields = { err: summarize(error), source, failures: state.unlogged, sinceMs: now - state.since };
     state.lastLogged = now;
@@ -132,7 +145,9 @@ export class FailureLog {
     if (this.kinds.size === 0) return false;
     const now = this.now();
     const db = this.kinds.get(DATABASE_FAILURE);
-    if (db) {
+    if (db) db.okSince ??= now;
+    const back = db !== undefined && now - db.okSince! >= this.settleMs;
+    if (db && back) {
       this.kinds.delete(DATABASE_FAILURE);
       this.log.info(
         { source, downMs: now - db.since, failures: db.total },
@@ -140,7 +155,7 @@ export class FailureLog {
       );
     }
     for (const kind of this.kinds.keys()) if (kind.startsWith(`${source}:`)) this.kinds.delete(kind);
-    return db !== undefined;
+    return back;
   }
 }
 

@@ -362,3 +362,97 @@ async function query<R extends object>(db: Queryable, sql: string, params: unkno
 function invalid(message: string): TaskmillError {
   return new TaskmillError('INVALID_ARGUMENT', `Invalid query: ${message}.`);
 }
+
+/** A node as `TaskmillClient.cluster()` reports it. */
+export interface ClusterNode {
+  id: string;
+  name: string;
+  /** `alive`: heartbeat within the node timeout; `stopping`: alive and handing its work back; `dead`. */
+  state: 'alive' | 'stopping' | 'dead';
+  leader: boolean;
+  startedAt: Date;
+  lastHeartbeatAt: Date;
+  /** Tasks it runs at once (maxParallelTasksInNode); 0 while stopping. */
+  capacity: number;
+  /** Running or queued on the node, as of its last heartbeat. */
+  inFlight: number;
+  /** Assigned or running on the node in the hot table, now. */
+  held: number;
+  /** Share of its machine's CPU the node used (0..1), as of its last heartbeat. */
+  cpu: number;
+  taskNames: string[];
+}
+
+export interface ClusterOverview {
+  /** Database time of the reading. */
+  at: Date;
+  /** The planner leader holding an unexpired lease, and since when it holds it; null when none. */
+  leader: { nodeId: string; nodeName: string | null; since: Date; expiresAt: Date } | null;
+  nodes: ClusterNode[];
+  /** Over the live nodes (alive or stopping); `nodes` counts every row, dead ones included. */
+  totals: { nodes: number; alive: number; capacity: number; inFlight: number; held: number };
+}
+
+/** Leader, nodes and their load in one round trip (tm_nodes, tm_leader and the node index of tm_tasks). */
+export async function clusterOverview(
+  db: Queryable,
+  nodeTimeoutMs = PLANNER_DEFAULTS.nodeTimeoutMs,
+): Promise<ClusterOverview> {
+  if (!(Number.isInteger(nodeTimeoutMs) && nodeTimeoutMs > 0)) {
+    throw invalid(`node timeout must be a positive whole number of milliseconds, got ${nodeTimeoutMs}`);
+  }
+  const { rows } = await query<{ at: Date; leader: RawLeader | null; nodes: RawNode[] }>(
+    db,
+    `select now() as at,
+       (select json_build_object('nodeId', l.node_id, 'nodeName', n.name, 'since', l.acquired_at,
+           'expiresAt', l.expires_at)
+        from tm_leader l left join tm_nodes n on n.id = l.node_id where l.expires_at > now()) as leader,
+       (select coalesce(json_agg(json_build_object('id', n.id, 'name', n.name,
+           'alive', n.heartbeat_at > now() - $1 * interval '1 millisecond',
+           'leader', coalesce(l.node_id = n.id and l.expires_at > now(), false),
+           'startedAt', n.started_at, 'lastHeartbeatAt', n.heartbeat_at, 'capacity', n.capacity,
+           'inFlight', n.in_flight, 'cpu', n.cpu, 'taskNames', n.task_names,
+           'held', (select count(*) from tm_tasks t where t.node_id = n.id))
+           order by n.started_at, n.name), '[]')
+        from tm_nodes n left join tm_leader l on l.node_id = n.id) as nodes`,
+    [nodeTimeoutMs],
+  );
+  const row = rows[0];
+  const nodes: ClusterNode[] = row.nodes.map(({ alive, ...n }) => ({
+    ...n,
+    state: !alive ? 'dead' : n.capacity === 0 ? 'stopping' : 'alive',
+    startedAt: new Date(n.startedAt),
+    lastHeartbeatAt: new Date(n.lastHeartbeatAt),
+  }));
+  const live = nodes.filter((n) => n.state !== 'dead');
+  const sum = (k: 'capacity' | 'inFlight' | 'held') => live.reduce((total, n) => total + n[k], 0);
+  return {
+    at: row.at,
+    leader: row.leader && {
+      ...row.leader,
+      since: new Date(row.leader.since),
+      expiresAt: new Date(row.leader.expiresAt),
+    },
+    nodes,
+    totals: {
+      nodes: nodes.length,
+      alive: live.length,
+      capacity: sum('capacity'),
+      inFlight: sum('inFlight'),
+      held: sum('held'),
+    },
+  };
+}
+
+interface RawLeader {
+  nodeId: string;
+  nodeName: string | null;
+  since: string;
+  expiresAt: string;
+}
+
+type RawNode = Omit<ClusterNode, 'state' | 'startedAt' | 'lastHeartbeatAt'> & {
+  alive: boolean;
+  startedAt: string;
+  lastHeartbeatAt: string;
+};
