@@ -33,6 +33,7 @@ import { PlannerWaker } from './planner-waker.ts';
 import { SubmitBatcher } from './submit-batcher.ts';
 import { registerTaskRoutes } from './task-routes.ts';
 import { registerWorkflowRoutes } from './workflow-routes.ts';
+import { ConnectionClient } from '../runtime/connections.ts';
 
 const DASHBOARD_HTML = readFileSync(new URL('./dashboard.html', import.meta.url), 'utf8');
 // The dashboard loads nothing from elsewhere; the policy makes sure of it.
@@ -92,7 +93,9 @@ export async function buildHttpApp(options: HttpServerOptions = {}): Promise<Fas
       'No database: pass a pool or connection string, or set DATABASE_URL.',
     );
   }
-  const pool = options.pool ?? new pg.Pool({ connectionString, max: 10, application_name: 'taskmill-http' });
+  const pool =
+    options.pool ??
+    new pg.Pool({ connectionString, max: 10, application_name: 'taskmill-http', Client: ConnectionClient });
   const ownsPool = !options.pool;
   if (ownsPool) {
     // An idle connection that dies is dropped by the pool: one line per outage, one when it is back.

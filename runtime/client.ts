@@ -22,6 +22,7 @@ import { TASK_NAME_PATTERN, isTaskDefinition, type TaskDefinition } from './task
 import { decode } from './codec.ts';
 import { clusterOverview, type ClusterOverview } from './inspect.ts';
 import type { CronInfo } from '../planner/cron-table.ts';
+import { ConnectionClient } from './connections.ts';
 
 export interface ClientOptions {
   /** Default: DATABASE_URL. */
@@ -73,7 +74,13 @@ export class TaskmillClient {
       );
     }
     this.pool =
-      options.pool ?? new pg.Pool({ connectionString, max: 10, application_name: 'taskmill-client' });
+      options.pool ??
+      new pg.Pool({
+        connectionString,
+        max: 10,
+        application_name: 'taskmill-client',
+        Client: ConnectionClient,
+      });
     this.ownsPool = !options.pool;
     if (this.ownsPool) {
       // An idle connection that dies (server restart, terminated backend, idle timeout of a proxy) is

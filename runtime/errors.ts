@@ -18,7 +18,8 @@ export type TaskmillErrorCode =
   | 'TASK_TIMEOUT'
   | 'TASK_CANCELLED'
   | 'WORKER_EXITED'
-  | 'TIMEOUT';
+  | 'TIMEOUT'
+  | 'TOO_MANY_CONNECTIONS';
 
 export class TaskmillError extends Error {
   readonly code: TaskmillErrorCode;

@@ -7,6 +7,7 @@
  * States: idle -> connected -> (broken -> reconnecting -> connected)* -> closed. Main thread only.
  */
 import pg from 'pg';
+import { ConnectionClient } from './connections.ts';
 
 export type NotificationHandler = (payload: string, reconnected: boolean) => void;
 
@@ -41,7 +42,7 @@ export class Listener {
   }
 
   private async connect(): Promise<void> {
-    const client = new pg.Client({
+    const client = new ConnectionClient({
       connectionString: this.connectionString,
       application_name: 'taskmill-listen',
     });

@@ -40,6 +40,7 @@ import {
   type Failure,
   type FetchedTask,
 } from './task-store.ts';
+import { ConnectionClient } from './connections.ts';
 
 export type { NodeOptions } from './node-config.ts';
 
@@ -133,7 +134,12 @@ export class TaskmillNode extends EventEmitter<TaskmillNodeEvents> {
     const connectionString = config.connectionString ?? process.env.DATABASE_URL;
     this.pool =
       (config.pool as pg.Pool | undefined) ??
-      new pg.Pool({ connectionString, max: config.poolSize, application_name: `taskmill-node` });
+      new pg.Pool({
+        connectionString,
+        max: config.poolSize,
+        application_name: `taskmill-node`,
+        Client: ConnectionClient,
+      });
     this.ownsPool = !config.pool;
     // An idle pooled connection that dies (server restart, terminated backend) is dropped by the pool.
     this.pool.on('error', (error) => this.fail(error, 'pool'));

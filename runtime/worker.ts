@@ -27,6 +27,7 @@ import { newTask, type NewTask } from './schedule-context.ts';
 import type { FailureHook, TaskContext, TaskHandler } from './task-context.ts';
 import { isTaskDefinition, type TaskDefinition } from './task-definition.ts';
 import { COMPLETE_SQL, completeParams, type JoinMessage } from './task-store.ts';
+import { ConnectionClient } from './connections.ts';
 
 interface LoadedModule {
   handler: TaskHandler;
@@ -122,6 +123,7 @@ function pool(): pg.Pool {
       connectionString: init.connectionString,
       max: 8,
       application_name: 'taskmill-worker',
+      Client: ConnectionClient,
     });
     // An idle connection that dies (server restart, terminated backend) is dropped by the pool and
     // replaced on next use; without a listener the 'error' event would end the worker thread.
