@@ -13,7 +13,14 @@ export async function loadTaskModules(specs: string[], cwd: string): Promise<Tas
   for (const spec of specs) {
     const file = path.resolve(cwd, spec);
     if (!existsSync(file)) throw new CliError(EXIT.USAGE, `Task module not found: ${file}`);
-    const module = (await import(pathToFileURL(file).href)) as Record<string, unknown>;
+    const module = (await import(pathToFileURL(file).href).catch((error: { code?: string }) => {
+      if (error.code !== 'ERR_UNKNOWN_FILE_EXTENSION') throw error;
+      throw new CliError(
+        EXIT.USAGE,
+        `${spec} is TypeScript, which this Node.js does not load by itself: run taskmill with a ` +
+          `TypeScript loader (NODE_OPTIONS="--import tsx" taskmill ...), or give it a .js/.mjs module.`,
+      );
+    })) as Record<string, unknown>;
     const defs = taskDefinitionsOf(module);
     for (const def of defs) found.add(def);
     if (defs.length === 0) {

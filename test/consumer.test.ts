@@ -237,6 +237,20 @@ describe('the npm package', () => {
           }),
         );
         expect(JSON.parse(out.stdout.trim().split('\n').pop()!)).toEqual({ double: 42 });
+
+        // The CLI loads a TypeScript tasks module in its main thread: with plain node it says what to do.
+        writeFileSync(
+          path.join(project, 'tasks.ts'),
+          `import { defineTask } from 'taskmill';
+        export const double = defineTask<{ n: number }, number>({ name: 'consumer.double', handler: new URL('./double.ts', import.meta.url) });\n`,
+        );
+        const bin = path.join(project, 'node_modules', '.bin', 'taskmill');
+        const plain = await run(bin, ['node', '--tasks', './tasks.ts'], {
+          cwd: project,
+          env: { ...userEnv, DATABASE_URL: databaseUrl },
+        });
+        expect(plain.code).toBe(2);
+        expect(plain.stderr).toContain('NODE_OPTIONS="--import tsx"');
       } finally {
         rmSync(path.join(project, 'node_modules', 'tsx'));
       }
