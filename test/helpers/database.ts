@@ -2,6 +2,7 @@
 import { randomBytes } from 'node:crypto';
 import pg from 'pg';
 import { inject } from 'vitest';
+import { ConnectionClient } from '../../runtime/connections.ts';
 import { withDatabase } from '../../runtime/database.ts';
 
 export interface TestDatabase {
@@ -13,19 +14,19 @@ export interface TestDatabase {
 export async function createTestDatabase(options: { migrated?: boolean } = {}): Promise<TestDatabase> {
   const serverUrl = inject('serverUrl');
   const name = `${inject('templateDb').replace(/_template$/, '')}_${randomBytes(4).toString('hex')}`;
-  const admin = new pg.Client(serverUrl);
+  const admin = new ConnectionClient(serverUrl);
   await admin.connect();
   const template = options.migrated === false ? '' : ` template ${pg.escapeIdentifier(inject('templateDb'))}`;
   await admin.query(`create database ${pg.escapeIdentifier(name)}${template}`);
   await admin.end();
   const url = withDatabase(serverUrl, name);
-  const pool = new pg.Pool({ connectionString: url, max: 5 });
+  const pool = new pg.Pool({ connectionString: url, max: 5, Client: ConnectionClient });
   return {
     url,
     pool,
     async drop() {
       await pool.end();
-      const c = new pg.Client(serverUrl);
+      const c = new ConnectionClient(serverUrl);
       await c.connect();
       await c.query(`drop database if exists ${pg.escapeIdentifier(name)} with (force)`);
       await c.end();
