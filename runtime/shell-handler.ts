@@ -3,16 +3,19 @@
  * message against the node's policy (workerData.shell: absent means shell tasks are refused here),
  * spawns the command in a process group of its own (`detached`), keeps the last bytes of stdout and
  * stderr, and on timeout or abort kills the whole group: SIGTERM, then SIGKILL after the grace.
- * When the command exits, whatever it left running in its group is killed too.
+ * When the command exits, whatever it left running in its group is killed too, and the task ends once
+ * its output pipes close, or `pipeGraceMs` after the exit at the latest (a process that left the group,
+ * setsid, may hold them open for ever). The group is reported to the main thread (protocol.ts
+ * `reportProcessGroup`), which kills it if the thread dies or is terminated before the group is gone.
  *
- * States of one command: running -> exited (group leftovers killed) -> closed, or
- * running -> terminating (SIGTERM sent; SIGKILL after killGraceMs) -> closed.
- * Owned by one worker thread; the main thread sees only the outcome.
+ * States of one command: running -> exited (group killed; pipes drain, bounded) -> settled, or
+ * running -> terminating (SIGTERM sent; SIGKILL after killGraceMs) -> exited -> settled.
+ * Owned by one worker thread; the main thread sees the outcome and the process group.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { workerData } from 'node:worker_threads';
 import { TaskmillError, type TaskmillErrorCode } from './errors.ts';
-import type { WorkerInit } from './protocol.ts';
+import { reportProcessGroup, type WorkerInit } from './protocol.ts';
 import { SHELL_DEFAULTS, resolveCommand, type ResolvedCommand, type ShellResult } from './shell-task.ts';
 import type { TaskContext } from './task-context.ts';
 
@@ -30,7 +33,9 @@ export default async function shell(message: unknown, ctx: TaskContext): Promise
   }
   const command = resolveCommand(message, policy);
   ctx.signal.throwIfAborted();
-  return runCommand(command, policy.killGraceMs, ctx.signal);
+  return runCommand(command, policy.killGraceMs, ctx.signal, (pgid, alive) =>
+    reportProcessGroup(ctx.taskId, pgid, alive),
+  );
 }
 
 export function onFailure(error: unknown): boolean | void {
@@ -42,6 +47,8 @@ export function runCommand(
   command: ResolvedCommand,
   killGraceMs: number,
   signal: AbortSignal,
+  onGroup: (pgid: number, alive: boolean) => void = () => {},
+  pipeGraceMs = SHELL_DEFAULTS.pipeGraceMs,
 ): Promise<ShellResult> {
   return new Promise((resolve, reject) => {
     const started = performance.now();
@@ -52,7 +59,7 @@ export function runCommand(
       child = spawn(command.file, command.args, {
         argv0: command.argv0,
         cwd: command.cwd,
-        env: command.env ? { ...process.env, ...command.env } : process.env,
+        env: command.env,
         detached: true,
         stdio: ['ignore', 'pipe', 'pipe'],
       });
@@ -66,6 +73,7 @@ export function runCommand(
       return;
     }
     const group = child.pid;
+    if (group !== undefined) onGroup(group, true);
     let ending: 'timeout' | 'abort' | undefined;
     let settled = false;
     const timers: NodeJS.Timeout[] = [];
@@ -89,6 +97,9 @@ export function runCommand(
       settled = true;
       for (const timer of timers) clearTimeout(timer);
       signal.removeEventListener('abort', onAbort);
+      // Pipes a process outside the group still holds are let go of.
+      child.stdout?.destroy();
+      child.stderr?.destroy();
       outcome();
     };
 
@@ -96,8 +107,13 @@ export function runCommand(
     signal.addEventListener('abort', onAbort, { once: true });
     child.stdout!.on('data', (chunk: Buffer) => stdout.push(chunk));
     child.stderr!.on('data', (chunk: Buffer) => stderr.push(chunk));
-    // The leader exited: processes it left in its group would hold the pipes open; end them.
-    child.on('exit', () => killGroup('SIGKILL'));
+    // The leader exited: processes it left in its group would hold the pipes open; end them. A process
+    // that left the group may hold them for ever: the outcome waits for them a bounded time only.
+    child.on('exit', (code, sig) => {
+      killGroup('SIGKILL');
+      if (group !== undefined) onGroup(group, false);
+      timers.push(setTimeout(() => finish(code, sig), pipeGraceMs));
+    });
     child.on('error', (error) => {
       if (group !== undefined) return; // a kill that failed; 'close' still follows
       settle(() =>
@@ -106,7 +122,8 @@ export function runCommand(
         ),
       );
     });
-    child.on('close', (code, sig) => {
+    child.on('close', (code, sig) => finish(code, sig));
+    const finish = (code: number | null, sig: NodeJS.Signals | null) => {
       settle(() => {
         const output = describeOutput(stdout, stderr);
         if (ending === 'abort') {
@@ -140,7 +157,7 @@ export function runCommand(
           reject(failure('COMMAND_FAILED', `Command ${command.display} ${how}.${output}`));
         }
       });
-    });
+    };
   });
 }
 

@@ -10,6 +10,11 @@
  * shell, and its executable must be on the allowlist; a command string goes through `/bin/sh -c` only
  * when the node sets `allowShellStrings` (which lets it run anything). The policy travels to the worker
  * threads in workerData and is enforced there, where the command is spawned.
+ *
+ * Environment: a command never gets the node's environment (it holds DATABASE_URL, tokens). It gets
+ * the node's values of the names in `shell.inheritEnv` (PATH, HOME, locale, TZ... by default) plus what
+ * the message's `env` sets, for names in `shell.messageEnv` only. Names that load code into a process
+ * (LD_*, DYLD_*, BASH_FUNC_*, NODE_OPTIONS, BASH_ENV...) are refused in both lists and in messages.
  */
 import { accessSync, constants, statSync } from 'node:fs';
 import path from 'node:path';
@@ -33,7 +38,75 @@ export const SHELL_DEFAULTS = {
    * dispatcher terminates a thread whose handler has not ended.
    */
   killGraceMs: 2_000,
+  /**
+   * After the command's own process exits, how long to wait for its output pipes to close: a process
+   * that left its group (setsid) may hold them open for ever.
+   */
+  pipeGraceMs: 1_000,
+  /** Names of the node's environment passed to commands (a trailing * matches a prefix). */
+  inheritEnv: ['PATH', 'HOME', 'LANG', 'LANGUAGE', 'LC_*', 'TZ', 'TMPDIR', 'USER', 'LOGNAME', 'TERM'],
+  /** Names a message's env may set. */
+  messageEnv: ['LANG', 'LANGUAGE', 'LC_*', 'TZ'],
 };
+
+/**
+ * Environment names never passed to a command, whatever the configuration: they make a dynamic
+ * loader, a shell or an interpreter run code of the caller's choosing (a trailing * matches a prefix).
+ */
+export const FORBIDDEN_ENV = [
+  'LD_*',
+  'DYLD_*',
+  'BASH_FUNC_*',
+  'BASH_ENV',
+  'ENV',
+  'SHELLOPTS',
+  'BASHOPTS',
+  'PS4',
+  'PROMPT_COMMAND',
+  'IFS',
+  'GLIBC_TUNABLES',
+  'GCONV_PATH',
+  'LOCPATH',
+  'MALLOC_*',
+  'NODE_OPTIONS',
+  'NODE_PATH',
+  'PYTHONSTARTUP',
+  'PYTHONPATH',
+  'PYTHONHOME',
+  'PERL5OPT',
+  'PERL5LIB',
+  'PERLLIB',
+  'RUBYOPT',
+  'RUBYLIB',
+  'JAVA_TOOL_OPTIONS',
+  '_JAVA_OPTIONS',
+  'GIT_SSH',
+  'GIT_SSH_COMMAND',
+  'GIT_EXEC_PATH',
+  'GIT_CONFIG_*',
+  'GIT_ASKPASS',
+  'SSH_ASKPASS',
+];
+
+const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
+
+function matches(name: string, entry: string): boolean {
+  return entry.endsWith('*') ? name.startsWith(entry.slice(0, -1)) : name === entry;
+}
+
+/** Whether an environment name is one a command must never receive. */
+export function isForbiddenEnv(name: string): boolean {
+  return FORBIDDEN_ENV.some((entry) => matches(name, entry));
+}
+
+/** Whether a configured entry (name or prefix*) could let a forbidden name through. */
+function overlapsForbidden(entry: string): boolean {
+  if (!entry.endsWith('*')) return isForbiddenEnv(entry);
+  const prefix = entry.slice(0, -1);
+  return FORBIDDEN_ENV.some((f) =>
+    f.endsWith('*') ? prefix.startsWith(f.slice(0, -1)) || f.startsWith(prefix) : f.startsWith(prefix),
+  );
+}
 export const SHELL_LIMITS = { maxOutputBytes: 16 * 1024 * 1024, timeoutMs: 7 * 86_400_000 };
 
 /** The message of a shell task. */
@@ -45,7 +118,10 @@ export interface ShellMessage {
   command: string[] | string;
   /** Absolute working directory (default: the node's). */
   cwd?: string;
-  /** Added to (and overriding) the node's environment. */
+  /**
+   * Variables for the command, over the node's values of `shell.inheritEnv`: only names listed in the
+   * node option `shell.messageEnv` are accepted (never LD_*, BASH_FUNC_*, NODE_OPTIONS...).
+   */
   env?: Record<string, string>;
   timeoutMs?: number;
   maxOutputBytes?: number;
@@ -72,6 +148,13 @@ const allowEntry = z
     'give an executable name (looked up on PATH) or an absolute path',
   );
 
+const envEntry = z
+  .string()
+  .regex(/^[A-Za-z_][A-Za-z0-9_]*\*?$/, 'give a variable name, or a prefix ending in *')
+  .refine((entry) => !overlapsForbidden(entry), {
+    message: `may let through a variable that loads code (${FORBIDDEN_ENV.join(', ')}); these are never passed`,
+  });
+
 export const shellOptionsSchema = z
   .object({
     enabled: z.boolean().default(false),
@@ -79,6 +162,10 @@ export const shellOptionsSchema = z
     allow: z.array(allowEntry).default([]),
     /** Allow messages whose command is a string run by /bin/sh -c (the allowlist cannot constrain those). */
     allowShellStrings: z.boolean().default(false),
+    /** Names of the node's environment passed to commands; the rest (secrets) is not. */
+    inheritEnv: z.array(envEntry).default(SHELL_DEFAULTS.inheritEnv),
+    /** Names a message's env may set. */
+    messageEnv: z.array(envEntry).default(SHELL_DEFAULTS.messageEnv),
   })
   .strict()
   .refine(
@@ -93,6 +180,9 @@ export interface ShellPolicy {
   allow: string[];
   allowShellStrings: boolean;
   killGraceMs: number;
+  /** Default SHELL_DEFAULTS.inheritEnv / messageEnv. */
+  inheritEnv?: string[];
+  messageEnv?: string[];
 }
 
 export type ShellTaskOptions = Omit<TaskDefinitionInput, 'handler' | 'name'> & { name?: string };
@@ -136,6 +226,8 @@ export function workerShellPolicy(options: ShellOptions, abortGraceMs: number): 
     allow: options.allow,
     allowShellStrings: options.allowShellStrings,
     killGraceMs: Math.min(SHELL_DEFAULTS.killGraceMs, Math.floor(abortGraceMs / 2)),
+    inheritEnv: options.inheritEnv,
+    messageEnv: options.messageEnv,
   };
 }
 
@@ -156,7 +248,12 @@ const messageSchema = z
       .string()
       .refine((p) => path.isAbsolute(p), 'cwd must be an absolute path')
       .optional(),
-    env: z.record(z.string(), z.string()).optional(),
+    env: z
+      .record(
+        z.string().regex(ENV_NAME, 'environment names are letters, digits and _, not starting with a digit'),
+        z.string().refine((v) => !v.includes('\0'), 'no NUL bytes'),
+      )
+      .optional(),
     timeoutMs: z.number().int().positive().max(SHELL_LIMITS.timeoutMs).default(SHELL_DEFAULTS.timeoutMs),
     maxOutputBytes: z
       .number()
@@ -176,7 +273,8 @@ export interface ResolvedCommand {
   /** For errors and logs. */
   display: string;
   cwd: string | undefined;
-  env: Record<string, string> | undefined;
+  /** The command's whole environment. */
+  env: Record<string, string>;
   timeoutMs: number;
   maxOutputBytes: number;
 }
@@ -185,11 +283,13 @@ export interface ResolvedCommand {
  * Validates a shell message against the node's policy. Throws INVALID_ARGUMENT (bad message),
  * NOT_ALLOWED (executable not allowed, shell string refused) or NOT_FOUND (not on PATH, no such cwd).
  * Names are resolved on the node's PATH, never the message's env, so a message cannot swap the binary.
+ * `nodeEnv` is the node's environment, of which only the inherited names are passed.
  */
 export function resolveCommand(
   message: unknown,
   policy: ShellPolicy,
   pathEnv = process.env.PATH ?? '',
+  nodeEnv: NodeJS.ProcessEnv = process.env,
 ): ResolvedCommand {
   const parsed = messageSchema.safeParse(message);
   if (!parsed.success) {
@@ -205,7 +305,8 @@ export function resolveCommand(
       `Shell task cwd ${JSON.stringify(m.cwd)} is not an existing directory.`,
     );
   }
-  const common = { cwd: m.cwd, env: m.env, timeoutMs: m.timeoutMs, maxOutputBytes: m.maxOutputBytes };
+  const env = commandEnv(m.env ?? {}, policy, nodeEnv);
+  const common = { cwd: m.cwd, env, timeoutMs: m.timeoutMs, maxOutputBytes: m.maxOutputBytes };
   if (typeof m.command === 'string') {
     if (!policy.allowShellStrings) {
       throw new TaskmillError(
@@ -233,6 +334,33 @@ export function resolveCommand(
     );
   }
   return { ...common, file, args, argv0, display };
+}
+
+/** The inherited part of the node's environment plus the message's variables; NOT_ALLOWED on a refused name. */
+function commandEnv(
+  requested: Record<string, string>,
+  policy: ShellPolicy,
+  nodeEnv: NodeJS.ProcessEnv,
+): Record<string, string> {
+  const inherit = policy.inheritEnv ?? SHELL_DEFAULTS.inheritEnv;
+  const settable = policy.messageEnv ?? SHELL_DEFAULTS.messageEnv;
+  const refused = Object.keys(requested).filter(
+    (name) => isForbiddenEnv(name) || !settable.some((entry) => matches(name, entry)),
+  );
+  if (refused.length > 0) {
+    throw new TaskmillError(
+      'NOT_ALLOWED',
+      `Shell task env sets variables this node does not accept: ${refused.join(', ')} ` +
+        `(accepted: ${settable.join(', ') || 'none'}). Add names to the node option shell.messageEnv; ` +
+        `variables that load code (LD_*, DYLD_*, BASH_FUNC_*, NODE_OPTIONS...) are never accepted.`,
+    );
+  }
+  const env: Record<string, string> = {};
+  for (const [name, value] of Object.entries(nodeEnv)) {
+    if (value === undefined || isForbiddenEnv(name)) continue;
+    if (inherit.some((entry) => matches(name, entry))) env[name] = value;
+  }
+  return Object.assign(env, requested);
 }
 
 /** A name matches a name entry; an absolute path matches the same absolute path entry. */

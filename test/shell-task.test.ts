@@ -12,6 +12,7 @@ import {
 import runShell from '../runtime/shell-handler.ts';
 import { resolveCommand, type ShellPolicy } from '../runtime/shell-task.ts';
 import type { TaskContext } from '../runtime/task-context.ts';
+import * as defs from './fixtures/definitions.ts';
 import { count, createTestDatabase, until, type TestDatabase } from './helpers/database.ts';
 import { runningNodes, startTestNode, stopAllNodes } from './helpers/nodes.ts';
 
@@ -23,6 +24,11 @@ const retryingShell = defineShellTask({
 /** Hard limit of the definition: the dispatcher aborts the handler (its signal), not the message. */
 const limitedShell = defineShellTask({ name: 'shell-limited', timeoutMs: 400 });
 const stringShell = defineShellTask({ name: 'shell-strings' });
+/** Run by a node of one thread only, next to a spinning task. */
+const lonelyShell = defineShellTask({ name: 'shell-lonely' });
+const fixture = (file: string) => new URL(`./fixtures/${file}`, import.meta.url).pathname;
+const GRANDCHILD = fixture('setsid-grandchild.sh');
+const ONCE_AT_A_TIME = fixture('once-at-a-time.sh');
 
 let db: TestDatabase;
 let node: TaskmillNode;
@@ -33,7 +39,11 @@ beforeAll(async () => {
   scratch = mkdtempSync(path.join(tmpdir(), 'taskmill-shell-'));
   node = await startTestNode(db.url, {
     tasks: [shellTask, retryingShell, limitedShell],
-    shell: { enabled: true, allow: ['echo', 'sh', '/usr/bin/true'] },
+    shell: {
+      enabled: true,
+      allow: ['echo', 'sh', '/usr/bin/true', GRANDCHILD],
+      messageEnv: ['GREETING', 'PATH'],
+    },
   });
 });
 afterAll(async () => {
@@ -58,6 +68,14 @@ function alive(pid: number): boolean {
   } catch {
     return false;
   }
+}
+
+/** Kills the process a setsid-grandchild.sh run left behind (its pid is in `${out}.pid`). */
+async function killEscaped(out: string): Promise<void> {
+  await until(() => existsSync(`${out}.pid`), 10_000);
+  const pid = Number(readFileSync(`${out}.pid`, 'utf8'));
+  process.kill(pid, 'SIGKILL');
+  await until(() => !alive(pid), 5_000);
 }
 
 /** The pids a command printed on stdout (one per line), read back from the task's error. */
@@ -164,6 +182,54 @@ describe('shell tasks', () => {
     const task = await node.client.getTask(id);
     expect(task).toMatchObject({ state: 'cancelled', attempts: 1 });
     await until(() => started.every((pid) => !alive(pid)), 5_000);
+  });
+
+  it('ends at its timeout even when a process that left the group holds the output pipes', async () => {
+    const out = path.join(scratch, 'escaped-timeout');
+    const started = Date.now();
+    try {
+      const task = await run({ command: [GRANDCHILD, out, '30'], timeoutMs: 500 });
+      expect(task).toMatchObject({ state: 'dead', attempts: 1 });
+      expect(task.error).toContain('TASK_TIMEOUT');
+      expect(Date.now() - started).toBeLessThan(15_000);
+    } finally {
+      await killEscaped(out);
+    }
+  });
+
+  it('completes when the command exits even if a process that left the group holds its pipes', async () => {
+    const out = path.join(scratch, 'escaped-exit');
+    const started = Date.now();
+    try {
+      const task = await run({ command: [GRANDCHILD, out, '0'], timeoutMs: 60_000 });
+      expect(task).toMatchObject({ state: 'completed', attempts: 1 });
+      expect(Date.now() - started).toBeLessThan(15_000);
+    } finally {
+      await killEscaped(out);
+    }
+  });
+
+  it("kills the command when its thread is terminated for a neighbour's timeout, and never runs two copies", async () => {
+    const lonely = await startTestNode(db.url, {
+      tasks: [lonelyShell, defs.spin],
+      threads: 1,
+      shell: { enabled: true, allow: [ONCE_AT_A_TIME] },
+    });
+    const out = path.join(scratch, 'once');
+    const lines = () => (existsSync(out) ? readFileSync(out, 'utf8').split('\n').filter(Boolean) : []);
+    const id = await lonely.client.schedule(lonelyShell, {
+      message: { command: [ONCE_AT_A_TIME, out, '10'] },
+    });
+    await until(() => lines().length === 1, 20_000);
+    // The spinner blocks the thread the command's handler waits on, until that thread is terminated.
+    const spin = await lonely.client.schedule(defs.spin);
+    const ended = async (taskId: string) =>
+      (await count(db.pool, `select count(*) from tm_tasks where id = $1`, [taskId])) === 0;
+    await until(async () => (await ended(id)) && (await ended(spin)), 60_000);
+    expect(await lonely.client.getTask(id)).toMatchObject({ state: 'completed', attempts: 1 });
+    expect(await lonely.client.getTask(spin)).toMatchObject({ state: 'dead', attempts: 1 });
+    // The first copy was killed before the second started, and never finished.
+    expect(lines()).toEqual(['start', 'start', 'end']);
   });
 
   it('refuses executables that are not allowed, without retrying', async () => {
