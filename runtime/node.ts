@@ -160,20 +160,19 @@ export class TaskmillNode extends EventEmitter<TaskmillNodeEvents> {
       abortGraceMs: config.abortGraceMs,
       execArgv: config.workerExecArgv,
       threadHeapLimitMb: config.threadHeapLimitMb,
-      threadHeapLimitMb: config.threadHeapLimitMb,
       shell: workerShellPolicy(config.shell, config.abortGraceMs),
+      limits: config.limits,
     });
     this.completer = new Completer({
       db: this.pool,
       nodeId: this.id,
       ...config.completer,
-      limits: config.limits,
+      maxErrorBytes: config.limits.maxErrorBytes,
       onFlush: (result) => this.onFlush(result),
       onError: onError('completer'),
     });
     this.heartbeat = new Heartbeat({
       db: this.pool,
-      maxErrorBytes: config.limits.maxErrorBytes,
       node: {
         id: this.id,
         name: this.name,
@@ -315,13 +314,13 @@ export class TaskmillNode extends EventEmitter<TaskmillNodeEvents> {
     );
   }
 
-  get isLeader(): boolean {
-    return this.lease?.isLeader ?? false;
   /** False while this node's loops cannot reach the database (from the first failure until a success). */
   get databaseAvailable(): boolean {
     return !this.failures.databaseDown;
   }
 
+  get isLeader(): boolean {
+    return this.lease?.isLeader ?? false;
   }
 
   get state(): Phase {
@@ -448,12 +447,12 @@ export class TaskmillNode extends EventEmitter<TaskmillNodeEvents> {
         result: outcome.result,
         children: outcome.children,
         joinMessages: outcome.joinMessages,
+        ifRejected: this.retryOf(task),
       });
       return;
     }
     if (outcome.reason === 'shutdown') {
       this.handedBack.push(task.id);
-        ifRejected: this.retryOf(task),
       return;
     }
     const def = this.defs.get(task.name);
@@ -477,11 +476,6 @@ export class TaskmillNode extends EventEmitter<TaskmillNodeEvents> {
     });
   }
 
-  private onFlush(result: FlushResult): void {
-    this.counters.completed += result.completed;
-    this.counters.retried += result.retried;
-    this.counters.failed += result.failed + result.deadLettered;
-    this.counters.stale += result.stale;
   /** What a failed attempt of `task` would lead to, under its definition's retry policy. */
   private retryOf(task: FetchedTask): Pick<Failure, 'retryDelayMs' | 'deadLetter'> {
     const def = this.defs.get(task.name);
@@ -489,6 +483,11 @@ export class TaskmillNode extends EventEmitter<TaskmillNodeEvents> {
     return { retryDelayMs: delay ?? null, deadLetter: def?.deadLetter ?? true };
   }
 
+  private onFlush(result: FlushResult): void {
+    this.counters.completed += result.completed;
+    this.counters.retried += result.retried;
+    this.counters.failed += result.failed + result.deadLettered;
+    this.counters.stale += result.stale;
     if (result.stale > 0)
       this.log.warn({ stale: result.stale }, 'outcomes fenced out: tasks were reassigned');
     this.emit('flush', result);
@@ -534,16 +533,6 @@ export class TaskmillNode extends EventEmitter<TaskmillNodeEvents> {
     this.failures.failure(source, error);
     if (this.listenerCount('error') > 0) this.emit('error', error);
   }
-}
-
-function committedFlush(task: FetchedTask, outcome: 'completed' | 'cancelled'): FlushResult {
-  return {
-    completed: outcome === 'completed' ? 1 : 0,
-    retried: 0,
-    deadLettered: 0,
-    failed: 0,
-    cancelled: outcome === 'cancelled' ? 1 : 0,
-    stale: 0,
 
   /**
    * `source` reached the database. After an outage every loop is woken (they may be backing off), and
@@ -560,6 +549,16 @@ function committedFlush(task: FetchedTask, outcome: 'completed' | 'cancelled'): 
     this.planner?.wake();
     this.cron?.wake();
   }
+}
+
+function committedFlush(task: FetchedTask, outcome: 'completed' | 'cancelled'): FlushResult {
+  return {
+    completed: outcome === 'completed' ? 1 : 0,
+    retried: 0,
+    deadLettered: 0,
+    failed: 0,
+    cancelled: outcome === 'cancelled' ? 1 : 0,
+    stale: 0,
     accepted: [{ id: task.id, name: task.name, outcome }],
   };
 }

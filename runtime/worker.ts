@@ -36,9 +36,9 @@ interface LoadedModule {
 
 const init = workerData as WorkerInit;
 const YIELD_EVERY_MS = 1;
-const modules = new Map<string, Promise<LoadedModule>>();
 const maxResultBytes = init.limits?.maxResultBytes ?? Infinity;
 const maxMessageBytes = init.limits?.maxMessageBytes ?? Infinity;
+const modules = new Map<string, Promise<LoadedModule>>();
 
 function load(name: string): Promise<LoadedModule> {
   let loaded = modules.get(name);
@@ -157,9 +157,9 @@ async function runOne(task: TaskEnvelope, bytes: Uint8Array, signal: AbortSignal
     joinResults: [],
     schedule(def, scheduleCtx) {
       const child = newTask(definition(def, 'schedule'), scheduleCtx, inherited);
+      assertWithinLimit(child.message, maxMessageBytes, 'message');
       children.push(child);
       return child.id;
-      assertWithinLimit(child.message, maxMessageBytes, 'message');
     },
     scheduleJoin(def, scheduleCtx, taskIds) {
       if (!Array.isArray(taskIds) || taskIds.length === 0) {
@@ -174,9 +174,9 @@ async function runOne(task: TaskEnvelope, bytes: Uint8Array, signal: AbortSignal
         );
       }
       const join = newTask(definition(def, 'scheduleJoin'), scheduleCtx, inherited);
+      assertWithinLimit(join.message, maxMessageBytes, 'message');
       join.state = 'waiting';
       join.joinOf = [...new Set(taskIds)];
-      assertWithinLimit(join.message, maxMessageBytes, 'message');
       children.push(join);
       return join.id;
     },
