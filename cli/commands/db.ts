@@ -79,7 +79,7 @@ async function start(io: CliIo, opts: DbOptions): Promise<void> {
   const running = await runningEmbeddedPort(dataDir);
   if (running !== undefined) {
     const info = { status: 'running', url: embeddedUrl(running), dataDir, started: false };
-    print(io, opts.json, info, (i) => `already running: ${i.url}\n(data ${i.dataDir})`);
+    print(io, opts.json, info, (i) => `already running: ${i.url}`);
     return;
   }
   // Fails now, with what to install, rather than in the background process.
