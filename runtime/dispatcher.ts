@@ -245,7 +245,9 @@ export class Dispatcher {
   private isolation(): Pool {
     this.isolationPool ??= new Piscina({
       ...this.poolOptions,
-      minThreads: 0,
+      // At least one thread: Piscina replaces a thread that died only to keep minThreads, and a run
+      // queued while none is left would otherwise wait for ever.
+      minThreads: 1,
       maxThreads: this.threads,
       idleTimeout: ISOLATION_IDLE_MS,
       concurrentTasksPerWorker: 1,

@@ -3,7 +3,7 @@
  * factory, then maintenance and the task store are called directly.
  */
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { Maintenance, recoverDeadNodes } from '../planner/maintenance.ts';
+import { Maintenance, nodeDiedError, recoverDeadNodes } from '../planner/maintenance.ts';
 import { Planner } from '../planner/planner.ts';
 import { newTask } from '../runtime/schedule-context.ts';
 import { completeTasks, failTasks, type Failure, type Success } from '../runtime/task-store.ts';
@@ -20,7 +20,7 @@ afterAll(async () => {
   await db.drop();
 });
 beforeEach(async () => {
-  await db.pool.query('truncate tm_tasks, tm_nodes, tm_history, tm_dead_letters');
+  await db.pool.query('truncate tm_tasks, tm_nodes, tm_history, tm_dead_letters, tm_task_defs cascade');
 });
 
 const NODE_TIMEOUT_MS = 10_000;
@@ -159,6 +159,96 @@ describe('dead-node recovery', () => {
     ]);
     expect(await hot([task.id])).toBe(0);
     expect(await history([task.id])).toBe(1);
+  });
+});
+
+describe('dead-node recovery charges the tasks that were running', () => {
+  async function defineRetry(name: string, options: Record<string, unknown>) {
+    await db.pool.query(`insert into tm_task_defs (name, options) values ($1, $2)`, [
+      name,
+      JSON.stringify(options),
+    ]);
+  }
+  async function row(id: string) {
+    const { rows } = await db.pool.query<{ state: string; attempt: number; last_error: string | null }>(
+      `select state, attempt, last_error from tm_tasks where id = $1`,
+      [id],
+    );
+    return rows[0];
+  }
+
+  it('charges running tasks one attempt, and hands assigned ones back uncharged', async () => {
+    await defineRetry('noop', {
+      retry: { mode: 'FIXED', delayMs: 60_000, maxRetries: 5, maxIntervalMs: 86_400_000 },
+    });
+    const dead = await insertNode(db.pool, { heartbeatAgoMs: 60_000 });
+    const [assigned, running] = await insertTasks(db.pool, [
+      { state: 'assigned', nodeId: dead, assignment: 2, attempt: 1 },
+      { state: 'running', nodeId: dead, assignment: 3, attempt: 1 },
+    ]);
+    expect(await recoverDeadNodes(db.pool, NODE_TIMEOUT_MS)).toEqual({ deadNodes: 1, recovered: 2 });
+    expect(await row(assigned.id)).toMatchObject({ state: 'ready', attempt: 1, last_error: null });
+    expect(await row(running.id)).toMatchObject({
+      state: 'ready',
+      attempt: 2,
+      last_error: nodeDiedError(dead),
+    });
+    // Ready again at once, not after the policy's delay: the node's death is the likely cause.
+    expect(
+      await count(db.pool, `select count(*) from tm_tasks where id = $1 and not_before <= now()`, [
+        running.id,
+      ]),
+    ).toBe(1);
+  });
+
+  it('a task whose retries are used up goes to the dead letters, or to history without them', async () => {
+    await defineRetry('noop', {
+      retry: { mode: 'FIXED', delayMs: 0, maxRetries: 1, maxIntervalMs: 86_400_000 },
+    });
+    await defineRetry('once', { retry: { mode: 'OFF' }, deadLetter: false });
+    const dead = await insertNode(db.pool, { heartbeatAgoMs: 60_000 });
+    const [last, noDlt] = await insertTasks(db.pool, [
+      { state: 'running', nodeId: dead, attempt: 1 },
+      { name: 'once', state: 'running', nodeId: dead },
+    ]);
+    await recoverDeadNodes(db.pool, NODE_TIMEOUT_MS);
+    expect(await hot([last.id, noDlt.id])).toBe(0);
+    const { rows } = await db.pool.query(`select attempts, error from tm_dead_letters where id = $1`, [
+      last.id,
+    ]);
+    expect(rows).toEqual([{ attempts: 2, error: nodeDiedError(dead) }]);
+    const failed = await db.pool.query(`select state, attempts from tm_history where id = $1`, [noDlt.id]);
+    expect(failed.rows).toEqual([{ state: 'failed', attempts: 1 }]);
+  });
+
+  it('a task that kills every node it runs on ends in the dead letters instead of looping', async () => {
+    await defineRetry('noop', {
+      retry: { mode: 'FIXED', delayMs: 0, maxRetries: 3, maxIntervalMs: 86_400_000 },
+    });
+    const poison = await insertTask(db.pool);
+    const planner = new Planner({ db: db.pool, isLeader: () => true, onError: () => {} });
+    let crashes = 0;
+    while ((await hot([poison.id])) === 1) {
+      expect(crashes).toBeLessThan(10);
+      // A fresh node takes the task, starts it, and dies with it.
+      const victim = await insertNode(db.pool);
+      await planner.runOnce();
+      await db.pool.query(`update tm_tasks set state = 'running' where id = $1 and node_id = $2`, [
+        poison.id,
+        victim,
+      ]);
+      await db.pool.query(`update tm_nodes set heartbeat_at = now() - interval '1 hour' where id = $1`, [
+        victim,
+      ]);
+      await recoverDeadNodes(db.pool, NODE_TIMEOUT_MS);
+      crashes++;
+    }
+    expect(crashes).toBe(4);
+    expect(
+      await count(db.pool, `select count(*) from tm_dead_letters where id = $1 and attempts = 4`, [
+        poison.id,
+      ]),
+    ).toBe(1);
   });
 });
 
