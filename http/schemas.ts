@@ -5,7 +5,8 @@
 import { DEAD_LETTER_LIMITS } from '../runtime/dead-letters.ts';
 import { SCHEDULE_LIMITS } from '../runtime/schedule-context.ts';
 import { TASK_NAME_PATTERN } from '../runtime/task-definition.ts';
-import { TASK_STATES, INSPECT_DEFAULTS } from '../runtime/inspect.ts';
+import { INSPECT_DEFAULTS } from '../runtime/inspect.ts';
+import { DEPTH_STATES, TASK_STATES } from '../runtime/task-states.ts';
 
 export const MAX_TASKS_PER_REQUEST = 10_000;
 
@@ -150,6 +151,20 @@ export const getTaskSchema = {
         finishedAt: nullableDate,
         result: { description: 'The handler result (JSON; bigint as string, bytes as base64).' },
         error: nullableString,
+        retry: {
+          type: 'object',
+          nullable: true,
+          description:
+            'For a pending task: its retry policy (as its nodes registered it, else the default), failed attempts so far, attempts still allowed at most (the next one included; null: no limit), when the next one may start, and when the last allowed one starts at the latest. null once the task ended.',
+          properties: {
+            policy: { type: 'object', additionalProperties: true },
+            registered: { type: 'boolean' },
+            attemptsSoFar: { type: 'integer' },
+            attemptsLeft: { type: 'integer', nullable: true },
+            nextAttemptAt: nullableDate,
+            lastAttemptBy: nullableDate,
+          },
+        },
       },
     },
     '4xx': errorSchema,
@@ -245,7 +260,7 @@ export const nodesSchema = {
   },
 } as const;
 
-const depthStates = ['ready', 'delayed', 'assigned', 'running', 'waiting', 'dead'] as const;
+const depthStates = DEPTH_STATES;
 
 export const statsSchema = {
   summary: 'Nodes, leader, queue depths, throughput over the last minutes, recent failures',

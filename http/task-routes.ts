@@ -9,7 +9,7 @@ import type { TaskmillMetrics } from '../runtime/metrics.ts';
 import type { PlannerWaker } from './planner-waker.ts';
 import type { SubmitBatcher } from './submit-batcher.ts';
 import type { ScheduleContext } from '../runtime/schedule-context.ts';
-import type { TaskState } from '../runtime/task-store.ts';
+import type { TaskStatus } from '../runtime/task-states.ts';
 import {
   cancelTaskSchema,
   getTaskSchema,
@@ -71,7 +71,7 @@ export function registerTaskRoutes(
     async (request) => {
       const q = request.query;
       return listTasks(pool, {
-        states: q.state as TaskState[] | undefined,
+        states: q.state as TaskStatus[] | undefined,
         name: q.name,
         workflowId: q.workflow,
         limit: q.limit,

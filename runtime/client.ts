@@ -20,6 +20,8 @@ import {
 import { cancelWorkflow, waitForWorkflow, workflowStatus, type WorkflowStatus } from './workflows.ts';
 import { TASK_NAME_PATTERN, isTaskDefinition, type TaskDefinition } from './task-definition.ts';
 import { decode } from './codec.ts';
+import { retryPolicySchema } from './retry-policy.ts';
+import { retryOutlook, visibleState, type RetryOutlook, type TaskStatus } from './task-states.ts';
 import { clusterOverview, type ClusterOverview } from './inspect.ts';
 import type { CronInfo } from '../planner/cron-table.ts';
 import { ConnectionClient } from './connections.ts';
@@ -46,8 +48,15 @@ export interface ScheduleOptions {
   dependsOn?: string[];
 }
 
-export interface TaskInfo<R = unknown> extends Omit<TaskRecord, 'result'> {
+export interface TaskInfo<R = unknown> extends Omit<TaskRecord, 'result' | 'state'> {
+  /** One of TASK_STATES (task-states.ts): `delayed` and `retrying` are derived from the row. */
+  state: TaskStatus;
   result: R | undefined;
+  /**
+   * For a pending task: attempts so far, attempts its retry policy still allows, when the next one may
+   * start. null once the task ended.
+   */
+  retry: RetryOutlook | null;
 }
 
 function checkIds(ids: unknown, what: string): string[] {
@@ -170,7 +179,22 @@ export class TaskmillClient {
       throw isUndefinedTable(error) ? notMigratedError(error) : error;
     });
     if (!record) return undefined;
-    return { ...record, result: decode<R>(record.result) };
+    const ended = record.finishedAt !== null || record.state === 'dead';
+    if (ended) return { ...record, result: decode<R>(record.result), retry: null };
+    // Database time decides delayed/retrying (as in listTasks); the policy is the one the nodes registered.
+    const { rows } = await this.pool.query<{ now: Date; retry: unknown }>(
+      `select now() as now, (select options->'retry' from tm_task_defs where name = $1) as retry`,
+      [record.name],
+    );
+    const { now } = rows[0];
+    const policy = retryPolicySchema.safeParse(rows[0].retry);
+    const state = visibleState(record.state, record.attempts, record.notBefore, now);
+    return {
+      ...record,
+      state,
+      result: decode<R>(record.result),
+      retry: retryOutlook(policy.success ? policy.data : undefined, { ...record, state }, now),
+    };
   }
 
   /**

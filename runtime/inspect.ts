@@ -3,14 +3,21 @@
  * they are (hot table, history, dead letters) with filters and keyset pagination, queue depths, nodes,
  * the leader and throughput over the last minutes. Nothing here writes; every query is one statement.
  */
-import type { Queryable, TaskState } from './task-store.ts';
+import type { Queryable } from './task-store.ts';
 import { TaskmillError, isUndefinedTable, notMigratedError } from './errors.ts';
 import { isUuid, TASK_NAME_PATTERN } from './schedule-context.ts';
 import { PLANNER_DEFAULTS } from '../planner/planner.ts';
+import {
+  DEPTH_STATES,
+  ENDED_STATES,
+  PENDING_STATES,
+  TASK_STATES,
+  visibleStateSql,
+  type DepthState,
+  type TaskStatus,
+} from './task-states.ts';
 
-export const HOT_STATES = ['ready', 'assigned', 'running', 'waiting'] as const;
-export const ENDED_STATES = ['completed', 'failed', 'cancelled'] as const;
-export const TASK_STATES: readonly TaskState[] = [...HOT_STATES, ...ENDED_STATES, 'dead'];
+export { TASK_STATES, type TaskStatus } from './task-states.ts';
 
 export const INSPECT_DEFAULTS = {
   listLimit: 100,
@@ -22,7 +29,7 @@ export const INSPECT_DEFAULTS = {
 
 export interface TaskFilter {
   /** Any of TASK_STATES; default all. */
-  states?: TaskState[];
+  states?: TaskStatus[];
   name?: string;
   workflowId?: string;
   /** Page size (1..1000). */
@@ -34,9 +41,10 @@ export interface TaskFilter {
 export interface TaskSummary {
   id: string;
   name: string;
-  state: TaskState;
+  state: TaskStatus;
   workflowId: string;
   parentId: string | null;
+  /** null when none was given (the default group), and once the task ended (history keeps no affinity). */
   affinityGroup: string | null;
   affinity: string | null;
   priority: number | null;
@@ -56,24 +64,30 @@ export interface TaskPage {
 
 // One branch per table. Each branch is ordered and limited on its own so it walks its primary key
 // backwards from the cursor (ids are UUIDv7, so id order is creation order) and stops after `limit`
-// rows; the outer query merges at most 3 x limit rows.
+// rows; the outer query merges at most 3 x limit rows. States are the visible ones (task-states.ts).
+// An affinity given without a group is stored with the group '' and shown as null, like no group.
 const BRANCHES = {
-  hot: `(select id, name, state, workflow_id, parent_id, affinity_group, affinity, priority, attempt as attempts,
-      node_id, not_before, created_at, null::timestamptz as finished_at, last_error as error
+  hot: `(select id, name, ${visibleStateSql()} as state, workflow_id, parent_id, nullif(affinity_group, '') as affinity_group,
+      affinity, priority, attempt as attempts, node_id, not_before, created_at, null::timestamptz as finished_at,
+      last_error as error
     from tm_tasks
-    where ($1::text[] is null or state = any($1)) and ($2::text is null or name = $2)
+    where ($1::text[] is null or ${visibleStateSql()} = any($1)) and ($2::text is null or name = $2)
       and ($3::uuid is null or workflow_id = $3) and ($4::uuid is null or id < $4)
     order by id desc limit $5)`,
-  history: `(select id, name, state, workflow_id, parent_id, null, null, null, attempts, null, null, created_at,
+  // Every branch names its columns: the first branch of a union names them, and any may be alone.
+  history: `(select id, name, state, workflow_id, parent_id, null::text as affinity_group, null::text as affinity,
+      null::integer as priority, attempts, null::uuid as node_id, null::timestamptz as not_before, created_at,
       finished_at, error
     from tm_history
     where ($1::text[] is null or state = any($1)) and ($2::text is null or name = $2)
       and ($3::uuid is null or workflow_id = $3) and ($4::uuid is null or id < $4)
     order by id desc limit $5)`,
-  dead: `(select id, name, 'dead', workflow_id, parent_id, affinity_group, affinity, priority, attempts, null, null,
-      created_at, failed_at, error
+  dead: `(select id, name, 'dead' as state, workflow_id, parent_id, nullif(affinity_group, '') as affinity_group,
+      affinity, priority, attempts, null::uuid as node_id, null::timestamptz as not_before, created_at,
+      failed_at as finished_at, error
     from tm_dead_letters
-    where ($2::text is null or name = $2) and ($3::uuid is null or workflow_id = $3) and ($4::uuid is null or id < $4)
+    where ($1::text[] is null or 'dead' = any($1)) and ($2::text is null or name = $2)
+      and ($3::uuid is null or workflow_id = $3) and ($4::uuid is null or id < $4)
     order by id desc limit $5)`,
 };
 
@@ -85,7 +99,7 @@ export async function listTasks(db: Queryable, filter: TaskFilter = {}): Promise
   }
   const states = filter.states?.length ? filter.states : undefined;
   for (const s of states ?? []) {
-    if (!TASK_STATES.includes(s))
+    if (!(TASK_STATES as readonly string[]).includes(s))
       throw invalid(`unknown state ${JSON.stringify(s)}; use ${TASK_STATES.join(', ')}`);
   }
   if (
@@ -104,7 +118,7 @@ export async function listTasks(db: Queryable, filter: TaskFilter = {}): Promise
   }
   const wants = (group: readonly string[]) => !states || states.some((s) => group.includes(s));
   const branches = [
-    wants(HOT_STATES) ? BRANCHES.hot : undefined,
+    wants(PENDING_STATES) ? BRANCHES.hot : undefined,
     wants(ENDED_STATES) ? BRANCHES.history : undefined,
     wants(['dead']) ? BRANCHES.dead : undefined,
   ].filter((b) => b !== undefined);
@@ -120,7 +134,7 @@ export async function listTasks(db: Queryable, filter: TaskFilter = {}): Promise
 interface RawTask {
   id: string;
   name: string;
-  state: TaskState;
+  state: TaskStatus;
   workflow_id: string;
   parent_id: string | null;
   affinity_group: string | null;
@@ -153,18 +167,17 @@ function toSummary(r: RawTask): TaskSummary {
   };
 }
 
-/** Pending tasks by name and state; `ready` counts only due tasks, `delayed` the ready ones not yet due. */
+/** Pending tasks by name and state (DEPTH_STATES: the pending states and `dead` for dead letters). */
 export interface QueueDepth {
   name: string;
-  state: 'ready' | 'delayed' | 'assigned' | 'running' | 'waiting' | 'dead';
+  state: DepthState;
   count: number;
 }
 
 export async function queueDepths(db: Queryable): Promise<QueueDepth[]> {
   const { rows } = await query<QueueDepth>(
     db,
-    `select name, case when state = 'ready' and not_before > now() then 'delayed' else state end as state,
-       count(*)::int as count
+    `select name, ${visibleStateSql()} as state, count(*)::int as count
      from tm_tasks group by 1, 2
      union all
      select name, 'dead', count(*)::int from tm_dead_letters group by 1
@@ -338,7 +351,7 @@ export async function clusterStats(
     throughput(db, options),
     recentFailures(db, options.failures),
   ]);
-  const totals = { ready: 0, delayed: 0, assigned: 0, running: 0, waiting: 0, dead: 0 };
+  const totals = Object.fromEntries(DEPTH_STATES.map((s) => [s, 0])) as Record<DepthState, number>;
   for (const d of depths) totals[d.state] += d.count;
   return {
     at: new Date(),

@@ -16,6 +16,7 @@ import type { TaskRun, TaskmillNode } from './node.ts';
 import type { FlushResult } from './completer.ts';
 import type { PassResult } from '../planner/planner.ts';
 import { listNodes, queueDepths, type NodeInfo, type QueueDepth } from './inspect.ts';
+import { DEPTH_STATES } from './task-states.ts';
 import type { Logger } from './logger.ts';
 
 /** Upper bounds (seconds) of the task latency histogram: 5 ms .. 1 h. */
@@ -184,12 +185,15 @@ export class TaskmillMetrics {
     );
     this.gauge(
       'taskmill_queue_depth',
-      'Pending tasks by task name and state (ready = due, delayed = not yet due, dead = dead letters).',
+      `Pending tasks by task name and state (${DEPTH_STATES.join(', ')}; ready = due, delayed = first attempt not yet due, retrying = failed and waiting for its next attempt, dead = dead letters).`,
       ['task', 'state'],
       async (g) => {
         g.reset();
-        for (const d of (await this.snapshot())?.depths ?? [])
-          g.set({ task: d.name, state: d.state }, d.count);
+        const depths = (await this.snapshot())?.depths ?? [];
+        // Every state of a task that has any pending row, zeros included, so each series stays continuous.
+        for (const task of new Set(depths.map((d) => d.name)))
+          for (const state of DEPTH_STATES) g.set({ task, state }, 0);
+        for (const d of depths) g.set({ task: d.name, state: d.state }, d.count);
       },
     );
     this.gauge('taskmill_cluster_nodes', 'Registered nodes by heartbeat status.', ['status'], async (g) => {

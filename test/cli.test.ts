@@ -304,7 +304,7 @@ describe('with a node running (in-process `taskmill node`)', () => {
     expect(text).toMatch(/^leader: cli-node/m);
     expect(text).toMatch(/^ {2}cli-node +alive +yes +\d+ +8 /m);
     expect(text).toMatch(
-      /^queue: ready \d+, delayed \d+, assigned \d+, running \d+, waiting \d+, dead \d+$/m,
+      /^queue: waiting \d+, delayed \d+, ready \d+, retrying \d+, assigned \d+, running \d+, dead \d+$/m,
     );
     expect(text).toMatch(/^throughput, last 15 min \(60 s buckets\): [\d.]+ tasks\/s$/m);
   });

@@ -7,6 +7,8 @@ import { createLogger } from '../runtime/logger.ts';
 import type { TaskmillNode } from '../runtime/index.ts';
 import * as defs from './fixtures/definitions.ts';
 import { launchChromium } from './helpers/browser.ts';
+import { insertTask } from './helpers/factory.ts';
+import { DEPTH_STATES } from '../runtime/task-states.ts';
 import { count, createTestDatabase, until, type TestDatabase } from './helpers/database.ts';
 import { runningNodes, startTestNode, stopAllNodes } from './helpers/nodes.ts';
 
@@ -74,15 +76,19 @@ describe('the dashboard', () => {
     expect(await nodeRow.textContent()).toMatch(/alive.*leader/);
     expect(await page.locator('[data-testid=totals] [data-state=delayed] b').textContent()).toBe('4');
     expect(await page.locator('[data-testid=totals] [data-state=dead] b').textContent()).toBe('1');
-    // Columns: task, ready, delayed, assigned, running, waiting, dead.
+    // The states are the library's, in its order: the totals, and the columns after `task`.
+    expect(
+      await page
+        .locator('[data-testid=totals] [data-state]')
+        .evaluateAll((els) => els.map((e) => e.getAttribute('data-state'))),
+    ).toEqual([...DEPTH_STATES]);
+    expect(await page.locator('[data-testid=depths] th').allTextContents()).toEqual([
+      'task',
+      ...DEPTH_STATES,
+    ]);
     expect(await row('depths', 'data-task', 'sleep').locator('td').allTextContents()).toEqual([
       'sleep',
-      '0',
-      '2',
-      '0',
-      '0',
-      '0',
-      '0',
+      ...DEPTH_STATES.map((s) => (s === 'delayed' ? '2' : '0')),
     ]);
     // The chart: one bar segment per non-empty bucket and series, completed tasks among them.
     expect(await page.locator('[data-testid=chart] svg rect[data-series=completed]').count()).toBeGreaterThan(
@@ -133,6 +139,43 @@ describe('the dashboard', () => {
     mkdirSync(OUTPUT, { recursive: true });
     await page.screenshot({ path: path.join(OUTPUT, 'dashboard.png'), fullPage: true });
     expect(problems).toEqual([]);
+  });
+
+  it('fits every table in the viewport at 1,280 and 1,920 px (no horizontal scrolling)', async () => {
+    // A long task name with a count in every column is the widest row the depths table gets.
+    await insertTask(db.pool, {
+      name: 'reports.monthly-invoice-aggregation-for-every-customer',
+      attempt: 2,
+      notBeforeInMs: 3_600_000,
+    });
+    mkdirSync(OUTPUT, { recursive: true });
+    for (const width of [1280, 1920]) {
+      await page.setViewportSize({ width, height: 1000 });
+      await page.goto(`${server.url}/`);
+      await page.locator('body[data-loaded=true]').waitFor();
+      await row('depths', 'data-task', 'reports.monthly-invoice-aggregation-for-every-customer').waitFor();
+      await page.screenshot({ path: path.join(OUTPUT, `dashboard-${width}.png`), fullPage: true });
+      // Evaluated in the page (a string: the test project compiles without the DOM library).
+      const layout = (await page.evaluate(`({
+        viewport: document.documentElement.clientWidth,
+        pageWidth: document.documentElement.scrollWidth,
+        tables: [...document.querySelectorAll('section table')].map((t) => ({
+          table: t.getAttribute('data-testid'),
+          right: t.getBoundingClientRect().right,
+          overflow: t.closest('section').scrollWidth - t.closest('section').clientWidth,
+        })),
+      })`)) as {
+        viewport: number;
+        pageWidth: number;
+        tables: { table: string; right: number; overflow: number }[];
+      };
+      expect(layout.pageWidth, `page width at ${width} px`).toBeLessThanOrEqual(layout.viewport);
+      for (const t of layout.tables) {
+        expect(t.right, `right edge of ${t.table} at ${width} px`).toBeLessThanOrEqual(layout.viewport);
+        expect(t.overflow, `horizontal overflow of ${t.table} at ${width} px`).toBeLessThanOrEqual(0);
+      }
+    }
+    await page.setViewportSize({ width: 1280, height: 1000 });
   });
 
   it('asks for the token when the API needs one', async () => {

@@ -127,7 +127,7 @@ describe('a single node', () => {
       const kept = await node.client.schedule(defs.noop, { delayMs: 60_000 }, { client });
       expect(await count(db.pool, `select count(*) from tm_tasks where id = $1`, [kept])).toBe(0);
       await client.query('commit');
-      expect((await node.client.getTask(kept))?.state).toBe('ready');
+      expect((await node.client.getTask(kept))?.state).toBe('delayed');
       await node.client.cancel(kept);
     } finally {
       client.release();

@@ -2,8 +2,13 @@
 import type { Command } from 'commander';
 import type pg from 'pg';
 import { TaskmillError } from '../../runtime/errors.ts';
-import { listTasks, TASK_STATES, type TaskPage } from '../../runtime/inspect.ts';
-import type { TaskState } from '../../runtime/task-store.ts';
+import { listTasks, type TaskPage } from '../../runtime/inspect.ts';
+import {
+  describeRetryPolicy,
+  TASK_STATES,
+  type RetryOutlook,
+  type TaskStatus,
+} from '../../runtime/task-states.ts';
 import { toJson } from '../../http/to-json.ts';
 import { withPool } from '../database-url.ts';
 import { intOption, print, table } from '../output.ts';
@@ -33,13 +38,14 @@ export function registerTaskCommands(program: Command, ctx: CommandContext): voi
         client(pool).then((c) => c.getTask(id)),
       );
       if (!task) throw new TaskmillError('NOT_FOUND', `No task ${id} (unknown, or past history retention).`);
-      print(ctx.io, opts.json, { ...task, result: toJson(task.result) }, (t) =>
-        Object.entries(t)
-          .map(
+      print(ctx.io, opts.json, { ...task, result: toJson(task.result) }, ({ retry, ...t }) =>
+        [
+          ...Object.entries(t).map(
             ([k, v]) =>
               `${`${k}:`.padEnd(12)} ${v instanceof Date ? v.toISOString() : typeof v === 'object' && v !== null ? JSON.stringify(v) : String(v ?? '')}`,
-          )
-          .join('\n'),
+          ),
+          ...(retry ? renderRetry(retry, new Date()) : []),
+        ].join('\n'),
       );
     });
 
@@ -69,7 +75,7 @@ export function registerTaskCommands(program: Command, ctx: CommandContext): voi
     .action(async (opts: ListOptions, command: Command) => {
       const page = await withPool(command.optsWithGlobals(), ctx.io, (pool) =>
         listTasks(pool, {
-          states: opts.state?.split(',') as TaskState[] | undefined,
+          states: opts.state?.split(',') as TaskStatus[] | undefined,
           name: opts.name,
           workflowId: opts.workflow,
           limit: opts.limit,
@@ -86,17 +92,37 @@ async function client(pool: pg.Pool) {
   return new TaskmillClient({ pool });
 }
 
+/** When and how often a pending task will still be tried, in words. */
+export function renderRetry(r: RetryOutlook, now: Date): string[] {
+  const when = (d: Date) => {
+    const s = Math.round((d.getTime() - now.getTime()) / 1000);
+    return `${d.toISOString()} (${s <= 0 ? 'due now' : `in ${s} s`})`;
+  };
+  return [
+    `${'retry:'.padEnd(12)} ${describeRetryPolicy(r.policy)}${r.registered ? '' : ' (the default: no node registered this task)'}`,
+    `${'failed:'.padEnd(12)} ${r.attemptsSoFar} attempt${r.attemptsSoFar === 1 ? '' : 's'} so far`,
+    `${'attempts left:'.padEnd(12)} ${r.attemptsLeft === null ? 'no limit' : `at most ${r.attemptsLeft}, the ${r.nextAttemptAt ? 'next' : 'current'} one included`}`,
+    ...(r.nextAttemptAt ? [`${'next attempt:'.padEnd(12)} ${when(r.nextAttemptAt)}`] : []),
+    ...(r.lastAttemptBy && r.attemptsLeft !== null && r.attemptsLeft > 1
+      ? [`${'last attempt:'.padEnd(12)} by ${r.lastAttemptBy.toISOString()} at the latest`]
+      : []),
+  ];
+}
+
 export function renderPage(page: TaskPage): string {
   const rows = page.tasks.map((t) => [
     t.id,
     t.name,
     t.state,
     t.attempts,
+    t.state === 'delayed' || t.state === 'retrying' ? (t.notBefore?.toISOString() ?? '') : '',
     t.createdAt.toISOString(),
     (t.error ?? '').split('\n')[0].slice(0, 60),
   ]);
   return [
-    rows.length ? table(['id', 'name', 'state', 'attempts', 'created', 'error'], rows) : '(no task)',
+    rows.length
+      ? table(['id', 'name', 'state', 'attempts', 'next attempt', 'created', 'error'], rows)
+      : '(no task)',
     ...(page.nextCursor ? [`next page: --cursor ${page.nextCursor}`] : []),
   ].join('\n');
 }
