@@ -61,6 +61,7 @@ describe('the codec', () => {
 describe('large results', () => {
   it('runs 100 results of 5 MiB with bounded memory, and tiny tasks stay fast on the same threads', async () => {
     const node = await startTestNode(db.url, { tasks });
+    await tinyTasks(node, 200); // threads started, handler modules loaded
     const baseline = await tinyTasks(node, 200);
     const rssBefore = process.memoryUsage().rss;
     let peak = rssBefore;
@@ -86,11 +87,13 @@ describe('large results', () => {
         `large payloads: tiny task ${baseline.toFixed(2)} ms before, ${after.toFixed(2)} ms after 100 x 5 MiB results; ` +
           `RSS ${mb(rssBefore)} before, peak ${mb(peak)}, ${mb(rssAfter)} after`,
       );
-      // Before each result owned its buffer, a tiny outcome carried (and copied) the thread's whole
-      // grown packer buffer: seconds per batch, gigabytes of RSS.
+      // When outcomes were views onto their thread's grown packer buffer (each posted outcome copied it
+      // whole), measured on a loaded 2-core machine: tiny tasks took 518 ms each after the large results
+      // (4.3 ms before them), RSS peaked 4.3 GB above the start and stayed 3.4 GB above. Owning their
+      // buffers: about 1.3 ms, +1.2 GB at the peak, +0.5 GB after.
       expect(after).toBeLessThan(baseline * 5 + 20);
-      expect(peak - rssBefore).toBeLessThan(1_500 * MiB);
-      expect(rssAfter - rssBefore).toBeLessThan(1_000 * MiB);
+      expect(peak - rssBefore).toBeLessThan(2_500 * MiB);
+      expect(rssAfter - rssBefore).toBeLessThan(1_500 * MiB);
     } finally {
       clearInterval(sampler);
     }
