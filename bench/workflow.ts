@@ -1,5 +1,5 @@
 /**
- * The distributed-task-framework perf workload (DESIGN.md "The benchmark workload"): P pipelines over
+ * The distributed-task-framework perf workload (README.md, "Performance", "The benchmark workload"): P pipelines over
  * A affinities, L1 x L2 tasks each, a task duration that is really spent (CPU work or sleep).
  * Prints one row with the columns of the published table, and writes the full result (latency
  * percentiles, per-node CPU, PostgreSQL CPU and transactions, machine, git commit) to

@@ -62,7 +62,9 @@ export const cronOptionSchema = z
   .strict()
   .superRefine((option, ctx) => {
     const problem = cronProblem(option.expression, option.timezone);
-    if (problem) ctx.addIssue({ code: 'custom', message: problem, path: ['expression'] });
+    // Reported at the option that is wrong: a bad time zone is not a bad expression.
+    const path = problem && timezoneProblem(option.timezone) ? ['timezone'] : ['expression'];
+    if (problem) ctx.addIssue({ code: 'custom', message: problem, path });
   });
 
 export type CronOptionInput = z.input<typeof cronOptionSchema>;
@@ -76,13 +78,20 @@ export interface CronMessage {
   catchUp: boolean;
 }
 
-/** Why an expression cannot be used, or undefined when it can. */
-export function cronProblem(expression: string, timezone: string): string | undefined {
+/** Why a time zone cannot be used, or undefined when it can. */
+function timezoneProblem(timezone: string): string | undefined {
   try {
     new Intl.DateTimeFormat('en-US', { timeZone: timezone });
+    return undefined;
   } catch {
     return `unknown time zone ${JSON.stringify(timezone)}: use an IANA name such as "Europe/Paris" or "UTC"`;
   }
+}
+
+/** Why an expression cannot be used, or undefined when it can. */
+export function cronProblem(expression: string, timezone: string): string | undefined {
+  const zone = timezoneProblem(timezone);
+  if (zone) return zone;
   let pattern: CronPattern;
   try {
     pattern = schedule(expression, timezone);

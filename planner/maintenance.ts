@@ -37,6 +37,7 @@ export interface MaintenanceOptions {
   historyRetentionMs?: number;
   /** History partition period; default derived from the retention (history-retention.ts). */
   historyPartitionMs?: number;
+  /** Called after a pass that did something (any count above 0); not after a pass with nothing to do. */
   onResult?: (result: MaintenanceResult) => void;
   onError: (error: unknown) => void;
   timers?: Timers;

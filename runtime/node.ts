@@ -77,6 +77,10 @@ export interface TaskmillNodeEvents {
   pass: [PassResult];
   flush: [FlushResult];
   leader: [boolean];
+  /**
+   * On the leader, after a maintenance pass that did something (dead nodes removed, tasks recovered,
+   * history purged, dangling waits released); a pass that found nothing to do emits nothing.
+   */
   maintenance: [MaintenanceResult];
   error: [unknown];
 }

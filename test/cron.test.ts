@@ -84,6 +84,13 @@ describe('cron definitions', () => {
         expect.objectContaining({ code: 'INVALID_CONFIG', message: expect.stringContaining(fragment) }),
       );
     }
+    // Each problem is reported at the option that has it.
+    expect(() => cronTask('bad-zone', { expression: '* * * * *', timezone: 'Mars/Olympus' })).toThrowError(
+      /at cron\.timezone/,
+    );
+    expect(() => cronTask('bad-expression', { expression: 'every minute' })).toThrowError(
+      /at cron\.expression/,
+    );
   });
 
   it('accepts seconds, nicknames and time zones, with documented defaults', () => {

@@ -133,6 +133,14 @@ describe('dead-node recovery', () => {
     expect(await heldIds(db.pool)).toEqual([]);
     expect(await count(db.pool, `select count(*) from tm_history`)).toBe(1);
     expect(results).toHaveLength(1);
+    // A leading pass with nothing to do reports nothing (the documented contract of the event).
+    expect(await maintenance.runOnce()).toEqual({
+      deadNodes: 0,
+      recovered: 0,
+      purgedHistory: 0,
+      danglingWaits: 0,
+    });
+    expect(results).toHaveLength(1);
   });
 
   it('a recovered task runs elsewhere, and the dead node late completion is fenced out', async () => {
