@@ -13,7 +13,8 @@ import { EventEmitter } from 'node:events';
 import pg from 'pg';
 import { v4 as uuidv4 } from 'uuid';
 import { migrate, assertSchemaKnown } from '../migrations/migrator.ts';
-import { LEADER_CHANNEL, LeaderLease } from '../planner/leader.ts';
+import { DEFAULT_LEASE_TTL_MS, LEADER_CHANNEL, LeaderLease } from '../planner/leader.ts';
+import { PlannerWatch } from '../planner/planner-watch.ts';
 import { Maintenance, type MaintenanceResult } from '../planner/maintenance.ts';
 import { Cron, registerCronTasks } from '../planner/cron.ts';
 import { Planner, type PassResult } from '../planner/planner.ts';
@@ -105,6 +106,8 @@ export class TaskmillNode extends EventEmitter<TaskmillNodeEvents> {
   private readonly cancels: Loop<{ cancelled: number }>;
   private readonly lease: LeaderLease | undefined;
   private readonly planner: Planner | undefined;
+  /** Only on a node without a planner: warns once when no node of the cluster leads the planner. */
+  private readonly plannerWatch: PlannerWatch | undefined;
   private readonly maintenance: Maintenance | undefined;
   private readonly cron: Cron | undefined;
   private readonly listener: Listener | undefined;
@@ -263,6 +266,13 @@ export class TaskmillNode extends EventEmitter<TaskmillNodeEvents> {
         },
         onError: onError('maintenance'),
       });
+    } else {
+      this.plannerWatch = new PlannerWatch({
+        db: this.pool,
+        ttlMs: DEFAULT_LEASE_TTL_MS,
+        log: this.log,
+        onError: onError('planner-watch'),
+      });
     }
   }
 
@@ -288,6 +298,7 @@ export class TaskmillNode extends EventEmitter<TaskmillNodeEvents> {
     this.heartbeat.start();
     this.fetcher.start();
     this.cancels.start();
+    this.plannerWatch?.start();
     if (this.lease) {
       await this.lease.runOnce().catch((error) => this.fail(error, 'leader'));
       this.lease.start();
@@ -361,6 +372,7 @@ export class TaskmillNode extends EventEmitter<TaskmillNodeEvents> {
     await this.planner?.stop();
     await this.maintenance?.stop();
     await this.cron?.stop();
+    await this.plannerWatch?.stop();
     await this.lease?.stop().catch((error) => this.fail(error, 'leader'));
     await this.fetcher.stop();
     await this.cancels.stop();

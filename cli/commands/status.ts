@@ -52,6 +52,12 @@ export function renderStatus(s: ClusterStats): string {
   const sum = (k: 'completed' | 'failed' | 'cancelled' | 'dead') => tp.buckets.reduce((a, b) => a + b[k], 0);
   const lines = [
     `leader: ${s.leader ? `${s.leader.nodeName ?? s.leader.nodeId} (lease until ${s.leader.expiresAt.toISOString()})` : 'none'}`,
+    ...(s.leader
+      ? []
+      : [
+          'warning: no node leads the planner, so ready tasks are not handed out; start a node with its ' +
+            'planner enabled (not --no-planner). A failover takes at most the lease time (5 s by default).',
+        ]),
     '',
     'nodes',
     s.nodes.length === 0
