@@ -5,6 +5,7 @@
  * neighbour would show two attempts or an error.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { workerExecArgv } from '../../runtime/dispatcher.ts';
 import type { TaskmillNode } from '../../runtime/index.ts';
 import * as chaos from '../fixtures/chaos-definitions.ts';
 import { count, createTestDatabase, until, type TestDatabase } from '../helpers/database.ts';
@@ -128,4 +129,34 @@ describe('thread crashes charge only the task that caused them', () => {
     expect(node.state).toBe('running');
     await node.stop();
   }, 600_000);
+});
+
+describe('Node flags of the worker threads', () => {
+  it('leaves out the flags Node refuses for threads (V8 options), keeps the others', () => {
+    expect(
+      workerExecArgv([
+        '--max-old-space-size=2048',
+        '--enable-source-maps',
+        '--stack-size=2000',
+        '--import',
+        'tsx',
+        '--conditions',
+        'development',
+        '--expose-gc',
+      ]),
+    ).toEqual(['--enable-source-maps', '--conditions', 'development']);
+  });
+
+  it('refuses a workerExecArgv option that threads cannot take, saying what to do', async () => {
+    await expect(
+      startTestNode(db.url, {
+        tasks: chaos.all,
+        planner: false,
+        workerExecArgv: ['--max-old-space-size=512'],
+      }),
+    ).rejects.toMatchObject({
+      code: 'INVALID_CONFIG',
+      message: expect.stringContaining('--max-old-space-size=512'),
+    });
+  });
 });
