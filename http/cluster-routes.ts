@@ -4,6 +4,9 @@ import type pg from 'pg';
 import { clusterStats, currentLeader, listNodes } from '../runtime/inspect.ts';
 import { nodesSchema, statsSchema } from './schemas.ts';
 
+/** The dashboard polls /api/stats: counting a very large history gives up after this long. */
+const STATS_THROUGHPUT_TIMEOUT_MS = 1_000;
+
 export interface ClusterRoutesOptions {
   pool: pg.Pool;
   nodeTimeoutMs?: number;
@@ -16,7 +19,12 @@ export function registerClusterRoutes(
   app.get<{ Querystring: { windowMinutes?: number; bucketSeconds?: number } }>(
     '/api/stats',
     { schema: statsSchema },
-    async (request) => clusterStats(pool, { nodeTimeoutMs, ...request.query }),
+    async (request) =>
+      clusterStats(pool, {
+        nodeTimeoutMs,
+        throughputTimeoutMs: STATS_THROUGHPUT_TIMEOUT_MS,
+        ...request.query,
+      }),
   );
 
   app.get('/api/nodes', { schema: nodesSchema }, async () => {

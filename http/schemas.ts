@@ -300,6 +300,7 @@ export const statsSchema = {
           properties: {
             bucketSeconds: { type: 'integer' },
             perSecond: { type: 'number' },
+            timedOut: { type: 'boolean' },
             buckets: {
               type: 'array',
               items: {

@@ -309,6 +309,31 @@ describe('with a node running (in-process `taskmill node`)', () => {
     expect(text).toMatch(/^throughput, last 15 min \(60 s buckets\): [\d.]+ tasks\/s$/m);
   });
 
+  it('answers status in time when counting throughput would take too long', async () => {
+    // 300,000 tasks ended in the window: counting them takes far longer than 1 ms, so status gives up
+    // counting after --throughput-timeout and still answers with everything else.
+    await db.pool.query(
+      `insert into tm_history (id, name, workflow_id, state, attempts, created_at, finished_at)
+       select gen_random_uuid(), 'bulk', gen_random_uuid(), 'completed', 1, now(), now() - random() * interval '3 minutes'
+       from generate_series(1, 300000)`,
+    );
+    try {
+      const stats = await json(['status', '--throughput-timeout', '1']);
+      expect(stats.throughput).toMatchObject({ timedOut: true, buckets: [], perSecond: 0 });
+      expect(stats.leader.nodeName).toBe('cli-node');
+      const text = (await cli(['status', '--throughput-timeout', '1'])).out;
+      expect(text).toMatch(/^throughput: not counted, the history of the window is too large/m);
+      // Given the time, the same history is counted.
+      const counted = await json(['status', '--window', '5', '--throughput-timeout', '600000']);
+      expect(counted.throughput.timedOut).toBeUndefined();
+      expect(
+        counted.throughput.buckets.reduce((n: number, b: { completed: number }) => n + b.completed, 0),
+      ).toBeGreaterThanOrEqual(300_000);
+    } finally {
+      await db.pool.query(`delete from tm_history where name = 'bulk'`);
+    }
+  });
+
   it('serves the HTTP API and the node metrics with --http', async () => {
     const metrics = await (await fetch(`http://127.0.0.1:${httpPort}/metrics`)).text();
     expect(metrics).toMatch(/^taskmill_node_leader\{node="cli-node"\} 1$/m);

@@ -7,6 +7,8 @@ import { intOption, print, table } from '../output.ts';
 import type { CommandContext } from '../main.ts';
 
 const BARS = '▁▂▃▄▅▆▇█';
+/** How long `taskmill status` spends counting throughput before it answers without it. */
+export const STATUS_THROUGHPUT_TIMEOUT_MS = 500;
 
 export function registerStatusCommand(program: Command, ctx: CommandContext): void {
   program
@@ -20,10 +22,23 @@ export function registerStatusCommand(program: Command, ctx: CommandContext): vo
       'heartbeat age after which a node counts as dead',
       intOption('--node-timeout'),
     )
+    .option(
+      '--throughput-timeout <ms>',
+      'stop counting throughput after this long (a large history), so status still answers',
+      intOption('--throughput-timeout', 1, 600_000),
+      STATUS_THROUGHPUT_TIMEOUT_MS,
+    )
     .option('--json', 'print JSON')
     .action(
       async (
-        opts: { window: number; bucket: number; failures: number; nodeTimeout?: number; json?: boolean },
+        opts: {
+          window: number;
+          bucket: number;
+          failures: number;
+          nodeTimeout?: number;
+          throughputTimeout: number;
+          json?: boolean;
+        },
         command: Command,
       ) => {
         const stats = await withPool(command.optsWithGlobals(), ctx.io, (pool) =>
@@ -32,6 +47,7 @@ export function registerStatusCommand(program: Command, ctx: CommandContext): vo
             bucketSeconds: Math.min(opts.bucket, opts.window * 60),
             failures: opts.failures,
             nodeTimeoutMs: opts.nodeTimeout,
+            throughputTimeoutMs: opts.throughputTimeout,
           }),
         );
         print(ctx.io, opts.json, stats, renderStatus);
@@ -88,9 +104,16 @@ export function renderStatus(s: ClusterStats): string {
           ),
         ),
     '',
-    `throughput, last ${windowMin} min (${tp.bucketSeconds} s buckets): ${tp.perSecond.toFixed(2)} tasks/s`,
-    `  ${spark}  max ${max} per bucket`,
-    `  completed ${sum('completed')}, failed ${sum('failed')}, dead-lettered ${sum('dead')}, cancelled ${sum('cancelled')}`,
+    ...(tp.timedOut
+      ? [
+          'throughput: not counted, the history of the window is too large to count in time ' +
+            '(use a smaller --window or a larger --throughput-timeout)',
+        ]
+      : [
+          `throughput, last ${windowMin} min (${tp.bucketSeconds} s buckets): ${tp.perSecond.toFixed(2)} tasks/s`,
+          `  ${spark}  max ${max} per bucket`,
+          `  completed ${sum('completed')}, failed ${sum('failed')}, dead-lettered ${sum('dead')}, cancelled ${sum('cancelled')}`,
+        ]),
   ];
   if (s.recentFailures.length > 0) {
     lines.push(
