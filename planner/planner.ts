@@ -303,34 +303,41 @@ const CLUSTER_STATE = `
 
 /**
  * Ready tasks in priority order whose affinity key is free for them. A task with a key may run when
- * (1) no row of the key belongs to an older workflow, (2) no other workflow has a task of the key in
- * flight (a workflow that reaches a key late waits for the active one; for a strict task, no task of
- * the key at all), and (3) no older strict task of the key, of its own or an older workflow, is
- * waiting (strict tasks run one at a time in creation order within the workflow order of (1); a task of
- * a newer workflow must not hold back an older workflow's task created after it, e.g. a child, or each
- * would wait for the other forever). Each check is its own NOT EXISTS on its own index, so it stops at
- * the first match rather than reading every row of a busy key. Rows locked by a concurrent completion
- * or cancel are skipped, not waited for.
+ * (3) no strict task of the key created before it is pending: for a strict task, any such task (strict
+ * tasks of a key run in creation order, seq, whatever their workflows: workflow ids a caller chooses
+ * need not sort by time, and workflows created in one transaction share their creation time); for a
+ * task in workflow mode, one of its own or an older workflow (a newer workflow must not hold back an
+ * older workflow's task created after it, e.g. a child, or each would wait for the other forever);
+ * (2) no other workflow has a task of the key in flight (a workflow that reaches a key late waits for
+ * the active one; for a strict task, no task of the key at all); and (1) no row of the key belongs to an
+ * older workflow (for a strict task: no workflow-mode row, the strict ones being ordered by (3)).
+ * Each check is its own EXISTS on its own index, so it stops at the first match rather than reading
+ * every row of a busy key, and the CASE evaluates them in that order: (3) turns away every strict task
+ * but the head of its key at once, so only the head may have to read past the strict rows in (1).
+ * Rows locked by a concurrent completion or cancel are skipped, not waited for.
  */
 export const CLAIM_READY_TASKS = `
   select t.id, t.name, t.affinity_group, t.affinity
   from tm_tasks t
   where t.state = 'ready' and t.not_before <= now()
     and t.name = any($2::text[]) and not (t.name = any($3::text[]))
-    and (t.affinity is null or (
-      not exists (
-        select 1 from tm_tasks o
-        where o.affinity_group = t.affinity_group and o.affinity = t.affinity
-          and (o.workflow_created_at, o.workflow_id) < (t.workflow_created_at, t.workflow_id))
-      and not exists (
-        select 1 from tm_tasks o
-        where o.affinity_group = t.affinity_group and o.affinity = t.affinity and o.node_id is not null
-          and (t.strict_affinity or o.workflow_id <> t.workflow_id))
-      and not exists (
+    and (t.affinity is null or case
+      when exists (
         select 1 from tm_tasks o
         where o.affinity_group = t.affinity_group and o.affinity = t.affinity and o.strict_affinity
           and o.seq < t.seq
-          and (o.workflow_created_at, o.workflow_id) <= (t.workflow_created_at, t.workflow_id))))
+          and (t.strict_affinity
+            or (o.workflow_created_at, o.workflow_id) <= (t.workflow_created_at, t.workflow_id))) then false
+      when exists (
+        select 1 from tm_tasks o
+        where o.affinity_group = t.affinity_group and o.affinity = t.affinity and o.node_id is not null
+          and (t.strict_affinity or o.workflow_id <> t.workflow_id)) then false
+      else not exists (
+        select 1 from tm_tasks o
+        where o.affinity_group = t.affinity_group and o.affinity = t.affinity
+          and (o.workflow_created_at, o.workflow_id) < (t.workflow_created_at, t.workflow_id)
+          and not (t.strict_affinity and o.strict_affinity))
+      end)
   order by t.priority desc, t.seq
   limit $1
   for update of t skip locked`;

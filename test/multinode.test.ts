@@ -351,21 +351,21 @@ describe('two node processes on one database', () => {
   it('never runs two workflows of one key at once, runs them in creation order, loses nothing', () =>
     checkAffinity(c));
 
-  it('runs a strict task an older workflow creates after a newer workflow queued on its key', async () => {
+  it('runs the strict tasks of a key in creation order, whatever their workflows', async () => {
     // P (workflow 1) runs; Q (workflow 2) is queued on the key; P's completion adds its child C to
-    // workflow 1. C is younger than Q by creation but belongs to the older workflow: C runs, then Q.
+    // workflow 1. C belongs to the older workflow but was created after Q: Q runs, then C.
     await c.db.pool.query(`truncate runs`);
     const msg = (seq: number) => ({ url: c.db.url, key: 'late', seq, ms: 300 }) satisfies RecordMessage;
     const p = await c.client.schedule(recordStrictParent, {
       affinity: 'late',
-      message: { ...msg(0), child: msg(1) },
+      message: { ...msg(0), child: msg(2) },
     });
     await until(
       async () =>
         (await count(c.db.pool, `select count(*) from tm_tasks where id = $1 and state = 'running'`, [p])) ===
         1,
     );
-    const q = await c.client.schedule(defs.recordStrict, { affinity: 'late', message: msg(2) });
+    const q = await c.client.schedule(defs.recordStrict, { affinity: 'late', message: msg(1) });
     await until(
       async () =>
         (await count(c.db.pool, `select count(*) from tm_tasks`)) === 0 &&
@@ -376,7 +376,7 @@ describe('two node processes on one database', () => {
       `select seq, task_id from runs order by started_at`,
     );
     expect(rows.map((r) => r.seq)).toEqual([0, 1, 2]);
-    expect([rows[0].task_id, rows[2].task_id]).toEqual([p, q]);
+    expect([rows[0].task_id, rows[1].task_id]).toEqual([p, q]);
     await expectStrictAffinity(c, { ids: [p, q], keys: [{ key: 'late', workflows: [] }] });
   });
 });

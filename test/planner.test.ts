@@ -1,3 +1,4 @@
+import { randomUUID } from 'node:crypto';
 /**
  * The planner's rules, one pass at a time: rows are written with the factory, `runOnce()` is called
  * directly, and the assignments it wrote are read back from tm_tasks.
@@ -140,6 +141,38 @@ describe('workflow affinity', () => {
     await p.runOnce();
     expect(await heldIds(db.pool)).toEqual([late.id]);
   });
+
+  it('lets an older workflow that reaches a key late run as soon as the key has nothing in flight', async () => {
+    const node = await insertNode(db.pool, { capacity: 100 });
+    const key = { affinityGroup: 'g', affinity: 'a' };
+    // The newer workflow is active (one task running, one still pending) when an older workflow gains a
+    // task of the key: the older one goes first once nothing of the key is in flight, then the newer
+    // workflow continues (README, Affinity).
+    const running = await insertTask(db.pool, {
+      ...key,
+      workflowId: W2,
+      workflowCreatedAgoMs: 1_000,
+      state: 'running',
+      nodeId: node,
+    });
+    const pending = await insertTask(db.pool, {
+      ...key,
+      workflowId: W2,
+      workflowCreatedAgoMs: 1_000,
+      notBeforeInMs: 3_600_000,
+    });
+    const late = await insertTask(db.pool, { ...key, workflowId: W1, workflowCreatedAgoMs: 5_000 });
+    const p = planner();
+    await p.runOnce();
+    expect(await heldIds(db.pool)).toEqual([running.id]);
+    await removeTasks(db.pool, [running.id]);
+    await db.pool.query(`update tm_tasks set not_before = now() where id = $1`, [pending.id]);
+    await p.runOnce();
+    expect(await heldIds(db.pool)).toEqual([late.id]);
+    await removeTasks(db.pool, [late.id]);
+    await p.runOnce();
+    expect(await heldIds(db.pool)).toEqual([pending.id]);
+  });
 });
 
 describe('strict affinity', () => {
@@ -176,6 +209,51 @@ describe('strict affinity', () => {
       expect(next.assigned).toBe(i + 1 < tasks.length ? 1 : 0);
       expect(await heldIds(db.pool)).toEqual(i + 1 < tasks.length ? [tasks[i + 1].id] : []);
     }
+  });
+
+  it('runs a strict key in creation order across workflows created together with ids of any order', async () => {
+    await insertNode(db.pool, { capacity: 100 });
+    // Twenty workflows created in one transaction share their creation time, and ids a caller chooses
+    // (random here) do not sort by time: only the creation order (seq) may decide.
+    const at = new Date(Date.now() - 1_000);
+    const tasks = await insertTasks(
+      db.pool,
+      Array.from({ length: 20 }, () => ({
+        affinity: 'k',
+        strict: true,
+        workflowId: randomUUID(),
+        workflowCreatedAt: at,
+      })),
+    );
+    const p = planner({ batchSize: 100 });
+    for (const task of tasks) {
+      await p.runOnce();
+      expect(await heldIds(db.pool)).toEqual([task.id]);
+      await removeTasks(db.pool, [task.id]);
+    }
+  });
+
+  it("runs a strict task created before an older workflow's later strict task first", async () => {
+    await insertNode(db.pool, { capacity: 100 });
+    // Q (a newer workflow) was created before C, a task its older workflow gained later.
+    const q = await insertTask(db.pool, {
+      affinity: 'k',
+      strict: true,
+      workflowId: W2,
+      workflowCreatedAgoMs: 1_000,
+    });
+    const c = await insertTask(db.pool, {
+      affinity: 'k',
+      strict: true,
+      workflowId: W1,
+      workflowCreatedAgoMs: 5_000,
+    });
+    const p = planner();
+    await p.runOnce();
+    expect(await heldIds(db.pool)).toEqual([q.id]);
+    await removeTasks(db.pool, [q.id]);
+    await p.runOnce();
+    expect(await heldIds(db.pool)).toEqual([c.id]);
   });
 
   it('keeps creation order within one workflow of a strict key', async () => {
