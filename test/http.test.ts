@@ -393,7 +393,7 @@ describe('reading tasks', () => {
     do {
       const page = await call(
         'GET',
-        `/api/tasks?workflow=${workflowId}&state=ready,waiting&limit=2${cursor ? `&cursor=${cursor}` : ''}`,
+        `/api/tasks?workflow=${workflowId}&state=delayed,waiting&limit=2${cursor ? `&cursor=${cursor}` : ''}`,
       );
       expect(page.status).toBe(200);
       seen.push(...page.json.tasks.map((t: { id: string }) => t.id));

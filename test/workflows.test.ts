@@ -218,7 +218,8 @@ describe('priorities and delays', () => {
     const late = await node.client.schedule(noop, { priority: 100, delayMs: 1_500 });
     const now = await node.client.schedule(noop, { priority: -100 });
     await ended(now);
-    expect((await node.client.getTask(late))!.state).toBe('ready');
+    // Not run yet: delayed while its time has not come, ready once it is due.
+    expect(['delayed', 'ready']).toContain((await node.client.getTask(late))!.state);
     await ended(late);
   });
 });

@@ -73,6 +73,12 @@ describe('large results', () => {
       );
       // About 2.5 s per 5 MiB result on a loaded 2-core machine (written to history, WAL included).
       await ended(large, 800_000);
+      const outcomes = await db.pool.query(
+        `select state, left(error, 300) as error, count(*)::int as n from tm_history where id = any($1)
+         group by 1, 2 order by 3 desc`,
+        [large],
+      );
+      expect(outcomes.rows).toEqual([{ state: 'completed', error: null, n: 100 }]);
       expect(
         await count(
           db.pool,

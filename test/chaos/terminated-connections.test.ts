@@ -165,7 +165,14 @@ it('node, leader, client-only process and HTTP server survive rounds of terminat
     await until(async () => {
       const open = await sessions(admin, database);
       return open.includes('taskmill-node') && open.includes('taskmill-listen');
-    }, 30_000);
+    }, 60_000).catch(async (error: Error) => {
+      const open = await sessions(admin, database);
+      throw new Error(
+        `${error.message} in round ${round}: sessions ${JSON.stringify(open)}, node exit ` +
+          `${node.process.exitCode ?? node.process.signalCode}, node log:\n` +
+          nodeLog.map((l) => JSON.stringify(l)).join('\n'),
+      );
+    });
     for (const name of await terminateBackends(admin, database)) killed.add(name);
     await submit().catch(() => submit());
   }
