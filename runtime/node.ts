@@ -149,7 +149,9 @@ export class TaskmillNode extends EventEmitter<TaskmillNodeEvents> {
       });
     this.ownsPool = !config.pool;
     // An idle pooled connection that dies (server restart, terminated backend) is dropped by the pool.
-    this.pool.on('error', (error) => this.fail(error, 'pool'));
+    // Once the node stopped, a connection the server closes (say, while it shuts down after the node)
+    // is no longer the node's failure: a caller's pool outlives the node, and is the caller's to watch.
+    this.pool.on('error', (error) => this.phase !== 'stopped' && this.fail(error, 'pool'));
     this.client = new TaskmillClient({ pool: this.pool, notify: config.notifications });
     this.defs = new Map(config.tasks.map((d) => [d.name, d]));
     const onError = (source: string) => (error: unknown) => this.fail(error, source);
