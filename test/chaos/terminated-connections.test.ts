@@ -209,4 +209,6 @@ it('node, leader, client-only process and HTTP server survive rounds of terminat
   await producer.stop();
   node.kill('SIGTERM');
   expect(await node.stopped).toBe(0);
-});
+  // Each round waits up to 60 s for the sessions to be back and the burn-down up to 60 s more: the
+  // test's own deadlines, with their diagnostics, fire before the runner's.
+}, 8 * 60_000);
