@@ -25,6 +25,9 @@ export async function createTestDatabase(options: { migrated?: boolean } = {}): 
     url,
     pool,
     async drop() {
+      // pool.end() resolves once its clients were told to end, not when their sessions have: one the
+      // drop below terminates first reports 57P01 through the pool's 'error' event, expected here.
+      pool.on('error', () => {});
       await pool.end();
       const c = new ConnectionClient(serverUrl);
       await c.connect();
