@@ -11,6 +11,7 @@
  */
 import type pg from 'pg';
 import { releaseDanglingWaits } from './dangling-waits.ts';
+import { inTransaction } from '../runtime/checkout.ts';
 import { Loop, type Timers } from '../runtime/loop.ts';
 import { PLANNER_CHANNEL } from '../runtime/task-store.ts';
 import { HistoryRetention } from './history-retention.ts';
@@ -118,10 +119,8 @@ export async function recoverDeadNodes(
   db: Pick<pg.Pool, 'connect'>,
   nodeTimeoutMs: number,
 ): Promise<{ deadNodes: number; recovered: number }> {
-  const client = await db.connect();
-  let broken = false;
-  try {
-    await client.query('begin');
+  // Checked out through inTransaction: a session terminated mid-pass must fail the pass, not the process.
+  return inTransaction(db, async (client) => {
     const dead = await client.query<{ id: string }>(
       `delete from tm_nodes where heartbeat_at < now() - $1 * interval '1 millisecond' returning id`,
       [nodeTimeoutMs],
@@ -166,12 +165,6 @@ export async function recoverDeadNodes(
       ]);
     }
     if (rows.length > 0) await client.query(`select pg_notify('${PLANNER_CHANNEL}', '')`);
-    await client.query('commit');
     return { deadNodes: dead.rowCount ?? 0, recovered: rows.length };
-  } catch (error) {
-    await client.query('rollback').catch(() => (broken = true));
-    throw error;
-  } finally {
-    client.release(broken);
-  }
+  });
 }

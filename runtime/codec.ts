@@ -1,7 +1,8 @@
 /**
  * msgpack encoding of task messages and results. Plain maps (no shared record structures), so bytes
  * written by any node or thread decode anywhere. Values msgpack would silently drop (functions) or
- * cannot represent (symbols, cycles) are refused with a clear error instead.
+ * cannot represent (symbols, cycles) or would rename (a "__proto__" key) are refused with a clear error
+ * instead.
  *
  * Every encoded value owns an ArrayBuffer of exactly its size. msgpackr packs into one reusable buffer
  * that grows to fit the largest value it has packed and hands out views onto it; a view posted to
@@ -105,6 +106,14 @@ function assertEncodable(value: unknown, what: string, depth: number, path: unkn
     throw new TaskmillError(
       'ENCODE_FAILED',
       `The ${what} is circular or nested deeper than ${MAX_DEPTH} levels.`,
+    );
+  }
+  if (Object.hasOwn(value as object, '__proto__')) {
+    // msgpackr decodes this key as '__proto_' (its guard against prototype pollution): refused rather
+    // than delivered renamed.
+    throw new TaskmillError(
+      'ENCODE_FAILED',
+      `The ${what} has a key named "__proto__", which does not survive decoding: rename it.`,
     );
   }
   path.push(value);

@@ -22,8 +22,20 @@ export function connectError(error: unknown): unknown {
   );
 }
 
-/** A pg.Client whose connect() reports a refused slot as TOO_MANY_CONNECTIONS (`Client` of a pool). */
+/**
+ * A pg.Client whose connect() reports a refused slot as TOO_MANY_CONNECTIONS (`Client` of a pool), and
+ * which never ends the process when its connection breaks. pg emits `error` on a client whose socket
+ * closes or whose backend is terminated; pg-pool listens only while the client is idle, so a client
+ * checked out without `checkout()` would make that event unhandled and Node would exit. The error
+ * still reaches the query in flight, and a later query on the client fails; pg-pool destroys such a
+ * client on release (it is no longer queryable).
+ */
 export class ConnectionClient extends pg.Client {
+  constructor(config?: string | pg.ClientConfig) {
+    super(config);
+    this.on('error', () => {});
+  }
+
   override connect(): Promise<pg.Client>;
   override connect(callback: ((err: Error) => void) | ((err: null, c: pg.Client) => void)): void;
   override connect(

@@ -52,7 +52,7 @@ describe('schedule() refuses bad input and writes nothing', () => {
     await refused(() => client.schedule(''), 'UNKNOWN_TASK');
   });
 
-  it('a message that does not encode: function, symbol, circular', async () => {
+  it('a message that does not encode: function, symbol, circular, a "__proto__" key', async () => {
     const circular: Record<string, unknown> = { a: 1 };
     circular.self = circular;
     const messages: unknown[] = [
@@ -62,6 +62,9 @@ describe('schedule() refuses bad input and writes nothing', () => {
       { deep: [{ s: Symbol('s') }] },
       circular,
       new Map<string, unknown>([['f', () => 1]]),
+      // msgpack would deliver it renamed to "__proto_".
+      JSON.parse('{"__proto__": 0}'),
+      { nested: [JSON.parse('{"a": {"__proto__": {"x": 1}}}')] },
     ];
     for (const message of messages) {
       await refused(() => client.schedule(defs.echo, { message }), 'ENCODE_FAILED', /message/);

@@ -8,6 +8,7 @@ import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { inject } from 'vitest';
 import { startHttpServer } from '../../http/server.ts';
+import { recoverDeadNodes } from '../../planner/maintenance.ts';
 import { Planner } from '../../planner/planner.ts';
 import { checkout } from '../../runtime/checkout.ts';
 import { TaskmillClient } from '../../runtime/index.ts';
@@ -91,6 +92,37 @@ describe('a checked-out connection that is terminated', () => {
     await expect(planner.runOnce()).resolves.toMatchObject({ leader: true });
     await pool.end();
   });
+
+  it('fails a dead-node recovery pass whose session is terminated mid-transaction, and the next one succeeds', async () => {
+    // A plain pg.Pool (not taskmill's ConnectionClient): the pass itself must listen for the error.
+    const pool = new pg.Pool({ connectionString: db.url, max: 2, application_name: 'chaos-recovery' });
+    const locker = new pg.Client({ connectionString: db.url });
+    await locker.connect();
+    await locker.query('begin; lock table tm_tasks in access exclusive mode');
+    const pass = recoverDeadNodes(pool, 60_000);
+    pass.catch(() => {});
+    await until(
+      async () =>
+        (await count(
+          admin,
+          `select count(*) from pg_stat_activity
+           where datname = $1 and application_name = 'chaos-recovery' and wait_event_type = 'Lock'`,
+          [database],
+        )) === 1,
+      10_000,
+    );
+    await admin.query(
+      `with p as materialized (select pid from pg_stat_activity
+         where datname = $1 and application_name = 'chaos-recovery')
+       select pg_terminate_backend(pid) from p`,
+      [database],
+    );
+    await expect(pass).rejects.toThrow();
+    await locker.query('rollback');
+    await locker.end();
+    await expect(recoverDeadNodes(pool, 60_000)).resolves.toMatchObject({ recovered: 0 });
+    await pool.end();
+  });
 });
 
 it('a scheduling-only TaskmillClient survives its idle sessions being terminated', async () => {
@@ -166,13 +198,17 @@ it(
       // Wait for the node to have its sessions back (pool and LISTEN), then cut them all again.
       await until(async () => {
         const open = await sessions(admin, database);
+        if (node.process.exitCode !== null || node.process.signalCode !== null) {
+          throw new Error('the node process exited');
+        }
         return open.includes('taskmill-node') && open.includes('taskmill-listen');
       }, 60_000).catch(async (error: Error) => {
         const open = await sessions(admin, database);
         throw new Error(
           `${error.message} in round ${round}: sessions ${JSON.stringify(open)}, node exit ` +
             `${node.process.exitCode ?? node.process.signalCode}, node log:\n` +
-            nodeLog.map((l) => JSON.stringify(l)).join('\n'),
+            nodeLog.map((l) => JSON.stringify(l)).join('\n') +
+            `\nnode output:\n${node.output()}`,
         );
       });
       for (const name of await terminateBackends(admin, database)) killed.add(name);
