@@ -6,7 +6,7 @@
  * (call it in afterAll) SIGKILLs the groups still alive.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { onLines } from '../../scripts/local-cluster.ts';
+import { createInterface } from 'node:readline';
 
 /** Lines of output kept per process for failure messages. */
 const KEEP_LINES = 300;
@@ -43,8 +43,8 @@ export function startShell(command: string, options: { cwd: string; env: NodeJS.
     if (lines.length > KEEP_LINES) lines.shift();
     for (const listener of listeners) listener(line);
   };
-  onLines(child.stdout!, take);
-  onLines(child.stderr!, take);
+  createInterface({ input: child.stdout! }).on('line', take);
+  createInterface({ input: child.stderr! }).on('line', take);
   const closed = new Promise<number | string | null>((resolve) => {
     child.once('close', (code, signal) => {
       live.delete(child);
