@@ -6,7 +6,7 @@
  *   that line also gives a command naming the file (`` // quickstart.ts: `npx tsx quickstart.ts` ``),
  *   the command runs, and must print what the `console.log(...); // <output>` comments of the block say;
  * - a ```ts block marked `// fragment` (an excerpt that cannot run alone) is type-checked in the
- *   context FRAGMENT_CONTEXTS gives it;
+ *   context FRAGMENT_CONTEXTS gives it, and run in it unless it only declares a type;
  * - each command of a ```sh block runs as written with sh in the project (its node_modules/.bin on
  *   PATH, as after a global install), and must exit with 0. `taskmill node` and `taskmill serve` keep
  *   running in the background until the doc is done, then get Ctrl-C and must stop gracefully. `db` and
@@ -39,6 +39,8 @@ import os from 'node:os';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { v7 as uuidv7 } from 'uuid';
+import { encode } from '../runtime/codec.ts';
 import { freePort } from '../runtime/database.ts';
 import { createTestDatabase, type TestDatabase } from './helpers/database.ts';
 import { codeBlocks, FRAGMENT_MARK, shellCommands, type CodeBlock } from './helpers/doc-examples.ts';
@@ -101,17 +103,31 @@ const SUBSTITUTIONS: {
 ];
 
 const SAME = 'type Same<A, B> = [A] extends [B] ? ([B] extends [A] ? true : false) : false;';
-const DEAD_LETTERS = `import type pg from 'pg';
+const DEAD_LETTERS = `import pg from 'pg';
 import { getDeadLetter, listDeadLetters, purgeDeadLetters, requeueDeadLetters } from 'taskmill';
-declare const pool: pg.Pool;
-declare const id: string, a: string, b: string;
-interface InvoiceMessage { invoice: string }`;
+interface InvoiceMessage { invoice: string }
+const pool = new pg.Pool({ connectionString: process.env.DATABASE_URL });
+// Three dead letters of send-invoice, written by the test.
+const [a, b, id] = process.env.DEAD_LETTERS!.split(',');`;
+
+interface FragmentContext {
+  doc: string;
+  /** The first line of the fragment's code. */
+  first: string;
+  before: string;
+  after?: string;
+  /** Whether the fragment, in its context, also runs (with tsx, DATABASE_URL set); else it is only type-checked. */
+  run?: boolean;
+  /** Writes what the fragment works on before it runs; returns variables of its environment. */
+  setup?: () => Promise<Record<string, string>>;
+}
 
 /**
- * What each `// fragment` block needs around it to type-check (its doc, and the first line of its code);
- * a fragment that declares a type of the package must declare the published one.
+ * What each `// fragment` block needs around it to type-check and, where it can, to run (its doc, and
+ * the first line of its code). A fragment that declares a type of the package must declare the
+ * published one: those only type-check.
  */
-const FRAGMENT_CONTEXTS: { doc: string; first: string; before: string; after?: string }[] = [
+const FRAGMENT_CONTEXTS: FragmentContext[] = [
   {
     doc: 'docs/cron.md',
     first: 'interface CronMessage {',
@@ -121,7 +137,9 @@ const FRAGMENT_CONTEXTS: { doc: string; first: string; before: string; after?: s
   {
     doc: 'docs/shell-tasks.md',
     first: "import { shellTask, startNode } from 'taskmill';",
-    before: 'declare const connectionString: string;\ndeclare const secret: string;',
+    before: "const connectionString = process.env.DATABASE_URL!;\nconst secret = 'not-a-secret';",
+    after: 'await node.stop();',
+    run: true,
   },
   {
     doc: 'docs/shell-tasks.md',
@@ -129,17 +147,42 @@ const FRAGMENT_CONTEXTS: { doc: string; first: string; before: string; after?: s
     before: `import type * as taskmill from 'taskmill';\n${SAME}`,
     after: 'export const same: Same<ShellResult, taskmill.ShellResult> = true;',
   },
-  { doc: 'docs/dead-letters.md', first: 'const page = await listDeadLetters(', before: DEAD_LETTERS },
-  { doc: 'docs/dead-letters.md', first: 'const dead = await getDeadLetter<', before: DEAD_LETTERS },
-  { doc: 'docs/dead-letters.md', first: 'await requeueDeadLetters(pool, { ids', before: DEAD_LETTERS },
-  { doc: 'docs/dead-letters.md', first: 'await purgeDeadLetters(pool, { ids', before: DEAD_LETTERS },
+  ...[
+    'const page = await listDeadLetters(',
+    'const dead = await getDeadLetter<',
+    'await requeueDeadLetters(',
+    'await purgeDeadLetters(',
+  ].map((first) => ({
+    doc: 'docs/dead-letters.md',
+    first,
+    before: DEAD_LETTERS,
+    after: 'await pool.end();',
+    run: true,
+    setup: sendInvoiceDeadLetters,
+  })),
   {
     doc: 'docs/limits.md',
     first: 'const node = await startNode({',
-    before:
-      "import { startNode, type TaskDefinition } from 'taskmill';\ndeclare const tasks: TaskDefinition[];",
+    before: "import { startNode, type TaskDefinition } from 'taskmill';\nconst tasks: TaskDefinition[] = [];",
+    after: 'await node.stop();',
+    run: true,
   },
 ];
+
+/** Three dead letters of `send-invoice` (none of an earlier run left): their ids, as DEAD_LETTERS. */
+async function sendInvoiceDeadLetters(): Promise<Record<string, string>> {
+  await db.pool.query(`delete from tm_dead_letters where name = 'send-invoice'`);
+  await db.pool.query(`delete from tm_tasks where name = 'send-invoice'`);
+  const ids = [uuidv7(), uuidv7(), uuidv7()];
+  await db.pool.query(
+    `insert into tm_dead_letters (id, name, workflow_id, workflow_created_at, strict_affinity, message, priority,
+       attempts, error, created_at, failed_at)
+     select id, 'send-invoice', gen_random_uuid(), now(), false, $2, 0, 3, 'Error: SMTP 550', now(), now()
+     from unnest($1::uuid[]) as id`,
+    [ids, encode({ invoice: 'INV-1' })],
+  );
+  return { DEAD_LETTERS: ids.join(',') };
+}
 
 /** What became of each block and command of the docs, for the coverage check and the summary. */
 interface Step {
@@ -156,8 +199,8 @@ const steps: Step[] = [];
 const vars: Record<string, string> = {};
 /** Files the docs name, in the order written; fragments, as files to type-check. */
 const files: { name: string; runBy?: string }[] = [];
-const fragments: string[] = [];
-const usedContexts = new Set<(typeof FRAGMENT_CONTEXTS)[number]>();
+const fragments: { name: string; context: FragmentContext }[] = [];
+const usedContexts = new Set<FragmentContext>();
 const usedExclusions = new Set<(typeof EXCLUDED)[number]>();
 /** The doc's commands that run in the background, as run (after substitutions). */
 let background: { command: string; shell: ShellProcess }[] = [];
@@ -225,13 +268,28 @@ describe('the docs, followed in a new project that installs the package', () => 
             skipLibCheck: true,
             types: ['node'],
           },
-          files: [...tsFiles, ...fragments],
+          files: [...tsFiles, ...fragments.map((f) => f.name)],
         }),
       );
       const tsc = path.join(ROOT, 'node_modules', '.bin', 'tsc');
       const result = await run(tsc, ['-p', project], { cwd: project, env: baseEnv() });
       expect(result.stdout + result.stderr).toBe('');
       expect(result.code).toBe(0);
+    },
+    DOC_MS,
+  );
+
+  it(
+    'runs the fragments that can run in their context',
+    async () => {
+      for (const { name, context } of fragments.filter((f) => f.context.run)) {
+        const env = { ...baseEnv(), DATABASE_URL: db.url, ...(await context.setup?.()) };
+        const result = await run(process.execPath, ['--import', 'tsx', name], { cwd: project, env });
+        expect(
+          result.code,
+          `${name} (${context.doc}: ${context.first})\n${result.stdout}\n${result.stderr}`,
+        ).toBe(0);
+      }
     },
     DOC_MS,
   );
@@ -301,8 +359,8 @@ async function walkBlock(doc: string, block: CodeBlock): Promise<void> {
         path.join(project, name),
         `// ${where}\n${context.before}\n${code}${context.after ?? ''}\nexport {};\n`,
       );
-      fragments.push(name);
-      record(code, `fragment: type-checked as ${name}`);
+      fragments.push({ name, context });
+      record(code, `fragment: type-checked${context.run ? ' and run' : ''} in context as ${name}`);
       return;
     }
     const named = /^\/\/ ([\w.-]+\.(?:ts|mjs|js))(?::(.*))?$/.exec(first);
@@ -333,6 +391,8 @@ async function walkBlock(doc: string, block: CodeBlock): Promise<void> {
 }
 
 async function runCommand(where: string, written: string): Promise<void> {
+  const started = Date.now();
+  const took = () => ` [${((Date.now() - started) / 1000).toFixed(1)} s]`;
   const exclusion = EXCLUDED.find((rule) => rule.match.test(written));
   if (exclusion) {
     usedExclusions.add(exclusion);
@@ -354,7 +414,11 @@ async function runCommand(where: string, written: string): Promise<void> {
     (restarted ? " (after restarting the doc's nodes, which register the cron again)" : '');
   if (sub === 'node' || sub === 'serve') {
     await startBackground(where, command, env);
-    steps.push({ where, what: written, outcome: `${outcome} (in the background until the doc is done)` });
+    steps.push({
+      where,
+      what: written,
+      outcome: `${outcome} (in the background until the doc is done)${took()}`,
+    });
     return;
   }
   const result = await shell(command, env);
@@ -369,7 +433,7 @@ async function runCommand(where: string, written: string): Promise<void> {
       ? String((JSON.parse(result.stdout) as Record<string, unknown>)[field])
       : result.stdout.trim();
   }
-  steps.push({ where, what: written, outcome });
+  steps.push({ where, what: written, outcome: outcome + took() });
 }
 
 /**
