@@ -12,7 +12,7 @@ import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { buildProgram, LAZY_COMMANDS, loadCommands } from '../cli/main.ts';
 import { withDatabase } from '../runtime/database.ts';
 import packageJson from '../package.json' with { type: 'json' };
-import { expectOk, NPM_ENV, packPackage, run } from './helpers/package-project.ts';
+import { expectOk, NPM_ENV, packPackage, run, typeCheck } from './helpers/package-project.ts';
 
 const ROOT = path.resolve(import.meta.dirname, '..');
 const PACK_AND_INSTALL_MS = 600_000;
@@ -231,22 +231,6 @@ describe('the npm package', () => {
   it('type-checks a strict TypeScript consumer (nodenext) against the published declarations', async () => {
     const dir = path.join(project, 'typed');
     mkdirSync(dir, { recursive: true });
-    writeFileSync(
-      path.join(dir, 'tsconfig.json'),
-      JSON.stringify({
-        compilerOptions: {
-          target: 'ES2022',
-          module: 'nodenext',
-          moduleResolution: 'nodenext',
-          strict: true,
-          noEmit: true,
-          skipLibCheck: false,
-          // Node's types come with taskmill's (@types/pg depends on @types/node).
-          types: ['node'],
-        },
-        include: ['*.ts'],
-      }),
-    );
     writeFileSync(path.join(dir, 'package.json'), JSON.stringify({ type: 'module' }));
     writeFileSync(
       path.join(dir, 'consumer.ts'),
@@ -272,8 +256,7 @@ describe('the npm package', () => {
         return code === undefined ? info : undefined;
       }\n`,
     );
-    const tsc = path.join(ROOT, 'node_modules', '.bin', 'tsc');
-    const result = await run(tsc, ['-p', dir], { cwd: dir, env: userEnv });
+    const result = await typeCheck(dir, { include: ['*.ts'] }, { skipLibCheck: false });
     expect(result.stdout + result.stderr).toBe('');
     expect(result.code).toBe(0);
   }, 300_000);

@@ -44,7 +44,15 @@ import { encode } from '../runtime/codec.ts';
 import { freePort } from '../runtime/database.ts';
 import { createTestDatabase, type TestDatabase } from './helpers/database.ts';
 import { codeBlocks, FRAGMENT_MARK, shellCommands, type CodeBlock } from './helpers/doc-examples.ts';
-import { expectOk, NPM_ENV, packPackage, run, TARBALL, type Run } from './helpers/package-project.ts';
+import {
+  expectOk,
+  NPM_ENV,
+  packPackage,
+  run,
+  TARBALL,
+  typeCheck,
+  type Run,
+} from './helpers/package-project.ts';
 import { interrupt, killAll, startShell, type ShellProcess } from './helpers/shell-process.ts';
 
 const ROOT = path.resolve(import.meta.dirname, '..');
@@ -254,25 +262,12 @@ describe('the docs, followed in a new project that installs the package', () => 
     'type-checks every TypeScript file and fragment against the published declarations',
     async () => {
       const tsFiles = files.map((f) => f.name).filter((name) => name.endsWith('.ts'));
-      writeFileSync(
-        path.join(project, 'tsconfig.json'),
-        JSON.stringify({
-          compilerOptions: {
-            target: 'ES2022',
-            module: 'nodenext',
-            moduleResolution: 'nodenext',
-            strict: true,
-            noEmit: true,
-            allowImportingTsExtensions: true,
-            // The declarations themselves are checked by test/consumer.test.ts; here, the docs' code.
-            skipLibCheck: true,
-            types: ['node'],
-          },
-          files: [...tsFiles, ...fragments.map((f) => f.name)],
-        }),
+      const result = await typeCheck(
+        project,
+        { files: [...tsFiles, ...fragments.map((f) => f.name)] },
+        // The declarations themselves are checked by test/consumer.test.ts; here, the docs' code.
+        { allowImportingTsExtensions: true, skipLibCheck: true },
       );
-      const tsc = path.join(ROOT, 'node_modules', '.bin', 'tsc');
-      const result = await run(tsc, ['-p', project], { cwd: project, env: baseEnv() });
       expect(result.stdout + result.stderr).toBe('');
       expect(result.code).toBe(0);
     },

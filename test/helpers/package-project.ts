@@ -4,7 +4,7 @@
  * that never rejects on a non-zero exit: the test looks at the code and the output.
  */
 import { execFile, type ExecFileException } from 'node:child_process';
-import { existsSync, mkdirSync, rmSync } from 'node:fs';
+import { existsSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import packageJson from '../../package.json' with { type: 'json' };
 
@@ -104,4 +104,33 @@ function tryLock(lock: string): boolean {
     if ((error as { code?: string }).code === 'EEXIST') return false;
     throw error;
   }
+}
+
+/**
+ * Type-checks the TypeScript of a consumer project with this repository's tsc, against the
+ * declarations installed there: strict, `moduleResolution: "nodenext"`, as the README asks of users.
+ * Writes `dir/tsconfig.json` with `files` (or `include`) and the extra compiler options given.
+ */
+export function typeCheck(
+  dir: string,
+  sources: { files: string[] } | { include: string[] },
+  compilerOptions: Record<string, unknown> = {},
+): Promise<Run> {
+  writeFileSync(
+    path.join(dir, 'tsconfig.json'),
+    JSON.stringify({
+      compilerOptions: {
+        target: 'ES2022',
+        module: 'nodenext',
+        moduleResolution: 'nodenext',
+        strict: true,
+        noEmit: true,
+        // Node's types come with taskmill's (@types/pg depends on @types/node).
+        types: ['node'],
+        ...compilerOptions,
+      },
+      ...sources,
+    }),
+  );
+  return run(path.join(ROOT, 'node_modules', '.bin', 'tsc'), ['-p', dir], { cwd: dir });
 }
