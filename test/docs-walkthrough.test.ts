@@ -384,7 +384,7 @@ async function walkBlock(doc: string, block: CodeBlock): Promise<void> {
       record(first, `written, ran \`${command}\``);
     } else {
       files.push({ name });
-      record(first, 'written (type-checked and loaded below)');
+      record(first, `written (${name.endsWith('.ts') ? 'type-checked and ' : ''}loaded below)`);
     }
   } else if (block.lang === 'sql') {
     await db.pool.query(block.body);
