@@ -4,7 +4,6 @@
  * PostgreSQL), then a plain-JS app, a strict TypeScript consumer, the CLI, and a tsx-run app with a
  * TypeScript handler, all against the test server. Packed and installed once for the whole file.
  */
-import { execFile, type ExecFileException } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readdirSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -13,38 +12,11 @@ import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { buildProgram, LAZY_COMMANDS, loadCommands } from '../cli/main.ts';
 import { withDatabase } from '../runtime/database.ts';
 import packageJson from '../package.json' with { type: 'json' };
+import { expectOk, NPM_ENV, packPackage, run, typeCheck } from './helpers/package-project.ts';
 
 const ROOT = path.resolve(import.meta.dirname, '..');
 const PACK_AND_INSTALL_MS = 600_000;
-const RUN_MS = 240_000;
 const PROCESS_TEST_MS = 300_000;
-
-interface Run {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
-
-/** Runs a program to its end; never rejects on a non-zero exit (the test looks at the code). */
-function run(file: string, args: string[], options: { cwd: string; env?: NodeJS.ProcessEnv }): Promise<Run> {
-  return new Promise((resolve) => {
-    execFile(
-      file,
-      args,
-      { cwd: options.cwd, env: options.env ?? process.env, timeout: RUN_MS, maxBuffer: 64 * 1024 * 1024 },
-      (error: ExecFileException | null, stdout, stderr) => {
-        resolve({ code: error ? (typeof error.code === 'number' ? error.code : -1) : 0, stdout, stderr });
-      },
-    );
-  });
-}
-
-function expectOk(result: Run): Run {
-  if (result.code !== 0) {
-    throw new Error(`exit code ${result.code}\n--- stdout\n${result.stdout}\n--- stderr\n${result.stderr}`);
-  }
-  return result;
-}
 
 let tmp: string;
 let project: string;
@@ -64,9 +36,7 @@ beforeAll(async () => {
   const started = Date.now();
   tmp = mkdtempSync(path.join(os.tmpdir(), 'taskmill-consumer-'));
   userEnv = { PATH: process.env.PATH, HOME: process.env.HOME, TASKMILL_DATA_DIR: path.join(tmp, 'pg') };
-  const npmEnv = { ...userEnv, npm_config_update_notifier: 'false' };
-  expectOk(await run('npm', ['pack', '--pack-destination', tmp], { cwd: ROOT, env: npmEnv }));
-  tarball = path.join(tmp, `taskmill-${packageJson.version}.tgz`);
+  tarball = await packPackage(inject('templateDb'), userEnv);
   project = path.join(tmp, 'app');
   mkdirSync(project);
   writeFileSync(
@@ -74,9 +44,9 @@ beforeAll(async () => {
     JSON.stringify({ name: 'consumer', private: true, type: 'module' }),
   );
   expectOk(
-    await run('npm', ['install', '--prefer-offline', '--omit=optional', '--no-audit', '--no-fund', tarball], {
+    await run('npm', ['install', '--omit=optional', tarball], {
       cwd: project,
-      env: npmEnv,
+      env: { ...userEnv, ...NPM_ENV },
     }),
   );
 
@@ -261,22 +231,6 @@ describe('the npm package', () => {
   it('type-checks a strict TypeScript consumer (nodenext) against the published declarations', async () => {
     const dir = path.join(project, 'typed');
     mkdirSync(dir, { recursive: true });
-    writeFileSync(
-      path.join(dir, 'tsconfig.json'),
-      JSON.stringify({
-        compilerOptions: {
-          target: 'ES2022',
-          module: 'nodenext',
-          moduleResolution: 'nodenext',
-          strict: true,
-          noEmit: true,
-          skipLibCheck: false,
-          // Node's types come with taskmill's (@types/pg depends on @types/node).
-          types: ['node'],
-        },
-        include: ['*.ts'],
-      }),
-    );
     writeFileSync(path.join(dir, 'package.json'), JSON.stringify({ type: 'module' }));
     writeFileSync(
       path.join(dir, 'consumer.ts'),
@@ -302,8 +256,7 @@ describe('the npm package', () => {
         return code === undefined ? info : undefined;
       }\n`,
     );
-    const tsc = path.join(ROOT, 'node_modules', '.bin', 'tsc');
-    const result = await run(tsc, ['-p', dir], { cwd: dir, env: userEnv });
+    const result = await typeCheck(dir, { include: ['*.ts'] }, { skipLibCheck: false });
     expect(result.stdout + result.stderr).toBe('');
     expect(result.code).toBe(0);
   }, 300_000);

@@ -7,13 +7,39 @@
 
 /** Commands of the `sh` blocks of a markdown text that start with `program`. */
 export function docExamples(markdown: string, program: 'curl' | 'taskmill'): string[] {
-  const commands: string[] = [];
-  for (const block of markdown.matchAll(/^```sh\n([\s\S]*?)^```/gm)) {
-    const joined = block[1].replace(/\\\n\s*/g, ' ');
-    for (const line of joined.split('\n')) {
-      const trimmed = line.trim();
-      if (trimmed.startsWith(`${program} `)) commands.push(trimmed);
-    }
+  return codeBlocks(markdown)
+    .filter((block) => block.lang === 'sh')
+    .flatMap((block) => shellCommands(block.body))
+    .map((command) => command.text)
+    .filter((text) => text.startsWith(`${program} `));
+}
+
+/** A fenced code block of a markdown text: its language, its text, the line of its opening fence. */
+export interface CodeBlock {
+  lang: string;
+  body: string;
+  line: number;
+}
+
+/** Every fenced code block of a markdown text, in order (indented ones, as in list items, too). */
+export function codeBlocks(markdown: string): CodeBlock[] {
+  return [...markdown.matchAll(/^( *)```(\w*)\n([\s\S]*?)^\1```/gm)].map((m) => ({
+    lang: m[2],
+    body: m[3].replace(new RegExp(`^${m[1]}`, 'gm'), ''),
+    line: markdown.slice(0, m.index).split('\n').length,
+  }));
+}
+
+/** The commands of a shell block: one a line (backslash-newline continues it), blank and comment lines left out. */
+export function shellCommands(body: string): { text: string; line: number }[] {
+  const commands: { text: string; line: number }[] = [];
+  const lines = body.split('\n');
+  for (let i = 0; i < lines.length; i++) {
+    const first = i;
+    let text = lines[i];
+    while (text.endsWith('\\') && i + 1 < lines.length) text = `${text.slice(0, -1)} ${lines[++i].trim()}`;
+    text = text.trim();
+    if (text !== '' && !text.startsWith('#')) commands.push({ text, line: first });
   }
   return commands;
 }

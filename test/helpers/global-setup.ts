@@ -10,6 +10,7 @@ import pg from 'pg';
 import type { TestProject } from 'vitest/node';
 import { openDatabase, withDatabase } from '../../runtime/database.ts';
 import { migrate } from '../../migrations/migrator.ts';
+import { packFolder } from './package-project.ts';
 
 declare module 'vitest' {
   export interface ProvidedContext {
@@ -35,6 +36,7 @@ export default async function setup(project: TestProject): Promise<() => Promise
   project.provide('serverUrl', db.url);
   project.provide('templateDb', templateDb);
   return async () => {
+    rmSync(packFolder(templateDb), { recursive: true, force: true });
     if (db.owner) {
       await db.stop();
       rmSync(dataDir, { recursive: true, force: true });
