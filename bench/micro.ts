@@ -16,7 +16,7 @@ import { Planner } from '../planner/planner.ts';
 import { decode, encode } from '../runtime/codec.ts';
 import { Dispatcher, type Outcome } from '../runtime/dispatcher.ts';
 import { Mailboxes } from '../runtime/mailboxes.ts';
-import type { FetchedTask } from '../runtime/task-store.ts';
+import type { FetchedTask } from '../store/tasks.ts';
 import { createBenchDatabase, openBenchServer, type BenchDatabase } from './bench-database.ts';
 import { preInsert } from './flat/measure.ts';
 import { markdownTable } from './markdown-table.ts';

@@ -8,7 +8,7 @@ import {
   requeueDeadLetters,
   type PurgeSelector,
   type RequeueSelector,
-} from '../runtime/dead-letters.ts';
+} from '../store/dead-letters.ts';
 import {
   getDeadLetterSchema,
   listDeadLettersSchema,

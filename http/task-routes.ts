@@ -4,7 +4,7 @@ import type pg from 'pg';
 import { inTransaction } from '../runtime/checkout.ts';
 import { TaskmillError } from '../runtime/errors.ts';
 import type { TaskmillClient } from '../runtime/client.ts';
-import { listTasks } from '../runtime/inspect.ts';
+import { listTasks } from '../store/inspect.ts';
 import type { TaskmillMetrics } from '../runtime/metrics.ts';
 import type { PlannerWaker } from './planner-waker.ts';
 import type { SubmitBatcher } from './submit-batcher.ts';

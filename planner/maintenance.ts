@@ -10,9 +10,12 @@
  * States: stopped -> running -> stopped; passes do nothing unless this node leads.
  */
 import type pg from 'pg';
-import { releaseDanglingWaits } from './dangling-waits.ts';
+import { releaseDanglingWaits } from '../store/waits.ts';
 import { Loop, type Timers } from '../runtime/loop.ts';
-import { PLANNER_CHANNEL } from '../runtime/task-store.ts';
+import { wakePlanner } from '../store/channels.ts';
+import { deleteExpiredNodes } from '../store/nodes.ts';
+import { handBackTasks, lockTasksOfDeadNodes, type HeldTask } from '../store/recovery.ts';
+import { failTasks } from '../store/tasks.ts';
 import { HistoryRetention } from './history-retention.ts';
 import { DEFAULT_RETRY_POLICY, nextRetryDelay, retryPolicySchema } from '../runtime/retry-policy.ts';
 
@@ -25,7 +28,7 @@ export interface MaintenanceResult {
   deadNodes: number;
   recovered: number;
   purgedHistory: number;
-  /** Waits on vanished tasks settled by the safety net (dangling-waits.ts); 0 in normal operation. */
+  /** Waits on vanished tasks settled by the safety net (store/waits.ts); 0 in normal operation. */
   danglingWaits: number;
 }
 
@@ -94,16 +97,6 @@ export function nodeDiedError(nodeId: string): string {
   );
 }
 
-interface HeldTask {
-  id: string;
-  node_id: string;
-  state: 'assigned' | 'running';
-  assignment: number;
-  attempt: number;
-  failing_ms: number;
-  options: { retry?: unknown; deadLetter?: unknown } | null;
-}
-
 /**
  * Removes expired nodes and takes back every task held by a node that is not alive, in one
  * transaction. What the rows say decides what a task is charged:
@@ -122,26 +115,10 @@ export async function recoverDeadNodes(
   let broken = false;
   try {
     await client.query('begin');
-    const dead = await client.query<{ id: string }>(
-      `delete from tm_nodes where heartbeat_at < now() - $1 * interval '1 millisecond' returning id`,
-      [nodeTimeoutMs],
-    );
-    const { rows } = await client.query<HeldTask>(
-      `select t.id, t.node_id, t.state, t.assignment, t.attempt,
-         extract(epoch from now() - t.created_at) * 1000 as failing_ms, d.options
-       from tm_tasks t left join tm_task_defs d on d.name = t.name
-       where t.node_id is not null
-         and (t.node_id = any($1) or not exists (select 1 from tm_nodes n where n.id = t.node_id))
-       order by t.id
-       for update of t`,
-      [dead.rows.map((r) => r.id)],
-    );
+    const dead = await deleteExpiredNodes(client, nodeTimeoutMs);
+    const rows = await lockTasksOfDeadNodes(client, dead);
     const handedBack = rows.filter((t) => t.state !== 'running').map((t) => t.id);
-    if (handedBack.length > 0) {
-      await client.query(`update tm_tasks set state = 'ready', node_id = null where id = any($1)`, [
-        handedBack,
-      ]);
-    }
+    if (handedBack.length > 0) await handBackTasks(client, handedBack);
     const byNode = new Map<string, HeldTask[]>();
     for (const task of rows) {
       if (task.state !== 'running') continue;
@@ -155,19 +132,22 @@ export async function recoverDeadNodes(
         // Another attempt runs at once: the node's death, not the task, is the likely cause.
         return { retryMs: retry === undefined ? null : 0, deadLetter: t.options?.deadLetter !== false };
       });
-      await client.query(`select 1 from tm_fail($1, $2, $3, $4, $5, $6, $7)`, [
+      await failTasks(
+        client,
         nodeId,
-        tasks.map((t) => t.id),
-        tasks.map((t) => t.assignment),
-        tasks.map(() => nodeDiedError(nodeId)),
-        decisions.map((d) => d.retryMs),
-        decisions.map((d) => d.deadLetter),
-        tasks.map(() => false),
-      ]);
+        tasks.map((t, i) => ({
+          id: t.id,
+          assignment: t.assignment,
+          error: nodeDiedError(nodeId),
+          retryDelayMs: decisions[i].retryMs,
+          deadLetter: decisions[i].deadLetter,
+          cancelled: false,
+        })),
+      );
     }
-    if (rows.length > 0) await client.query(`select pg_notify('${PLANNER_CHANNEL}', '')`);
+    if (rows.length > 0) await wakePlanner(client);
     await client.query('commit');
-    return { deadNodes: dead.rowCount ?? 0, recovered: rows.length };
+    return { deadNodes: dead.length, recovered: rows.length };
   } catch (error) {
     await client.query('rollback').catch(() => (broken = true));
     throw error;

@@ -37,7 +37,7 @@ import {
   type Accepted,
   type Failure,
   type Success,
-} from './task-store.ts';
+} from '../store/tasks.ts';
 
 const MiB = 1024 * 1024;
 

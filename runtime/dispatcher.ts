@@ -40,7 +40,7 @@ import type {
   WorkerInit,
 } from './protocol.ts';
 import type { NewTask } from './schedule-context.ts';
-import type { FetchedTask, JoinMessage } from './task-store.ts';
+import type { FetchedTask, JoinMessage } from '../store/tasks.ts';
 
 export const DISPATCHER_DEFAULTS = {
   threads: availableParallelism(),

@@ -13,7 +13,7 @@ import { EventEmitter } from 'node:events';
 import pg from 'pg';
 import { v4 as uuidv4 } from 'uuid';
 import { migrate, assertSchemaKnown } from '../migrations/migrator.ts';
-import { DEFAULT_LEASE_TTL_MS, LEADER_CHANNEL, LeaderLease } from '../planner/leader.ts';
+import { DEFAULT_LEASE_TTL_MS, LeaderLease } from '../planner/leader.ts';
 import { PlannerWatch } from '../planner/planner-watch.ts';
 import { Maintenance, type MaintenanceResult } from '../planner/maintenance.ts';
 import { Cron, registerCronTasks } from '../planner/cron.ts';
@@ -31,16 +31,16 @@ import { NODE_DEFAULTS, parseNodeConfig, type NodeConfig, type NodeOptions } fro
 import { nextRetryDelay } from './retry-policy.ts';
 import { workerShellPolicy } from './shell-task.ts';
 import { assertHandlerExists, definitionRecord, type TaskDefinition } from './task-definition.ts';
+import { CANCEL_CHANNEL, LEADER_CHANNEL, NODE_CHANNEL, PLANNER_CHANNEL } from '../store/channels.ts';
+import { closeNodeToNewTasks } from '../store/nodes.ts';
+import { registerDefinitions } from '../store/task-defs.ts';
 import {
-  CANCEL_CHANNEL,
-  NODE_CHANNEL,
-  PLANNER_CHANNEL,
   cancelRequested,
   fetchAssignedTasks,
   releaseTasks,
   type Failure,
   type FetchedTask,
-} from './task-store.ts';
+} from '../store/tasks.ts';
 import { ConnectionClient } from './connections.ts';
 
 export type { NodeOptions } from './node-config.ts';
@@ -369,7 +369,7 @@ export class TaskmillNode extends EventEmitter<TaskmillNodeEvents> {
   private async shutdown(): Promise<void> {
     this.phase = 'stopping';
     const deadline = Date.now() + this.config.shutdownGraceMs;
-    await this.pool.query(`update tm_nodes set capacity = 0 where id = $1`, [this.id]).catch(() => {});
+    await closeNodeToNewTasks(this.pool, this.id).catch(() => {});
     await this.listener?.close();
     await this.planner?.stop();
     await this.maintenance?.stop();
@@ -528,18 +528,13 @@ export class TaskmillNode extends EventEmitter<TaskmillNodeEvents> {
   }
 
   private async registerDefinitions(): Promise<void> {
-    const defs = [...this.defs.values()];
-    if (defs.length === 0) return;
-    await this.pool.query(
-      `insert into tm_task_defs (name, max_parallel_in_cluster, options)
-       select * from unnest($1::text[], $2::integer[], $3::jsonb[])
-       on conflict (name) do update set max_parallel_in_cluster = excluded.max_parallel_in_cluster,
-         options = excluded.options, updated_at = now()`,
-      [
-        defs.map((d) => d.name),
-        defs.map((d) => d.maxParallelInCluster ?? null),
-        defs.map((d) => JSON.stringify(definitionRecord(d))),
-      ],
+    await registerDefinitions(
+      this.pool,
+      [...this.defs.values()].map((d) => ({
+        name: d.name,
+        maxParallelInCluster: d.maxParallelInCluster ?? null,
+        options: definitionRecord(d),
+      })),
     );
   }
 

@@ -15,7 +15,7 @@
  */
 import { isMainThread, type MessagePort } from 'node:worker_threads';
 import type { NewTask } from './schedule-context.ts';
-import type { JoinMessage } from './task-store.ts';
+import type { JoinMessage } from '../store/tasks.ts';
 
 /** workerData of every thread: how to load each task the node runs. */
 export interface WorkerInit {

@@ -15,7 +15,7 @@ import {
   type RetryPolicy,
   type RetryPolicyInput,
 } from './retry-policy.ts';
-import { cronOptionSchema, type CronOption, type CronOptionInput } from '../planner/cron.ts';
+import { cronOptionSchema, type CronOption, type CronOptionInput } from './cron-option.ts';
 
 export type ExecutionGuarantee = 'at-least-once' | 'exactly-once';
 /** `workflow`: one workflow at a time per key, its tasks in parallel. `strict`: one task at a time per key. */

@@ -26,7 +26,7 @@ import {
 import { newTask, type NewTask } from './schedule-context.ts';
 import type { FailureHook, TaskContext, TaskHandler } from './task-context.ts';
 import { isTaskDefinition, type TaskDefinition } from './task-definition.ts';
-import { COMPLETE_SQL, completeParams, type JoinMessage } from './task-store.ts';
+import { completeTasks, lockHeldTask, type JoinMessage } from '../store/tasks.ts';
 import { ConnectionClient } from './connections.ts';
 
 interface LoadedModule {
@@ -214,11 +214,10 @@ async function runOne(task: TaskEnvelope, bytes: Uint8Array, signal: AbortSignal
 }
 
 /**
- * Exactly-once: check the task is still ours (node and assignment) under a KEY SHARE lock, run the
- * handler with the transaction's client, and commit its completion, children and join messages in
- * that same transaction; tm_complete fences again at commit. KEY SHARE does not block cancellation
- * requests or dead-node recovery (plain updates); a task taken back meanwhile fails the fence and
- * everything rolls back. A crash leaves nothing behind.
+ * Exactly-once: check the task is still ours (node and assignment) under a KEY SHARE lock
+ * (lockHeldTask), run the handler with the transaction's client, and commit its completion, children
+ * and join messages in that same transaction; tm_complete fences again at commit. A task taken back
+ * meanwhile fails the fence and everything rolls back. A crash leaves nothing behind.
  */
 async function runExactlyOnce(
   task: TaskEnvelope,
@@ -235,11 +234,7 @@ async function runExactlyOnce(
   try {
     await client.query('begin');
     open = true;
-    const lock = await client.query(
-      `select 1 from tm_tasks where id = $1 and assignment = $2 and node_id = $3 and state = 'running' for key share`,
-      [task.id, task.assignment, init.nodeId],
-    );
-    if (lock.rowCount === 0) {
+    if (!(await lockHeldTask(client, init.nodeId, task.id, task.assignment))) {
       await client.query('rollback');
       open = false;
       return { type: 'stale', id: task.id };
@@ -248,23 +243,17 @@ async function runExactlyOnce(
     const value = await mod.handler(message, ctx);
     throwIfAbortedForGood(ctx.signal);
     const result = value === undefined ? null : encode(value, 'result', maxResultBytes);
-    const done = await client.query(
-      COMPLETE_SQL,
-      completeParams(init.nodeId, [
-        { id: task.id, assignment: task.assignment, result, children, joinMessages },
-      ]),
-    );
-    if (done.rowCount !== 1) throw new Error(`exactly-once completion of ${task.id} was not accepted`);
+    const done = await completeTasks(client, init.nodeId, [
+      { id: task.id, assignment: task.assignment, result, children, joinMessages },
+    ]);
+    if (done.length !== 1) throw new Error(`exactly-once completion of ${task.id} was not accepted`);
     // A cancellation that arrived first wins: the row ends cancelled and the handler's writes are undone.
-    if (done.rows[0].outcome === 'cancelled') {
+    if (done[0].outcome === 'cancelled') {
       await client.query('rollback');
       open = false;
-      await pool().query(
-        COMPLETE_SQL,
-        completeParams(init.nodeId, [
-          { id: task.id, assignment: task.assignment, result: null, children: [], joinMessages: [] },
-        ]),
-      );
+      await completeTasks(pool(), init.nodeId, [
+        { id: task.id, assignment: task.assignment, result: null, children: [], joinMessages: [] },
+      ]);
       return { type: 'committed', id: task.id, outcome: 'cancelled' };
     }
     await client.query('commit');

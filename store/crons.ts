@@ -1,15 +1,19 @@
 /**
- * The tm_cron table seen by operators: list the crons the leader runs, with the state of the last
- * instance each created and how many live nodes run its task, and remove one whose definition is gone.
- * Used by the client (`listCrons()`, `removeCron()`), the CLI (`taskmill cron`) and the HTTP API
- * (`/api/crons`).
+ * Statements on tm_cron. For nodes: register the cron options of their definitions. For the leader's
+ * cron loop (planner/cron.ts): read the crons, hold slots back, create instances (tm_insert_tasks) with
+ * the compare-and-set on last_slot. For operators: list the crons the leader runs, with the state of
+ * the last instance each created and how many live nodes run its task, and remove one whose definition
+ * is gone; used by the client (`listCrons()`, `removeCron()`), the CLI (`taskmill cron`) and the HTTP
+ * API (`/api/crons`).
  */
 import { Cron as CronPattern } from 'croner';
 import type pg from 'pg';
 import { TaskmillError, isUndefinedTable, notMigratedError } from '../runtime/errors.ts';
 import { TASK_NAME_PATTERN } from '../runtime/task-definition.ts';
-import type { CronMissedPolicy } from './cron.ts';
-import { PLANNER_DEFAULTS } from './planner.ts';
+import type { CronMissedPolicy } from '../runtime/cron-option.ts';
+import type { NewTask } from '../runtime/schedule-context.ts';
+import { INSERT_TASKS_ARGS, insertParams } from './tasks.ts';
+import { PLANNER_DEFAULTS } from '../planner/planner.ts';
 
 /** One cron as `listCrons()` reports it. */
 export interface CronInfo {
@@ -110,4 +114,117 @@ export async function removeCron(
     );
   }
   return { name, lastTaskId: rows[0].last_task_id, lastTaskState: rows[0].last_task_state };
+}
+
+/**
+ * Records the cron options of registered definitions, starting a new cron at `at` (default: database
+ * now) and keeping `last_slot` of a known one; removes the crons of `plain` (definitions without cron).
+ */
+export async function registerCrons(
+  db: Pick<pg.Pool, 'query'>,
+  crons: { name: string; expression: string; timezone: string; missed: CronMissedPolicy }[],
+  plain: string[],
+  at?: Date,
+): Promise<void> {
+  if (crons.length > 0) {
+    await db.query(
+      `insert into tm_cron (name, expression, timezone, missed, last_slot)
+       select u.name, u.expression, u.timezone, u.missed, date_trunc('milliseconds', coalesce($5, now()))
+       from unnest($1::text[], $2::text[], $3::text[], $4::text[]) as u(name, expression, timezone, missed)
+       on conflict (name) do update set expression = excluded.expression, timezone = excluded.timezone,
+         missed = excluded.missed, updated_at = now()`,
+      [
+        crons.map((c) => c.name),
+        crons.map((c) => c.expression),
+        crons.map((c) => c.timezone),
+        crons.map((c) => c.missed),
+        at ?? null,
+      ],
+    );
+  }
+  if (plain.length > 0) await db.query(`delete from tm_cron where name = any($1::text[])`, [plain]);
+}
+
+/** A cron with its definition's options and whether its last instance still waits, as a leader pass reads it. */
+export interface CronRow {
+  name: string;
+  expression: string;
+  timezone: string;
+  missed: CronMissedPolicy;
+  last_slot: Date;
+  last_task_id: string | null;
+  /** The last instance has not started (still ready, no failed attempt). */
+  last_waiting: boolean;
+  options: Record<string, unknown>;
+  db_now: Date;
+}
+
+/** Every cron whose definition is registered, with database time, for a leader pass. */
+export async function readCrons(db: Pick<pg.Pool, 'query'>): Promise<CronRow[]> {
+  const { rows } = await db.query<CronRow>(
+    `select c.name, c.expression, c.timezone, c.missed, c.last_slot, c.last_task_id,
+       coalesce(t.state = 'ready' and t.attempt = 0, false) as last_waiting, d.options,
+       clock_timestamp() as db_now
+     from tm_cron c join tm_task_defs d using (name) left join tm_tasks t on t.id = c.last_task_id
+     order by c.name`,
+  );
+  return rows;
+}
+
+/**
+ * Moves last_slot to `latest` without an instance while the cron's last instance has not started, in
+ * one statement that locks that instance first (a claim by the planner in progress is waited for) and,
+ * for `run-once`, makes its message stand for `latest`. 'started': the instance had left the queue
+ * (nothing changed); 'lost': last_slot had already moved (another leader).
+ */
+export async function holdBack(
+  db: Pick<pg.Pool, 'query'>,
+  name: string,
+  waitingId: string,
+  firstDue: Date,
+  latest: Date,
+  stand: NewTask | undefined,
+): Promise<'held' | 'started' | 'lost'> {
+  const { rows } = await db.query<{ waiting: number; advanced: number }>(
+    `with waiting as (
+       select id from tm_tasks where id = $1 and state = 'ready' and attempt = 0 for update),
+     cas as (
+       update tm_cron set last_slot = $3, updated_at = now()
+       where name = $2 and last_slot < $4 and exists (select 1 from waiting)
+       returning name),
+     stand as (
+       update tm_tasks set message = $5 where $5::bytea is not null and id in (select id from waiting)
+         and exists (select 1 from cas)
+       returning 1)
+     select (select count(*) from waiting)::int as waiting, (select count(*) from cas)::int as advanced,
+       (select count(*) from stand)::int as stood`,
+    [waitingId, name, latest, firstDue, stand?.message ?? null],
+  );
+  if (rows[0].waiting === 0) return 'started';
+  return rows[0].advanced === 1 ? 'held' : 'lost';
+}
+
+/**
+ * Moves last_slot past the plan's slots and inserts their instances, in one statement. Returns the
+ * number inserted, or undefined when last_slot had already moved (another leader handled the slots).
+ */
+export async function createInstances(
+  db: Pick<pg.Pool, 'query'>,
+  name: string,
+  handledUpTo: Date,
+  firstDue: Date,
+  tasks: NewTask[],
+): Promise<number | undefined> {
+  const { rows } = await db.query<{ advanced: number; inserted: number }>(
+    `with cas as (
+       update tm_cron set last_slot = $16, last_task_id = coalesce($18::uuid, last_task_id), updated_at = now()
+       where name = $15 and last_slot < $17
+       returning name),
+     -- In the select list over cas, so nothing is inserted when the compare-and-set matched no row.
+     ins as (select tm_insert_tasks(${INSERT_TASKS_ARGS}) as id from cas)
+     select (select count(*) from cas)::int as advanced, (select count(*) from ins)::int as inserted,
+       case when exists (select 1 from ins) then tm_wake_planner() end`,
+    [...insertParams(tasks), name, handledUpTo, firstDue, tasks.at(-1)?.id ?? null],
+  );
+  return rows[0].advanced === 1 ? rows[0].inserted : undefined;
 }

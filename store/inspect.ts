@@ -4,10 +4,10 @@
  * the leader and throughput over the last minutes. Nothing here writes; every query is one statement.
  */
 import pg from 'pg';
-import { inTransaction } from './checkout.ts';
-import type { Queryable } from './task-store.ts';
-import { TaskmillError, isUndefinedTable, notMigratedError } from './errors.ts';
-import { isUuid, TASK_NAME_PATTERN } from './schedule-context.ts';
+import { inTransaction } from '../runtime/checkout.ts';
+import type { Queryable } from './tasks.ts';
+import { TaskmillError, isUndefinedTable, notMigratedError } from '../runtime/errors.ts';
+import { isUuid, TASK_NAME_PATTERN } from '../runtime/schedule-context.ts';
 import { PLANNER_DEFAULTS } from '../planner/planner.ts';
 import {
   DEPTH_STATES,
@@ -17,9 +17,9 @@ import {
   visibleStateSql,
   type DepthState,
   type TaskStatus,
-} from './task-states.ts';
+} from '../runtime/task-states.ts';
 
-export { TASK_STATES, type TaskStatus } from './task-states.ts';
+export { TASK_STATES, type TaskStatus } from '../runtime/task-states.ts';
 
 export const INSPECT_DEFAULTS = {
   listLimit: 100,

@@ -9,7 +9,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { Completer, MAX_TRANSIENT_RETRIES, takeBatch, type FlushResult } from '../runtime/completer.ts';
 import { encode } from '../runtime/codec.ts';
 import { newTask } from '../runtime/schedule-context.ts';
-import { storableError, type Failure, type Success } from '../runtime/task-store.ts';
+import { storableError, type Failure, type Success } from '../store/tasks.ts';
 import * as defs from './fixtures/definitions.ts';
 import { count, createTestDatabase, type TestDatabase } from './helpers/database.ts';
 import { insertTasks, taskStates } from './helpers/factory.ts';

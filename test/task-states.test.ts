@@ -11,7 +11,7 @@ import { runCli } from '../cli/main.ts';
 import { renderStatus } from '../cli/commands/status.ts';
 import { buildHttpApp } from '../http/server.ts';
 import { TaskmillClient } from '../runtime/client.ts';
-import { clusterStats, listTasks } from '../runtime/inspect.ts';
+import { clusterStats, listTasks } from '../store/inspect.ts';
 import { createLogger } from '../runtime/logger.ts';
 import { DEFAULT_RETRY_POLICY, type RetryPolicy } from '../runtime/retry-policy.ts';
 import {

@@ -5,7 +5,7 @@ import { print, table } from '../output.ts';
 import type { CommandContext } from '../main.ts';
 
 /** Loaded on use, so that other commands start without it. */
-const cronTable = () => import('../../planner/cron-table.ts');
+const cronTable = () => import('../../store/crons.ts');
 
 export function registerCronCommands(program: Command, ctx: CommandContext): void {
   const cmd = program.command('cron').description('List crons, or remove one whose definition is gone');

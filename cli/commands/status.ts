@@ -1,6 +1,6 @@
 /** `taskmill status`: nodes, leader, queue depths by state and task, throughput, recent failures. */
 import type { Command } from 'commander';
-import { clusterStats, type ClusterStats } from '../../runtime/inspect.ts';
+import { clusterStats, type ClusterStats } from '../../store/inspect.ts';
 import { DEPTH_STATES } from '../../runtime/task-states.ts';
 import { withPool } from '../database-url.ts';
 import { intOption, print, table } from '../output.ts';

@@ -2,7 +2,7 @@
 import type { Command } from 'commander';
 import type pg from 'pg';
 import { TaskmillError } from '../../runtime/errors.ts';
-import { listTasks, type TaskPage } from '../../runtime/inspect.ts';
+import { listTasks, type TaskPage } from '../../store/inspect.ts';
 import {
   describeRetryPolicy,
   TASK_STATES,
