@@ -22,18 +22,23 @@ language sql immutable as $$
   select t.node_id = p_node and t.assignment = p_assignment and t.state = 'running'
 $$;
 
--- A task wherever it is: the hot table, history or the dead-letter table. `state` is the stored one
--- ('dead' for a dead letter); ended tasks have no node and no not-before time, pending ones no
--- finished time and no result. A filter on id or workflow_id reaches each table's index.
+-- A task wherever it is: the hot table, history or the dead-letter table (`stored_in`: 'tasks',
+-- 'history', 'dead_letters'). `state` is the stored one ('dead' for a dead letter); ended tasks have no
+-- node and no not-before time, pending ones no finished time and no result, history keeps no affinity
+-- nor priority. A filter on id or workflow_id reaches each table's index, and one on stored_in with a
+-- parameter skips a whole table (a one-time filter).
 create view tm_any_task as
-  select id, name, state, workflow_id, parent_id, attempt as attempts, node_id, not_before, created_at,
-    null::timestamptz as finished_at, null::bytea as result, last_error as error
+  select 'tasks'::text as stored_in, id, name, state, workflow_id, parent_id, affinity_group, affinity, priority,
+    attempt as attempts, node_id, not_before, created_at, null::timestamptz as finished_at, null::bytea as result,
+    last_error as error
   from tm_tasks
   union all
-  select id, name, state, workflow_id, parent_id, attempts, null, null, created_at, finished_at, result, error
+  select 'history', id, name, state, workflow_id, parent_id, null, null, null, attempts, null, null, created_at,
+    finished_at, result, error
   from tm_history
   union all
-  select id, name, 'dead', workflow_id, parent_id, attempts, null, null, created_at, failed_at, null, error
+  select 'dead_letters', id, name, 'dead', workflow_id, parent_id, affinity_group, affinity, priority, attempts,
+    null, null, created_at, failed_at, null, error
   from tm_dead_letters;
 
 -- The multi-row insert of new tasks, as parallel arrays (store/tasks.ts insertParams builds them).
