@@ -15,6 +15,13 @@ import type { NewTask } from '../runtime/schedule-context.ts';
 import { INSERT_TASKS_ARGS, insertParams } from './tasks.ts';
 import { PLANNER_DEFAULTS } from '../planner/planner.ts';
 
+/** The cron's last instance (tm_tasks t) has not started: still ready, no failed attempt. */
+const WAITING = `t.state = 'ready' and t.attempt = 0`;
+
+/** CronInfo.lastTaskState of a row with last_task_id (`alias`) left-joined to its instance (tm_tasks t). */
+const lastTaskState = (alias: string) => `case when ${alias}.last_task_id is null then null
+  when t.id is null then 'ended' when ${WAITING} then 'waiting' else 'started' end`;
+
 /** One cron as `listCrons()` reports it. */
 export interface CronInfo {
   name: string;
@@ -54,10 +61,7 @@ export async function listCrons(
       db_now: Date;
     }>(
       `select c.name, c.expression, c.timezone, c.missed, c.last_slot, c.last_task_id,
-         case when c.last_task_id is null then null
-              when t.id is null then 'ended'
-              when t.state = 'ready' and t.attempt = 0 then 'waiting'
-              else 'started' end as last_task_state,
+         ${lastTaskState('c')} as last_task_state,
          (select count(*) from tm_nodes n where c.name = any(n.task_names)
             and n.heartbeat_at > now() - make_interval(secs => $1::float8 / 1000))::int as nodes,
          clock_timestamp() as db_now
@@ -97,10 +101,7 @@ export async function removeCron(
     .query<{ last_task_id: string | null; last_task_state: CronInfo['lastTaskState'] }>(
       `with gone as (delete from tm_cron where name = $1 returning last_task_id)
        select g.last_task_id,
-         case when g.last_task_id is null then null
-              when t.id is null then 'ended'
-              when t.state = 'ready' and t.attempt = 0 then 'waiting'
-              else 'started' end as last_task_state
+         ${lastTaskState('g')} as last_task_state
        from gone g left join tm_tasks t on t.id = g.last_task_id`,
       [name],
     )
@@ -163,7 +164,7 @@ export interface CronRow {
 export async function readCrons(db: Pick<pg.Pool, 'query'>): Promise<CronRow[]> {
   const { rows } = await db.query<CronRow>(
     `select c.name, c.expression, c.timezone, c.missed, c.last_slot, c.last_task_id,
-       coalesce(t.state = 'ready' and t.attempt = 0, false) as last_waiting, d.options,
+       coalesce(${WAITING}, false) as last_waiting, d.options,
        clock_timestamp() as db_now
      from tm_cron c join tm_task_defs d using (name) left join tm_tasks t on t.id = c.last_task_id
      order by c.name`,
