@@ -13,7 +13,7 @@ import { Command } from 'commander';
 import type pg from 'pg';
 import { Bench, type Task } from 'tinybench';
 import { Planner } from '../planner/planner.ts';
-import { decode, encode } from '../runtime/codec.ts';
+import { decode, encode } from '../task/codec.ts';
 import { Dispatcher, type Outcome } from '../runtime/dispatcher.ts';
 import { Mailboxes } from '../runtime/mailboxes.ts';
 import type { FetchedTask } from '../store/tasks.ts';

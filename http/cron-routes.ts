@@ -2,7 +2,7 @@
 import type { FastifyInstance } from 'fastify';
 import type pg from 'pg';
 import { listCrons, removeCron } from '../store/crons.ts';
-import { TASK_NAME_PATTERN } from '../runtime/task-definition.ts';
+import { TASK_NAME_PATTERN } from '../task/task-definition.ts';
 import { errorSchema } from './schemas.ts';
 
 const nullableUuid = { type: 'string', format: 'uuid', nullable: true } as const;

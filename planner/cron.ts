@@ -28,16 +28,11 @@
  * tm_cron rows are written by registering nodes (definition columns) and by the leader (last_slot).
  */
 import type pg from 'pg';
-import { Loop, type Timers } from '../runtime/loop.ts';
-import { newTask, type NewTask } from '../runtime/schedule-context.ts';
-import type { TaskDefinition } from '../runtime/task-definition.ts';
+import { Loop, type Timers } from '../loop/loop.ts';
+import { newTask, type NewTask } from '../task/schedule-context.ts';
+import type { TaskDefinition } from '../task/task-definition.ts';
 import { createInstances, holdBack, readCrons, registerCrons, type CronRow } from '../store/crons.ts';
-import {
-  CRON_OPTION_DEFAULTS,
-  cronPattern,
-  type CronMessage,
-  type CronOption,
-} from '../runtime/cron-option.ts';
+import { CRON_OPTION_DEFAULTS, cronPattern, type CronMessage, type CronOption } from '../task/cron-option.ts';
 
 export {
   cronOptionSchema,
@@ -46,7 +41,7 @@ export {
   type CronMissedPolicy,
   type CronOption,
   type CronOptionInput,
-} from '../runtime/cron-option.ts';
+} from '../task/cron-option.ts';
 
 export const CRON_DEFAULTS = {
   ...CRON_OPTION_DEFAULTS,

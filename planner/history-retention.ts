@@ -12,7 +12,7 @@
  * session advisory lock, so two nodes that both believe they lead never manage partitions at once.
  */
 import type pg from 'pg';
-import { checkout } from '../runtime/checkout.ts';
+import { checkout } from '../store/checkout.ts';
 import {
   addPartition,
   defaultPartitionSlots,

@@ -7,7 +7,7 @@
  * `isLeader` is written by this loop only and read by the planner and maintenance (main thread).
  */
 import type pg from 'pg';
-import { Loop, type Timers } from '../runtime/loop.ts';
+import { Loop, type Timers } from '../loop/loop.ts';
 import { notifyLeaseReleased } from '../store/channels.ts';
 import { releaseLease, takeOrRenewLease } from '../store/leader.ts';
 

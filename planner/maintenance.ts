@@ -11,13 +11,13 @@
  */
 import type pg from 'pg';
 import { releaseDanglingWaits } from '../store/waits.ts';
-import { Loop, type Timers } from '../runtime/loop.ts';
+import { Loop, type Timers } from '../loop/loop.ts';
 import { wakePlanner } from '../store/channels.ts';
 import { deleteExpiredNodes } from '../store/nodes.ts';
 import { handBackTasks, lockTasksOfDeadNodes, type HeldTask } from '../store/recovery.ts';
 import { failTasks } from '../store/tasks.ts';
 import { HistoryRetention } from './history-retention.ts';
-import { DEFAULT_RETRY_POLICY, nextRetryDelay, retryPolicySchema } from '../runtime/retry-policy.ts';
+import { DEFAULT_RETRY_POLICY, nextRetryDelay, retryPolicySchema } from '../task/retry-policy.ts';
 
 export const MAINTENANCE_DEFAULTS = {
   intervalMs: 1_000,

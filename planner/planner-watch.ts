@@ -10,14 +10,14 @@
  */
 import { leaseExpiry } from '../store/leader.ts';
 import type { Queryable } from '../store/queryable.ts';
-import type { Logger } from '../runtime/logger.ts';
-import { Loop, type Timers } from '../runtime/loop.ts';
+import { Loop, type Timers } from '../loop/loop.ts';
 
 export interface PlannerWatchOptions {
   db: Queryable;
   /** The lease time to live: how long the cluster may go without a leader before it is reported. */
   ttlMs: number;
-  log: Pick<Logger, 'warn' | 'info'>;
+  /** The node's logger (pino), or anything with these two methods. */
+  log: { info(message: string): void; warn(fields: object, message: string): void };
   onError: (error: unknown) => void;
   timers?: Timers;
 }

@@ -12,8 +12,8 @@
  * States: stopped -> running -> stopped; the loop runs passes only while the lease says leader.
  */
 import type pg from 'pg';
-import { checkout } from '../runtime/checkout.ts';
-import { Loop, type Timers } from '../runtime/loop.ts';
+import { checkout } from '../store/checkout.ts';
+import { Loop, type Timers } from '../loop/loop.ts';
 import {
   anyTaskReady,
   assignTasksToNode,
@@ -24,6 +24,7 @@ import {
   readClusterState,
   startTasksOnLocalNode,
 } from '../store/assignments.ts';
+import { DEFAULT_NODE_TIMEOUT_MS } from '../store/nodes.ts';
 import type { FetchedTask } from '../store/tasks.ts';
 import { assignTasks, type NodeSlots } from './assignment.ts';
 import {
@@ -42,7 +43,7 @@ export const PLANNER_DEFAULTS = {
   planFactor: 2,
   pollingDelay: DEFAULT_POLLING_DELAY,
   /** Node heartbeat older than this (database time) means the node is dead. */
-  nodeTimeoutMs: 10_000,
+  nodeTimeoutMs: DEFAULT_NODE_TIMEOUT_MS,
   /** Nodes whose reported CPU use (0..1 of the machine) is above this get no new tasks; 1 disables. */
   nodeCpuLimit: 1,
   /** Extra wait to gather a burst of NOTIFYs into one pass (0: only those arriving during a pass coalesce). */
@@ -62,10 +63,10 @@ export interface PlannerOptions {
   timers?: Timers;
   onPass?: (result: PassResult) => void;
   /**
-   * The node this planner runs in. Its share of a pass is written straight to 'running' and handed to
-   * `deliver` after commit, sparing it the fetch round trip and a second write per task.
+   * The node this planner runs in. Its share of a pass is written straight to 'running' and returned
+   * in `PassResult.startedLocally`, sparing that node the fetch round trip and a second write per task.
    */
-  local?: { nodeId: string; deliver: (tasks: FetchedTask[]) => void };
+  localNodeId?: string;
 }
 
 export interface PassResult {
@@ -77,6 +78,11 @@ export interface PassResult {
   durationMs: number;
   /** The sleep chosen after this pass. */
   delayMs: number;
+  /**
+   * The local node's share (`localNodeId`), committed as running: the node that runs this planner
+   * puts them in its mailboxes, as if it had fetched them.
+   */
+  startedLocally: FetchedTask[];
 }
 
 export class Planner {
@@ -84,7 +90,7 @@ export class Planner {
   private readonly delays: [number, number][];
   private readonly busyDelayMs: number;
   private readonly cfg: Required<
-    Omit<PlannerOptions, 'timers' | 'onPass' | 'db' | 'isLeader' | 'onError' | 'local'>
+    Omit<PlannerOptions, 'timers' | 'onPass' | 'db' | 'isLeader' | 'onError' | 'localNodeId'>
   >;
   private wakeTimer: NodeJS.Timeout | undefined;
   private lastPromotion = 0;
@@ -139,20 +145,27 @@ export class Planner {
     const started = performance.now();
     const idle = pollingDelayFor(this.delays, 0);
     if (!this.options.isLeader()) {
-      return { leader: false, claimed: 0, assigned: 0, freeSlots: 0, durationMs: 0, delayMs: idle };
+      return {
+        leader: false,
+        claimed: 0,
+        assigned: 0,
+        freeSlots: 0,
+        durationMs: 0,
+        delayMs: idle,
+        startedLocally: [],
+      };
     }
     // The pass's connection may break under it (server restart, terminated backend): checkout()
     // keeps that from ending the process; the pass then fails and the loop retries with backoff.
     const { client, release } = await checkout(this.options.db);
-    let result: Omit<PassResult, 'durationMs' | 'delayMs'> & {
+    let result: Omit<PassResult, 'durationMs' | 'delayMs' | 'startedLocally'> & {
       capacityLimited: boolean;
-      delivered?: FetchedTask[];
+      startedLocally?: FetchedTask[];
     };
     let destroy = false;
     try {
       result = await this.pass(client);
       await client.query('commit');
-      if (result.delivered?.length) this.options.local?.deliver(result.delivered);
     } catch (error) {
       await client.query('rollback').catch(() => (destroy = true));
       throw error;
@@ -169,6 +182,7 @@ export class Planner {
       // until a completion frees a slot (it NOTIFYs) or a node joins, so coming straight back would
       // spin. Poll at the busy delay (the map's smallest non-zero threshold) instead.
       delayMs: result.capacityLimited ? this.busyDelayMs : pollingDelayFor(this.delays, result.claimed),
+      startedLocally: result.startedLocally ?? [],
     };
     this.options.onPass?.(pass);
     return pass;
@@ -204,8 +218,8 @@ export class Planner {
     const budget = new Map(limits.map((l) => [l.name, l.max - l.held]));
     const saturated = limits.filter((l) => l.held >= l.max).map((l) => l.name);
     const limit = Math.min(this.cfg.batchSize, freeSlots);
-    const outcome = (claimed: number, assigned: number, delivered: FetchedTask[]) => ({
-      delivered,
+    const outcome = (claimed: number, assigned: number, startedLocally: FetchedTask[]) => ({
+      startedLocally,
       leader: true,
       claimed,
       assigned,
@@ -213,7 +227,7 @@ export class Planner {
       capacityLimited: limit < this.cfg.batchSize && claimed === limit,
     });
 
-    const localId = this.options.local?.nodeId;
+    const localId = this.options.localNodeId;
     if (open.length === 1 && limits.length === 0) {
       if (open[0].id === localId) {
         const started = await claimForLocalNode(client, localId, limit, runnable, saturated);
@@ -231,12 +245,12 @@ export class Planner {
       if (ids) ids.push(id);
       else byNode.set(plan.nodeIds[i], [id]);
     });
-    let delivered: FetchedTask[] = [];
+    let startedLocally: FetchedTask[] = [];
     for (const [nodeId, ids] of byNode) {
-      if (nodeId === localId) delivered = await startTasksOnLocalNode(client, nodeId, ids);
+      if (nodeId === localId) startedLocally = await startTasksOnLocalNode(client, nodeId, ids);
       else await assignTasksToNode(client, nodeId, ids);
     }
-    return outcome(candidates.length, plan.taskIds.length, delivered);
+    return outcome(candidates.length, plan.taskIds.length, startedLocally);
   }
 }
 

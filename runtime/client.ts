@@ -4,10 +4,10 @@
  * process; no node needs to run in it.
  */
 import pg from 'pg';
-import { TaskmillError, isUndefinedTable, notMigratedError } from './errors.ts';
+import { TaskmillError, isUndefinedTable, notMigratedError } from '../task/errors.ts';
 import { FailureLog } from './failure-log.ts';
 import { createLogger, type Logger } from './logger.ts';
-import { newTask, isUuid, type NewTask, type ScheduleContext } from './schedule-context.ts';
+import { newTask, isUuid, type NewTask, type ScheduleContext } from '../task/schedule-context.ts';
 import {
   cancelTasks,
   findTask,
@@ -18,10 +18,10 @@ import {
   type Wait,
 } from '../store/tasks.ts';
 import { cancelWorkflow, waitForWorkflow, workflowStatus, type WorkflowStatus } from './workflows.ts';
-import { TASK_NAME_PATTERN, isTaskDefinition, type TaskDefinition } from './task-definition.ts';
-import { decode } from './codec.ts';
-import { retryPolicySchema } from './retry-policy.ts';
-import { retryOutlook, visibleState, type RetryOutlook, type TaskStatus } from './task-states.ts';
+import { TASK_NAME_PATTERN, isTaskDefinition, type TaskDefinition } from '../task/task-definition.ts';
+import { decode } from '../task/codec.ts';
+import { retryPolicySchema } from '../task/retry-policy.ts';
+import { retryOutlook, visibleState, type RetryOutlook, type TaskStatus } from '../task/task-states.ts';
 import { clusterOverview, type ClusterOverview } from '../store/inspect.ts';
 import type { CronInfo } from '../store/crons.ts';
 import { ConnectionClient } from './connections.ts';

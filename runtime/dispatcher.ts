@@ -28,7 +28,7 @@
 import { availableParallelism } from 'node:os';
 import { MessageChannel, Worker } from 'node:worker_threads';
 import { Piscina } from 'piscina';
-import { TaskmillError } from './errors.ts';
+import { TaskmillError } from '../task/errors.ts';
 import type {
   AbortReason,
   BatchRequest,
@@ -39,7 +39,7 @@ import type {
   WorkerEvent,
   WorkerInit,
 } from './protocol.ts';
-import type { NewTask } from './schedule-context.ts';
+import type { NewTask } from '../task/schedule-context.ts';
 import type { FetchedTask, JoinMessage } from '../store/tasks.ts';
 
 export const DISPATCHER_DEFAULTS = {

@@ -8,7 +8,7 @@
  */
 import { availableParallelism } from 'node:os';
 import type pg from 'pg';
-import { Loop, type Timers } from './loop.ts';
+import { Loop, type Timers } from '../loop/loop.ts';
 import { beat, deleteNode } from '../store/nodes.ts';
 
 export const DEFAULT_HEARTBEAT_INTERVAL_MS = 1_000;

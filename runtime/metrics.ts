@@ -18,7 +18,7 @@ import type { PassResult } from '../planner/planner.ts';
 import { listNodes, queueDepths, type NodeInfo, type QueueDepth } from '../store/inspect.ts';
 import { endedLatencies, latencyWatermark } from '../store/history.ts';
 import { tasksCreated } from '../store/tasks.ts';
-import { DEPTH_STATES } from './task-states.ts';
+import { DEPTH_STATES } from '../task/task-states.ts';
 import type { Logger } from './logger.ts';
 
 /** Upper bounds (seconds) of the task latency histogram: 5 ms .. 1 h. */

@@ -25,12 +25,12 @@ import { Heartbeat } from './heartbeat.ts';
 import { FailureLog } from './failure-log.ts';
 import { Listener } from './listener.ts';
 import { createLogger, type Logger } from './logger.ts';
-import { Loop } from './loop.ts';
+import { Loop } from '../loop/loop.ts';
 import { Mailboxes } from './mailboxes.ts';
 import { NODE_DEFAULTS, parseNodeConfig, type NodeConfig, type NodeOptions } from './node-config.ts';
-import { nextRetryDelay } from './retry-policy.ts';
+import { nextRetryDelay } from '../task/retry-policy.ts';
 import { workerShellPolicy } from './shell-task.ts';
-import { assertHandlerExists, definitionRecord, type TaskDefinition } from './task-definition.ts';
+import { assertHandlerExists, definitionRecord, type TaskDefinition } from '../task/task-definition.ts';
 import { CANCEL_CHANNEL, LEADER_CHANNEL, NODE_CHANNEL, PLANNER_CHANNEL } from '../store/channels.ts';
 import { closeNodeToNewTasks } from '../store/nodes.ts';
 import { registerDefinitions } from '../store/task-defs.ts';
@@ -243,8 +243,11 @@ export class TaskmillNode extends EventEmitter<TaskmillNodeEvents> {
         nodeTimeoutMs: config.nodeTimeoutMs,
         nodeCpuLimit: p.nodeCpuLimit,
         wakeDebounceMs: p.wakeDebounceMs,
-        onPass: (pass) => this.emit('pass', pass),
-        local: { nodeId: this.id, deliver: (tasks) => this.accept(tasks) },
+        localNodeId: this.id,
+        onPass: (pass) => {
+          if (pass.startedLocally.length > 0) this.accept(pass.startedLocally);
+          this.emit('pass', pass);
+        },
         onError: onError('planner'),
       });
       this.cron = new Cron({

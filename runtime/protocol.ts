@@ -14,7 +14,7 @@
  * terminated), so a command never outlives its task nor runs twice.
  */
 import { isMainThread, type MessagePort } from 'node:worker_threads';
-import type { NewTask } from './schedule-context.ts';
+import type { NewTask } from '../task/schedule-context.ts';
 import type { JoinMessage } from '../store/tasks.ts';
 
 /** workerData of every thread: how to load each task the node runs. */

@@ -7,9 +7,9 @@
  */
 import { threadId, workerData } from 'node:worker_threads';
 import pg from 'pg';
-import { checkout } from './checkout.ts';
-import { assertWithinLimit, decode, encode } from './codec.ts';
-import { TaskmillError } from './errors.ts';
+import { checkout } from '../store/checkout.ts';
+import { assertWithinLimit, decode, encode } from '../task/codec.ts';
+import { TaskmillError } from '../task/errors.ts';
 import {
   bindTaskPort,
   serializeError,
@@ -23,9 +23,9 @@ import {
   type WorkerOutcome,
   type WorkerInit,
 } from './protocol.ts';
-import { newTask, type NewTask } from './schedule-context.ts';
+import { newTask, type NewTask } from '../task/schedule-context.ts';
 import type { FailureHook, TaskContext, TaskHandler } from './task-context.ts';
-import { isTaskDefinition, type TaskDefinition } from './task-definition.ts';
+import { isTaskDefinition, type TaskDefinition } from '../task/task-definition.ts';
 import { completeTasks, lockHeldTask, type JoinMessage } from '../store/tasks.ts';
 import { ConnectionClient } from './connections.ts';
 

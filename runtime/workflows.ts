@@ -4,8 +4,8 @@
  * history or the dead-letter table.
  */
 import type pg from 'pg';
-import { TaskmillError } from './errors.ts';
-import { isUuid } from './schedule-context.ts';
+import { TaskmillError } from '../task/errors.ts';
+import { isUuid } from '../task/schedule-context.ts';
 import { cancelTasks, countWorkflowTasks, uncancelledWorkflowTasks, type Queryable } from '../store/tasks.ts';
 
 export interface WorkflowStatus {

@@ -27,7 +27,7 @@ import { hostname } from 'node:os';
 import { pathToFileURL } from 'node:url';
 import path from 'node:path';
 import pg from 'pg';
-import { taskDefinitionsOf } from '../cli/task-modules.ts';
+import { taskDefinitionsOf } from '../task/task-definition.ts';
 import { startNode, type NodeOptions } from '../runtime/index.ts';
 import { LOCAL_CLUSTER_DEFAULTS, NO_NODE_EXIT_CODE, type RegisteredMessage } from './local-cluster.ts';
 import { findNodeStartedSince } from '../store/nodes.ts';

@@ -8,12 +8,12 @@
  */
 import { Cron as CronPattern } from 'croner';
 import type pg from 'pg';
-import { TaskmillError, isUndefinedTable, notMigratedError } from '../runtime/errors.ts';
-import { TASK_NAME_PATTERN } from '../runtime/task-definition.ts';
-import type { CronMissedPolicy } from '../runtime/cron-option.ts';
-import type { NewTask } from '../runtime/schedule-context.ts';
+import { TaskmillError, isUndefinedTable, notMigratedError } from '../task/errors.ts';
+import { TASK_NAME_PATTERN } from '../task/task-definition.ts';
+import type { CronMissedPolicy } from '../task/cron-option.ts';
+import type { NewTask } from '../task/schedule-context.ts';
 import { INSERT_TASKS_ARGS, insertParams } from './tasks.ts';
-import { PLANNER_DEFAULTS } from '../planner/planner.ts';
+import { DEFAULT_NODE_TIMEOUT_MS } from './nodes.ts';
 
 /** The cron's last instance (tm_tasks t) has not started: still ready, no failed attempt. */
 const WAITING = `t.state = 'ready' and t.attempt = 0`;
@@ -67,7 +67,7 @@ export async function listCrons(
          clock_timestamp() as db_now
        from tm_cron c left join tm_tasks t on t.id = c.last_task_id
        order by c.name`,
-      [options.nodeTimeoutMs ?? PLANNER_DEFAULTS.nodeTimeoutMs],
+      [options.nodeTimeoutMs ?? DEFAULT_NODE_TIMEOUT_MS],
     )
     .catch((error: unknown) => {
       throw isUndefinedTable(error) ? notMigratedError(error) : error;

@@ -8,11 +8,11 @@
  * attempt 0, created now (so the retry policy's window starts again), and wakes the planner.
  */
 import type pg from 'pg';
-import { inTransaction } from '../runtime/checkout.ts';
-import { decode } from '../runtime/codec.ts';
-import { TaskmillError, isUndefinedTable, notMigratedError } from '../runtime/errors.ts';
-import { isUuid } from '../runtime/schedule-context.ts';
-import { TASK_NAME_PATTERN } from '../runtime/task-definition.ts';
+import { inTransaction } from './checkout.ts';
+import { decode } from '../task/codec.ts';
+import { TaskmillError, isUndefinedTable, notMigratedError } from '../task/errors.ts';
+import { isUuid } from '../task/schedule-context.ts';
+import { TASK_NAME_PATTERN } from '../task/task-definition.ts';
 import { wakePlanner } from './channels.ts';
 
 type Db = Pick<pg.Pool, 'query' | 'connect'>;

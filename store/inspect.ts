@@ -4,11 +4,11 @@
  * the leader and throughput over the last minutes. Nothing here writes; every query is one statement.
  */
 import pg from 'pg';
-import { inTransaction } from '../runtime/checkout.ts';
+import { inTransaction } from './checkout.ts';
 import type { Queryable } from './tasks.ts';
-import { TaskmillError, isUndefinedTable, notMigratedError } from '../runtime/errors.ts';
-import { isUuid, TASK_NAME_PATTERN } from '../runtime/schedule-context.ts';
-import { PLANNER_DEFAULTS } from '../planner/planner.ts';
+import { TaskmillError, isUndefinedTable, notMigratedError } from '../task/errors.ts';
+import { isUuid, TASK_NAME_PATTERN } from '../task/schedule-context.ts';
+import { DEFAULT_NODE_TIMEOUT_MS } from './nodes.ts';
 import {
   DEPTH_STATES,
   ENDED_STATES,
@@ -17,9 +17,9 @@ import {
   visibleStateSql,
   type DepthState,
   type TaskStatus,
-} from '../runtime/task-states.ts';
+} from '../task/task-states.ts';
 
-export { TASK_STATES, type TaskStatus } from '../runtime/task-states.ts';
+export { TASK_STATES, type TaskStatus } from '../task/task-states.ts';
 
 export const INSPECT_DEFAULTS = {
   listLimit: 100,
@@ -198,10 +198,7 @@ export interface NodeInfo {
   leader: boolean;
 }
 
-export async function listNodes(
-  db: Queryable,
-  nodeTimeoutMs = PLANNER_DEFAULTS.nodeTimeoutMs,
-): Promise<NodeInfo[]> {
+export async function listNodes(db: Queryable, nodeTimeoutMs = DEFAULT_NODE_TIMEOUT_MS): Promise<NodeInfo[]> {
   const { rows } = await query<NodeInfo>(
     db,
     `select n.id, n.name, n.capacity, n.task_names as "taskNames", n.in_flight as "inFlight",
@@ -434,7 +431,7 @@ export interface ClusterOverview {
 /** Leader, nodes and their load in one round trip (tm_nodes, tm_leader and the node index of tm_tasks). */
 export async function clusterOverview(
   db: Queryable,
-  nodeTimeoutMs = PLANNER_DEFAULTS.nodeTimeoutMs,
+  nodeTimeoutMs = DEFAULT_NODE_TIMEOUT_MS,
 ): Promise<ClusterOverview> {
   if (!(Number.isInteger(nodeTimeoutMs) && nodeTimeoutMs > 0)) {
     throw invalid(`node timeout must be a positive whole number of milliseconds, got ${nodeTimeoutMs}`);

@@ -4,6 +4,9 @@
  */
 import type { Queryable } from './queryable.ts';
 
+/** A node whose heartbeat is older than this (database time) is dead, unless told otherwise. */
+export const DEFAULT_NODE_TIMEOUT_MS = 10_000;
+
 export interface NodeRegistration {
   id: string;
   name: string;

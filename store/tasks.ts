@@ -6,7 +6,7 @@
  * Completions are fenced: a row is changed only while it is still assigned to the completing node
  * under the same assignment number.
  */
-import type { NewTask } from '../runtime/schedule-context.ts';
+import type { NewTask } from '../task/schedule-context.ts';
 import { CANCEL_CHANNEL, wakePlanner } from './channels.ts';
 import type { Queryable } from './queryable.ts';
 

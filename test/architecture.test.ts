@@ -5,6 +5,10 @@
  *   are left out: tests write rows in any state and read them back to check what the runtime did, and
  *   bench/ runs SQL only to set up and measure runs (pre-inserting tasks, pausing the planner, reading
  *   counts), never as part of the runtime.
+ * - Dependencies run one way: no import cycle between top-level folders. From the top: cli/, http/,
+ *   scripts/ and bench/; runtime/ (the node's wiring, the client, the node's main-thread parts and the
+ *   worker thread); planner/; store/ and migrations/; task/ (what a task is: definitions, messages,
+ *   states, retry policy, errors) and loop/ (the lifecycle every long-lived part shares).
  * - The planner's NOTIFY channel is named once on each side: store/channels.ts for LISTEN, and
  *   tm_planner_channel() in the database, which every plpgsql wake-up goes through.
  */
@@ -28,12 +32,12 @@ const EXEMPT = new Set([
   '.taskmill',
 ]);
 
-function sourceFiles(dir: string, top = true): string[] {
+function sourceFiles(dir: string, top = true, exempt: Set<string> = EXEMPT): string[] {
   return readdirSync(dir).flatMap((entry) => {
     const full = path.join(dir, entry);
     if (statSync(full).isDirectory()) {
-      if (entry.startsWith('.') || (top && EXEMPT.has(entry)) || entry === 'node_modules') return [];
-      return sourceFiles(full, false);
+      if (entry.startsWith('.') || (top && exempt.has(entry)) || entry === 'node_modules') return [];
+      return sourceFiles(full, false, exempt);
     }
     return /\.(ts|mts|mjs|js)$/.test(entry) ? [full] : [];
   });
@@ -76,6 +80,76 @@ describe('SQL on taskmill tables', () => {
       ),
     );
     expect(offenders).toEqual([]);
+  });
+});
+
+/** Relative imports (static and dynamic) of a source file, as repository paths. */
+function importsOf(file: string): string[] {
+  const source = readFileSync(file, 'utf8');
+  const specs = [
+    ...source.matchAll(/(?:\bfrom\s*|\bimport\s*\(\s*|^import\s+)['"](\.{1,2}\/[^'"]+)['"]/gm),
+  ].map((m) => m[1]);
+  return specs.map((s) => path.relative(ROOT, path.resolve(path.dirname(file), s)));
+}
+
+const topFolder = (file: string) => file.split(path.sep)[0];
+
+/** The top-level folders each folder imports from, with one import that shows each edge. */
+export function folderGraph(files: string[]): Map<string, Map<string, string>> {
+  const graph = new Map<string, Map<string, string>>();
+  for (const file of files) {
+    const from = topFolder(path.relative(ROOT, file));
+    for (const target of importsOf(file)) {
+      const to = topFolder(target);
+      if (to === from || to.startsWith('..') || !statSafe(path.join(ROOT, to))) continue;
+      if (!graph.has(from)) graph.set(from, new Map());
+      if (!graph.get(from)!.has(to)) graph.get(from)!.set(to, `${path.relative(ROOT, file)} -> ${target}`);
+    }
+  }
+  return graph;
+}
+
+function statSafe(p: string): boolean {
+  try {
+    return statSync(p).isDirectory();
+  } catch {
+    return false;
+  }
+}
+
+/** Every cycle of the graph, each as the folders on it and the imports that close it. */
+export function cycles(graph: Map<string, Map<string, string>>): string[][] {
+  const found: string[][] = [];
+  const seen = new Set<string>();
+  const visit = (node: string, stack: string[]) => {
+    const at = stack.indexOf(node);
+    if (at >= 0) {
+      const loop = stack.slice(at);
+      const key = [...loop].sort().join(',');
+      if (!seen.has(key)) {
+        seen.add(key);
+        found.push(loop.map((n, i) => graph.get(n)!.get(loop[(i + 1) % loop.length])!));
+      }
+      return;
+    }
+    for (const next of graph.get(node)?.keys() ?? []) visit(next, [...stack, node]);
+  };
+  for (const node of graph.keys()) visit(node, []);
+  return found;
+}
+
+describe('dependencies between top-level folders', () => {
+  it('the cycle finder finds a cycle and its imports', () => {
+    const graph = new Map([
+      ['a', new Map([['b', 'a/x.ts -> b/y.ts']])],
+      ['b', new Map([['a', 'b/y.ts -> a/z.ts']])],
+    ]);
+    expect(cycles(graph)).toEqual([['a/x.ts -> b/y.ts', 'b/y.ts -> a/z.ts']]);
+  });
+
+  it('run one way: no folder imports, directly or not, a folder that imports it', () => {
+    const all = sourceFiles(ROOT, true, new Set(['node_modules', 'dist', 'results', '.git', '.taskmill']));
+    expect(cycles(folderGraph(all))).toEqual([]);
   });
 });
 

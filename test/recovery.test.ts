@@ -5,7 +5,7 @@
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { Maintenance, nodeDiedError, recoverDeadNodes } from '../planner/maintenance.ts';
 import { Planner } from '../planner/planner.ts';
-import { newTask } from '../runtime/schedule-context.ts';
+import { newTask } from '../task/schedule-context.ts';
 import { completeTasks, failTasks, type Failure, type Success } from '../store/tasks.ts';
 import * as defs from './fixtures/definitions.ts';
 import { count, createTestDatabase, type TestDatabase } from './helpers/database.ts';

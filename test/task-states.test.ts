@@ -13,7 +13,7 @@ import { buildHttpApp } from '../http/server.ts';
 import { TaskmillClient } from '../runtime/client.ts';
 import { clusterStats, listTasks } from '../store/inspect.ts';
 import { createLogger } from '../runtime/logger.ts';
-import { DEFAULT_RETRY_POLICY, type RetryPolicy } from '../runtime/retry-policy.ts';
+import { DEFAULT_RETRY_POLICY, type RetryPolicy } from '../task/retry-policy.ts';
 import {
   DEPTH_STATES,
   PENDING_STATES,
@@ -22,7 +22,7 @@ import {
   retryOutlook,
   visibleState,
   type TaskStatus,
-} from '../runtime/task-states.ts';
+} from '../task/task-states.ts';
 import { createTestDatabase, type TestDatabase } from './helpers/database.ts';
 import { insertTask } from './helpers/factory.ts';
 

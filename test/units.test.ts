@@ -3,8 +3,8 @@ import { describe, expect, it } from 'vitest';
 import { assignTasks, type Candidate, type NodeSlots } from '../planner/assignment.ts';
 import { pollingDelayFor, validatePollingDelay } from '../planner/polling-delay.ts';
 import { Mailboxes, type MailboxTask } from '../runtime/mailboxes.ts';
-import { DEFAULT_RETRY_POLICY, nextRetryDelay, retryPolicySchema } from '../runtime/retry-policy.ts';
-import { TaskmillError } from '../runtime/errors.ts';
+import { DEFAULT_RETRY_POLICY, nextRetryDelay, retryPolicySchema } from '../task/retry-policy.ts';
+import { TaskmillError } from '../task/errors.ts';
 
 let next = 0;
 function task(over: Partial<MailboxTask> = {}): MailboxTask {

@@ -11,7 +11,7 @@ import { TaskmillClient, defineTask } from '../../runtime/index.ts';
 import { purgeDeadLetters, listDeadLetters } from '../../store/dead-letters.ts';
 import { listTasks } from '../../store/inspect.ts';
 import { createLogger } from '../../runtime/logger.ts';
-import { SCHEDULE_LIMITS, type ScheduleContext } from '../../runtime/schedule-context.ts';
+import { SCHEDULE_LIMITS, type ScheduleContext } from '../../task/schedule-context.ts';
 import * as defs from '../fixtures/definitions.ts';
 import { createTestDatabase, type TestDatabase } from '../helpers/database.ts';
 import { insertTask } from '../helpers/factory.ts';

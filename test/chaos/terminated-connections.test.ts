@@ -9,7 +9,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { inject } from 'vitest';
 import { startHttpServer } from '../../http/server.ts';
 import { Planner } from '../../planner/planner.ts';
-import { checkout } from '../../runtime/checkout.ts';
+import { checkout } from '../../store/checkout.ts';
 import { TaskmillClient } from '../../runtime/index.ts';
 import * as defs from '../fixtures/definitions.ts';
 import { deposit } from '../fixtures/workflow-definitions.ts';
