@@ -272,7 +272,7 @@ export class Dispatcher {
     let total = 0;
     for (const t of tasks) {
       total += t.message?.length ?? 0;
-      for (const p of t.join_payloads ?? []) total += p?.length ?? 0;
+      for (const j of t.joinInputs) total += j.payload?.length ?? 0;
     }
     const messages = new ArrayBuffer(total);
     const view = new Uint8Array(messages);
@@ -287,22 +287,18 @@ export class Dispatcher {
     };
     const envelopes: TaskEnvelope[] = tasks.map((t) => {
       const { offset: at, length } = put(t.message);
-      const joinInputs = (t.join_kinds ?? []).map((kind, i) => ({
-        kind: kind as 'r' | 'm',
-        from: t.join_from![i],
-        ...put(t.join_payloads![i]),
-      }));
+      const joinInputs = t.joinInputs.map((j) => ({ kind: j.kind, from: j.from, ...put(j.payload) }));
       return {
         id: t.id,
         name: t.name,
         offset: at,
         length,
         attempt: t.attempt,
-        workflowId: t.workflow_id,
-        workflowCreatedAt: t.workflow_created_at.toISOString(),
-        affinityGroup: t.affinity_group,
+        workflowId: t.workflowId,
+        workflowCreatedAt: t.workflowCreatedAt.toISOString(),
+        affinityGroup: t.affinityGroup,
         affinity: t.affinity,
-        parentId: t.parent_id,
+        parentId: t.parentId,
         assignment: t.assignment,
         exactlyOnce: this.options.exactlyOnce(t.name),
         joinInputs,

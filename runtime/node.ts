@@ -419,7 +419,7 @@ export class TaskmillNode extends EventEmitter<TaskmillNodeEvents> {
   /** Tasks now running on this node (fetched, or delivered by the local planner). */
   private accept(tasks: FetchedTask[]): void {
     for (const task of tasks) {
-      if (task.cancel_requested) this.completer.fail(cancelledFailure(task));
+      if (task.cancelRequested) this.completer.fail(cancelledFailure(task));
       else this.mailboxes.push(task);
     }
     if (tasks.length > 0) this.pump();
@@ -482,7 +482,7 @@ export class TaskmillNode extends EventEmitter<TaskmillNodeEvents> {
     const retryDelayMs =
       outcome.stopRetry || !def
         ? undefined
-        : nextRetryDelay(def.retry, failures, Date.now() - task.created_at.getTime());
+        : nextRetryDelay(def.retry, failures, Date.now() - task.createdAt.getTime());
     this.log.debug(
       { task: task.id, name: task.name, error: outcome.error.message, retryDelayMs },
       'task failed',
@@ -500,7 +500,7 @@ export class TaskmillNode extends EventEmitter<TaskmillNodeEvents> {
   /** What a failed attempt of `task` would lead to, under its definition's retry policy. */
   private retryOf(task: FetchedTask): Pick<Failure, 'retryDelayMs' | 'deadLetter'> {
     const def = this.defs.get(task.name);
-    const delay = def && nextRetryDelay(def.retry, task.attempt + 1, Date.now() - task.created_at.getTime());
+    const delay = def && nextRetryDelay(def.retry, task.attempt + 1, Date.now() - task.createdAt.getTime());
     return { retryDelayMs: delay ?? null, deadLetter: def?.deadLetter ?? true };
   }
 

@@ -11,7 +11,7 @@
  */
 import { NODE_CHANNEL } from './channels.ts';
 import type { Queryable } from './queryable.ts';
-import { FETCH_COLUMNS, type FetchedTask } from './tasks.ts';
+import { FETCH_COLUMNS, toFetchedTask, type FetchedRow, type FetchedTask } from './tasks.ts';
 
 /** Arbitrary constant shared by every taskmill process: the advisory lock key of a planning pass. */
 export const PLANNER_LOCK_KEY = 7_300_416_002;
@@ -114,8 +114,8 @@ export async function startTasksOnLocalNode(
   nodeId: string,
   ids: string[],
 ): Promise<FetchedTask[]> {
-  const { rows } = await client.query<FetchedTask>(START_ON_LOCAL_NODE, [ids, nodeId]);
-  return rows;
+  const { rows } = await client.query<FetchedRow>(START_ON_LOCAL_NODE, [ids, nodeId]);
+  return rows.map(toFetchedTask);
 }
 
 /** Claims up to `limit` ready tasks and assigns them to another node in one statement, waking it. */
@@ -138,8 +138,8 @@ export async function claimForLocalNode(
   names: string[],
   saturated: string[],
 ): Promise<FetchedTask[]> {
-  const { rows } = await client.query<FetchedTask>(CLAIM_FOR_LOCAL_NODE, [limit, names, saturated, nodeId]);
-  return rows;
+  const { rows } = await client.query<FetchedRow>(CLAIM_FOR_LOCAL_NODE, [limit, names, saturated, nodeId]);
+  return rows.map(toFetchedTask);
 }
 
 const ASSIGN_TO_NODE = `

@@ -73,7 +73,27 @@ export function insertParams(tasks: NewTask[]): unknown[] {
   return cols;
 }
 
+/** A task a node runs, as fetched: converted once from its row (toFetchedTask), camelCase from here on. */
 export interface FetchedTask {
+  id: string;
+  name: string;
+  message: Buffer | null;
+  attempt: number;
+  assignment: number;
+  workflowId: string;
+  workflowCreatedAt: Date;
+  affinityGroup: string | null;
+  affinity: string | null;
+  strictAffinity: boolean;
+  parentId: string | null;
+  createdAt: Date;
+  cancelRequested: boolean;
+  /** For join tasks: what the joined branch delivered (kind 'r' result, 'm' message), in order. */
+  joinInputs: { kind: 'r' | 'm'; from: string; payload: Buffer | null }[];
+}
+
+/** A row of FETCH_COLUMNS. */
+export interface FetchedRow {
   id: string;
   name: string;
   message: Buffer | null;
@@ -87,10 +107,32 @@ export interface FetchedTask {
   parent_id: string | null;
   created_at: Date;
   cancel_requested: boolean;
-  /** For join tasks: what the joined branch delivered (kind 'r' result, 'm' message), in order. */
   join_kinds: string[] | null;
   join_from: string[] | null;
   join_payloads: (Buffer | null)[] | null;
+}
+
+export function toFetchedTask(r: FetchedRow): FetchedTask {
+  return {
+    id: r.id,
+    name: r.name,
+    message: r.message,
+    attempt: r.attempt,
+    assignment: r.assignment,
+    workflowId: r.workflow_id,
+    workflowCreatedAt: r.workflow_created_at,
+    affinityGroup: r.affinity_group,
+    affinity: r.affinity,
+    strictAffinity: r.strict_affinity,
+    parentId: r.parent_id,
+    createdAt: r.created_at,
+    cancelRequested: r.cancel_requested,
+    joinInputs: (r.join_kinds ?? []).map((kind, i) => ({
+      kind: kind as 'r' | 'm',
+      from: r.join_from![i],
+      payload: r.join_payloads![i],
+    })),
+  };
 }
 
 const joinAgg = (column: string, as: string) =>
@@ -104,11 +146,11 @@ export const FETCH_COLUMNS = `t.id, t.name, t.message, t.attempt, t.assignment, 
 
 /** Takes every task assigned to the node (assigned -> running), with what joins received. */
 export async function fetchAssignedTasks(db: Queryable, nodeId: string): Promise<FetchedTask[]> {
-  const { rows } = await db.query<FetchedTask>(
+  const { rows } = await db.query<FetchedRow>(
     `update tm_tasks t set state = 'running' where t.node_id = $1 and t.state = 'assigned' returning ${FETCH_COLUMNS}`,
     [nodeId],
   );
-  return rows;
+  return rows.map(toFetchedTask);
 }
 
 /** A message for the joins of a given name waiting on the sender. */
