@@ -17,7 +17,8 @@ import { deleteExpiredNodes } from '../store/nodes.ts';
 import { handBackTasks, lockTasksOfDeadNodes, type HeldTask } from '../store/recovery.ts';
 import { failTasks } from '../store/tasks.ts';
 import { HistoryRetention } from './history-retention.ts';
-import { DEFAULT_RETRY_POLICY, nextRetryDelay, retryPolicySchema } from '../task/retry-policy.ts';
+import { DEFAULT_RETRY_POLICY, retryPolicySchema } from '../task/retry-policy.ts';
+import { settle } from '../task/settle.ts';
 
 export const MAINTENANCE_DEFAULTS = {
   intervalMs: 1_000,
@@ -125,24 +126,35 @@ export async function recoverDeadNodes(
       byNode.set(task.node_id, [...(byNode.get(task.node_id) ?? []), task]);
     }
     for (const [nodeId, tasks] of byNode) {
-      const decisions = tasks.map((t) => {
-        const parsed = retryPolicySchema.safeParse(t.options?.retry);
-        const policy = parsed.success ? parsed.data : DEFAULT_RETRY_POLICY;
-        const retry = nextRetryDelay(policy, t.attempt + 1, Number(t.failing_ms));
-        // Another attempt runs at once: the node's death, not the task, is the likely cause.
-        return { retryMs: retry === undefined ? null : 0, deadLetter: t.options?.deadLetter !== false };
-      });
+      const now = Date.now();
       await failTasks(
         client,
         nodeId,
-        tasks.map((t, i) => ({
-          id: t.id,
-          assignment: t.assignment,
-          error: nodeDiedError(nodeId),
-          retryDelayMs: decisions[i].retryMs,
-          deadLetter: decisions[i].deadLetter,
-          cancelled: false,
-        })),
+        tasks.map((t) => {
+          const parsed = retryPolicySchema.safeParse(t.options?.retry);
+          const definition = {
+            retry: parsed.success ? parsed.data : DEFAULT_RETRY_POLICY,
+            deadLetter: t.options?.deadLetter !== false,
+          };
+          const error = { name: 'TaskmillError', code: 'NODE_DIED' };
+          const task = { attempt: t.attempt, createdAt: new Date(now - Number(t.failing_ms)) };
+          const settlement = settle(
+            { kind: 'failed', error, stopRetry: false, reason: 'node-died' },
+            definition,
+            task,
+            now,
+          );
+          if (settlement.action !== 'fail')
+            throw new Error(`a dead node's task settled as ${settlement.action}`);
+          return {
+            id: t.id,
+            assignment: t.assignment,
+            error: nodeDiedError(nodeId),
+            retryDelayMs: settlement.retryDelayMs,
+            deadLetter: settlement.deadLetter,
+            cancelled: false,
+          };
+        }),
       );
     }
     if (rows.length > 0) await wakePlanner(client);

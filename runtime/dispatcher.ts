@@ -395,12 +395,11 @@ export class Dispatcher {
     } else if (event.type === 'stale') {
       this.options.onOutcome({ task: running.task, kind: 'committed', outcome: 'stale', runMs: event.runMs });
     } else {
-      const cancelled = running.reason === 'cancel';
       this.options.onOutcome({
         task: running.task,
         kind: 'failed',
         error: event.error,
-        stopRetry: event.stopRetry || cancelled,
+        stopRetry: event.stopRetry,
         reason: running.reason,
         runMs: event.runMs,
       });
@@ -474,7 +473,7 @@ export class Dispatcher {
       task: running.task,
       kind: 'failed',
       error: { name: failure.name, message: failure.message, code: failure.code, stack: failure.stack },
-      stopRetry: reason === 'cancel',
+      stopRetry: false,
       reason,
     });
   }

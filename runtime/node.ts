@@ -28,7 +28,7 @@ import { createLogger, type Logger } from './logger.ts';
 import { Loop } from '../loop/loop.ts';
 import { Mailboxes } from './mailboxes.ts';
 import { NODE_DEFAULTS, parseNodeConfig, type NodeConfig, type NodeOptions } from './node-config.ts';
-import { nextRetryDelay } from '../task/retry-policy.ts';
+import { settle } from '../task/settle.ts';
 import { workerShellPolicy } from './shell-task.ts';
 import { assertHandlerExists, definitionRecord, type TaskDefinition } from '../task/task-definition.ts';
 import { CANCEL_CHANNEL, LEADER_CHANNEL, NODE_CHANNEL, PLANNER_CHANNEL } from '../store/channels.ts';
@@ -456,52 +456,44 @@ export class TaskmillNode extends EventEmitter<TaskmillNodeEvents> {
     }
     this.mailboxes.release(task);
     this.pump();
-    if (outcome.kind === 'committed') {
-      // Exactly-once: committed in its worker thread; reported like a flush of one, for stats and metrics.
-      if (outcome.outcome !== 'stale') this.onFlush(committedFlush(task, outcome.outcome));
-      return;
+    const settlement = settle(outcome, this.defs.get(task.name), task, Date.now());
+    switch (settlement.action) {
+      case 'none':
+        // Exactly-once: committed in its worker thread; reported like a flush of one, for stats and metrics.
+        if (outcome.kind === 'committed' && outcome.outcome !== 'stale')
+          this.onFlush(committedFlush(task, outcome.outcome));
+        return;
+      case 'complete':
+        if (outcome.kind !== 'done') return;
+        this.completer.succeed({
+          id: task.id,
+          assignment: task.assignment,
+          result: outcome.result,
+          children: outcome.children,
+          joinMessages: outcome.joinMessages,
+          ifRejected: settlement.ifRejected,
+        });
+        return;
+      case 'hand-back':
+        this.handedBack.push(task.id);
+        return;
+      case 'fail': {
+        if (outcome.kind !== 'failed') return;
+        const { retryDelayMs, deadLetter, cancelled } = settlement;
+        this.log.debug(
+          { task: task.id, name: task.name, error: outcome.error.message, retryDelayMs },
+          'task failed',
+        );
+        this.completer.fail({
+          id: task.id,
+          assignment: task.assignment,
+          error: formatError(outcome.error),
+          retryDelayMs,
+          deadLetter,
+          cancelled,
+        });
+      }
     }
-    if (outcome.kind === 'done') {
-      this.completer.succeed({
-        id: task.id,
-        assignment: task.assignment,
-        result: outcome.result,
-        children: outcome.children,
-        joinMessages: outcome.joinMessages,
-        ifRejected: this.retryOf(task),
-      });
-      return;
-    }
-    if (outcome.reason === 'shutdown') {
-      this.handedBack.push(task.id);
-      return;
-    }
-    const def = this.defs.get(task.name);
-    const failures = task.attempt + 1;
-    const cancelled = outcome.reason === 'cancel';
-    const retryDelayMs =
-      outcome.stopRetry || !def
-        ? undefined
-        : nextRetryDelay(def.retry, failures, Date.now() - task.createdAt.getTime());
-    this.log.debug(
-      { task: task.id, name: task.name, error: outcome.error.message, retryDelayMs },
-      'task failed',
-    );
-    this.completer.fail({
-      id: task.id,
-      assignment: task.assignment,
-      error: formatError(outcome.error),
-      retryDelayMs: retryDelayMs ?? null,
-      deadLetter: def?.deadLetter ?? true,
-      cancelled,
-    });
-  }
-
-  /** What a failed attempt of `task` would lead to, under its definition's retry policy. */
-  private retryOf(task: FetchedTask): Pick<Failure, 'retryDelayMs' | 'deadLetter'> {
-    const def = this.defs.get(task.name);
-    const delay = def && nextRetryDelay(def.retry, task.attempt + 1, Date.now() - task.createdAt.getTime());
-    return { retryDelayMs: delay ?? null, deadLetter: def?.deadLetter ?? true };
   }
 
   private onFlush(result: FlushResult): void {
@@ -579,14 +571,23 @@ function committedFlush(task: FetchedTask, outcome: 'completed' | 'cancelled'): 
   };
 }
 
+/** A task cancelled before it started: settled like any cancelled attempt (never retried, recorded cancelled). */
 function cancelledFailure(task: FetchedTask): Failure {
+  const error = { name: 'TaskmillError', code: 'TASK_CANCELLED', message: 'cancelled before it started' };
+  const settlement = settle(
+    { kind: 'failed', error, stopRetry: false, reason: 'cancel' },
+    undefined,
+    task,
+    0,
+  );
+  if (settlement.action !== 'fail') throw new Error(`a cancellation settled as ${settlement.action}`);
   return {
     id: task.id,
     assignment: task.assignment,
-    error: 'TaskmillError [TASK_CANCELLED]: cancelled before it started',
-    retryDelayMs: null,
-    deadLetter: false,
-    cancelled: true,
+    error: formatError(error),
+    retryDelayMs: settlement.retryDelayMs,
+    deadLetter: settlement.deadLetter,
+    cancelled: settlement.cancelled,
   };
 }
 

@@ -203,7 +203,9 @@ async function runOne(task: TaskEnvelope, bytes: Uint8Array, signal: AbortSignal
     const result = value === undefined ? null : encode(value, 'result', maxResultBytes);
     return { type: 'done', id: task.id, result, children, joinMessages };
   } catch (error) {
-    let stopRetry = error instanceof TaskmillError && error.code === 'TASK_CANCELLED';
+    // Whether the error stops the retries is decided by settle() (task/settle.ts); onFailure can only
+    // ask for no more attempts.
+    let stopRetry = false;
     try {
       if (mod?.onFailure?.(error, message, ctx) === false) stopRetry = true;
     } catch {
