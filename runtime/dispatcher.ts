@@ -33,14 +33,13 @@ import type {
   AbortReason,
   BatchRequest,
   MainMessage,
-  SerializedError,
   TaskEnvelope,
   ThreadMessage,
-  WorkerEvent,
+  OutcomeMessage,
+  TaskOutcome,
   WorkerInit,
 } from './protocol.ts';
-import type { NewTask } from '../task/schedule-context.ts';
-import type { FetchedTask, JoinMessage } from '../store/tasks.ts';
+import type { FetchedTask } from '../store/tasks.ts';
 
 export const DISPATCHER_DEFAULTS = {
   threads: availableParallelism(),
@@ -62,19 +61,11 @@ const ISOLATION_IDLE_MS = 60_000;
 /** Uncharged reruns of one task after threads died under it, before it is charged anyway. */
 const MAX_RERUNS = 8;
 
-/** `runMs`: time the run took in its worker thread; undefined when the thread died under it. */
-export type Outcome = (
-  | {
-      task: FetchedTask;
-      kind: 'done';
-      result: Uint8Array | null;
-      children: NewTask[];
-      joinMessages: JoinMessage[];
-    }
-  /** Exactly-once: committed in the worker thread (or fenced out there); nothing left to do. */
-  | { task: FetchedTask; kind: 'committed'; outcome: 'completed' | 'cancelled' | 'stale' }
-  | { task: FetchedTask; kind: 'failed'; error: SerializedError; stopRetry: boolean; reason?: AbortReason }
-) & { runMs?: number };
+/**
+ * A task's outcome (TaskOutcome) with the task, why it was aborted if it was, and `runMs`: the time the
+ * run took in its worker thread (undefined when the thread died under it).
+ */
+export type Outcome = TaskOutcome & { task: FetchedTask; reason?: AbortReason; runMs?: number };
 
 export interface DispatcherOptions {
   handlers: Record<string, string>;
@@ -373,37 +364,15 @@ export class Dispatcher {
     }
   }
 
-  private report(event: WorkerEvent): void {
+  private report(event: OutcomeMessage): void {
     const running = this.finish(event.id);
     if (!running) return;
-    if (event.type === 'done') {
-      this.options.onOutcome({
-        task: running.task,
-        kind: 'done',
-        result: event.result,
-        children: event.children,
-        joinMessages: event.joinMessages,
-        runMs: event.runMs,
-      });
-    } else if (event.type === 'committed') {
-      this.options.onOutcome({
-        task: running.task,
-        kind: 'committed',
-        outcome: event.outcome,
-        runMs: event.runMs,
-      });
-    } else if (event.type === 'stale') {
-      this.options.onOutcome({ task: running.task, kind: 'committed', outcome: 'stale', runMs: event.runMs });
-    } else {
-      this.options.onOutcome({
-        task: running.task,
-        kind: 'failed',
-        error: event.error,
-        stopRetry: event.stopRetry,
-        reason: running.reason,
-        runMs: event.runMs,
-      });
-    }
+    this.options.onOutcome({
+      ...event.outcome,
+      task: running.task,
+      reason: running.reason,
+      runMs: event.runMs,
+    });
   }
 
   /**

@@ -19,8 +19,8 @@ import {
   type BatchStarted,
   type BatchRequest,
   type TaskEnvelope,
-  type WorkerEvent,
-  type WorkerOutcome,
+  type OutcomeMessage,
+  type TaskOutcome,
   type WorkerInit,
 } from './protocol.ts';
 import { newTask, type NewTask } from '../task/schedule-context.ts';
@@ -104,8 +104,13 @@ export default async function runBatch({ tasks, messages, port }: BatchRequest):
         runOne(task, bytes, controller.signal).then((outcome) => {
           controllers.delete(task.id);
           unbindTaskPort(task.id);
-          const event: WorkerEvent = { ...outcome, runMs: performance.now() - started };
-          port.postMessage(event);
+          const message: OutcomeMessage = {
+            type: 'outcome',
+            id: task.id,
+            outcome,
+            runMs: performance.now() - started,
+          };
+          port.postMessage(message);
         }),
       );
     }
@@ -132,7 +137,7 @@ function pool(): pg.Pool {
   return dbPool;
 }
 
-async function runOne(task: TaskEnvelope, bytes: Uint8Array, signal: AbortSignal): Promise<WorkerOutcome> {
+async function runOne(task: TaskEnvelope, bytes: Uint8Array, signal: AbortSignal): Promise<TaskOutcome> {
   const children: NewTask[] = [];
   const joinMessages: JoinMessage[] = [];
   const inherited = {
@@ -201,7 +206,7 @@ async function runOne(task: TaskEnvelope, bytes: Uint8Array, signal: AbortSignal
     const value = await mod.handler(message, ctx);
     throwIfAbortedForGood(signal);
     const result = value === undefined ? null : encode(value, 'result', maxResultBytes);
-    return { type: 'done', id: task.id, result, children, joinMessages };
+    return { kind: 'done', result, children, joinMessages };
   } catch (error) {
     // Whether the error stops the retries is decided by settle() (task/settle.ts); onFailure can only
     // ask for no more attempts.
@@ -211,7 +216,7 @@ async function runOne(task: TaskEnvelope, bytes: Uint8Array, signal: AbortSignal
     } catch {
       // A throwing onFailure hook does not change the outcome: the original error is reported.
     }
-    return { type: 'failed', id: task.id, error: serializeError(error), stopRetry };
+    return { kind: 'failed', error: serializeError(error), stopRetry };
   }
 }
 
@@ -228,7 +233,7 @@ async function runExactlyOnce(
   ctx: TaskContext,
   children: NewTask[],
   joinMessages: JoinMessage[],
-): Promise<WorkerOutcome> {
+): Promise<TaskOutcome> {
   // checkout(): a connection that breaks while the handler holds it fails this task (its query rejects)
   // instead of ending the thread, and is destroyed rather than returned to the pool.
   const { client, release } = await checkout(pool());
@@ -239,7 +244,7 @@ async function runExactlyOnce(
     if (!(await lockHeldTask(client, init.nodeId, task.id, task.assignment))) {
       await client.query('rollback');
       open = false;
-      return { type: 'stale', id: task.id };
+      return { kind: 'committed', outcome: 'stale' };
     }
     ctx.db = client;
     const value = await mod.handler(message, ctx);
@@ -256,11 +261,11 @@ async function runExactlyOnce(
       await completeTasks(pool(), init.nodeId, [
         { id: task.id, assignment: task.assignment, result: null, children: [], joinMessages: [] },
       ]);
-      return { type: 'committed', id: task.id, outcome: 'cancelled' };
+      return { kind: 'committed', outcome: 'cancelled' };
     }
     await client.query('commit');
     open = false;
-    return { type: 'committed', id: task.id, outcome: 'completed' };
+    return { kind: 'committed', outcome: 'completed' };
   } finally {
     ctx.db = undefined;
     let destroy = false;
