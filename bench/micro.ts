@@ -1,6 +1,6 @@
 /**
  * Micro-benchmarks (tinybench) of the hot pieces of a task's path:
- *   - msgpack encode and decode of a task message (runtime/codec.ts),
+ *   - msgpack encode and decode of a task message (task/codec.ts),
  *   - the per-affinity mailboxes: push, take and release 1,000 tasks (runtime/mailboxes.ts),
  *   - a worker-thread round trip through the dispatcher (runtime/dispatcher.ts): 1 task, then 100 tasks
  *     in one dispatch (micro-batched),

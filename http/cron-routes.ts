@@ -1,4 +1,4 @@
-/** Cron routes (planner/cron-table.ts): list the crons, remove one whose definition is gone. */
+/** Cron routes (store/crons.ts): list the crons, remove one whose definition is gone. */
 import type { FastifyInstance } from 'fastify';
 import type pg from 'pg';
 import { listCrons, removeCron } from '../store/crons.ts';

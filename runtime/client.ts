@@ -223,7 +223,7 @@ export class TaskmillClient {
     return cancelWorkflow(this.pool, id);
   }
 
-  /** The crons the leader runs (planner/cron-table.ts): slots, last instance, live nodes running each. */
+  /** The crons the leader runs (store/crons.ts): slots, last instance, live nodes running each. */
   async listCrons(): Promise<CronInfo[]> {
     const { listCrons } = await import('../store/crons.ts');
     return listCrons(this.pool);

@@ -1,7 +1,7 @@
 /**
  * One vocabulary of task states on every surface: the library (getTask, listTasks, clusterStats), the
  * CLI, the HTTP API and its OpenAPI document, the metrics and the dashboard all use TASK_STATES /
- * DEPTH_STATES of runtime/task-states.ts, and derive `delayed` and `retrying` from the rows by one rule.
+ * DEPTH_STATES of task/task-states.ts, and derive `delayed` and `retrying` from the rows by one rule.
  */
 import { readFileSync } from 'node:fs';
 import path from 'node:path';

@@ -1,4 +1,4 @@
-/** `taskmill cron list|remove`: the crons the planner leader runs (planner/cron-table.ts). */
+/** `taskmill cron list|remove`: the crons the planner leader runs (store/crons.ts). */
 import type { Command } from 'commander';
 import { withPool } from '../database-url.ts';
 import { print, table } from '../output.ts';

@@ -1,4 +1,4 @@
-/** `taskmill dlt list|show|requeue|purge`: the dead-letter table (runtime/dead-letters.ts). */
+/** `taskmill dlt list|show|requeue|purge`: the dead-letter table (store/dead-letters.ts). */
 import type { Command } from 'commander';
 import type { PurgeSelector, RequeueSelector } from '../../store/dead-letters.ts';
 import { toJson } from '../../http/to-json.ts';
