@@ -21,6 +21,7 @@ import { Planner, type PassResult } from '../planner/planner.ts';
 import { TaskmillClient } from './client.ts';
 import { Completer, type FlushResult } from './completer.ts';
 import { Dispatcher, type Outcome } from './dispatcher.ts';
+import { Fetcher } from './fetcher.ts';
 import { Heartbeat } from './heartbeat.ts';
 import { FailureLog } from './failure-log.ts';
 import { Listener } from './listener.ts';
@@ -34,13 +35,7 @@ import { assertHandlerExists, definitionRecord, type TaskDefinition } from '../t
 import { CANCEL_CHANNEL, LEADER_CHANNEL, NODE_CHANNEL, PLANNER_CHANNEL } from '../store/channels.ts';
 import { closeNodeToNewTasks } from '../store/nodes.ts';
 import { registerDefinitions } from '../store/task-defs.ts';
-import {
-  cancelRequested,
-  fetchAssignedTasks,
-  releaseTasks,
-  type Failure,
-  type FetchedTask,
-} from '../store/tasks.ts';
+import { cancelRequested, releaseTasks, type Failure, type FetchedTask } from '../store/tasks.ts';
 import { ConnectionClient } from './connections.ts';
 
 export type { NodeOptions } from './node-config.ts';
@@ -101,7 +96,7 @@ export class TaskmillNode extends EventEmitter<TaskmillNodeEvents> {
   private readonly dispatcher: Dispatcher;
   private readonly completer: Completer;
   private readonly heartbeat: Heartbeat;
-  private readonly fetcher: Loop<{ fetched: number }>;
+  private readonly fetcher: Fetcher;
   /** Level-triggered safety net for cancellation notifications this node missed. */
   private readonly cancels: Loop<{ cancelled: number }>;
   private readonly lease: LeaderLease | undefined;
@@ -203,10 +198,12 @@ export class TaskmillNode extends EventEmitter<TaskmillNodeEvents> {
     const fetchIntervalMs =
       config.fetchIntervalMs ??
       (config.notifications ? NODE_DEFAULTS.fetchIntervalMs : NODE_DEFAULTS.fetchIntervalWithoutNotifyMs);
-    this.fetcher = new Loop({
-      name: 'fetcher',
-      runOnce: () => this.fetchOnce(),
-      delayMs: () => fetchIntervalMs,
+    this.fetcher = new Fetcher({
+      db: this.pool,
+      nodeId: this.id,
+      intervalMs: fetchIntervalMs,
+      deliver: (tasks) => this.accept(tasks),
+      stopping: () => this.phase === 'stopping',
       onError: onError('fetcher'),
       onSuccess: () => this.recovered('fetcher'),
     });
@@ -407,13 +404,6 @@ export class TaskmillNode extends EventEmitter<TaskmillNodeEvents> {
 
   private async waitForInFlight(deadline: number): Promise<void> {
     while (this.dispatcher.inFlight > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
-  }
-
-  private async fetchOnce(): Promise<{ fetched: number }> {
-    if (this.phase === 'stopping') return { fetched: 0 };
-    const tasks = await fetchAssignedTasks(this.pool, this.id);
-    this.accept(tasks);
-    return { fetched: tasks.length };
   }
 
   /** Tasks now running on this node (fetched, or delivered by the local planner). */
