@@ -22,11 +22,11 @@ import { TaskmillClient } from './client.ts';
 import { Completer, type FlushResult } from './completer.ts';
 import { Dispatcher, type Outcome } from './dispatcher.ts';
 import { Fetcher } from './fetcher.ts';
+import { Cancellations } from './cancellations.ts';
 import { Heartbeat } from './heartbeat.ts';
 import { FailureLog } from './failure-log.ts';
 import { Listener } from './listener.ts';
 import { createLogger, type Logger } from './logger.ts';
-import { Loop } from '../loop/loop.ts';
 import { Mailboxes } from './mailboxes.ts';
 import { NODE_DEFAULTS, parseNodeConfig, type NodeConfig, type NodeOptions } from './node-config.ts';
 import { settle } from '../task/settle.ts';
@@ -35,7 +35,7 @@ import { assertHandlerExists, definitionRecord, type TaskDefinition } from '../t
 import { CANCEL_CHANNEL, LEADER_CHANNEL, NODE_CHANNEL, PLANNER_CHANNEL } from '../store/channels.ts';
 import { closeNodeToNewTasks } from '../store/nodes.ts';
 import { registerDefinitions } from '../store/task-defs.ts';
-import { cancelRequested, releaseTasks, type Failure, type FetchedTask } from '../store/tasks.ts';
+import { releaseTasks, type Failure, type FetchedTask } from '../store/tasks.ts';
 import { ConnectionClient } from './connections.ts';
 
 export type { NodeOptions } from './node-config.ts';
@@ -98,7 +98,7 @@ export class TaskmillNode extends EventEmitter<TaskmillNodeEvents> {
   private readonly heartbeat: Heartbeat;
   private readonly fetcher: Fetcher;
   /** Level-triggered safety net for cancellation notifications this node missed. */
-  private readonly cancels: Loop<{ cancelled: number }>;
+  private readonly cancels: Cancellations;
   private readonly lease: LeaderLease | undefined;
   private readonly planner: Planner | undefined;
   /** Only on a node without a planner: warns once when no node of the cluster leads the planner. */
@@ -207,10 +207,11 @@ export class TaskmillNode extends EventEmitter<TaskmillNodeEvents> {
       onError: onError('fetcher'),
       onSuccess: () => this.recovered('fetcher'),
     });
-    this.cancels = new Loop({
-      name: 'cancellations',
-      runOnce: () => this.checkCancellations(),
-      delayMs: () => config.heartbeatIntervalMs,
+    this.cancels = new Cancellations({
+      db: this.pool,
+      nodeId: this.id,
+      intervalMs: config.heartbeatIntervalMs,
+      cancel: (id) => this.cancelLocal(id),
       onError: onError('cancellations'),
       onSuccess: () => this.recovered('cancellations'),
     });
@@ -289,7 +290,7 @@ export class TaskmillNode extends EventEmitter<TaskmillNodeEvents> {
       });
       await this.listener.subscribe(CANCEL_CHANNEL, (payload, reconnected) => {
         if (reconnected) this.cancels.wake();
-        else if (payload.startsWith(`${this.id}:`)) this.cancelLocal(payload.slice(this.id.length + 1));
+        else this.cancels.notified(payload);
       });
       if (this.planner) {
         await this.listener.subscribe(PLANNER_CHANNEL, () => this.planner!.wake());
@@ -504,12 +505,6 @@ export class TaskmillNode extends EventEmitter<TaskmillNodeEvents> {
       return;
     }
     this.dispatcher.abort(id, 'cancel');
-  }
-
-  private async checkCancellations(): Promise<{ cancelled: number }> {
-    const ids = await cancelRequested(this.pool, this.id);
-    for (const id of ids) this.cancelLocal(id);
-    return { cancelled: ids.length };
   }
 
   private async registerDefinitions(): Promise<void> {
