@@ -1,6 +1,6 @@
 /**
  * Micro-benchmarks (tinybench) of the hot pieces of a task's path:
- *   - msgpack encode and decode of a task message (runtime/codec.ts),
+ *   - msgpack encode and decode of a task message (task/codec.ts),
  *   - the per-affinity mailboxes: push, take and release 1,000 tasks (runtime/mailboxes.ts),
  *   - a worker-thread round trip through the dispatcher (runtime/dispatcher.ts): 1 task, then 100 tasks
  *     in one dispatch (micro-batched),
@@ -13,10 +13,10 @@ import { Command } from 'commander';
 import type pg from 'pg';
 import { Bench, type Task } from 'tinybench';
 import { Planner } from '../planner/planner.ts';
-import { decode, encode } from '../runtime/codec.ts';
+import { decode, encode } from '../task/codec.ts';
 import { Dispatcher, type Outcome } from '../runtime/dispatcher.ts';
 import { Mailboxes } from '../runtime/mailboxes.ts';
-import type { FetchedTask } from '../runtime/task-store.ts';
+import type { FetchedTask } from '../store/tasks.ts';
 import { createBenchDatabase, openBenchServer, type BenchDatabase } from './bench-database.ts';
 import { preInsert } from './flat/measure.ts';
 import { markdownTable } from './markdown-table.ts';
@@ -159,17 +159,15 @@ function fakeTask(affinity?: { key: string; workflow: string }): FetchedTask {
     message: null,
     attempt: 0,
     assignment: 1,
-    workflow_id: affinity?.workflow ?? randomUUID(),
-    workflow_created_at: new Date(),
-    affinity_group: affinity ? 'micro' : null,
+    workflowId: affinity?.workflow ?? randomUUID(),
+    workflowCreatedAt: new Date(),
+    affinityGroup: affinity ? 'micro' : null,
     affinity: affinity?.key ?? null,
-    strict_affinity: false,
-    parent_id: null,
-    created_at: new Date(),
-    cancel_requested: false,
-    join_kinds: null,
-    join_from: null,
-    join_payloads: null,
+    strictAffinity: false,
+    parentId: null,
+    createdAt: new Date(),
+    cancelRequested: false,
+    joinInputs: [],
   };
 }
 

@@ -4,7 +4,7 @@
  * whole CLI also runs in-process (tests).
  */
 import { InvalidArgumentError } from 'commander';
-import { TaskmillError, type TaskmillErrorCode } from '../runtime/errors.ts';
+import { TaskmillError, type TaskmillErrorCode } from '../task/errors.ts';
 import { toJson } from '../http/to-json.ts';
 
 export const EXIT = {

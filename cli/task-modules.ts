@@ -5,7 +5,7 @@
 import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
-import { isTaskDefinition, type TaskDefinition } from '../runtime/task-definition.ts';
+import { taskDefinitionsOf, type TaskDefinition } from '../task/task-definition.ts';
 import { CliError, EXIT } from './output.ts';
 
 export async function loadTaskModules(specs: string[], cwd: string): Promise<TaskDefinition[]> {
@@ -31,16 +31,4 @@ export async function loadTaskModules(specs: string[], cwd: string): Promise<Tas
     }
   }
   return [...found];
-}
-
-/**
- * The task definitions a loaded module exports: named exports, the default export, and arrays of them.
- * The one rule of what a tasks module is, shared by `taskmill node --tasks` and the node processes of
- * `taskmill cluster` (scripts/local-cluster-node.ts).
- */
-export function taskDefinitionsOf(module: Record<string, unknown>): TaskDefinition[] {
-  const defs = Object.values(module)
-    .flatMap((value) => (Array.isArray(value) ? value : [value]))
-    .filter(isTaskDefinition);
-  return [...new Set(defs)];
 }

@@ -12,7 +12,7 @@
  */
 import { timingSafeEqual, createHash } from 'node:crypto';
 import type { FastifyReply, FastifyRequest } from 'fastify';
-import { TaskmillError } from '../runtime/errors.ts';
+import { TaskmillError } from '../task/errors.ts';
 
 /** Where the server binds unless told otherwise: loopback only. */
 export const HTTP_DEFAULTS = { host: '127.0.0.1', port: 8080 };

@@ -1,7 +1,7 @@
 /** Cluster routes: stats (what the dashboard shows), nodes and leader. */
 import type { FastifyInstance } from 'fastify';
 import type pg from 'pg';
-import { clusterStats, currentLeader, listNodes } from '../runtime/inspect.ts';
+import { clusterStats, currentLeader, listNodes } from '../store/inspect.ts';
 import { nodesSchema, statsSchema } from './schemas.ts';
 
 /** The dashboard polls /api/stats: counting a very large history gives up after this long. */

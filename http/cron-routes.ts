@@ -1,8 +1,8 @@
-/** Cron routes (planner/cron-table.ts): list the crons, remove one whose definition is gone. */
+/** Cron routes (store/crons.ts): list the crons, remove one whose definition is gone. */
 import type { FastifyInstance } from 'fastify';
 import type pg from 'pg';
-import { listCrons, removeCron } from '../planner/cron-table.ts';
-import { TASK_NAME_PATTERN } from '../runtime/task-definition.ts';
+import { listCrons, removeCron } from '../store/crons.ts';
+import { TASK_NAME_PATTERN } from '../task/task-definition.ts';
 import { errorSchema } from './schemas.ts';
 
 const nullableUuid = { type: 'string', format: 'uuid', nullable: true } as const;

@@ -1,4 +1,4 @@
-/** Dead-letter routes (runtime/dead-letters.ts): list, show, requeue, purge. */
+/** Dead-letter routes (store/dead-letters.ts): list, show, requeue, purge. */
 import type { FastifyInstance } from 'fastify';
 import type pg from 'pg';
 import {
@@ -8,7 +8,7 @@ import {
   requeueDeadLetters,
   type PurgeSelector,
   type RequeueSelector,
-} from '../runtime/dead-letters.ts';
+} from '../store/dead-letters.ts';
 import {
   getDeadLetterSchema,
   listDeadLettersSchema,

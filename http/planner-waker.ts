@@ -11,7 +11,7 @@
  * States: idle -> armed (timer) -> idle; closed. Main thread only.
  */
 import type pg from 'pg';
-import { PLANNER_CHANNEL } from '../runtime/task-store.ts';
+import { wakePlanner } from '../store/channels.ts';
 import type { Logger } from '../runtime/logger.ts';
 
 export const WAKE_DEBOUNCE_MS = 5;
@@ -31,7 +31,7 @@ export class PlannerWaker {
     if (this.timer || this.closed) return;
     this.timer = setTimeout(() => {
       this.timer = undefined;
-      this.sending = this.db.query(`select pg_notify('${PLANNER_CHANNEL}', '')`).then(
+      this.sending = wakePlanner(this.db).then(
         () => undefined,
         (error: unknown) => this.log?.warn({ err: error }, 'could not wake the planner'),
       );
@@ -45,7 +45,7 @@ export class PlannerWaker {
     if (this.timer) {
       clearTimeout(this.timer);
       this.timer = undefined;
-      await this.db.query(`select pg_notify('${PLANNER_CHANNEL}', '')`).catch(() => {});
+      await wakePlanner(this.db).catch(() => {});
     }
     await this.sending;
   }

@@ -2,11 +2,11 @@
  * JSON schemas of the HTTP API: they validate requests (a request that does not match gets a 400 and
  * changes nothing), shape responses, and make up the OpenAPI document served at /openapi.json.
  */
-import { DEAD_LETTER_LIMITS } from '../runtime/dead-letters.ts';
-import { SCHEDULE_LIMITS } from '../runtime/schedule-context.ts';
-import { TASK_NAME_PATTERN } from '../runtime/task-definition.ts';
-import { INSPECT_DEFAULTS } from '../runtime/inspect.ts';
-import { DEPTH_STATES, TASK_STATES } from '../runtime/task-states.ts';
+import { DEAD_LETTER_LIMITS } from '../store/dead-letters.ts';
+import { SCHEDULE_LIMITS } from '../task/schedule-context.ts';
+import { TASK_NAME_PATTERN } from '../task/task-definition.ts';
+import { INSPECT_DEFAULTS } from '../store/inspect.ts';
+import { DEPTH_STATES, TASK_STATES } from '../task/task-states.ts';
 
 export const MAX_TASKS_PER_REQUEST = 10_000;
 

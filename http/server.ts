@@ -17,7 +17,7 @@ import Fastify, {
 import pg from 'pg';
 import { assertSchemaKnown } from '../migrations/migrator.ts';
 import { TaskmillClient } from '../runtime/client.ts';
-import { TaskmillError, type TaskmillErrorCode } from '../runtime/errors.ts';
+import { TaskmillError, type TaskmillErrorCode } from '../task/errors.ts';
 import { FailureLog } from '../runtime/failure-log.ts';
 import { createLogger, type Logger } from '../runtime/logger.ts';
 import { TaskmillMetrics } from '../runtime/metrics.ts';

@@ -1,15 +1,15 @@
 /** Task routes: submit one or many, look one up, list with filters, cancel. */
 import type { FastifyInstance } from 'fastify';
 import type pg from 'pg';
-import { inTransaction } from '../runtime/checkout.ts';
-import { TaskmillError } from '../runtime/errors.ts';
+import { inTransaction } from '../store/checkout.ts';
+import { TaskmillError } from '../task/errors.ts';
 import type { TaskmillClient } from '../runtime/client.ts';
-import { listTasks } from '../runtime/inspect.ts';
+import { listTasks } from '../store/inspect.ts';
 import type { TaskmillMetrics } from '../runtime/metrics.ts';
 import type { PlannerWaker } from './planner-waker.ts';
 import type { SubmitBatcher } from './submit-batcher.ts';
-import type { ScheduleContext } from '../runtime/schedule-context.ts';
-import type { TaskStatus } from '../runtime/task-states.ts';
+import type { ScheduleContext } from '../task/schedule-context.ts';
+import type { TaskStatus } from '../task/task-states.ts';
 import {
   cancelTaskSchema,
   getTaskSchema,

@@ -1,7 +1,7 @@
 /** Workflow routes: state counts and cancellation (runtime/workflows.ts). */
 import type { FastifyInstance } from 'fastify';
 import type pg from 'pg';
-import { TaskmillError } from '../runtime/errors.ts';
+import { TaskmillError } from '../task/errors.ts';
 import { cancelWorkflow, workflowStatus } from '../runtime/workflows.ts';
 import { cancelWorkflowSchema, workflowSchema } from './schemas.ts';
 

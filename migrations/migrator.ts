@@ -7,7 +7,7 @@
 import { readdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import type pg from 'pg';
-import { TaskmillError } from '../runtime/errors.ts';
+import { TaskmillError } from '../task/errors.ts';
 
 const MIGRATIONS_DIR = import.meta.dirname;
 /** Arbitrary constant shared by every taskmill process: the advisory lock key of migrations. */

@@ -4,12 +4,9 @@
  * affinity key go to the same node within a pass (affinity ownership), so a node's mailbox can keep
  * them apart. A task that fits nowhere is left out and stays ready.
  */
-export interface Candidate {
-  id: string;
-  name: string;
-  affinity_group: string | null;
-  affinity: string | null;
-}
+import type { Candidate } from '../store/assignments.ts';
+
+export type { Candidate } from '../store/assignments.ts';
 
 export interface NodeSlots {
   id: string;

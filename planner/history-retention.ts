@@ -12,7 +12,15 @@
  * session advisory lock, so two nodes that both believe they lead never manage partitions at once.
  */
 import type pg from 'pg';
-import { checkout } from '../runtime/checkout.ts';
+import { checkout } from '../store/checkout.ts';
+import {
+  addPartition,
+  defaultPartitionSlots,
+  dropPartition,
+  listPartitions,
+  purgeDefaultPartition,
+  type HistoryPartition,
+} from '../store/history.ts';
 
 /** Candidate partition periods; the period of a retention is the largest one within a quarter of it. */
 export const HISTORY_PERIODS_MS = [
@@ -64,11 +72,7 @@ export function historyPeriodMs(retentionMs: number): number {
   return fitting.length > 0 ? fitting[fitting.length - 1] : HISTORY_PERIODS_MS[0];
 }
 
-export interface HistoryPartition {
-  name: string;
-  from: Date;
-  to: Date;
-}
+export { listPartitions, type HistoryPartition } from '../store/history.ts';
 
 export interface HistoryRetentionResult {
   /** Another session held the partition lock, so this pass did nothing. */
@@ -154,20 +158,12 @@ export class HistoryRetention {
 
     let partitions = await listPartitions(client);
     for (const p of partitions.filter((p) => p.to.getTime() <= expiredBefore)) {
-      const rows = await deferOnLock(result, () =>
-        client.query<{ rows: string }>(`select tm_history_drop_partition($1, $2) as rows`, [
-          p.name,
-          this.lockTimeoutMs,
-        ]),
-      );
-      if (rows) result.dropped.push({ ...p, rows: Number(rows.rows[0].rows) });
+      const rows = await deferOnLock(result, () => dropPartition(client, p.name, this.lockTimeoutMs));
+      if (rows !== undefined) result.dropped.push({ ...p, rows });
     }
     if (result.dropped.length > 0) partitions = await listPartitions(client);
 
-    const purged = await client.query(`delete from tm_history_default where finished_at < $1`, [
-      new Date(expiredBefore),
-    ]);
-    result.purgedFromDefault = purged.rowCount ?? 0;
+    result.purgedFromDefault = await purgeDefaultPartition(client, new Date(expiredBefore));
 
     // A range that starts this far ahead (database time) receives no row before the attach commits.
     const futureFrom = times.dbNow.getTime() + ATTACH_TIMING.leadMs;
@@ -185,20 +181,21 @@ export class HistoryRetention {
         const piece = attachable(gap, futureFrom, pastUntil);
         if (!piece) continue;
         const commitBefore = piece.from >= futureFrom ? piece.from - ATTACH_TIMING.guardMs : null;
-        const added = await deferOnLock(result, () =>
-          client.query<{ moved: string }>(`select tm_history_add_partition($1, $2, $3, $4) as moved`, [
+        const moved = await deferOnLock(result, () =>
+          addPartition(
+            client,
             new Date(piece.from),
             new Date(piece.to),
             this.lockTimeoutMs,
             commitBefore === null ? null : new Date(commitBefore),
-          ]),
+          ),
         );
-        if (!added) continue;
+        if (moved === undefined) continue;
         covered.push(piece);
         result.created.push({
           from: new Date(piece.from),
           to: new Date(piece.to),
-          moved: Number(added.rows[0].moved),
+          moved,
         });
       }
     }
@@ -212,21 +209,9 @@ export class HistoryRetention {
       Math.ceil(HISTORY_RETENTION_DEFAULTS.aheadMinMs / this.periodMs),
     );
     const slots = new Set(Array.from({ length: ahead + 1 }, (_, i) => current + i));
-    const { rows } = await client.query<{ slot: string }>(
-      `select distinct floor(extract(epoch from finished_at) * 1000 / $1)::bigint as slot from tm_history_default`,
-      [this.periodMs],
-    );
-    for (const r of rows) slots.add(Number(r.slot));
+    for (const slot of await defaultPartitionSlots(client, this.periodMs)) slots.add(slot);
     return [...slots].sort((a, b) => a - b);
   }
-}
-
-/** The partitions of tm_history other than the default, oldest first. */
-export async function listPartitions(db: Pick<pg.Pool, 'query'>): Promise<HistoryPartition[]> {
-  const { rows } = await db.query<HistoryPartition>(
-    `select name, from_at as "from", to_at as "to" from tm_history_partitions()`,
-  );
-  return rows;
 }
 
 async function readTimes(client: pg.PoolClient): Promise<{ dbNow: Date; oldestTransaction: Date | null }> {

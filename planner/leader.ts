@@ -7,9 +7,11 @@
  * `isLeader` is written by this loop only and read by the planner and maintenance (main thread).
  */
 import type pg from 'pg';
-import { Loop, type Timers } from '../runtime/loop.ts';
+import { Loop, type Timers } from '../loop/loop.ts';
+import { notifyLeaseReleased } from '../store/channels.ts';
+import { releaseLease, takeOrRenewLease } from '../store/leader.ts';
 
-export const LEADER_CHANNEL = 'taskmill_leader';
+export { LEADER_CHANNEL } from '../store/channels.ts';
 export const DEFAULT_LEASE_TTL_MS = 5_000;
 
 export interface LeaderLeaseOptions {
@@ -62,14 +64,7 @@ export class LeaderLease {
 
   async runOnce(): Promise<{ leader: boolean }> {
     const started = this.now();
-    const { rowCount } = await this.options.db.query(
-      `insert into tm_leader (id, node_id, expires_at) values (1, $1, now() + $2 * interval '1 millisecond')
-       on conflict (id) do update set node_id = excluded.node_id, expires_at = excluded.expires_at,
-         acquired_at = case when tm_leader.node_id = excluded.node_id then tm_leader.acquired_at else now() end
-       where tm_leader.node_id = excluded.node_id or tm_leader.expires_at < now()`,
-      [this.options.nodeId, this.ttlMs],
-    );
-    const leader = rowCount === 1;
+    const leader = await takeOrRenewLease(this.options.db, this.options.nodeId, this.ttlMs);
     this.mayHold = leader;
     // Counted from before the query was sent, so a slow round trip shortens our view of the lease.
     if (leader) this.validUntil = started + this.ttlMs * 0.9;
@@ -84,8 +79,8 @@ export class LeaderLease {
     if (!this.mayHold) return;
     this.mayHold = false;
     this.set(false);
-    await this.options.db.query(`delete from tm_leader where node_id = $1`, [this.options.nodeId]);
-    await this.options.db.query(`select pg_notify('${LEADER_CHANNEL}', '')`);
+    await releaseLease(this.options.db, this.options.nodeId);
+    await notifyLeaseReleased(this.options.db);
   }
 
   private checkOverdue(): void {

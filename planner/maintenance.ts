@@ -10,12 +10,16 @@
  * States: stopped -> running -> stopped; passes do nothing unless this node leads.
  */
 import type pg from 'pg';
-import { releaseDanglingWaits } from './dangling-waits.ts';
-import { inTransaction } from '../runtime/checkout.ts';
-import { Loop, type Timers } from '../runtime/loop.ts';
-import { PLANNER_CHANNEL } from '../runtime/task-store.ts';
+import { releaseDanglingWaits } from '../store/waits.ts';
+import { Loop, type Timers } from '../loop/loop.ts';
+import { inTransaction } from '../store/checkout.ts';
+import { wakePlanner } from '../store/channels.ts';
+import { deleteExpiredNodes } from '../store/nodes.ts';
+import { handBackTasks, lockTasksOfDeadNodes, type HeldTask } from '../store/recovery.ts';
+import { failTasks } from '../store/tasks.ts';
 import { HistoryRetention } from './history-retention.ts';
-import { DEFAULT_RETRY_POLICY, nextRetryDelay, retryPolicySchema } from '../runtime/retry-policy.ts';
+import { DEFAULT_RETRY_POLICY, retryPolicySchema } from '../task/retry-policy.ts';
+import { settle } from '../task/settle.ts';
 
 export const MAINTENANCE_DEFAULTS = {
   intervalMs: 1_000,
@@ -26,7 +30,7 @@ export interface MaintenanceResult {
   deadNodes: number;
   recovered: number;
   purgedHistory: number;
-  /** Waits on vanished tasks settled by the safety net (dangling-waits.ts); 0 in normal operation. */
+  /** Waits on vanished tasks settled by the safety net (store/waits.ts); 0 in normal operation. */
   danglingWaits: number;
 }
 
@@ -95,16 +99,6 @@ export function nodeDiedError(nodeId: string): string {
   );
 }
 
-interface HeldTask {
-  id: string;
-  node_id: string;
-  state: 'assigned' | 'running';
-  assignment: number;
-  attempt: number;
-  failing_ms: number;
-  options: { retry?: unknown; deadLetter?: unknown } | null;
-}
-
 /**
  * Removes expired nodes and takes back every task held by a node that is not alive, in one
  * transaction. What the rows say decides what a task is charged:
@@ -121,50 +115,48 @@ export async function recoverDeadNodes(
 ): Promise<{ deadNodes: number; recovered: number }> {
   // Checked out through inTransaction: a session terminated mid-pass must fail the pass, not the process.
   return inTransaction(db, async (client) => {
-    const dead = await client.query<{ id: string }>(
-      `delete from tm_nodes where heartbeat_at < now() - $1 * interval '1 millisecond' returning id`,
-      [nodeTimeoutMs],
-    );
-    const { rows } = await client.query<HeldTask>(
-      `select t.id, t.node_id, t.state, t.assignment, t.attempt,
-         extract(epoch from now() - t.created_at) * 1000 as failing_ms, d.options
-       from tm_tasks t left join tm_task_defs d on d.name = t.name
-       where t.node_id is not null
-         and (t.node_id = any($1) or not exists (select 1 from tm_nodes n where n.id = t.node_id))
-       order by t.id
-       for update of t`,
-      [dead.rows.map((r) => r.id)],
-    );
+    const dead = await deleteExpiredNodes(client, nodeTimeoutMs);
+    const rows = await lockTasksOfDeadNodes(client, dead);
     const handedBack = rows.filter((t) => t.state !== 'running').map((t) => t.id);
-    if (handedBack.length > 0) {
-      await client.query(`update tm_tasks set state = 'ready', node_id = null where id = any($1)`, [
-        handedBack,
-      ]);
-    }
+    if (handedBack.length > 0) await handBackTasks(client, handedBack);
     const byNode = new Map<string, HeldTask[]>();
     for (const task of rows) {
       if (task.state !== 'running') continue;
       byNode.set(task.node_id, [...(byNode.get(task.node_id) ?? []), task]);
     }
     for (const [nodeId, tasks] of byNode) {
-      const decisions = tasks.map((t) => {
-        const parsed = retryPolicySchema.safeParse(t.options?.retry);
-        const policy = parsed.success ? parsed.data : DEFAULT_RETRY_POLICY;
-        const retry = nextRetryDelay(policy, t.attempt + 1, Number(t.failing_ms));
-        // Another attempt runs at once: the node's death, not the task, is the likely cause.
-        return { retryMs: retry === undefined ? null : 0, deadLetter: t.options?.deadLetter !== false };
-      });
-      await client.query(`select 1 from tm_fail($1, $2, $3, $4, $5, $6, $7)`, [
+      const now = Date.now();
+      await failTasks(
+        client,
         nodeId,
-        tasks.map((t) => t.id),
-        tasks.map((t) => t.assignment),
-        tasks.map(() => nodeDiedError(nodeId)),
-        decisions.map((d) => d.retryMs),
-        decisions.map((d) => d.deadLetter),
-        tasks.map(() => false),
-      ]);
+        tasks.map((t) => {
+          const parsed = retryPolicySchema.safeParse(t.options?.retry);
+          const definition = {
+            retry: parsed.success ? parsed.data : DEFAULT_RETRY_POLICY,
+            deadLetter: t.options?.deadLetter !== false,
+          };
+          const error = { name: 'TaskmillError', code: 'NODE_DIED' };
+          const task = { attempt: t.attempt, createdAt: new Date(now - Number(t.failing_ms)) };
+          const settlement = settle(
+            { kind: 'failed', error, stopRetry: false, reason: 'node-died' },
+            definition,
+            task,
+            now,
+          );
+          if (settlement.action !== 'fail')
+            throw new Error(`a dead node's task settled as ${settlement.action}`);
+          return {
+            id: t.id,
+            assignment: t.assignment,
+            error: nodeDiedError(nodeId),
+            retryDelayMs: settlement.retryDelayMs,
+            deadLetter: settlement.deadLetter,
+            cancelled: false,
+          };
+        }),
+      );
     }
-    if (rows.length > 0) await client.query(`select pg_notify('${PLANNER_CHANNEL}', '')`);
-    return { deadNodes: dead.rowCount ?? 0, recovered: rows.length };
+    if (rows.length > 0) await wakePlanner(client);
+    return { deadNodes: dead.length, recovered: rows.length };
   });
 }

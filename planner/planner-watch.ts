@@ -8,15 +8,16 @@
  * States: watching -> missing (no lease seen) -> warned (missing for longer than ttlMs) -> watching
  * (a lease seen again). Written and read by the main thread only; times are database times.
  */
-import type { Queryable } from '../runtime/task-store.ts';
-import type { Logger } from '../runtime/logger.ts';
-import { Loop, type Timers } from '../runtime/loop.ts';
+import { leaseExpiry } from '../store/leader.ts';
+import type { Queryable } from '../store/queryable.ts';
+import { Loop, type Timers } from '../loop/loop.ts';
 
 export interface PlannerWatchOptions {
   db: Queryable;
   /** The lease time to live: how long the cluster may go without a leader before it is reported. */
   ttlMs: number;
-  log: Pick<Logger, 'warn' | 'info'>;
+  /** The node's logger (pino), or anything with these two methods. */
+  log: { info(message: string): void; warn(fields: object, message: string): void };
   onError: (error: unknown) => void;
   timers?: Timers;
 }
@@ -60,10 +61,7 @@ export class PlannerWatch {
   }
 
   async runOnce(): Promise<PlannerWatchResult> {
-    const { rows } = await this.options.db.query<{ now: Date; expires_at: Date | null }>(
-      `select now() as now, (select expires_at from tm_leader) as expires_at`,
-    );
-    const { now, expires_at: expiresAt } = rows[0];
+    const { now, expiresAt } = await leaseExpiry(this.options.db);
     this.startedAt ??= now;
     if (expiresAt && expiresAt > now) {
       if (this.warned) this.options.log.info('a node leads the planner again; ready tasks are handed out');

@@ -4,7 +4,7 @@
  * threshold not above the count wins. `{0: 1000, 100: 500, 1000: 0}` sleeps 1 s after an empty pass,
  * 500 ms after 100-999 tasks and not at all after 1000 or more. A NOTIFY cuts any sleep short.
  */
-import { TaskmillError } from '../runtime/errors.ts';
+import { TaskmillError } from '../task/errors.ts';
 
 export type PollingDelayMap = Record<number, number>;
 

@@ -4,10 +4,10 @@
  * process; no node needs to run in it.
  */
 import pg from 'pg';
-import { TaskmillError, isUndefinedTable, notMigratedError } from './errors.ts';
+import { TaskmillError, isUndefinedTable, notMigratedError } from '../task/errors.ts';
 import { FailureLog } from './failure-log.ts';
 import { createLogger, type Logger } from './logger.ts';
-import { newTask, isUuid, type NewTask, type ScheduleContext } from './schedule-context.ts';
+import { newTask, isUuid, type NewTask, type ScheduleContext } from '../task/schedule-context.ts';
 import {
   cancelTasks,
   findTask,
@@ -16,15 +16,16 @@ import {
   type Queryable,
   type TaskRecord,
   type Wait,
-} from './task-store.ts';
+} from '../store/tasks.ts';
 import { cancelWorkflow, waitForWorkflow, workflowStatus, type WorkflowStatus } from './workflows.ts';
-import { TASK_NAME_PATTERN, isTaskDefinition, type TaskDefinition } from './task-definition.ts';
-import { decode } from './codec.ts';
-import { retryPolicySchema } from './retry-policy.ts';
-import { retryOutlook, visibleState, type RetryOutlook, type TaskStatus } from './task-states.ts';
-import { clusterOverview, type ClusterOverview } from './inspect.ts';
-import type { CronInfo } from '../planner/cron-table.ts';
+import { TASK_NAME_PATTERN, isTaskDefinition, type TaskDefinition } from '../task/task-definition.ts';
+import { decode } from '../task/codec.ts';
+import { retryPolicySchema } from '../task/retry-policy.ts';
+import { retryOutlook, visibleState, type RetryOutlook, type TaskStatus } from '../task/task-states.ts';
+import { clusterOverview, type ClusterOverview } from '../store/inspect.ts';
+import type { CronInfo } from '../store/crons.ts';
 import { ConnectionClient } from './connections.ts';
+import { definitionOptions, retryOptionsAt } from '../store/task-defs.ts';
 
 export interface ClientOptions {
   /** Default: DATABASE_URL. */
@@ -182,12 +183,8 @@ export class TaskmillClient {
     const ended = record.finishedAt !== null || record.state === 'dead';
     if (ended) return { ...record, result: decode<R>(record.result), retry: null };
     // Database time decides delayed/retrying (as in listTasks); the policy is the one the nodes registered.
-    const { rows } = await this.pool.query<{ now: Date; retry: unknown }>(
-      `select now() as now, (select options->'retry' from tm_task_defs where name = $1) as retry`,
-      [record.name],
-    );
-    const { now } = rows[0];
-    const policy = retryPolicySchema.safeParse(rows[0].retry);
+    const { now, retry } = await retryOptionsAt(this.pool, record.name);
+    const policy = retryPolicySchema.safeParse(retry);
     const state = visibleState(record.state, record.attempts, record.notBefore, now);
     return {
       ...record,
@@ -226,9 +223,9 @@ export class TaskmillClient {
     return cancelWorkflow(this.pool, id);
   }
 
-  /** The crons the leader runs (planner/cron-table.ts): slots, last instance, live nodes running each. */
+  /** The crons the leader runs (store/crons.ts): slots, last instance, live nodes running each. */
   async listCrons(): Promise<CronInfo[]> {
-    const { listCrons } = await import('../planner/cron-table.ts');
+    const { listCrons } = await import('../store/crons.ts');
     return listCrons(this.pool);
   }
 
@@ -239,7 +236,7 @@ export class TaskmillClient {
   async removeCron(
     name: string,
   ): Promise<{ name: string; lastTaskId: string | null; lastTaskState: CronInfo['lastTaskState'] }> {
-    const { removeCron } = await import('../planner/cron-table.ts');
+    const { removeCron } = await import('../store/crons.ts');
     return removeCron(this.pool, name);
   }
 
@@ -270,18 +267,16 @@ export class TaskmillClient {
     }
     let known = this.registered.get(def);
     if (!known) {
-      const { rows } = await this.pool
-        .query<{ options: TaskDefinition }>(`select options from tm_task_defs where name = $1`, [def])
-        .catch((error) => {
-          throw isUndefinedTable(error) ? notMigratedError(error) : error;
-        });
-      if (rows.length === 0) {
+      const options = await definitionOptions<TaskDefinition>(this.pool, def).catch((error) => {
+        throw isUndefinedTable(error) ? notMigratedError(error) : error;
+      });
+      if (!options) {
         throw new TaskmillError(
           'UNKNOWN_TASK',
           `Unknown task ${JSON.stringify(def)}: no node has registered it.`,
         );
       }
-      known = { ...rows[0].options, name: def } as TaskDefinition;
+      known = { ...options, name: def } as TaskDefinition;
       this.registered.set(def, known);
     }
     return known as TaskDefinition<M>;

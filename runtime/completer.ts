@@ -25,8 +25,8 @@
  * States: idle -> pending (timer armed) -> flushing -> idle. Main thread only.
  */
 import type pg from 'pg';
-import { DEFAULT_MAX_ERROR_BYTES } from './codec.ts';
-import { TaskmillError } from './errors.ts';
+import { DEFAULT_MAX_ERROR_BYTES } from '../task/codec.ts';
+import { TaskmillError } from '../task/errors.ts';
 import { isConnectionError } from './failure-log.ts';
 import {
   completeTasks,
@@ -37,7 +37,7 @@ import {
   type Accepted,
   type Failure,
   type Success,
-} from './task-store.ts';
+} from '../store/tasks.ts';
 
 const MiB = 1024 * 1024;
 

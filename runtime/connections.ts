@@ -5,7 +5,7 @@
  * TaskmillError that names the setting, instead of a bare "sorry, too many clients already".
  */
 import pg from 'pg';
-import { TaskmillError } from './errors.ts';
+import { TaskmillError } from '../task/errors.ts';
 
 /** SQLSTATE too_many_connections. */
 export const TOO_MANY_CONNECTIONS = '53300';

@@ -15,7 +15,7 @@
 import { existsSync, mkdirSync, readFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import path from 'node:path';
-import { TaskmillError } from './errors.ts';
+import { TaskmillError } from '../task/errors.ts';
 
 /** Data folder of the embedded server, relative to the current directory, unless TASKMILL_DATA_DIR says. */
 export const DEFAULT_EMBEDDED_DIR = path.join('.taskmill', 'pg');

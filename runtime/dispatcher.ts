@@ -28,19 +28,18 @@
 import { availableParallelism } from 'node:os';
 import { MessageChannel, Worker } from 'node:worker_threads';
 import { Piscina } from 'piscina';
-import { TaskmillError } from './errors.ts';
+import { TaskmillError } from '../task/errors.ts';
 import type {
   AbortReason,
   BatchRequest,
   MainMessage,
-  SerializedError,
   TaskEnvelope,
   ThreadMessage,
-  WorkerEvent,
+  OutcomeMessage,
+  TaskOutcome,
   WorkerInit,
 } from './protocol.ts';
-import type { NewTask } from './schedule-context.ts';
-import type { FetchedTask, JoinMessage } from './task-store.ts';
+import type { FetchedTask } from '../store/tasks.ts';
 
 export const DISPATCHER_DEFAULTS = {
   threads: availableParallelism(),
@@ -62,19 +61,11 @@ const ISOLATION_IDLE_MS = 60_000;
 /** Uncharged reruns of one task after threads died under it, before it is charged anyway. */
 const MAX_RERUNS = 8;
 
-/** `runMs`: time the run took in its worker thread; undefined when the thread died under it. */
-export type Outcome = (
-  | {
-      task: FetchedTask;
-      kind: 'done';
-      result: Uint8Array | null;
-      children: NewTask[];
-      joinMessages: JoinMessage[];
-    }
-  /** Exactly-once: committed in the worker thread (or fenced out there); nothing left to do. */
-  | { task: FetchedTask; kind: 'committed'; outcome: 'completed' | 'cancelled' | 'stale' }
-  | { task: FetchedTask; kind: 'failed'; error: SerializedError; stopRetry: boolean; reason?: AbortReason }
-) & { runMs?: number };
+/**
+ * A task's outcome (TaskOutcome) with the task, why it was aborted if it was, and `runMs`: the time the
+ * run took in its worker thread (undefined when the thread died under it).
+ */
+export type Outcome = TaskOutcome & { task: FetchedTask; reason?: AbortReason; runMs?: number };
 
 export interface DispatcherOptions {
   handlers: Record<string, string>;
@@ -272,7 +263,7 @@ export class Dispatcher {
     let total = 0;
     for (const t of tasks) {
       total += t.message?.length ?? 0;
-      for (const p of t.join_payloads ?? []) total += p?.length ?? 0;
+      for (const j of t.joinInputs) total += j.payload?.length ?? 0;
     }
     const messages = new ArrayBuffer(total);
     const view = new Uint8Array(messages);
@@ -287,22 +278,18 @@ export class Dispatcher {
     };
     const envelopes: TaskEnvelope[] = tasks.map((t) => {
       const { offset: at, length } = put(t.message);
-      const joinInputs = (t.join_kinds ?? []).map((kind, i) => ({
-        kind: kind as 'r' | 'm',
-        from: t.join_from![i],
-        ...put(t.join_payloads![i]),
-      }));
+      const joinInputs = t.joinInputs.map((j) => ({ kind: j.kind, from: j.from, ...put(j.payload) }));
       return {
         id: t.id,
         name: t.name,
         offset: at,
         length,
         attempt: t.attempt,
-        workflowId: t.workflow_id,
-        workflowCreatedAt: t.workflow_created_at.toISOString(),
-        affinityGroup: t.affinity_group,
+        workflowId: t.workflowId,
+        workflowCreatedAt: t.workflowCreatedAt.toISOString(),
+        affinityGroup: t.affinityGroup,
         affinity: t.affinity,
-        parentId: t.parent_id,
+        parentId: t.parentId,
         assignment: t.assignment,
         exactlyOnce: this.options.exactlyOnce(t.name),
         joinInputs,
@@ -377,38 +364,15 @@ export class Dispatcher {
     }
   }
 
-  private report(event: WorkerEvent): void {
+  private report(event: OutcomeMessage): void {
     const running = this.finish(event.id);
     if (!running) return;
-    if (event.type === 'done') {
-      this.options.onOutcome({
-        task: running.task,
-        kind: 'done',
-        result: event.result,
-        children: event.children,
-        joinMessages: event.joinMessages,
-        runMs: event.runMs,
-      });
-    } else if (event.type === 'committed') {
-      this.options.onOutcome({
-        task: running.task,
-        kind: 'committed',
-        outcome: event.outcome,
-        runMs: event.runMs,
-      });
-    } else if (event.type === 'stale') {
-      this.options.onOutcome({ task: running.task, kind: 'committed', outcome: 'stale', runMs: event.runMs });
-    } else {
-      const cancelled = running.reason === 'cancel';
-      this.options.onOutcome({
-        task: running.task,
-        kind: 'failed',
-        error: event.error,
-        stopRetry: event.stopRetry || cancelled,
-        reason: running.reason,
-        runMs: event.runMs,
-      });
-    }
+    this.options.onOutcome({
+      ...event.outcome,
+      task: running.task,
+      reason: running.reason,
+      runMs: event.runMs,
+    });
   }
 
   /**
@@ -478,7 +442,7 @@ export class Dispatcher {
       task: running.task,
       kind: 'failed',
       error: { name: failure.name, message: failure.message, code: failure.code, stack: failure.stack },
-      stopRetry: reason === 'cancel',
+      stopRetry: false,
       reason,
     });
   }

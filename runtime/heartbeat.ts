@@ -8,7 +8,8 @@
  */
 import { availableParallelism } from 'node:os';
 import type pg from 'pg';
-import { Loop, type Timers } from './loop.ts';
+import { Loop, type Timers } from '../loop/loop.ts';
+import { beat, deleteNode } from '../store/nodes.ts';
 
 export const DEFAULT_HEARTBEAT_INTERVAL_MS = 1_000;
 
@@ -57,13 +58,7 @@ export class Heartbeat {
 
   async runOnce(): Promise<{ inserted: boolean }> {
     const { node } = this.options;
-    const { rows } = await this.options.db.query<{ inserted: boolean }>(
-      `insert into tm_nodes (id, name, capacity, task_names, in_flight, cpu) values ($1, $2, $3, $4, $5, $6)
-       on conflict (id) do update set heartbeat_at = now(), in_flight = excluded.in_flight, cpu = excluded.cpu
-       returning (xmax = 0) as inserted`,
-      [node.id, node.name, node.capacity, node.taskNames, this.options.inFlight(), this.cpu()],
-    );
-    const inserted = rows[0].inserted;
+    const { inserted } = await beat(this.options.db, node, this.options.inFlight(), this.cpu());
     if (inserted && this.beats > 0) this.options.onReregistered();
     this.beats++;
     return { inserted };
@@ -72,8 +67,7 @@ export class Heartbeat {
   /** Stops beating and removes the node row. */
   async stop(): Promise<void> {
     await this.loop.stop();
-    if (this.beats > 0)
-      await this.options.db.query(`delete from tm_nodes where id = $1`, [this.options.node.id]);
+    if (this.beats > 0) await deleteNode(this.options.db, this.options.node.id);
   }
 
   /** Share of the machine's CPU this process used since the last beat (0..1). */

@@ -5,19 +5,19 @@ export {
   type TaskDefinitionInput,
   type AffinityMode,
   type ExecutionGuarantee,
-} from './task-definition.ts';
-export type { RetryPolicy, RetryPolicyInput } from './retry-policy.ts';
-export { DEFAULT_RETRY_POLICY } from './retry-policy.ts';
-export type { ScheduleContext } from './schedule-context.ts';
+} from '../task/task-definition.ts';
+export type { RetryPolicy, RetryPolicyInput } from '../task/retry-policy.ts';
+export { DEFAULT_RETRY_POLICY } from '../task/retry-policy.ts';
+export type { ScheduleContext } from '../task/schedule-context.ts';
 export type { TaskContext, TaskHandler, FailureHook } from './task-context.ts';
 export { TaskmillClient, type ClientOptions, type ScheduleOptions, type TaskInfo } from './client.ts';
-export type { ClusterOverview, ClusterNode } from './inspect.ts';
+export type { ClusterOverview, ClusterNode } from '../store/inspect.ts';
 export { TaskmillNode, startNode, type NodeOptions, type NodeStats } from './node.ts';
-export { TaskmillError, type TaskmillErrorCode } from './errors.ts';
+export { TaskmillError, type TaskmillErrorCode } from '../task/errors.ts';
 export { openDatabase, startEmbeddedPostgres, type DatabaseHandle } from './database.ts';
 export { migrate, migrationStatus } from '../migrations/migrator.ts';
-export { encode, decode } from './codec.ts';
-export type { CronMessage, CronMissedPolicy, CronOptionInput } from '../planner/cron.ts';
+export { encode, decode } from '../task/codec.ts';
+export type { CronMessage, CronMissedPolicy, CronOptionInput } from '../task/cron-option.ts';
 export {
   shellTask,
   defineShellTask,
@@ -36,4 +36,4 @@ export {
   type ListDeadLettersOptions,
   type RequeueSelector,
   type PurgeSelector,
-} from './dead-letters.ts';
+} from '../store/dead-letters.ts';

@@ -15,10 +15,10 @@
 export interface MailboxTask {
   id: string;
   name: string;
-  workflow_id: string;
-  affinity_group: string | null;
+  workflowId: string;
+  affinityGroup: string | null;
   affinity: string | null;
-  strict_affinity: boolean;
+  strictAffinity: boolean;
 }
 
 interface Box<T> {
@@ -72,7 +72,7 @@ export class Mailboxes<T extends MailboxTask> {
         }
         box.queue.shift();
         box.inFlight++;
-        box.workflow = head.workflow_id;
+        box.workflow = head.workflowId;
         this.started(head, out);
         progress = true;
         if (box.queue.length === 0) this.ready.delete(key);
@@ -145,7 +145,7 @@ export class Mailboxes<T extends MailboxTask> {
     const limit = this.limitOf(head.name);
     if (limit !== undefined && (this.running.get(head.name) ?? 0) >= limit) return false;
     if (box.inFlight === 0) return true;
-    return !head.strict_affinity && box.workflow === head.workflow_id;
+    return !head.strictAffinity && box.workflow === head.workflowId;
   }
 
   private started(task: T, out: T[]): void {
@@ -156,5 +156,5 @@ export class Mailboxes<T extends MailboxTask> {
 }
 
 export function keyOf(task: MailboxTask): string | undefined {
-  return task.affinity === null ? undefined : `${task.affinity_group ?? ''}\u0000${task.affinity}`;
+  return task.affinity === null ? undefined : `${task.affinityGroup ?? ''}\u0000${task.affinity}`;
 }

@@ -15,8 +15,10 @@ import type pg from 'pg';
 import type { TaskRun, TaskmillNode } from './node.ts';
 import type { FlushResult } from './completer.ts';
 import type { PassResult } from '../planner/planner.ts';
-import { listNodes, queueDepths, type NodeInfo, type QueueDepth } from './inspect.ts';
-import { DEPTH_STATES } from './task-states.ts';
+import { listNodes, queueDepths, type NodeInfo, type QueueDepth } from '../store/inspect.ts';
+import { endedLatencies, latencyWatermark } from '../store/history.ts';
+import { tasksCreated } from '../store/tasks.ts';
+import { DEPTH_STATES } from '../task/task-states.ts';
 import type { Logger } from './logger.ts';
 
 /** Upper bounds (seconds) of the task latency histogram: 5 ms .. 1 h. */
@@ -310,11 +312,9 @@ export class TaskmillMetrics {
     this.snapshotPromise = Promise.all([
       queueDepths(db),
       listNodes(db, this.options.nodeTimeoutMs),
-      db.query<{ created: string | null }>(
-        `select pg_sequence_last_value(pg_get_serial_sequence('tm_tasks', 'seq')::regclass) as created`,
-      ),
+      tasksCreated(db),
     ]).then(
-      ([depths, nodes, created]) => ({ depths, nodes, created: Number(created.rows[0]?.created ?? 0) }),
+      ([depths, nodes, created]) => ({ depths, nodes, created }),
       (error: unknown) => {
         this.options.log?.warn({ err: error }, 'metrics: cannot read the database');
         return undefined;
@@ -406,37 +406,13 @@ class LatencyHistogram {
 
   private async refresh(): Promise<void> {
     if (!this.watermark) {
-      const { rows } = await this.db.query<{ upto: Date }>(
-        `select now() - $1 * interval '1 millisecond' as upto`,
-        [LATENCY_SETTLE_MS],
-      );
-      this.watermark = rows[0].upto;
+      this.watermark = await latencyWatermark(this.db, LATENCY_SETTLE_MS);
       return;
     }
     // Bucket i holds latencies in (bounds[i-1], bounds[i]]; index = number of bounds below the value.
-    const { rows } = await this.db.query<{
-      name: string;
-      state: string;
-      bucket: number;
-      n: number;
-      sum: number;
-      upto: Date;
-    }>(
-      `with w as (select now() - $2 * interval '1 millisecond' as upto),
-       ended as (
-         select name, state, extract(epoch from finished_at - created_at)::float8 as secs
-         from tm_history, w where finished_at > $1 and finished_at <= w.upto)
-       select name, state, (select count(*) from unnest($3::float8[]) b where b < secs)::int as bucket,
-         count(*)::int as n, sum(secs)::float8 as sum, (select upto from w) as upto
-       from ended group by 1, 2, 3
-       union all select null, null, null, null, null, upto from w`,
-      [this.watermark, LATENCY_SETTLE_MS, LATENCY_BUCKETS],
-    );
+    const { rows, upto } = await endedLatencies(this.db, this.watermark, LATENCY_SETTLE_MS, LATENCY_BUCKETS);
+    this.watermark = upto;
     for (const row of rows) {
-      if (row.name === null) {
-        this.watermark = row.upto;
-        continue;
-      }
       const key = `${row.name}\u0000${row.state}`;
       let s = this.series.get(key);
       if (!s) {

@@ -13,12 +13,12 @@ import {
   DEFAULT_MAX_MESSAGE_BYTES,
   DEFAULT_MAX_RESULT_BYTES,
   MAX_PAYLOAD_LIMIT_BYTES,
-} from './codec.ts';
+} from '../task/codec.ts';
 import { COMPLETER_DEFAULTS } from './completer.ts';
 import { DISPATCHER_DEFAULTS } from './dispatcher.ts';
-import { TaskmillError } from './errors.ts';
+import { TaskmillError } from '../task/errors.ts';
 import { DEFAULT_HEARTBEAT_INTERVAL_MS } from './heartbeat.ts';
-import { isTaskDefinition, type TaskDefinition } from './task-definition.ts';
+import { isTaskDefinition, type TaskDefinition } from '../task/task-definition.ts';
 import { assertShellConfig, shellOptionsSchema } from './shell-task.ts';
 
 export const NODE_DEFAULTS = {

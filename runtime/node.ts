@@ -13,7 +13,7 @@ import { EventEmitter } from 'node:events';
 import pg from 'pg';
 import { v4 as uuidv4 } from 'uuid';
 import { migrate, assertSchemaKnown } from '../migrations/migrator.ts';
-import { DEFAULT_LEASE_TTL_MS, LEADER_CHANNEL, LeaderLease } from '../planner/leader.ts';
+import { DEFAULT_LEASE_TTL_MS, LeaderLease } from '../planner/leader.ts';
 import { PlannerWatch } from '../planner/planner-watch.ts';
 import { Maintenance, type MaintenanceResult } from '../planner/maintenance.ts';
 import { Cron, registerCronTasks } from '../planner/cron.ts';
@@ -21,26 +21,21 @@ import { Planner, type PassResult } from '../planner/planner.ts';
 import { TaskmillClient } from './client.ts';
 import { Completer, type FlushResult } from './completer.ts';
 import { Dispatcher, type Outcome } from './dispatcher.ts';
+import { Fetcher } from './fetcher.ts';
+import { Cancellations } from './cancellations.ts';
 import { Heartbeat } from './heartbeat.ts';
 import { FailureLog } from './failure-log.ts';
 import { Listener } from './listener.ts';
 import { createLogger, type Logger } from './logger.ts';
-import { Loop } from './loop.ts';
 import { Mailboxes } from './mailboxes.ts';
 import { NODE_DEFAULTS, parseNodeConfig, type NodeConfig, type NodeOptions } from './node-config.ts';
-import { nextRetryDelay } from './retry-policy.ts';
+import { settle } from '../task/settle.ts';
 import { workerShellPolicy } from './shell-task.ts';
-import { assertHandlerExists, definitionRecord, type TaskDefinition } from './task-definition.ts';
-import {
-  CANCEL_CHANNEL,
-  NODE_CHANNEL,
-  PLANNER_CHANNEL,
-  cancelRequested,
-  fetchAssignedTasks,
-  releaseTasks,
-  type Failure,
-  type FetchedTask,
-} from './task-store.ts';
+import { assertHandlerExists, definitionRecord, type TaskDefinition } from '../task/task-definition.ts';
+import { CANCEL_CHANNEL, LEADER_CHANNEL, NODE_CHANNEL, PLANNER_CHANNEL } from '../store/channels.ts';
+import { closeNodeToNewTasks } from '../store/nodes.ts';
+import { registerDefinitions } from '../store/task-defs.ts';
+import { releaseTasks, type Failure, type FetchedTask } from '../store/tasks.ts';
 import { ConnectionClient } from './connections.ts';
 
 export type { NodeOptions } from './node-config.ts';
@@ -101,9 +96,9 @@ export class TaskmillNode extends EventEmitter<TaskmillNodeEvents> {
   private readonly dispatcher: Dispatcher;
   private readonly completer: Completer;
   private readonly heartbeat: Heartbeat;
-  private readonly fetcher: Loop<{ fetched: number }>;
+  private readonly fetcher: Fetcher;
   /** Level-triggered safety net for cancellation notifications this node missed. */
-  private readonly cancels: Loop<{ cancelled: number }>;
+  private readonly cancels: Cancellations;
   private readonly lease: LeaderLease | undefined;
   private readonly planner: Planner | undefined;
   /** Only on a node without a planner: warns once when no node of the cluster leads the planner. */
@@ -203,17 +198,20 @@ export class TaskmillNode extends EventEmitter<TaskmillNodeEvents> {
     const fetchIntervalMs =
       config.fetchIntervalMs ??
       (config.notifications ? NODE_DEFAULTS.fetchIntervalMs : NODE_DEFAULTS.fetchIntervalWithoutNotifyMs);
-    this.fetcher = new Loop({
-      name: 'fetcher',
-      runOnce: () => this.fetchOnce(),
-      delayMs: () => fetchIntervalMs,
+    this.fetcher = new Fetcher({
+      db: this.pool,
+      nodeId: this.id,
+      intervalMs: fetchIntervalMs,
+      deliver: (tasks) => this.accept(tasks),
+      stopping: () => this.phase === 'stopping',
       onError: onError('fetcher'),
       onSuccess: () => this.recovered('fetcher'),
     });
-    this.cancels = new Loop({
-      name: 'cancellations',
-      runOnce: () => this.checkCancellations(),
-      delayMs: () => config.heartbeatIntervalMs,
+    this.cancels = new Cancellations({
+      db: this.pool,
+      nodeId: this.id,
+      intervalMs: config.heartbeatIntervalMs,
+      cancel: (id) => this.cancelLocal(id),
       onError: onError('cancellations'),
       onSuccess: () => this.recovered('cancellations'),
     });
@@ -243,8 +241,11 @@ export class TaskmillNode extends EventEmitter<TaskmillNodeEvents> {
         nodeTimeoutMs: config.nodeTimeoutMs,
         nodeCpuLimit: p.nodeCpuLimit,
         wakeDebounceMs: p.wakeDebounceMs,
-        onPass: (pass) => this.emit('pass', pass),
-        local: { nodeId: this.id, deliver: (tasks) => this.accept(tasks) },
+        localNodeId: this.id,
+        onPass: (pass) => {
+          if (pass.startedLocally.length > 0) this.accept(pass.startedLocally);
+          this.emit('pass', pass);
+        },
         onError: onError('planner'),
       });
       this.cron = new Cron({
@@ -289,7 +290,7 @@ export class TaskmillNode extends EventEmitter<TaskmillNodeEvents> {
       });
       await this.listener.subscribe(CANCEL_CHANNEL, (payload, reconnected) => {
         if (reconnected) this.cancels.wake();
-        else if (payload.startsWith(`${this.id}:`)) this.cancelLocal(payload.slice(this.id.length + 1));
+        else this.cancels.notified(payload);
       });
       if (this.planner) {
         await this.listener.subscribe(PLANNER_CHANNEL, () => this.planner!.wake());
@@ -369,7 +370,7 @@ export class TaskmillNode extends EventEmitter<TaskmillNodeEvents> {
   private async shutdown(): Promise<void> {
     this.phase = 'stopping';
     const deadline = Date.now() + this.config.shutdownGraceMs;
-    await this.pool.query(`update tm_nodes set capacity = 0 where id = $1`, [this.id]).catch(() => {});
+    await closeNodeToNewTasks(this.pool, this.id).catch(() => {});
     await this.listener?.close();
     await this.planner?.stop();
     await this.maintenance?.stop();
@@ -406,17 +407,10 @@ export class TaskmillNode extends EventEmitter<TaskmillNodeEvents> {
     while (this.dispatcher.inFlight > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
   }
 
-  private async fetchOnce(): Promise<{ fetched: number }> {
-    if (this.phase === 'stopping') return { fetched: 0 };
-    const tasks = await fetchAssignedTasks(this.pool, this.id);
-    this.accept(tasks);
-    return { fetched: tasks.length };
-  }
-
   /** Tasks now running on this node (fetched, or delivered by the local planner). */
   private accept(tasks: FetchedTask[]): void {
     for (const task of tasks) {
-      if (task.cancel_requested) this.completer.fail(cancelledFailure(task));
+      if (task.cancelRequested) this.completer.fail(cancelledFailure(task));
       else this.mailboxes.push(task);
     }
     if (tasks.length > 0) this.pump();
@@ -453,52 +447,44 @@ export class TaskmillNode extends EventEmitter<TaskmillNodeEvents> {
     }
     this.mailboxes.release(task);
     this.pump();
-    if (outcome.kind === 'committed') {
-      // Exactly-once: committed in its worker thread; reported like a flush of one, for stats and metrics.
-      if (outcome.outcome !== 'stale') this.onFlush(committedFlush(task, outcome.outcome));
-      return;
+    const settlement = settle(outcome, this.defs.get(task.name), task, Date.now());
+    switch (settlement.action) {
+      case 'none':
+        // Exactly-once: committed in its worker thread; reported like a flush of one, for stats and metrics.
+        if (outcome.kind === 'committed' && outcome.outcome !== 'stale')
+          this.onFlush(committedFlush(task, outcome.outcome));
+        return;
+      case 'complete':
+        if (outcome.kind !== 'done') return;
+        this.completer.succeed({
+          id: task.id,
+          assignment: task.assignment,
+          result: outcome.result,
+          children: outcome.children,
+          joinMessages: outcome.joinMessages,
+          ifRejected: settlement.ifRejected,
+        });
+        return;
+      case 'hand-back':
+        this.handedBack.push(task.id);
+        return;
+      case 'fail': {
+        if (outcome.kind !== 'failed') return;
+        const { retryDelayMs, deadLetter, cancelled } = settlement;
+        this.log.debug(
+          { task: task.id, name: task.name, error: outcome.error.message, retryDelayMs },
+          'task failed',
+        );
+        this.completer.fail({
+          id: task.id,
+          assignment: task.assignment,
+          error: formatError(outcome.error),
+          retryDelayMs,
+          deadLetter,
+          cancelled,
+        });
+      }
     }
-    if (outcome.kind === 'done') {
-      this.completer.succeed({
-        id: task.id,
-        assignment: task.assignment,
-        result: outcome.result,
-        children: outcome.children,
-        joinMessages: outcome.joinMessages,
-        ifRejected: this.retryOf(task),
-      });
-      return;
-    }
-    if (outcome.reason === 'shutdown') {
-      this.handedBack.push(task.id);
-      return;
-    }
-    const def = this.defs.get(task.name);
-    const failures = task.attempt + 1;
-    const cancelled = outcome.reason === 'cancel';
-    const retryDelayMs =
-      outcome.stopRetry || !def
-        ? undefined
-        : nextRetryDelay(def.retry, failures, Date.now() - task.created_at.getTime());
-    this.log.debug(
-      { task: task.id, name: task.name, error: outcome.error.message, retryDelayMs },
-      'task failed',
-    );
-    this.completer.fail({
-      id: task.id,
-      assignment: task.assignment,
-      error: formatError(outcome.error),
-      retryDelayMs: retryDelayMs ?? null,
-      deadLetter: def?.deadLetter ?? true,
-      cancelled,
-    });
-  }
-
-  /** What a failed attempt of `task` would lead to, under its definition's retry policy. */
-  private retryOf(task: FetchedTask): Pick<Failure, 'retryDelayMs' | 'deadLetter'> {
-    const def = this.defs.get(task.name);
-    const delay = def && nextRetryDelay(def.retry, task.attempt + 1, Date.now() - task.created_at.getTime());
-    return { retryDelayMs: delay ?? null, deadLetter: def?.deadLetter ?? true };
   }
 
   private onFlush(result: FlushResult): void {
@@ -521,25 +507,14 @@ export class TaskmillNode extends EventEmitter<TaskmillNodeEvents> {
     this.dispatcher.abort(id, 'cancel');
   }
 
-  private async checkCancellations(): Promise<{ cancelled: number }> {
-    const ids = await cancelRequested(this.pool, this.id);
-    for (const id of ids) this.cancelLocal(id);
-    return { cancelled: ids.length };
-  }
-
   private async registerDefinitions(): Promise<void> {
-    const defs = [...this.defs.values()];
-    if (defs.length === 0) return;
-    await this.pool.query(
-      `insert into tm_task_defs (name, max_parallel_in_cluster, options)
-       select * from unnest($1::text[], $2::integer[], $3::jsonb[])
-       on conflict (name) do update set max_parallel_in_cluster = excluded.max_parallel_in_cluster,
-         options = excluded.options, updated_at = now()`,
-      [
-        defs.map((d) => d.name),
-        defs.map((d) => d.maxParallelInCluster ?? null),
-        defs.map((d) => JSON.stringify(definitionRecord(d))),
-      ],
+    await registerDefinitions(
+      this.pool,
+      [...this.defs.values()].map((d) => ({
+        name: d.name,
+        maxParallelInCluster: d.maxParallelInCluster ?? null,
+        options: definitionRecord(d),
+      })),
     );
   }
 
@@ -581,14 +556,23 @@ function committedFlush(task: FetchedTask, outcome: 'completed' | 'cancelled'): 
   };
 }
 
+/** A task cancelled before it started: settled like any cancelled attempt (never retried, recorded cancelled). */
 function cancelledFailure(task: FetchedTask): Failure {
+  const error = { name: 'TaskmillError', code: 'TASK_CANCELLED', message: 'cancelled before it started' };
+  const settlement = settle(
+    { kind: 'failed', error, stopRetry: false, reason: 'cancel' },
+    undefined,
+    task,
+    0,
+  );
+  if (settlement.action !== 'fail') throw new Error(`a cancellation settled as ${settlement.action}`);
   return {
     id: task.id,
     assignment: task.assignment,
-    error: 'TaskmillError [TASK_CANCELLED]: cancelled before it started',
-    retryDelayMs: null,
-    deadLetter: false,
-    cancelled: true,
+    error: formatError(error),
+    retryDelayMs: settlement.retryDelayMs,
+    deadLetter: settlement.deadLetter,
+    cancelled: settlement.cancelled,
   };
 }
 

@@ -14,8 +14,8 @@
  * terminated), so a command never outlives its task nor runs twice.
  */
 import { isMainThread, type MessagePort } from 'node:worker_threads';
-import type { NewTask } from './schedule-context.ts';
-import type { JoinMessage } from './task-store.ts';
+import type { NewTask } from '../task/schedule-context.ts';
+import type { JoinMessage } from '../store/tasks.ts';
 
 /** workerData of every thread: how to load each task the node runs. */
 export interface WorkerInit {
@@ -67,14 +67,19 @@ export interface SerializedError {
   code?: string;
 }
 
-/** What a task's run ended with, as the worker thread reports it. */
-export type WorkerOutcome =
-  | { type: 'done'; id: string; result: Uint8Array | null; children: NewTask[]; joinMessages: JoinMessage[] }
-  /** An exactly-once task committed its completion itself, in its own transaction. */
-  | { type: 'committed'; id: string; outcome: 'completed' | 'cancelled' }
-  /** An exactly-once task found itself reassigned (fenced out): its transaction was rolled back. */
-  | { type: 'stale'; id: string }
-  | { type: 'failed'; id: string; error: SerializedError; stopRetry: boolean };
+/**
+ * How a task's run ended: the one outcome type, from the worker thread through the dispatcher (which
+ * adds the task and why it was aborted, if it was) to settle() (task/settle.ts) and the completer.
+ */
+export type TaskOutcome =
+  | { kind: 'done'; result: Uint8Array | null; children: NewTask[]; joinMessages: JoinMessage[] }
+  /**
+   * An exactly-once task committed its completion itself, in its own transaction, or found itself
+   * reassigned (fenced out: 'stale') and rolled it back.
+   */
+  | { kind: 'committed'; outcome: 'completed' | 'cancelled' | 'stale' }
+  /** `stopRetry`: the handler's onFailure hook asked for no more attempts. */
+  | { kind: 'failed'; error: SerializedError; stopRetry: boolean };
 
 /** First message of every batch: which thread runs it (the main thread terminates it to hard-abort). */
 export interface BatchStarted {
@@ -83,7 +88,12 @@ export interface BatchStarted {
 }
 
 /** A task's outcome with the time its run took in the thread (decode, handler, encode, own commit). */
-export type WorkerEvent = WorkerOutcome & { runMs: number };
+export interface OutcomeMessage {
+  type: 'outcome';
+  id: string;
+  outcome: TaskOutcome;
+  runMs: number;
+}
 
 export type AbortReason = 'timeout' | 'cancel' | 'shutdown';
 
@@ -114,7 +124,7 @@ export interface ProcessGroupEvent {
 }
 
 /** Everything a worker thread posts on a batch port. */
-export type ThreadMessage = WorkerEvent | BatchStarted | Pong | ProcessGroupEvent;
+export type ThreadMessage = OutcomeMessage | BatchStarted | Pong | ProcessGroupEvent;
 
 /** Worker-thread side: the port of the batch running each task of this thread (worker.ts keeps it). */
 const taskPorts = new Map<string, MessagePort>();

@@ -14,7 +14,7 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { workerData } from 'node:worker_threads';
-import { TaskmillError, type TaskmillErrorCode } from './errors.ts';
+import { TaskmillError, type TaskmillErrorCode } from '../task/errors.ts';
 import { reportProcessGroup, type WorkerInit } from './protocol.ts';
 import { SHELL_DEFAULTS, resolveCommand, type ResolvedCommand, type ShellResult } from './shell-task.ts';
 import type { TaskContext } from './task-context.ts';

@@ -19,8 +19,8 @@
 import { accessSync, constants, statSync } from 'node:fs';
 import path from 'node:path';
 import { z } from 'zod';
-import { TaskmillError } from './errors.ts';
-import { defineTask, type TaskDefinition, type TaskDefinitionInput } from './task-definition.ts';
+import { TaskmillError } from '../task/errors.ts';
+import { defineTask, type TaskDefinition, type TaskDefinitionInput } from '../task/task-definition.ts';
 
 export const SHELL_TASK_NAME = 'taskmill.shell';
 /** The handler module of every shell task definition; how a node recognizes one. */

@@ -1,7 +1,7 @@
 /** What a handler receives besides its message. Lives in the worker thread. */
 import type pg from 'pg';
-import type { ScheduleContext } from './schedule-context.ts';
-import type { TaskDefinition } from './task-definition.ts';
+import type { ScheduleContext } from '../task/schedule-context.ts';
+import type { TaskDefinition } from '../task/task-definition.ts';
 
 export interface TaskContext {
   taskId: string;

@@ -7,9 +7,9 @@
  */
 import { threadId, workerData } from 'node:worker_threads';
 import pg from 'pg';
-import { checkout } from './checkout.ts';
-import { assertWithinLimit, decode, encode } from './codec.ts';
-import { TaskmillError } from './errors.ts';
+import { checkout } from '../store/checkout.ts';
+import { assertWithinLimit, decode, encode } from '../task/codec.ts';
+import { TaskmillError } from '../task/errors.ts';
 import {
   bindTaskPort,
   serializeError,
@@ -19,14 +19,14 @@ import {
   type BatchStarted,
   type BatchRequest,
   type TaskEnvelope,
-  type WorkerEvent,
-  type WorkerOutcome,
+  type OutcomeMessage,
+  type TaskOutcome,
   type WorkerInit,
 } from './protocol.ts';
-import { newTask, type NewTask } from './schedule-context.ts';
+import { newTask, type NewTask } from '../task/schedule-context.ts';
 import type { FailureHook, TaskContext, TaskHandler } from './task-context.ts';
-import { isTaskDefinition, type TaskDefinition } from './task-definition.ts';
-import { COMPLETE_SQL, completeParams, type JoinMessage } from './task-store.ts';
+import { isTaskDefinition, type TaskDefinition } from '../task/task-definition.ts';
+import { completeTasks, lockHeldTask, type JoinMessage } from '../store/tasks.ts';
 import { ConnectionClient } from './connections.ts';
 
 interface LoadedModule {
@@ -104,8 +104,13 @@ export default async function runBatch({ tasks, messages, port }: BatchRequest):
         runOne(task, bytes, controller.signal).then((outcome) => {
           controllers.delete(task.id);
           unbindTaskPort(task.id);
-          const event: WorkerEvent = { ...outcome, runMs: performance.now() - started };
-          port.postMessage(event);
+          const message: OutcomeMessage = {
+            type: 'outcome',
+            id: task.id,
+            outcome,
+            runMs: performance.now() - started,
+          };
+          port.postMessage(message);
         }),
       );
     }
@@ -132,7 +137,7 @@ function pool(): pg.Pool {
   return dbPool;
 }
 
-async function runOne(task: TaskEnvelope, bytes: Uint8Array, signal: AbortSignal): Promise<WorkerOutcome> {
+async function runOne(task: TaskEnvelope, bytes: Uint8Array, signal: AbortSignal): Promise<TaskOutcome> {
   const children: NewTask[] = [];
   const joinMessages: JoinMessage[] = [];
   const inherited = {
@@ -201,24 +206,25 @@ async function runOne(task: TaskEnvelope, bytes: Uint8Array, signal: AbortSignal
     const value = await mod.handler(message, ctx);
     throwIfAbortedForGood(signal);
     const result = value === undefined ? null : encode(value, 'result', maxResultBytes);
-    return { type: 'done', id: task.id, result, children, joinMessages };
+    return { kind: 'done', result, children, joinMessages };
   } catch (error) {
-    let stopRetry = error instanceof TaskmillError && error.code === 'TASK_CANCELLED';
+    // Whether the error stops the retries is decided by settle() (task/settle.ts); onFailure can only
+    // ask for no more attempts.
+    let stopRetry = false;
     try {
       if (mod?.onFailure?.(error, message, ctx) === false) stopRetry = true;
     } catch {
       // A throwing onFailure hook does not change the outcome: the original error is reported.
     }
-    return { type: 'failed', id: task.id, error: serializeError(error), stopRetry };
+    return { kind: 'failed', error: serializeError(error), stopRetry };
   }
 }
 
 /**
- * Exactly-once: check the task is still ours (node and assignment) under a KEY SHARE lock, run the
- * handler with the transaction's client, and commit its completion, children and join messages in
- * that same transaction; tm_complete fences again at commit. KEY SHARE does not block cancellation
- * requests or dead-node recovery (plain updates); a task taken back meanwhile fails the fence and
- * everything rolls back. A crash leaves nothing behind.
+ * Exactly-once: check the task is still ours (node and assignment) under a KEY SHARE lock
+ * (lockHeldTask), run the handler with the transaction's client, and commit its completion, children
+ * and join messages in that same transaction; tm_complete fences again at commit. A task taken back
+ * meanwhile fails the fence and everything rolls back. A crash leaves nothing behind.
  */
 async function runExactlyOnce(
   task: TaskEnvelope,
@@ -227,7 +233,7 @@ async function runExactlyOnce(
   ctx: TaskContext,
   children: NewTask[],
   joinMessages: JoinMessage[],
-): Promise<WorkerOutcome> {
+): Promise<TaskOutcome> {
   // checkout(): a connection that breaks while the handler holds it fails this task (its query rejects)
   // instead of ending the thread, and is destroyed rather than returned to the pool.
   const { client, release } = await checkout(pool());
@@ -235,41 +241,31 @@ async function runExactlyOnce(
   try {
     await client.query('begin');
     open = true;
-    const lock = await client.query(
-      `select 1 from tm_tasks where id = $1 and assignment = $2 and node_id = $3 and state = 'running' for key share`,
-      [task.id, task.assignment, init.nodeId],
-    );
-    if (lock.rowCount === 0) {
+    if (!(await lockHeldTask(client, init.nodeId, task.id, task.assignment))) {
       await client.query('rollback');
       open = false;
-      return { type: 'stale', id: task.id };
+      return { kind: 'committed', outcome: 'stale' };
     }
     ctx.db = client;
     const value = await mod.handler(message, ctx);
     throwIfAbortedForGood(ctx.signal);
     const result = value === undefined ? null : encode(value, 'result', maxResultBytes);
-    const done = await client.query(
-      COMPLETE_SQL,
-      completeParams(init.nodeId, [
-        { id: task.id, assignment: task.assignment, result, children, joinMessages },
-      ]),
-    );
-    if (done.rowCount !== 1) throw new Error(`exactly-once completion of ${task.id} was not accepted`);
+    const done = await completeTasks(client, init.nodeId, [
+      { id: task.id, assignment: task.assignment, result, children, joinMessages },
+    ]);
+    if (done.length !== 1) throw new Error(`exactly-once completion of ${task.id} was not accepted`);
     // A cancellation that arrived first wins: the row ends cancelled and the handler's writes are undone.
-    if (done.rows[0].outcome === 'cancelled') {
+    if (done[0].outcome === 'cancelled') {
       await client.query('rollback');
       open = false;
-      await pool().query(
-        COMPLETE_SQL,
-        completeParams(init.nodeId, [
-          { id: task.id, assignment: task.assignment, result: null, children: [], joinMessages: [] },
-        ]),
-      );
-      return { type: 'committed', id: task.id, outcome: 'cancelled' };
+      await completeTasks(pool(), init.nodeId, [
+        { id: task.id, assignment: task.assignment, result: null, children: [], joinMessages: [] },
+      ]);
+      return { kind: 'committed', outcome: 'cancelled' };
     }
     await client.query('commit');
     open = false;
-    return { type: 'committed', id: task.id, outcome: 'completed' };
+    return { kind: 'committed', outcome: 'completed' };
   } finally {
     ctx.db = undefined;
     let destroy = false;

@@ -4,9 +4,9 @@
  * history or the dead-letter table.
  */
 import type pg from 'pg';
-import { TaskmillError } from './errors.ts';
-import { isUuid } from './schedule-context.ts';
-import { cancelTasks, type Queryable } from './task-store.ts';
+import { TaskmillError } from '../task/errors.ts';
+import { isUuid } from '../task/schedule-context.ts';
+import { cancelTasks, countWorkflowTasks, uncancelledWorkflowTasks, type Queryable } from '../store/tasks.ts';
 
 export interface WorkflowStatus {
   id: string;
@@ -28,12 +28,7 @@ export interface WorkflowStatus {
 export async function workflowStatus(db: Queryable, id: string): Promise<WorkflowStatus | undefined> {
   if (!isUuid(id))
     throw new TaskmillError('INVALID_ARGUMENT', `Workflow id must be a UUID, got ${JSON.stringify(id)}.`);
-  const { rows } = await db.query<{ state: string; n: number }>(
-    `select state, count(*)::int as n from tm_tasks where workflow_id = $1 group by state
-     union all select state, count(*)::int from tm_history where workflow_id = $1 group by state
-     union all select 'dead', count(*)::int from tm_dead_letters where workflow_id = $1 having count(*) > 0`,
-    [id],
-  );
+  const rows = await countWorkflowTasks(db, id);
   if (rows.length === 0) return undefined;
   const status: WorkflowStatus = {
     id,
@@ -88,15 +83,9 @@ export async function cancelWorkflow(
   const total = { cancelled: 0, requested: 0 };
   // Tasks completing meanwhile may add children; repeat until nothing new is left to cancel.
   for (let round = 0; round < 100; round++) {
-    const { rows } = await db.query<{ id: string }>(
-      `select id from tm_tasks where workflow_id = $1 and not cancel_requested`,
-      [id],
-    );
-    if (rows.length === 0) break;
-    for (const r of await cancelTasks(
-      db,
-      rows.map((row) => row.id),
-    )) {
+    const ids = await uncancelledWorkflowTasks(db, id);
+    if (ids.length === 0) break;
+    for (const r of await cancelTasks(db, ids)) {
       total[r.outcome]++;
     }
   }

@@ -27,9 +27,10 @@ import { hostname } from 'node:os';
 import { pathToFileURL } from 'node:url';
 import path from 'node:path';
 import pg from 'pg';
-import { taskDefinitionsOf } from '../cli/task-modules.ts';
+import { taskDefinitionsOf } from '../task/task-definition.ts';
 import { startNode, type NodeOptions } from '../runtime/index.ts';
 import { LOCAL_CLUSTER_DEFAULTS, NO_NODE_EXIT_CODE, type RegisteredMessage } from './local-cluster.ts';
+import { findNodeStartedSince } from '../store/nodes.ts';
 
 const REGISTER_POLL_MS = 100;
 
@@ -145,13 +146,8 @@ async function awaitRegistration(): Promise<void> {
   const deadline = Date.now() + registerTimeoutMs;
   try {
     for (;;) {
-      const { rows } = await pool
-        .query<{ id: string; name: string }>(
-          `select id, name from tm_nodes where name = any($1) and started_at >= $2 order by started_at limit 1`,
-          [names, since],
-        )
-        .catch(() => ({ rows: [] }));
-      if (rows[0]) return report(rows[0].id, rows[0].name);
+      const node = await findNodeStartedSince(pool, names, since).catch(() => undefined);
+      if (node) return report(node.id, node.name);
       if (Date.now() >= deadline) break;
       await new Promise((resolve) => setTimeout(resolve, REGISTER_POLL_MS));
     }

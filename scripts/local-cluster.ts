@@ -45,7 +45,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Command, InvalidArgumentError } from 'commander';
 import type { DatabaseHandle, EmbeddedOptions } from '../runtime/database.ts';
-import { TaskmillError } from '../runtime/errors.ts';
+import { TaskmillError } from '../task/errors.ts';
 
 export const LOCAL_CLUSTER_DEFAULTS = {
   /** SIGTERM to SIGKILL; above a node's default shutdownGraceMs (10 s) so it can finish in-flight tasks. */

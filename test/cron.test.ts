@@ -9,7 +9,7 @@ import {
   type CronOptionInput,
 } from '../planner/cron.ts';
 import { TaskmillClient, decode, defineTask, type TaskDefinition } from '../runtime/index.ts';
-import { definitionRecord } from '../runtime/task-definition.ts';
+import { definitionRecord } from '../task/task-definition.ts';
 import { buildHttpApp, startHttpServer } from '../http/server.ts';
 import { runCli } from '../cli/main.ts';
 import { count, createTestDatabase, until, type TestDatabase } from './helpers/database.ts';

@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, expect, it } from 'vitest';
-import { releaseDanglingWaits } from '../planner/dangling-waits.ts';
+import { releaseDanglingWaits } from '../store/waits.ts';
 import { count, createTestDatabase, type TestDatabase } from './helpers/database.ts';
 import { insertTask } from './helpers/factory.ts';
 

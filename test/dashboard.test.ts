@@ -8,7 +8,7 @@ import type { TaskmillNode } from '../runtime/index.ts';
 import * as defs from './fixtures/definitions.ts';
 import { launchChromium } from './helpers/browser.ts';
 import { insertTask } from './helpers/factory.ts';
-import { DEPTH_STATES } from '../runtime/task-states.ts';
+import { DEPTH_STATES } from '../task/task-states.ts';
 import { count, createTestDatabase, until, type TestDatabase } from './helpers/database.ts';
 import { runningNodes, startTestNode, stopAllNodes } from './helpers/nodes.ts';
 

@@ -10,7 +10,7 @@ import {
   requeueDeadLetters,
   type TaskmillNode,
 } from '../runtime/index.ts';
-import { PLANNER_CHANNEL } from '../runtime/task-store.ts';
+import { PLANNER_CHANNEL } from '../store/channels.ts';
 import * as defs from './fixtures/definitions.ts';
 import { count, createTestDatabase, until, type TestDatabase } from './helpers/database.ts';
 import { runningNodes, startTestNode, stopAllNodes } from './helpers/nodes.ts';

@@ -5,7 +5,7 @@ import { buildHttpApp, startHttpServer, type HttpServer } from '../http/server.t
 import { checkBinding, parseAllowedHosts } from '../http/auth.ts';
 import { SubmitBatcher } from '../http/submit-batcher.ts';
 import type { TaskmillClient } from '../runtime/client.ts';
-import type { ScheduleContext } from '../runtime/schedule-context.ts';
+import type { ScheduleContext } from '../task/schedule-context.ts';
 import { createLogger } from '../runtime/logger.ts';
 import type { TaskmillNode } from '../runtime/index.ts';
 import { count, createTestDatabase, until, type TestDatabase } from './helpers/database.ts';

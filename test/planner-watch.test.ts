@@ -4,7 +4,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { renderStatus } from '../cli/commands/status.ts';
-import { clusterStats } from '../runtime/inspect.ts';
+import { clusterStats } from '../store/inspect.ts';
 import { PlannerWatch } from '../planner/planner-watch.ts';
 import { createTestDatabase, until, type TestDatabase } from './helpers/database.ts';
 import { runningNodes, startTestNode, stopAllNodes } from './helpers/nodes.ts';

@@ -5,8 +5,8 @@
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { Maintenance, nodeDiedError, recoverDeadNodes } from '../planner/maintenance.ts';
 import { Planner } from '../planner/planner.ts';
-import { newTask } from '../runtime/schedule-context.ts';
-import { completeTasks, failTasks, type Failure, type Success } from '../runtime/task-store.ts';
+import { newTask } from '../task/schedule-context.ts';
+import { completeTasks, failTasks, type Failure, type Success } from '../store/tasks.ts';
 import * as defs from './fixtures/definitions.ts';
 import { count, createTestDatabase, type TestDatabase } from './helpers/database.ts';
 import { heldIds, insertNode, insertTask, insertTasks, taskStates } from './helpers/factory.ts';

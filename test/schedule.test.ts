@@ -4,7 +4,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { TaskmillClient, defineTask, startNode, type NodeOptions } from '../runtime/index.ts';
 import { v7 as uuidv7 } from 'uuid';
-import { SCHEDULE_LIMITS, type ScheduleContext } from '../runtime/schedule-context.ts';
+import { SCHEDULE_LIMITS, type ScheduleContext } from '../task/schedule-context.ts';
 import * as defs from './fixtures/definitions.ts';
 import { count, createTestDatabase, type TestDatabase } from './helpers/database.ts';
 import { FAST } from './helpers/nodes.ts';

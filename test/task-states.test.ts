@@ -1,7 +1,7 @@
 /**
  * One vocabulary of task states on every surface: the library (getTask, listTasks, clusterStats), the
  * CLI, the HTTP API and its OpenAPI document, the metrics and the dashboard all use TASK_STATES /
- * DEPTH_STATES of runtime/task-states.ts, and derive `delayed` and `retrying` from the rows by one rule.
+ * DEPTH_STATES of task/task-states.ts, and derive `delayed` and `retrying` from the rows by one rule.
  */
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
@@ -11,9 +11,9 @@ import { runCli } from '../cli/main.ts';
 import { renderStatus } from '../cli/commands/status.ts';
 import { buildHttpApp } from '../http/server.ts';
 import { TaskmillClient } from '../runtime/client.ts';
-import { clusterStats, listTasks } from '../runtime/inspect.ts';
+import { clusterStats, listTasks } from '../store/inspect.ts';
 import { createLogger } from '../runtime/logger.ts';
-import { DEFAULT_RETRY_POLICY, type RetryPolicy } from '../runtime/retry-policy.ts';
+import { DEFAULT_RETRY_POLICY, type RetryPolicy } from '../task/retry-policy.ts';
 import {
   DEPTH_STATES,
   PENDING_STATES,
@@ -22,7 +22,7 @@ import {
   retryOutlook,
   visibleState,
   type TaskStatus,
-} from '../runtime/task-states.ts';
+} from '../task/task-states.ts';
 import { createTestDatabase, type TestDatabase } from './helpers/database.ts';
 import { insertTask } from './helpers/factory.ts';
 

@@ -3,8 +3,8 @@ import { describe, expect, it } from 'vitest';
 import { assignTasks, type Candidate, type NodeSlots } from '../planner/assignment.ts';
 import { pollingDelayFor, validatePollingDelay } from '../planner/polling-delay.ts';
 import { Mailboxes, type MailboxTask } from '../runtime/mailboxes.ts';
-import { DEFAULT_RETRY_POLICY, nextRetryDelay, retryPolicySchema } from '../runtime/retry-policy.ts';
-import { TaskmillError } from '../runtime/errors.ts';
+import { DEFAULT_RETRY_POLICY, nextRetryDelay, retryPolicySchema } from '../task/retry-policy.ts';
+import { TaskmillError } from '../task/errors.ts';
 
 let next = 0;
 function task(over: Partial<MailboxTask> = {}): MailboxTask {
@@ -12,10 +12,10 @@ function task(over: Partial<MailboxTask> = {}): MailboxTask {
   return {
     id: `t${next}`,
     name: 'noop',
-    workflow_id: 'w',
-    affinity_group: null,
+    workflowId: 'w',
+    affinityGroup: null,
     affinity: null,
-    strict_affinity: false,
+    strictAffinity: false,
     ...over,
   };
 }
@@ -24,8 +24,8 @@ const ids = (tasks: MailboxTask[]) => tasks.map((t) => t.id);
 describe('Mailboxes', () => {
   it('lets a strict key out one task at a time, in arrival order', () => {
     const boxes = new Mailboxes();
-    const key = { affinity_group: 'g', affinity: 'k', strict_affinity: true };
-    const tasks = [1, 2, 3].map(() => task({ ...key, workflow_id: 'w' }));
+    const key = { affinityGroup: 'g', affinity: 'k', strictAffinity: true };
+    const tasks = [1, 2, 3].map(() => task({ ...key, workflowId: 'w' }));
     for (const t of tasks) boxes.push(t);
     expect(boxes.size).toBe(3);
 
@@ -40,8 +40,8 @@ describe('Mailboxes', () => {
 
   it('never puts two tasks of one strict key in one take, whatever else is queued', () => {
     const boxes = new Mailboxes();
-    const a = [1, 2].map(() => task({ affinity_group: '', affinity: 'a', strict_affinity: true }));
-    const b = [1, 2].map(() => task({ affinity_group: '', affinity: 'b', strict_affinity: true }));
+    const a = [1, 2].map(() => task({ affinityGroup: '', affinity: 'a', strictAffinity: true }));
+    const b = [1, 2].map(() => task({ affinityGroup: '', affinity: 'b', strictAffinity: true }));
     const free = [1, 2].map(() => task());
     for (const t of [...a, ...b, ...free]) boxes.push(t);
     const out = boxes.take(100);
@@ -50,9 +50,9 @@ describe('Mailboxes', () => {
 
   it('lets one workflow of a key out together, and the next only once it has all been released', () => {
     const boxes = new Mailboxes();
-    const key = { affinity_group: 'g', affinity: 'k' };
-    const w1 = [1, 2, 3].map(() => task({ ...key, workflow_id: 'w1' }));
-    const w2 = [1, 2].map(() => task({ ...key, workflow_id: 'w2' }));
+    const key = { affinityGroup: 'g', affinity: 'k' };
+    const w1 = [1, 2, 3].map(() => task({ ...key, workflowId: 'w1' }));
+    const w2 = [1, 2].map(() => task({ ...key, workflowId: 'w2' }));
     for (const t of [...w1, ...w2]) boxes.push(t);
 
     const first = boxes.take(100);
@@ -66,15 +66,15 @@ describe('Mailboxes', () => {
 
   it('lets a later task of the running workflow join it, but not one behind another workflow', () => {
     const boxes = new Mailboxes();
-    const key = { affinity_group: 'g', affinity: 'k' };
-    const a = task({ ...key, workflow_id: 'w1' });
+    const key = { affinityGroup: 'g', affinity: 'k' };
+    const a = task({ ...key, workflowId: 'w1' });
     boxes.push(a);
     expect(ids(boxes.take(10))).toEqual([a.id]);
-    const sameWorkflow = task({ ...key, workflow_id: 'w1' });
+    const sameWorkflow = task({ ...key, workflowId: 'w1' });
     boxes.push(sameWorkflow);
     expect(ids(boxes.take(10))).toEqual([sameWorkflow.id]);
-    const other = task({ ...key, workflow_id: 'w2' });
-    const behind = task({ ...key, workflow_id: 'w1' });
+    const other = task({ ...key, workflowId: 'w2' });
+    const behind = task({ ...key, workflowId: 'w1' });
     boxes.push(other);
     boxes.push(behind);
     // FIFO within the key: the w1 task queued behind w2 waits too.
@@ -87,7 +87,7 @@ describe('Mailboxes', () => {
   it('respects the per-name limit (maxParallelInNode) for keyed and keyless tasks', () => {
     const boxes = new Mailboxes((name) => (name === 'limited' ? 2 : undefined));
     const free = [1, 2, 3, 4].map(() => task({ name: 'limited' }));
-    const keyed = task({ name: 'limited', affinity_group: '', affinity: 'x' });
+    const keyed = task({ name: 'limited', affinityGroup: '', affinity: 'x' });
     for (const t of [...free, keyed]) boxes.push(t);
     const out = boxes.take(100);
     expect(out).toHaveLength(2);
@@ -103,7 +103,7 @@ describe('Mailboxes', () => {
   it('takes no more than asked', () => {
     const boxes = new Mailboxes();
     for (let i = 0; i < 10; i++)
-      boxes.push(task({ affinity_group: '', affinity: `k${i % 3}`, workflow_id: `w${i % 3}` }));
+      boxes.push(task({ affinityGroup: '', affinity: `k${i % 3}`, workflowId: `w${i % 3}` }));
     for (let i = 0; i < 5; i++) boxes.push(task());
     expect(boxes.take(4)).toHaveLength(4);
     expect(boxes.size).toBe(11);
@@ -111,7 +111,7 @@ describe('Mailboxes', () => {
 
   it('drain() empties every queue and remove() takes out one waiting task', () => {
     const boxes = new Mailboxes();
-    const strict = { affinity_group: '', affinity: 'k', strict_affinity: true };
+    const strict = { affinityGroup: '', affinity: 'k', strictAffinity: true };
     const running = task(strict);
     const queued = task(strict);
     const free = [task(), task()];
@@ -137,7 +137,7 @@ describe('Mailboxes', () => {
 
   it('remove() of a strict head lets the next task of the key out', () => {
     const boxes = new Mailboxes();
-    const strict = { affinity_group: '', affinity: 'k', strict_affinity: true };
+    const strict = { affinityGroup: '', affinity: 'k', strictAffinity: true };
     const head = task(strict);
     const second = task(strict);
     boxes.push(head);

@@ -5,7 +5,7 @@
  */
 import type pg from 'pg';
 import { TaskmillClient } from '../../runtime/index.ts';
-import { newTask } from '../../runtime/schedule-context.ts';
+import { newTask } from '../../task/schedule-context.ts';
 import { ServerUsageMeter, type ServerUsage } from '../bench-database.ts';
 import { BenchCluster, type NodeReport } from '../cluster.ts';
 import type { NodeKnobs } from '../node-options.ts';

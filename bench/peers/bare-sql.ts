@@ -1,14 +1,15 @@
 /**
- * The ceiling: taskmill's own claim and completion statements (planner/planner.ts CLAIM_READY_TASKS,
- * runtime/task-store.ts completeTasks) driven by plain loops, with no planner, node, threads or
+ * The ceiling: taskmill's own claim and completion statements (store/assignments.ts CLAIM_READY_TASKS,
+ * store/tasks.ts completeTasks) driven by plain loops, with no planner, node, threads or
  * completer around them. Each loop claims a batch with FOR UPDATE SKIP LOCKED, marks it running and
  * completes it (delete from the hot table, insert into history) in the next statement.
  * Latency: a LISTEN on the planner channel triggers the claim, the "handler" starts when it returns.
  */
 import { randomUUID } from 'node:crypto';
 import pg from 'pg';
-import { CLAIM_READY_TASKS } from '../../planner/planner.ts';
-import { completeTasks, PLANNER_CHANNEL } from '../../runtime/task-store.ts';
+import { CLAIM_READY_TASKS } from '../../store/assignments.ts';
+import { PLANNER_CHANNEL } from '../../store/channels.ts';
+import { completeTasks } from '../../store/tasks.ts';
 import { TaskmillClient } from '../../runtime/index.ts';
 import { analyze } from '../bench-database.ts';
 import { preInsert } from '../flat/measure.ts';

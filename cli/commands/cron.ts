@@ -1,11 +1,11 @@
-/** `taskmill cron list|remove`: the crons the planner leader runs (planner/cron-table.ts). */
+/** `taskmill cron list|remove`: the crons the planner leader runs (store/crons.ts). */
 import type { Command } from 'commander';
 import { withPool } from '../database-url.ts';
 import { print, table } from '../output.ts';
 import type { CommandContext } from '../main.ts';
 
 /** Loaded on use, so that other commands start without it. */
-const cronTable = () => import('../../planner/cron-table.ts');
+const cronTable = () => import('../../store/crons.ts');
 
 export function registerCronCommands(program: Command, ctx: CommandContext): void {
   const cmd = program.command('cron').description('List crons, or remove one whose definition is gone');

@@ -1,13 +1,13 @@
-/** `taskmill dlt list|show|requeue|purge`: the dead-letter table (runtime/dead-letters.ts). */
+/** `taskmill dlt list|show|requeue|purge`: the dead-letter table (store/dead-letters.ts). */
 import type { Command } from 'commander';
-import type { PurgeSelector, RequeueSelector } from '../../runtime/dead-letters.ts';
+import type { PurgeSelector, RequeueSelector } from '../../store/dead-letters.ts';
 import { toJson } from '../../http/to-json.ts';
 import { withPool } from '../database-url.ts';
 import { CliError, EXIT, intOption, print, table } from '../output.ts';
 import type { CommandContext } from '../main.ts';
 
 /** Loaded on use, so that other commands start without it. */
-const deadLetters = () => import('../../runtime/dead-letters.ts');
+const deadLetters = () => import('../../store/dead-letters.ts');
 
 export function registerDltCommands(program: Command, ctx: CommandContext): void {
   const cmd = program.command('dlt').description('Dead letters: tasks that failed every attempt');

@@ -1,6 +1,6 @@
 /** `taskmill schedule <name>`: schedules tasks by name (the name must be registered by a node). */
 import type { Command } from 'commander';
-import type { ScheduleContext } from '../../runtime/schedule-context.ts';
+import type { ScheduleContext } from '../../task/schedule-context.ts';
 import { withPool } from '../database-url.ts';
 import { CliError, EXIT, intOption, print } from '../output.ts';
 import type { CommandContext } from '../main.ts';

@@ -1,7 +1,7 @@
 /** `taskmill status`: nodes, leader, queue depths by state and task, throughput, recent failures. */
 import type { Command } from 'commander';
-import { clusterStats, type ClusterStats } from '../../runtime/inspect.ts';
-import { DEPTH_STATES } from '../../runtime/task-states.ts';
+import { clusterStats, type ClusterStats } from '../../store/inspect.ts';
+import { DEPTH_STATES } from '../../task/task-states.ts';
 import { withPool } from '../database-url.ts';
 import { intOption, print, table } from '../output.ts';
 import type { CommandContext } from '../main.ts';

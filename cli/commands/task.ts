@@ -1,14 +1,14 @@
 /** `taskmill task show|cancel|list`. */
 import type { Command } from 'commander';
 import type pg from 'pg';
-import { TaskmillError } from '../../runtime/errors.ts';
-import { listTasks, type TaskPage } from '../../runtime/inspect.ts';
+import { TaskmillError } from '../../task/errors.ts';
+import { listTasks, type TaskPage } from '../../store/inspect.ts';
 import {
   describeRetryPolicy,
   TASK_STATES,
   type RetryOutlook,
   type TaskStatus,
-} from '../../runtime/task-states.ts';
+} from '../../task/task-states.ts';
 import { toJson } from '../../http/to-json.ts';
 import { withPool } from '../database-url.ts';
 import { intOption, print, table } from '../output.ts';

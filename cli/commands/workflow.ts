@@ -1,6 +1,6 @@
 /** `taskmill workflow show|cancel|wait` (runtime/workflows.ts). */
 import type { Command } from 'commander';
-import { TaskmillError } from '../../runtime/errors.ts';
+import { TaskmillError } from '../../task/errors.ts';
 import {
   cancelWorkflow,
   waitForWorkflow,

@@ -4,7 +4,7 @@
  * the task that produced them, with a clear error.
  */
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { decode, encode } from '../../runtime/codec.ts';
+import { decode, encode } from '../../task/codec.ts';
 import type { TaskmillNode } from '../../runtime/index.ts';
 import { count, createTestDatabase, until, type TestDatabase } from '../helpers/database.ts';
 import { runningNodes, startTestNode, stopAllNodes } from '../helpers/nodes.ts';

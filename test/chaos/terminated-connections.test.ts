@@ -10,7 +10,7 @@ import { inject } from 'vitest';
 import { startHttpServer } from '../../http/server.ts';
 import { recoverDeadNodes } from '../../planner/maintenance.ts';
 import { Planner } from '../../planner/planner.ts';
-import { checkout } from '../../runtime/checkout.ts';
+import { checkout } from '../../store/checkout.ts';
 import { TaskmillClient } from '../../runtime/index.ts';
 import * as defs from '../fixtures/definitions.ts';
 import { deposit } from '../fixtures/workflow-definitions.ts';

@@ -5,7 +5,7 @@
  */
 import type pg from 'pg';
 import { v4 as uuidv4, v7 as uuidv7 } from 'uuid';
-import { encode } from '../../runtime/codec.ts';
+import { encode } from '../../task/codec.ts';
 
 type Db = Pick<pg.Pool, 'query'>;
 

@@ -4,7 +4,7 @@
  * after a refused request show that it wrote nothing.
  */
 import type pg from 'pg';
-import { definitionRecord, type TaskDefinition } from '../../runtime/task-definition.ts';
+import { definitionRecord, type TaskDefinition } from '../../task/task-definition.ts';
 
 const TABLES = [
   'tm_tasks',

@@ -9,11 +9,11 @@
  */
 import type pg from 'pg';
 import { inTransaction } from './checkout.ts';
-import { decode } from './codec.ts';
-import { TaskmillError, isUndefinedTable, notMigratedError } from './errors.ts';
-import { isUuid } from './schedule-context.ts';
-import { TASK_NAME_PATTERN } from './task-definition.ts';
-import { PLANNER_CHANNEL } from './task-store.ts';
+import { decode } from '../task/codec.ts';
+import { TaskmillError, isUndefinedTable, notMigratedError } from '../task/errors.ts';
+import { isUuid } from '../task/schedule-context.ts';
+import { TASK_NAME_PATTERN } from '../task/task-definition.ts';
+import { wakePlanner } from './channels.ts';
 
 type Db = Pick<pg.Pool, 'query' | 'connect'>;
 
@@ -120,17 +120,20 @@ export async function requeueDeadLetters(db: Db, selector: RequeueSelector): Pro
   const requeued = await transaction(db, async (client) => {
     if ('ids' in selector) await lockAll(client, selector.ids);
     const { rows } = await client.query<{ id: string }>(
-      `with moved as (delete from tm_dead_letters d where ${where.sql} returning d.*)
-       insert into tm_tasks (id, name, workflow_id, workflow_created_at, parent_id, affinity_group, affinity,
-         strict_affinity, message, priority, not_before, state, attempt, created_at)
-       select m.id, m.name, m.workflow_id,
-         coalesce((select min(w.workflow_created_at) from tm_tasks w where w.workflow_id = m.workflow_id), now()),
-         m.parent_id, m.affinity_group, m.affinity, m.strict_affinity, m.message, m.priority, now(), 'ready', 0, now()
-       from moved m order by m.id
-       returning id`,
+      `with moved as (delete from tm_dead_letters d where ${where.sql} returning d.*),
+       a as (select array_agg(m.id order by m.id) as id, array_agg(m.name order by m.id) as name,
+         array_agg(m.workflow_id order by m.id) as workflow_id, array_agg(m.parent_id order by m.id) as parent_id,
+         array_agg(m.affinity_group order by m.id) as affinity_group, array_agg(m.affinity order by m.id) as affinity,
+         array_agg(m.strict_affinity order by m.id) as strict, array_agg(m.message order by m.id) as message,
+         array_agg(m.priority order by m.id) as priority, count(*)::int as n
+         from moved m)
+       select k.id from a, tm_insert_tasks(a.id, a.name, a.workflow_id, array_fill(null::timestamptz, array[a.n]),
+         array_fill(true, array[a.n]), a.parent_id, a.affinity_group, a.affinity, a.strict, a.message, a.priority,
+         array_fill(0::float8, array[a.n]), array_fill(null::timestamptz, array[a.n]),
+         array_fill('ready'::text, array[a.n])) as k(id)`,
       where.params,
     );
-    if (rows.length > 0) await client.query(`select pg_notify('${PLANNER_CHANNEL}', '')`);
+    if (rows.length > 0) await wakePlanner(client);
     return rows.map((r) => r.id);
   });
   return { requeued };

@@ -15,7 +15,7 @@ import {
   type RetryPolicy,
   type RetryPolicyInput,
 } from './retry-policy.ts';
-import { cronOptionSchema, type CronOption, type CronOptionInput } from '../planner/cron.ts';
+import { cronOptionSchema, type CronOption, type CronOptionInput } from './cron-option.ts';
 
 export type ExecutionGuarantee = 'at-least-once' | 'exactly-once';
 /** `workflow`: one workflow at a time per key, its tasks in parallel. `strict`: one task at a time per key. */
@@ -106,7 +106,7 @@ function handlerUrl(handler: URL | string): string {
   if (!path.isAbsolute(handler)) {
     throw new TaskmillError(
       'INVALID_CONFIG',
-      `Task handler ${JSON.stringify(handler)} must be a file URL or an absolute path, e.g. new URL('./handler.ts', import.meta.url).`,
+      `Task handler ${JSON.stringify(handler)} must be a file URL or an absolute path, e.g. new URL('../runtime/handler.ts', import.meta.url).`,
     );
   }
   return pathToFileURL(handler).href;
@@ -136,4 +136,16 @@ export function assertHandlerExists(def: TaskDefinition): void {
 export function definitionRecord(def: TaskDefinition): Record<string, unknown> {
   const { name: _name, __types: _t, ...rest } = def;
   return rest;
+}
+
+/**
+ * The task definitions a loaded module exports: named exports, the default export, and arrays of them.
+ * The one rule of what a tasks module is, shared by `taskmill node --tasks` and the node processes of
+ * `taskmill cluster` (scripts/local-cluster-node.ts); cli/task-modules.ts loads the modules.
+ */
+export function taskDefinitionsOf(module: Record<string, unknown>): TaskDefinition[] {
+  const defs = Object.values(module)
+    .flatMap((value) => (Array.isArray(value) ? value : [value]))
+    .filter(isTaskDefinition);
+  return [...new Set(defs)];
 }

@@ -61,13 +61,14 @@ export function isTaskStatus(value: unknown): value is TaskStatus {
 }
 
 /**
- * SQL for the visible state of a tm_tasks row (`prefix` is the table alias with its dot, if any).
+ * SQL for the visible state of a tm_tasks row (`prefix` is the table alias with its dot, if any;
+ * `attempts` the name of its attempt column: `attempts` in tm_any_task).
  * Compared with now(), so every reader of one database agrees.
  */
-export function visibleStateSql(prefix = ''): string {
+export function visibleStateSql(prefix = '', attempts = 'attempt'): string {
   const p = prefix;
   return `(case when ${p}state = 'ready' and ${p}not_before > now()
-      then case when ${p}attempt > 0 then 'retrying' else 'delayed' end else ${p}state end)`;
+      then case when ${p}${attempts} > 0 then 'retrying' else 'delayed' end else ${p}state end)`;
 }
 
 /** The visible state of a stored one, the same rule as visibleStateSql. */

@@ -1,27 +1,35 @@
 /**
- * Every statement the runtime runs on tm_tasks, tm_history and tm_dead_letters, named by what it
- * does. Many rows travel as parallel arrays through `unnest`, so a batch is one statement and one
- * round trip whatever its size. Completions are fenced: a row is changed only while it is still
- * assigned to the completing node under the same assignment number.
+ * Every statement the runtime runs on tm_tasks and the ends of a task (history, dead letters through
+ * tm_fail), named by what it does. Many rows travel as parallel arrays through `unnest`, so a batch is
+ * one statement and one round trip whatever its size. The insert of new tasks is tm_insert_tasks and
+ * the fence check tm_fenced (migrations/005), each used here and by the plpgsql functions alike.
+ * Completions are fenced: a row is changed only while it is still assigned to the completing node
+ * under the same assignment number.
  */
-import type pg from 'pg';
-import type { NewTask } from './schedule-context.ts';
+import type { NewTask } from '../task/schedule-context.ts';
+import { CANCEL_CHANNEL, wakePlanner } from './channels.ts';
+import type { Queryable } from './queryable.ts';
 
-export type Queryable = Pick<pg.ClientBase, 'query'>;
+export type { Queryable } from './queryable.ts';
 
-/** Channel the planner listens on: new ready tasks or freed capacity. */
-export const PLANNER_CHANNEL = 'taskmill_planner';
-/** Channel nodes listen on: payload is the id of a node that has new assignments. */
-export const NODE_CHANNEL = 'taskmill_node';
+/** The 14 array parameters of tm_insert_tasks, as a statement's $1..$14. */
+export const INSERT_TASKS_ARGS = `$1::uuid[], $2::text[], $3::uuid[], $4::timestamptz[], $5::boolean[],
+  $6::uuid[], $7::text[], $8::text[], $9::boolean[], $10::bytea[], $11::integer[], $12::float8[],
+  $13::timestamptz[], $14::text[]`;
 
-/** Multi-row insert of new tasks; wakes the planner (delivered at commit). */
+/** Multi-row insert of new tasks (tm_insert_tasks); wakes the planner (delivered at commit). */
 export async function insertTasks(db: Queryable, tasks: NewTask[], notify = true): Promise<void> {
   if (tasks.length === 0) return;
   await db.query(
-    INSERT_TASKS_SQL + (notify ? `, pg_notify('${PLANNER_CHANNEL}', '')` : ''),
+    notify
+      ? INSERT_TASKS_AND_WAKE_PLANNER
+      : `select count(*)::int as inserted from tm_insert_tasks(${INSERT_TASKS_ARGS})`,
     insertParams(tasks),
   );
 }
+
+const INSERT_TASKS_AND_WAKE_PLANNER = `select count(*)::int as inserted, tm_wake_planner()
+  from tm_insert_tasks(${INSERT_TASKS_ARGS})`;
 
 export interface Wait {
   task: string;
@@ -43,23 +51,7 @@ export async function insertWaitingTasks(db: Queryable, tasks: NewTask[], waits:
   );
 }
 
-export const INSERT_COLUMNS = `id, name, workflow_id, workflow_created_at, parent_id, affinity_group, affinity,
-  strict_affinity, message, priority, not_before, state`;
-
-/** Selects the rows of unnest($1..$13) as tm_tasks columns; shared by schedule and completion. */
-export const UNNEST_NEW_TASKS = `select u.id, u.name, u.workflow_id,
-    coalesce(u.wca, case when u.lookup then (select min(w.workflow_created_at) from tm_tasks w
-      where w.workflow_id = u.workflow_id) end, now()),
-    u.parent_id, u.affinity_group, u.affinity, u.strict, u.message, u.priority,
-    coalesce(u.run_at, now() + u.delay_ms * interval '1 millisecond'), u.state
-  from unnest($1::uuid[], $2::text[], $3::uuid[], $4::timestamptz[], $5::boolean[], $6::uuid[], $7::text[],
-    $8::text[], $9::boolean[], $10::bytea[], $11::integer[], $12::float8[], $13::timestamptz[], $14::text[])
-    as u(id, name, workflow_id, wca, lookup, parent_id, affinity_group, affinity, strict, message, priority,
-      delay_ms, run_at, state)`;
-
-const INSERT_TASKS_SQL = `with ins as (insert into tm_tasks (${INSERT_COLUMNS}) ${UNNEST_NEW_TASKS} returning 1)
-  select count(*)::int as inserted from ins`;
-
+/** tm_insert_tasks's arrays for new tasks, in its parameter order. */
 export function insertParams(tasks: NewTask[]): unknown[] {
   const cols: unknown[][] = Array.from({ length: 14 }, () => new Array(tasks.length));
   tasks.forEach((t, i) => {
@@ -81,7 +73,27 @@ export function insertParams(tasks: NewTask[]): unknown[] {
   return cols;
 }
 
+/** A task a node runs, as fetched: converted once from its row (toFetchedTask), camelCase from here on. */
 export interface FetchedTask {
+  id: string;
+  name: string;
+  message: Buffer | null;
+  attempt: number;
+  assignment: number;
+  workflowId: string;
+  workflowCreatedAt: Date;
+  affinityGroup: string | null;
+  affinity: string | null;
+  strictAffinity: boolean;
+  parentId: string | null;
+  createdAt: Date;
+  cancelRequested: boolean;
+  /** For join tasks: what the joined branch delivered (kind 'r' result, 'm' message), in order. */
+  joinInputs: { kind: 'r' | 'm'; from: string; payload: Buffer | null }[];
+}
+
+/** A row of FETCH_COLUMNS. */
+export interface FetchedRow {
   id: string;
   name: string;
   message: Buffer | null;
@@ -95,10 +107,32 @@ export interface FetchedTask {
   parent_id: string | null;
   created_at: Date;
   cancel_requested: boolean;
-  /** For join tasks: what the joined branch delivered (kind 'r' result, 'm' message), in order. */
   join_kinds: string[] | null;
   join_from: string[] | null;
   join_payloads: (Buffer | null)[] | null;
+}
+
+export function toFetchedTask(r: FetchedRow): FetchedTask {
+  return {
+    id: r.id,
+    name: r.name,
+    message: r.message,
+    attempt: r.attempt,
+    assignment: r.assignment,
+    workflowId: r.workflow_id,
+    workflowCreatedAt: r.workflow_created_at,
+    affinityGroup: r.affinity_group,
+    affinity: r.affinity,
+    strictAffinity: r.strict_affinity,
+    parentId: r.parent_id,
+    createdAt: r.created_at,
+    cancelRequested: r.cancel_requested,
+    joinInputs: (r.join_kinds ?? []).map((kind, i) => ({
+      kind: kind as 'r' | 'm',
+      from: r.join_from![i],
+      payload: r.join_payloads![i],
+    })),
+  };
 }
 
 const joinAgg = (column: string, as: string) =>
@@ -112,11 +146,11 @@ export const FETCH_COLUMNS = `t.id, t.name, t.message, t.attempt, t.assignment, 
 
 /** Takes every task assigned to the node (assigned -> running), with what joins received. */
 export async function fetchAssignedTasks(db: Queryable, nodeId: string): Promise<FetchedTask[]> {
-  const { rows } = await db.query<FetchedTask>(
+  const { rows } = await db.query<FetchedRow>(
     `update tm_tasks t set state = 'running' where t.node_id = $1 and t.state = 'assigned' returning ${FETCH_COLUMNS}`,
     [nodeId],
   );
-  return rows;
+  return rows.map(toFetchedTask);
 }
 
 /** A message for the joins of a given name waiting on the sender. */
@@ -209,7 +243,7 @@ export function completeParams(nodeId: string, done: Success[]): unknown[] {
   ];
 }
 
-export const COMPLETE_SQL = `select id, name, outcome from tm_complete($1, $2, $3, $4,
+const COMPLETE_SQL = `select id, name, outcome from tm_complete($1, $2, $3, $4,
   $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23)`;
 
 /**
@@ -256,7 +290,7 @@ export async function releaseTasks(db: Queryable, nodeId: string, ids?: string[]
      where node_id = $1 and state in ('assigned', 'running') and ($2::uuid[] is null or id = any($2))`,
     [nodeId, ids ?? null],
   );
-  if (rowCount) await db.query(`select pg_notify('${PLANNER_CHANNEL}', '')`);
+  if (rowCount) await wakePlanner(db);
   return rowCount ?? 0;
 }
 
@@ -278,29 +312,20 @@ export interface TaskRecord {
   error: string | null;
 }
 
-/** One task wherever it is: hot table, history or dead letters. */
+/** One task wherever it is: hot table, history or dead letters (the view tm_any_task). */
 export async function findTask(db: Queryable, id: string): Promise<TaskRecord | undefined> {
   // A named (prepared) statement: planning over every history partition cost more than running it
   // (1.45 ms -> 0.43 ms p50 with 13 partitions, measured).
   const { rows } = await db.query<TaskRecord>({
     name: 'taskmill.find-task',
-    text: `select id, name, state, workflow_id as "workflowId", parent_id as "parentId", attempt as attempts,
-       node_id as "nodeId", not_before as "notBefore", created_at as "createdAt", null::timestamptz as "finishedAt",
-       null::bytea as result, last_error as error
-     from tm_tasks where id = $1
-     union all
-     select id, name, state, workflow_id, parent_id, attempts, null, null, created_at, finished_at, result, error
-     from tm_history where id = $1
-     union all
-     select id, name, 'dead', workflow_id, parent_id, attempts, null, null, created_at, failed_at, null, error
-     from tm_dead_letters where id = $1`,
+    text: `select id, name, state, workflow_id as "workflowId", parent_id as "parentId", attempts,
+       node_id as "nodeId", not_before as "notBefore", created_at as "createdAt", finished_at as "finishedAt",
+       result, error
+     from tm_any_task where id = $1`,
     values: [id],
   });
   return rows[0];
 }
-
-/** Channel a node listens on for cancellations: payload `nodeId:taskId`. */
-export const CANCEL_CHANNEL = 'taskmill_cancel';
 
 export interface CancelResult {
   id: string;
@@ -328,4 +353,51 @@ export async function cancelRequested(db: Queryable, nodeId: string): Promise<st
     [nodeId],
   );
   return rows.map((r) => r.id);
+}
+
+/**
+ * Exactly-once: locks the task for the caller's transaction if it is still running on the node under
+ * this assignment (tm_fenced), and says whether it is. KEY SHARE does not block cancellation requests
+ * or dead-node recovery (plain updates); a task taken back meanwhile fails tm_complete's fence at commit.
+ */
+export async function lockHeldTask(
+  client: Queryable,
+  nodeId: string,
+  id: string,
+  assignment: number,
+): Promise<boolean> {
+  const { rowCount } = await client.query(
+    `select 1 from tm_tasks t where t.id = $1 and tm_fenced(t, $3, $2) for key share`,
+    [id, assignment, nodeId],
+  );
+  return rowCount === 1;
+}
+
+/** Tasks of a workflow by stored state ('dead' for dead letters), wherever they are. */
+export async function countWorkflowTasks(
+  db: Queryable,
+  workflowId: string,
+): Promise<{ state: string; n: number }[]> {
+  const { rows } = await db.query<{ state: string; n: number }>(
+    `select state, count(*)::int as n from tm_any_task where workflow_id = $1 group by state`,
+    [workflowId],
+  );
+  return rows;
+}
+
+/** Pending tasks of a workflow not yet asked to cancel. */
+export async function uncancelledWorkflowTasks(db: Queryable, workflowId: string): Promise<string[]> {
+  const { rows } = await db.query<{ id: string }>(
+    `select id from tm_tasks where workflow_id = $1 and not cancel_requested`,
+    [workflowId],
+  );
+  return rows.map((r) => r.id);
+}
+
+/** Task rows inserted since the schema was created (the identity sequence of tm_tasks). */
+export async function tasksCreated(db: Queryable): Promise<number> {
+  const { rows } = await db.query<{ created: string | null }>(
+    `select pg_sequence_last_value(pg_get_serial_sequence('tm_tasks', 'seq')::regclass) as created`,
+  );
+  return Number(rows[0]?.created ?? 0);
 }

@@ -31,9 +31,13 @@ export class TaskmillError extends Error {
   }
 }
 
-/** PostgreSQL "undefined_table": the schema is missing. */
+/**
+ * PostgreSQL "undefined_table", or "undefined_function" for one of taskmill's functions (tm_*): the
+ * schema is missing.
+ */
 export function isUndefinedTable(error: unknown): boolean {
-  return (error as { code?: string } | undefined)?.code === '42P01';
+  const e = error as { code?: string; message?: string } | undefined;
+  return e?.code === '42P01' || (e?.code === '42883' && /\btm_[a-z_]+\(/.test(e.message ?? ''));
 }
 
 export function notMigratedError(cause: unknown): TaskmillError {

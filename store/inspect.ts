@@ -5,10 +5,10 @@
  */
 import pg from 'pg';
 import { inTransaction } from './checkout.ts';
-import type { Queryable } from './task-store.ts';
-import { TaskmillError, isUndefinedTable, notMigratedError } from './errors.ts';
-import { isUuid, TASK_NAME_PATTERN } from './schedule-context.ts';
-import { PLANNER_DEFAULTS } from '../planner/planner.ts';
+import type { Queryable } from './tasks.ts';
+import { TaskmillError, isUndefinedTable, notMigratedError } from '../task/errors.ts';
+import { isUuid, TASK_NAME_PATTERN } from '../task/schedule-context.ts';
+import { DEFAULT_NODE_TIMEOUT_MS } from './nodes.ts';
 import {
   DEPTH_STATES,
   ENDED_STATES,
@@ -17,9 +17,9 @@ import {
   visibleStateSql,
   type DepthState,
   type TaskStatus,
-} from './task-states.ts';
+} from '../task/task-states.ts';
 
-export { TASK_STATES, type TaskStatus } from './task-states.ts';
+export { TASK_STATES, type TaskStatus } from '../task/task-states.ts';
 
 export const INSPECT_DEFAULTS = {
   listLimit: 100,
@@ -64,34 +64,24 @@ export interface TaskPage {
   nextCursor: string | null;
 }
 
-// One branch per table. Each branch is ordered and limited on its own so it walks its primary key
-// backwards from the cursor (ids are UUIDv7, so id order is creation order) and stops after `limit`
-// rows; the outer query merges at most 3 x limit rows. States are the visible ones (task-states.ts).
-// An affinity given without a group is stored with the group '' and shown as null, like no group.
-const BRANCHES = {
-  hot: `(select id, name, ${visibleStateSql()} as state, workflow_id, parent_id, nullif(affinity_group, '') as affinity_group,
-      affinity, priority, attempt as attempts, node_id, not_before, created_at, null::timestamptz as finished_at,
-      last_error as error
-    from tm_tasks
-    where ($1::text[] is null or ${visibleStateSql()} = any($1)) and ($2::text is null or name = $2)
-      and ($3::uuid is null or workflow_id = $3) and ($4::uuid is null or id < $4)
-    order by id desc limit $5)`,
-  // Every branch names its columns: the first branch of a union names them, and any may be alone.
-  history: `(select id, name, state, workflow_id, parent_id, null::text as affinity_group, null::text as affinity,
-      null::integer as priority, attempts, null::uuid as node_id, null::timestamptz as not_before, created_at,
-      finished_at, error
-    from tm_history
-    where ($1::text[] is null or state = any($1)) and ($2::text is null or name = $2)
-      and ($3::uuid is null or workflow_id = $3) and ($4::uuid is null or id < $4)
-    order by id desc limit $5)`,
-  dead: `(select id, name, 'dead' as state, workflow_id, parent_id, nullif(affinity_group, '') as affinity_group,
-      affinity, priority, attempts, null::uuid as node_id, null::timestamptz as not_before, created_at,
-      failed_at as finished_at, error
-    from tm_dead_letters
-    where ($1::text[] is null or 'dead' = any($1)) and ($2::text is null or name = $2)
-      and ($3::uuid is null or workflow_id = $3) and ($4::uuid is null or id < $4)
-    order by id desc limit $5)`,
-};
+// One statement over tm_any_task (the three tables), newest first: each table's primary key is walked
+// backwards from the cursor (ids are UUIDv7, so id order is creation order) and merged, stopping after
+// `limit` rows; a table no wanted state can be in is skipped whole ($6). States are the visible ones
+// (task-states.ts). An affinity given without a group is stored with the group '' and shown as null,
+// like no group.
+const LIST_TASKS = `
+  select id, name, state, workflow_id, parent_id, affinity_group, affinity, priority, attempts, node_id, not_before,
+    created_at, finished_at, error
+  from (
+    select a.id, a.name, ${visibleStateSql('a.', 'attempts')} as state, a.workflow_id, a.parent_id,
+      nullif(a.affinity_group, '') as affinity_group, a.affinity, a.priority, a.attempts, a.node_id, a.not_before,
+      a.created_at, a.finished_at, a.error
+    from tm_any_task a
+    where a.stored_in = any($6::text[]) and ($2::text is null or a.name = $2)
+      and ($3::uuid is null or a.workflow_id = $3) and ($4::uuid is null or a.id < $4)) t
+  where ($1::text[] is null or t.state = any($1))
+  order by t.id desc
+  limit $5`;
 
 /** Tasks newest first, across the hot table, history and dead letters. */
 export async function listTasks(db: Queryable, filter: TaskFilter = {}): Promise<TaskPage> {
@@ -119,16 +109,19 @@ export async function listTasks(db: Queryable, filter: TaskFilter = {}): Promise
     throw invalid(`cursor must be the nextCursor of a previous page, got ${JSON.stringify(filter.cursor)}`);
   }
   const wants = (group: readonly string[]) => !states || states.some((s) => group.includes(s));
-  const branches = [
-    wants(PENDING_STATES) ? BRANCHES.hot : undefined,
-    wants(ENDED_STATES) ? BRANCHES.history : undefined,
-    wants(['dead']) ? BRANCHES.dead : undefined,
+  const tables = [
+    wants(PENDING_STATES) ? 'tasks' : undefined,
+    wants(ENDED_STATES) ? 'history' : undefined,
+    wants(['dead']) ? 'dead_letters' : undefined,
   ].filter((b) => b !== undefined);
-  const { rows } = await query<RawTask>(
-    db,
-    `select * from (${branches.join(' union all ')}) t order by id desc limit $5`,
-    [states ?? null, filter.name ?? null, filter.workflowId ?? null, filter.cursor ?? null, limit],
-  );
+  const { rows } = await query<RawTask>(db, LIST_TASKS, [
+    states ?? null,
+    filter.name ?? null,
+    filter.workflowId ?? null,
+    filter.cursor ?? null,
+    limit,
+    tables,
+  ]);
   const tasks = rows.map(toSummary);
   return { tasks, nextCursor: tasks.length === limit ? tasks[tasks.length - 1].id : null };
 }
@@ -205,10 +198,7 @@ export interface NodeInfo {
   leader: boolean;
 }
 
-export async function listNodes(
-  db: Queryable,
-  nodeTimeoutMs = PLANNER_DEFAULTS.nodeTimeoutMs,
-): Promise<NodeInfo[]> {
+export async function listNodes(db: Queryable, nodeTimeoutMs = DEFAULT_NODE_TIMEOUT_MS): Promise<NodeInfo[]> {
   const { rows } = await query<NodeInfo>(
     db,
     `select n.id, n.name, n.capacity, n.task_names as "taskNames", n.in_flight as "inFlight",
@@ -441,7 +431,7 @@ export interface ClusterOverview {
 /** Leader, nodes and their load in one round trip (tm_nodes, tm_leader and the node index of tm_tasks). */
 export async function clusterOverview(
   db: Queryable,
-  nodeTimeoutMs = PLANNER_DEFAULTS.nodeTimeoutMs,
+  nodeTimeoutMs = DEFAULT_NODE_TIMEOUT_MS,
 ): Promise<ClusterOverview> {
   if (!(Number.isInteger(nodeTimeoutMs) && nodeTimeoutMs > 0)) {
     throw invalid(`node timeout must be a positive whole number of milliseconds, got ${nodeTimeoutMs}`);

@@ -1,0 +1,25 @@
+/**
+ * The LISTEN/NOTIFY channels taskmill sessions talk on, and the planner wake-up. The planner's channel
+ * is also named by tm_planner_channel() (migrations/005), which tm_wake_planner() and so every plpgsql
+ * wake-up uses; test/architecture.test.ts checks that the two names agree.
+ */
+import type { Queryable } from './queryable.ts';
+
+/** Channel the planner listens on: new ready tasks or freed capacity. */
+export const PLANNER_CHANNEL = 'taskmill_planner';
+/** Channel nodes listen on: payload is the id of a node that has new assignments. */
+export const NODE_CHANNEL = 'taskmill_node';
+/** Channel a node listens on for cancellations: payload `nodeId:taskId`. */
+export const CANCEL_CHANNEL = 'taskmill_cancel';
+/** Channel the lease holder notifies when it releases the lease, so others retry at once. */
+export const LEADER_CHANNEL = 'taskmill_leader';
+
+/** Wakes the planner (delivered when the caller's transaction commits, at once outside one). */
+export async function wakePlanner(db: Queryable): Promise<void> {
+  await db.query(`select tm_wake_planner()`);
+}
+
+/** Wakes the nodes waiting for the leader lease. */
+export async function notifyLeaseReleased(db: Queryable): Promise<void> {
+  await db.query(`select pg_notify($1, '')`, [LEADER_CHANNEL]);
+}
