@@ -11,6 +11,7 @@ export { DEFAULT_RETRY_POLICY } from './retry-policy.ts';
 export type { ScheduleContext } from './schedule-context.ts';
 export type { TaskContext, TaskHandler, FailureHook } from './task-context.ts';
 export { TaskmillClient, type ClientOptions, type ScheduleOptions, type TaskInfo } from './client.ts';
+export { WAIT_FOR_TASK_DEFAULTS, type WaitForTaskOptions } from './task-waiter.ts';
 export type { ClusterOverview, ClusterNode } from './inspect.ts';
 export { TaskmillNode, startNode, type NodeOptions, type NodeStats } from './node.ts';
 export { TaskmillError, type TaskmillErrorCode } from './errors.ts';

@@ -131,84 +131,88 @@ it('an exactly-once task whose worker session is terminated mid-transaction comm
   await stopAllNodes();
 });
 
-it('node, leader, client-only process and HTTP server survive rounds of terminating every session', async () => {
-  const node = await spawnNode(db.url, { logLevel: 'info', maxParallelTasksInNode: 8 });
-  const nodeLog = collectLog(node.process.stdout!);
-  const producer = await spawnClientProcess(db.url);
-  const http = await startHttpServer({ connectionString: db.url, port: 0, log: undefined });
-  const ids: string[] = [];
-  const submit = async () => {
-    const fromClient = await producer.schedule('sleep', 20);
-    expect(fromClient.error).toBeUndefined();
-    ids.push(...fromClient.ids!);
-    // Two names in one request: the HTTP server schedules them in one transaction on a checked-out client.
-    const res = await fetch(`${http.url}/api/tasks`, {
-      method: 'POST',
-      headers: { 'content-type': 'application/json' },
-      body: JSON.stringify([{ name: 'sleep', message: { ms: 20 } }, { name: 'noop' }]),
-    });
-    expect(res.status).toBe(201);
-    ids.push(...((await res.json()) as { ids: string[] }).ids);
-  };
-  const client = new TaskmillClient({ pool: db.pool });
-  const deposits = await client.scheduleMany(
-    deposit,
-    Array.from({ length: 6 }, (_, i) => ({ message: { account: `a${i}`, amount: 1, sleepMs: 300 } })),
-  );
-  ids.push(...deposits);
-  await submit();
+it(
+  'node, leader, client-only process and HTTP server survive rounds of terminating every session',
+  async () => {
+    const node = await spawnNode(db.url, { logLevel: 'info', maxParallelTasksInNode: 8 });
+    const nodeLog = collectLog(node.process.stdout!);
+    const producer = await spawnClientProcess(db.url);
+    const http = await startHttpServer({ connectionString: db.url, port: 0, log: undefined });
+    const ids: string[] = [];
+    const submit = async () => {
+      const fromClient = await producer.schedule('sleep', 20);
+      expect(fromClient.error).toBeUndefined();
+      ids.push(...fromClient.ids!);
+      // Two names in one request: the HTTP server schedules them in one transaction on a checked-out client.
+      const res = await fetch(`${http.url}/api/tasks`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify([{ name: 'sleep', message: { ms: 20 } }, { name: 'noop' }]),
+      });
+      expect(res.status).toBe(201);
+      ids.push(...((await res.json()) as { ids: string[] }).ids);
+    };
+    const client = new TaskmillClient({ pool: db.pool });
+    const deposits = await client.scheduleMany(
+      deposit,
+      Array.from({ length: 6 }, (_, i) => ({ message: { account: `a${i}`, amount: 1, sleepMs: 300 } })),
+    );
+    ids.push(...deposits);
+    await submit();
 
-  const ROUNDS = 5;
-  const killed = new Set<string>();
-  for (let round = 0; round < ROUNDS; round++) {
-    // Wait for the node to have its sessions back (pool and LISTEN), then cut them all again.
-    await until(async () => {
-      const open = await sessions(admin, database);
-      return open.includes('taskmill-node') && open.includes('taskmill-listen');
-    }, 60_000).catch(async (error: Error) => {
-      const open = await sessions(admin, database);
-      throw new Error(
-        `${error.message} in round ${round}: sessions ${JSON.stringify(open)}, node exit ` +
-          `${node.process.exitCode ?? node.process.signalCode}, node log:\n` +
-          nodeLog.map((l) => JSON.stringify(l)).join('\n'),
-      );
-    });
-    for (const name of await terminateBackends(admin, database)) killed.add(name);
-    await submit().catch(() => submit());
-  }
-  expect([...killed]).toEqual(
-    expect.arrayContaining(['taskmill-node', 'taskmill-listen', 'taskmill-client', 'taskmill-http']),
-  );
+    const ROUNDS = 5;
+    const killed = new Set<string>();
+    for (let round = 0; round < ROUNDS; round++) {
+      // Wait for the node to have its sessions back (pool and LISTEN), then cut them all again.
+      await until(async () => {
+        const open = await sessions(admin, database);
+        return open.includes('taskmill-node') && open.includes('taskmill-listen');
+      }, 60_000).catch(async (error: Error) => {
+        const open = await sessions(admin, database);
+        throw new Error(
+          `${error.message} in round ${round}: sessions ${JSON.stringify(open)}, node exit ` +
+            `${node.process.exitCode ?? node.process.signalCode}, node log:\n` +
+            nodeLog.map((l) => JSON.stringify(l)).join('\n'),
+        );
+      });
+      for (const name of await terminateBackends(admin, database)) killed.add(name);
+      await submit().catch(() => submit());
+    }
+    expect([...killed]).toEqual(
+      expect.arrayContaining(['taskmill-node', 'taskmill-listen', 'taskmill-client', 'taskmill-http']),
+    );
 
-  await until(async () => (await pending(ids)) === 0, 60_000);
-  expect(await completed(ids)).toBe(ids.length);
-  const balances = await db.pool.query<{ n: number }>(
-    `select sum(balance)::int as n from ledger where account like 'a%'`,
-  );
-  expect(balances.rows[0].n).toBe(6);
+    await until(async () => (await pending(ids)) === 0, 60_000);
+    expect(await completed(ids)).toBe(ids.length);
+    const balances = await db.pool.query<{ n: number }>(
+      `select sum(balance)::int as n from ledger where account like 'a%'`,
+    );
+    expect(balances.rows[0].n).toBe(6);
 
-  const readyz = await fetch(`${http.url}/readyz`);
-  expect(readyz.status).toBe(200);
-  expect(node.process.exitCode).toBeNull();
-  expect(node.process.signalCode).toBeNull();
-  expect(producer.alive()).toBe(true);
+    const readyz = await fetch(`${http.url}/readyz`);
+    expect(readyz.status).toBe(200);
+    expect(node.process.exitCode).toBeNull();
+    expect(node.process.signalCode).toBeNull();
+    expect(producer.alive()).toBe(true);
 
-  // Bounded log: a few lines per cut (lost, back; leadership lost and regained), never one per failed
-  // pass or retry (each loop fails several times per cut before the sessions are back).
-  const byMsg = new Map<string, number>();
-  for (const l of nodeLog) byMsg.set(l.msg, (byMsg.get(l.msg) ?? 0) + 1);
-  const summary = JSON.stringify([...byMsg]);
-  const unavailable = nodeLog.filter((l) => l.msg.startsWith('database unavailable')).length;
-  expect(unavailable, summary).toBeGreaterThanOrEqual(1);
-  expect(unavailable, summary).toBeLessThanOrEqual(2 * ROUNDS);
-  expect(nodeLog.length, summary).toBeLessThanOrEqual(8 * ROUNDS + 2);
-  expect(nodeLog.filter((l) => l.level >= 40).length, summary).toBeLessThanOrEqual(4 * ROUNDS);
-  expect(producer.log.length).toBeLessThanOrEqual(2 * ROUNDS);
+    // Bounded log: a few lines per cut (lost, back; leadership lost and regained), never one per failed
+    // pass or retry (each loop fails several times per cut before the sessions are back).
+    const byMsg = new Map<string, number>();
+    for (const l of nodeLog) byMsg.set(l.msg, (byMsg.get(l.msg) ?? 0) + 1);
+    const summary = JSON.stringify([...byMsg]);
+    const unavailable = nodeLog.filter((l) => l.msg.startsWith('database unavailable')).length;
+    expect(unavailable, summary).toBeGreaterThanOrEqual(1);
+    expect(unavailable, summary).toBeLessThanOrEqual(2 * ROUNDS);
+    expect(nodeLog.length, summary).toBeLessThanOrEqual(8 * ROUNDS + 2);
+    expect(nodeLog.filter((l) => l.level >= 40).length, summary).toBeLessThanOrEqual(4 * ROUNDS);
+    expect(producer.log.length).toBeLessThanOrEqual(2 * ROUNDS);
 
-  await http.close();
-  await producer.stop();
-  node.kill('SIGTERM');
-  expect(await node.stopped).toBe(0);
-  // Each round waits up to 60 s for the sessions to be back and the burn-down up to 60 s more: the
-  // test's own deadlines, with their diagnostics, fire before the runner's.
-}, 8 * 60_000);
+    await http.close();
+    await producer.stop();
+    node.kill('SIGTERM');
+    expect(await node.stopped).toBe(0);
+    // Each round waits up to 60 s for the sessions to be back and the burn-down up to 60 s more: the
+    // test's own deadlines, with their diagnostics, fire before the runner's.
+  },
+  8 * 60_000,
+);

@@ -8,6 +8,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import type { NodeOptions } from '../../runtime/index.ts';
+import { trackLeaks } from './leaks.ts';
 import { onLines } from '../../scripts/local-cluster.ts';
 
 const SCRIPT = fileURLToPath(new URL('../fixtures/node-process.ts', import.meta.url));
@@ -35,6 +36,12 @@ export interface SpawnedNode {
 }
 
 const alive = new Set<ChildProcess>();
+
+trackLeaks({
+  what: 'node processes alive (call killAllNodes() in an after-hook)',
+  left: () => [...alive].map((child) => `pid ${child.pid}`),
+  cleanUp: killAllNodes,
+});
 
 process.once('exit', () => {
   for (const child of alive) child.kill('SIGKILL');
