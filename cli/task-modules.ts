@@ -36,7 +36,7 @@ export async function loadTaskModules(specs: string[], cwd: string): Promise<Tas
 /**
  * The task definitions a loaded module exports: named exports, the default export, and arrays of them.
  * The one rule of what a tasks module is, shared by `taskmill node --tasks` and the node processes of
- * `taskmill cluster` (scripts/local-cluster-node.ts).
+ * `taskmill cluster` (cluster/cluster-node.ts).
  */
 export function taskDefinitionsOf(module: Record<string, unknown>): TaskDefinition[] {
   const defs = Object.values(module)

@@ -469,7 +469,7 @@ describe.concurrent('processes', () => {
         p.stdout.on('data', (d: Buffer) => (text += d));
         p.once('close', () => resolve(text));
       });
-      const victim = Number(/^\s*(\d+) .*local-cluster-node\.ts/m.exec(ps)![1]);
+      const victim = Number(/^\s*(\d+) .*cluster-node\.ts/m.exec(ps)![1]);
       process.kill(victim, 'SIGKILL');
       await until(() => /restarting node-\d in \d+ ms/.test(err), 10_000);
       const starts = () => out.match(/^\[node-\d\] \{.*"msg":"node started"/gm)?.length ?? 0;

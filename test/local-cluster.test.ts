@@ -1,6 +1,7 @@
 /**
- * scripts/local-cluster.ts: real node processes started, watched, restarted and stopped, in each of the
- * node-module shapes it accepts, through the function and through the command line.
+ * cluster/local-cluster.ts: real node processes started, watched, restarted and stopped, in each of the
+ * node-module shapes it accepts, through the function and through the command line
+ * (scripts/local-cluster.ts).
  */
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -11,7 +12,7 @@ import { fileURLToPath, pathToFileURL } from 'node:url';
 import pg from 'pg';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { TaskmillClient } from '../runtime/index.ts';
-import { runLocalCluster, type LocalCluster } from '../scripts/local-cluster.ts';
+import { runLocalCluster, type LocalCluster } from '../cluster/local-cluster.ts';
 import * as defs from './fixtures/definitions.ts';
 import { count, createTestDatabase, until, type TestDatabase } from './helpers/database.ts';
 
@@ -31,7 +32,7 @@ let dir: string;
 const embeddedDir = path.join(root, '.taskmill', 'test-pg', `cluster-${randomBytes(4).toString('hex')}`);
 const clusters: LocalCluster[] = [];
 
-/** The three module shapes of the header of scripts/local-cluster.ts. */
+/** The three module shapes of the header of cluster/local-cluster.ts. */
 const modules = {
   tasks: `import { all } from '${url('test/fixtures/definitions.ts')}';
 export default all;
