@@ -44,6 +44,8 @@ export interface NodeProcessOptions {
   execArgv?: string[];
   /** The process's whole environment (default: this process's). */
   env?: NodeJS.ProcessEnv;
+  /** Its working directory (default: this process's). */
+  cwd?: string;
   /** Names the process in errors. */
   name: string;
   /**
@@ -96,6 +98,7 @@ export class NodeProcess {
     const args = nodeArgs(options.entry, options.args, options.execArgv);
     this.child = spawn(process.execPath, args, {
       env: options.env ?? process.env,
+      cwd: options.cwd,
       stdio: ['pipe', 'pipe', 'pipe', 'ipc'],
       detached: options.detached ?? false,
     });

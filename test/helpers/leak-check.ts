@@ -1,11 +1,12 @@
 /**
  * The leak check of every test file (vitest `setupFiles`): after the file's own after-hooks, no test
- * node may still run, no node process may be alive and no pg pool may be open (leaks.ts has the
- * sources). Whatever leaked is named in the failure, then cleaned up (stopped, killed, ended) so the
+ * node may still run, no process of the harness (cluster/node-process.ts) may be alive and no pg pool
+ * may be open (leaks.ts has the sources). Whatever leaked is named in the failure, then cleaned up (stopped, killed, ended) so the
  * worker does not hang on it. Pools are tracked here: every pg pool that connected and was not ended.
  */
 import pg from 'pg';
 import { afterAll } from 'vitest';
+import { killAllNodeProcesses, liveNodeProcesses } from '../../cluster/node-process.ts';
 import { checkLeaks, trackLeaks } from './leaks.ts';
 
 type TrackedPool = pg.Pool & { ending?: boolean };
@@ -42,6 +43,12 @@ trackLeaks({
   cleanUp: async () => {
     await Promise.all([...openPools].map((pool) => pool.end().catch(() => {})));
   },
+});
+
+trackLeaks({
+  what: 'node processes alive (call killAllNodes() in an after-hook)',
+  left: () => liveNodeProcesses().map((child) => `pid ${child.pid} (${child.spawnargs.slice(1).join(' ')})`),
+  cleanUp: killAllNodeProcesses,
 });
 
 afterAll(checkLeaks);

@@ -3,14 +3,13 @@
  * against the database `url` through the project's one process harness (cluster/node-process.ts) and
  * resolves once its node has registered. Every process started here is tracked until it exits;
  * `killAllNodes()` (call it in afterAll) SIGKILLs the ones still alive and waits for them, the leak
- * check of every test file (leaks.ts) fails the file when one is left, and the harness kills them if
+ * check of every test file (leak-check.ts) fails the file when one is left, and the harness kills them if
  * a test file dies first. The child also stops by itself when its stdin pipe closes, so even a killed
  * test runner leaves no node behind.
  */
 import type { ChildProcess } from 'node:child_process';
 import { killAllNodeProcesses, liveNodeProcesses as live, NodeProcess } from '../../cluster/node-process.ts';
 import type { NodeOptions } from '../../runtime/index.ts';
-import { trackLeaks } from './leaks.ts';
 
 const SCRIPT = new URL('../fixtures/node-process.ts', import.meta.url);
 const READY_TIMEOUT_MS = 30_000;
@@ -32,12 +31,6 @@ export interface SpawnedNode {
   /** The process's recent stdout and stderr lines, for failure messages. */
   output(): string;
 }
-
-trackLeaks({
-  what: 'node processes alive (call killAllNodes() in an after-hook)',
-  left: () => live().map((child) => `pid ${child.pid}`),
-  cleanUp: killAllNodeProcesses,
-});
 
 export async function spawnNode(url: string, options: SpawnOptions = {}): Promise<SpawnedNode> {
   const node = new NodeProcess({
