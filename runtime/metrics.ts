@@ -35,6 +35,16 @@ export interface MetricsOptions {
   nodeTimeoutMs?: number;
   /** Also export Node.js process metrics (default true). */
   processMetrics?: boolean;
+  /**
+   * The latency histogram counts history rows once they are this old (default 2 s), so a completion
+   * that commits late is not missed; a test that ends its tasks before the first scrape may use 0.
+   */
+  latencySettleMs?: number;
+  /**
+   * The collectors of one scrape share one database snapshot younger than this (default 500 ms); a
+   * test that scrapes twice in a row and wants the second to read the database anew may use 0.
+   */
+  snapshotTtlMs?: number;
   log?: Logger;
 }
 
@@ -243,7 +253,9 @@ export class TaskmillMetrics {
         g.inc(snapshot.created);
       },
     );
-    this.registry.registerMetric(new LatencyHistogram(options.db, options.log) as never);
+    this.registry.registerMetric(
+      new LatencyHistogram(options.db, options.latencySettleMs ?? LATENCY_SETTLE_MS, options.log) as never,
+    );
   }
 
   /** Counts outcomes, passes and leadership of a node until it stops or `detach` is called. */
@@ -305,7 +317,8 @@ export class TaskmillMetrics {
   private snapshot(): Promise<Snapshot | undefined> {
     const db = this.options.db;
     if (!db) return Promise.resolve(undefined);
-    if (this.snapshotPromise && Date.now() - this.snapshotAt < SNAPSHOT_TTL_MS) return this.snapshotPromise;
+    const ttlMs = this.options.snapshotTtlMs ?? SNAPSHOT_TTL_MS;
+    if (this.snapshotPromise && Date.now() - this.snapshotAt < ttlMs) return this.snapshotPromise;
     this.snapshotAt = Date.now();
     this.snapshotPromise = Promise.all([
       queueDepths(db),
@@ -383,6 +396,7 @@ class LatencyHistogram {
 
   constructor(
     private readonly db: Pick<pg.Pool, 'query'>,
+    private readonly settleMs: number,
     private readonly log?: Logger,
   ) {}
 
@@ -408,7 +422,7 @@ class LatencyHistogram {
     if (!this.watermark) {
       const { rows } = await this.db.query<{ upto: Date }>(
         `select now() - $1 * interval '1 millisecond' as upto`,
-        [LATENCY_SETTLE_MS],
+        [this.settleMs],
       );
       this.watermark = rows[0].upto;
       return;
@@ -430,7 +444,7 @@ class LatencyHistogram {
          count(*)::int as n, sum(secs)::float8 as sum, (select upto from w) as upto
        from ended group by 1, 2, 3
        union all select null, null, null, null, null, upto from w`,
-      [this.watermark, LATENCY_SETTLE_MS, LATENCY_BUCKETS],
+      [this.watermark, this.settleMs, LATENCY_BUCKETS],
     );
     for (const row of rows) {
       if (row.name === null) {

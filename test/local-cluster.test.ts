@@ -14,7 +14,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { TaskmillClient } from '../runtime/index.ts';
 import { runLocalCluster, type LocalCluster } from '../cluster/local-cluster.ts';
 import * as defs from './fixtures/definitions.ts';
-import { count, createTestDatabase, until, type TestDatabase } from './helpers/database.ts';
+import { count, until, useTestDatabase } from './helpers/database.ts';
 
 const root = path.resolve(import.meta.dirname, '..');
 const url = (file: string) => pathToFileURL(path.join(root, file)).href;
@@ -23,7 +23,7 @@ const TSX = import.meta.resolve('tsx');
 const FAST_NODE = `{ heartbeatIntervalMs: 100, nodeTimeoutMs: 1000, threads: 1, logLevel: 'info',
   planner: { leaseTtlMs: 600, maintenanceIntervalMs: 100 } }`;
 
-let db: TestDatabase;
+const db = useTestDatabase();
 let dir: string;
 /**
  * In the project's git-ignored folder, like the test server: initdb may run as another user than ours
@@ -73,14 +73,12 @@ function alive(pid: number | undefined): boolean {
 const nodeRows = (name: string) => count(db.pool, `select count(*) from tm_nodes where name = $1`, [name]);
 
 beforeAll(async () => {
-  db = await createTestDatabase();
   dir = mkdtempSync(path.join(tmpdir(), 'taskmill-cluster-test-'));
 });
 afterEach(async () => {
   await Promise.all(clusters.splice(0).map((c) => c.stop()));
 });
 afterAll(async () => {
-  await db.drop();
   rmSync(dir, { recursive: true, force: true });
   rmSync(embeddedDir, { recursive: true, force: true });
 });
