@@ -172,12 +172,9 @@ describe('the npm package', () => {
         const ids = await node.client.scheduleMany(square, [1, 2, 3, 4, 5].map((n) => ({ message: { n } })));
         const results = [];
         for (const id of ids) {
-          for (;;) {
-            const task = await node.client.getTask(id);
-            if (task?.state === 'completed') { results.push(task.result); break; }
-            if (task?.state === 'dead') throw new Error('task died: ' + task.error);
-            await new Promise((resolve) => setTimeout(resolve, 20));
-          }
+          const task = await node.client.waitForTask(id, { timeoutMs: 60_000 });
+          if (task.state !== 'completed') throw new Error('task ended ' + task.state + ': ' + task.error);
+          results.push(task.result);
         }
         const unknown = await node.client.schedule('no.such.task', {}).catch((error) => error);
         console.log(JSON.stringify({ results, error: unknown instanceof TaskmillError ? unknown.code : String(unknown) }));
@@ -223,12 +220,9 @@ describe('the npm package', () => {
         const node = await startNode({ connectionString: process.env.DATABASE_URL!, tasks: [double], threads: 1, logLevel: 'warn' });
         try {
           const id = await node.client.schedule(double, { message: { n: 21 } });
-          for (;;) {
-            const task = await node.client.getTask<{ double: number }>(id);
-            if (task?.state === 'completed') { console.log(JSON.stringify(task.result)); break; }
-            if (task?.state === 'dead' || task?.error) throw new Error('task failed: ' + task.error);
-            await new Promise((resolve) => setTimeout(resolve, 20));
-          }
+          const task = await node.client.waitForTask<{ double: number }>(id, { timeoutMs: 60_000 });
+          if (task.state !== 'completed') throw new Error('task failed: ' + task.error);
+          console.log(JSON.stringify(task.result));
         } finally {
           await node.stop();
         }\n`,
@@ -300,6 +294,8 @@ describe('the npm package', () => {
         // @ts-expect-error the message type of the definition is checked
         await node.client.schedule(squareTask, { message: { n: 'three' } });
         const info = await node.client.getTask<number>(id);
+        const ended: TaskInfo<number> = await node.client.waitForTask<number>(id, { timeoutMs: 1_000 });
+        console.log(ended.result);
         const code: string | undefined = info === undefined ? new TaskmillError('NOT_FOUND', 'gone').code : undefined;
         await node.stop();
         return code === undefined ? info : undefined;
