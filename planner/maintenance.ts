@@ -11,6 +11,7 @@
  */
 import type pg from 'pg';
 import { releaseDanglingWaits } from './dangling-waits.ts';
+import { checkout } from '../runtime/checkout.ts';
 import { Loop, type Timers } from '../runtime/loop.ts';
 import { PLANNER_CHANNEL } from '../runtime/task-store.ts';
 import { HistoryRetention } from './history-retention.ts';
@@ -118,7 +119,10 @@ export async function recoverDeadNodes(
   db: Pick<pg.Pool, 'connect'>,
   nodeTimeoutMs: number,
 ): Promise<{ deadNodes: number; recovered: number }> {
-  const client = await db.connect();
+  // Through checkout(): a session terminated mid-transaction fails the pass, not the process (a
+  // checked-out pg client without an 'error' listener ends the process when its connection breaks).
+  const held = await checkout(db);
+  const client = held.client;
   let broken = false;
   try {
     await client.query('begin');
@@ -172,6 +176,6 @@ export async function recoverDeadNodes(
     await client.query('rollback').catch(() => (broken = true));
     throw error;
   } finally {
-    client.release(broken);
+    held.release(broken);
   }
 }

@@ -8,6 +8,7 @@ import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { inject } from 'vitest';
 import { startHttpServer } from '../../http/server.ts';
+import { recoverDeadNodes } from '../../planner/maintenance.ts';
 import { Planner } from '../../planner/planner.ts';
 import { checkout } from '../../runtime/checkout.ts';
 import { TaskmillClient } from '../../runtime/index.ts';
@@ -85,6 +86,31 @@ describe('a checked-out connection that is terminated', () => {
     await locker.query('rollback');
     await locker.end();
     await expect(planner.runOnce()).resolves.toMatchObject({ leader: true });
+    await pool.end();
+  });
+
+  it('fails a dead-node recovery pass whose session is terminated mid-transaction', async () => {
+    const pool = new pg.Pool({ connectionString: db.url, max: 1, application_name: 'chaos-recovery' });
+    // The pass blocks on tm_nodes (it deletes the dead ones) while an admin transaction locks it.
+    const locker = new pg.Client({ connectionString: db.url });
+    await locker.connect();
+    await locker.query('begin; lock table tm_nodes in access exclusive mode');
+    const pass = recoverDeadNodes(pool, 1_000);
+    pass.catch(() => {});
+    const waiting = `select count(*) from pg_stat_activity
+       where datname = $1 and application_name = 'chaos-recovery' and wait_event_type = 'Lock'`;
+    await until(async () => (await count(admin, waiting, [database])) === 1, 10_000);
+    await admin.query(
+      `with p as materialized (select pid from pg_stat_activity
+         where datname = $1 and application_name = 'chaos-recovery')
+       select pg_terminate_backend(pid) from p`,
+      [database],
+    );
+    // The pass fails; its client's 'error' event must not be uncaught (that would fail this file).
+    await expect(pass).rejects.toThrow();
+    await locker.query('rollback');
+    await locker.end();
+    await expect(recoverDeadNodes(pool, 1_000)).resolves.toMatchObject({ recovered: 0 });
     await pool.end();
   });
 });

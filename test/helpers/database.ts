@@ -104,10 +104,13 @@ export async function createTestDatabase(
   const url = withDatabase(serverUrl, name);
   const pool = new pg.Pool({ connectionString: url, max: 5, Client: ConnectionClient });
   // pool.end() resolves before its clients' sessions are gone; the forced drop then terminates them,
-  // and a client that hears so after its pool let it go must not count as an unhandled error. (While
-  // the pool runs, an idle client's error still reaches the pool's 'error' event, a checked-out
-  // client's the query it runs.)
+  // and a client that hears so after its pool let it go must not count as an unhandled error. While
+  // the pool runs, an idle client's error still reaches the pool's 'error' event (and is thrown, as
+  // without this listener, unless the test listens itself), a checked-out client's the query it runs.
   pool.on('connect', (client) => client.on('error', () => {}));
+  pool.on('error', (error) => {
+    if (!pool.ending && pool.listenerCount('error') === 1) throw error;
+  });
   let dropping: Promise<void> | undefined;
   const drop = async () => {
     await pool.end();
