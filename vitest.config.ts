@@ -40,6 +40,8 @@ export default defineConfig(async () => ({
   test: {
     include: ['test/**/*.test.ts'],
     globalSetup: ['test/helpers/global-setup.ts'],
+    // The leak check every test file ends with: nodes stopped, node processes gone, pools ended.
+    setupFiles: ['test/helpers/leak-check.ts'],
     testTimeout: 60_000,
     hookTimeout: 60_000,
     pool: 'forks',

@@ -1,13 +1,14 @@
 /**
- * The nodes of a benchmark run: N nodes in this process, or N node processes (bench/node-process.ts)
- * forked with the same TypeScript loader, each reporting its flushes and, when stopped, its CPU time
- * over IPC. Every node runs a planner (the lease elects one), as in a real deployment.
+ * The nodes of a benchmark run: N nodes in this process, or N node processes (bench/node-process.ts,
+ * started by the project's one process harness, cluster/node-process.ts), each reporting its flushes
+ * and, when stopped, its CPU time over IPC. Every node runs a planner (the lease elects one), as in a
+ * real deployment.
  *
  * States: starting -> running -> stopped. `stop()` is idempotent and returns one report per node
  * (in-process nodes share one report: their CPU cannot be told apart). Main thread of the harness only.
  */
-import { fork, type ChildProcess } from 'node:child_process';
 import { EventEmitter } from 'node:events';
+import { NodeProcess } from '../cluster/node-process.ts';
 import { startNode, type TaskDefinition, type TaskmillNode } from '../runtime/index.ts';
 import type { NodeKnobs } from './node-options.ts';
 
@@ -61,7 +62,6 @@ export interface ClusterEvents {
 /** Messages of the IPC protocol between the harness and bench/node-process.ts. */
 export type ToNode = { type: 'mark' } | { type: 'stop' };
 export type FromNode =
-  | { type: 'ready'; id: string }
   | { type: 'flush'; counts: FlushCounts }
   | { type: 'error'; message: string }
   | { type: 'stopped'; report: NodeReport };
@@ -108,7 +108,7 @@ export class BenchCluster extends EventEmitter<ClusterEvents> {
     completedByName: {},
   };
   private readonly local: TaskmillNode[] = [];
-  private readonly children: ChildProcess[] = [];
+  private readonly children: NodeProcess[] = [];
   private markCpu = process.cpuUsage();
   private markAt = performance.now();
   private stopping: Promise<NodeReport[]> | undefined;
@@ -138,7 +138,7 @@ export class BenchCluster extends EventEmitter<ClusterEvents> {
   markStart(): void {
     this.markCpu = process.cpuUsage();
     this.markAt = performance.now();
-    for (const child of this.children) send(child, { type: 'mark' });
+    for (const child of this.children) child.send({ type: 'mark' } satisfies ToNode);
   }
 
   stop(): Promise<NodeReport[]> {
@@ -184,34 +184,31 @@ export class BenchCluster extends EventEmitter<ClusterEvents> {
     await Promise.all(Array.from({ length: this.options.nodes }, (_, i) => this.spawnOne(i)));
   }
 
-  private spawnOne(i: number): Promise<void> {
+  private async spawnOne(i: number): Promise<void> {
     const spec = {
       url: this.options.url,
       name: `${this.options.namePrefix ?? 'bench'}-${i}`,
       knobs: this.options.knobs,
       tasks: this.options.tasks,
     };
-    const child = fork(new URL('./node-process.ts', import.meta.url), [JSON.stringify(spec)], {
+    const child = new NodeProcess({
+      entry: new URL('./node-process.ts', import.meta.url),
+      args: [JSON.stringify(spec)],
       execArgv: process.execArgv,
-      // The harness's stdout carries only its summary line: node logs go to stderr.
-      stdio: ['ignore', 2, 2, 'ipc'],
+      name: `node process ${spec.name}`,
+      // The harness's stdout carries only its summary line: node output goes to stderr.
+      onLine: (line) => process.stderr.write(`${line}\n`),
+      onMessage: (message) => {
+        const msg = message as FromNode;
+        if (msg.type === 'flush') this.record(msg.counts);
+        else if (msg.type === 'error') this.fail(new Error(`${spec.name}: ${msg.message}`));
+      },
     });
     this.children.push(child);
-    return new Promise((resolve, reject) => {
-      let ready = false;
-      child.on('message', (msg: FromNode) => {
-        if (msg.type === 'ready') {
-          ready = true;
-          resolve();
-        } else if (msg.type === 'flush') this.record(msg.counts);
-        else if (msg.type === 'error') this.fail(new Error(`${spec.name}: ${msg.message}`));
-      });
-      child.once('exit', (code, signal) => {
-        if (!ready)
-          reject(new Error(`node process ${spec.name} exited during start (code ${code}, signal ${signal})`));
-        else if (!this.stopping) this.fail(new Error(`node process ${spec.name} exited (code ${code})`));
-      });
+    void child.exited.then(({ code }) => {
+      if (!this.stopping) this.fail(new Error(`node process ${spec.name} exited (code ${code})`));
     });
+    await child.registered;
   }
 
   private async stopAll(): Promise<NodeReport[]> {
@@ -239,25 +236,20 @@ export class BenchCluster extends EventEmitter<ClusterEvents> {
   }
 }
 
-function send(child: ChildProcess, msg: ToNode): void {
-  if (child.connected) child.send(msg);
-}
-
-function stopChild(child: ChildProcess): Promise<NodeReport> {
-  return new Promise((resolve, reject) => {
-    if (child.exitCode !== null || !child.connected) {
-      reject(new Error(`node process ${child.pid} is not running (exit code ${child.exitCode})`));
-      return;
-    }
-    let report: NodeReport | undefined;
-    child.on('message', (msg: FromNode) => {
-      if (msg.type === 'stopped') report = msg.report;
-    });
-    child.once('exit', (code) => {
-      if (report) resolve(report);
-      else reject(new Error(`node process ${child.pid} exited with code ${code} without a report`));
-    });
-    send(child, { type: 'stop' });
+function stopChild(child: NodeProcess): Promise<NodeReport> {
+  if (!child.running) {
+    return Promise.reject(
+      new Error(`node process ${child.pid} is not running (exit code ${child.child.exitCode})`),
+    );
+  }
+  let report: NodeReport | undefined;
+  child.child.on('message', (msg: FromNode) => {
+    if (msg.type === 'stopped') report = msg.report;
+  });
+  child.send({ type: 'stop' } satisfies ToNode);
+  return child.exited.then(({ code }) => {
+    if (report) return report;
+    throw new Error(`node process ${child.pid} exited with code ${code} without a report`);
   });
 }
 

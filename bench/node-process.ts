@@ -1,8 +1,9 @@
 /**
- * One benchmark node in its own process, forked by cluster.ts. argv[2] is a JSON spec
+ * One benchmark node in its own process, started by cluster.ts through cluster/node-process.ts. argv[2] is a JSON spec
  * `{url, name, knobs, tasks}`; the IPC protocol (ToNode / FromNode in cluster.ts) carries flush counts
  * up and `mark` / `stop` down. The node stops when told to, or when the harness goes away.
  */
+import { reportRegistered } from '../cluster/node-process.ts';
 import { startNode } from '../runtime/index.ts';
 import { flushCounts, loadTasks, type FromNode, type TaskSource, type ToNode } from './cluster.ts';
 import type { NodeKnobs } from './node-options.ts';
@@ -74,4 +75,4 @@ process.on('disconnect', () => {
   if (!stopping) stop().finally(() => process.exit(0));
 });
 
-send({ type: 'ready', id: node.id });
+reportRegistered(node.id, spec.name);

@@ -16,7 +16,7 @@ import { registerScheduleCommand } from './commands/schedule.ts';
 import { registerDltCommands } from './commands/dlt.ts';
 import { registerCronCommands } from './commands/cron.ts';
 import { registerBenchCommands } from './commands/bench.ts';
-import { CliError, EXIT, exitCodeOf, type CliIo } from './output.ts';
+import { EXIT, exitCodeOf, type CliIo } from './output.ts';
 
 type Register = (program: Command, ctx: CommandContext) => void;
 
@@ -28,7 +28,7 @@ type Register = (program: Command, ctx: CommandContext) => void;
 export const LAZY_COMMANDS: Record<string, { summary: string; load: () => Promise<Register> }> = {
   cluster: {
     summary: 'Run N node processes locally against one database, with prefixed logs; Ctrl-C stops them all',
-    load: () => import('./commands/cluster.ts').then((m) => m.registerClusterCommand, clusterUnavailable),
+    load: () => import('./commands/cluster.ts').then((m) => m.registerClusterCommand),
   },
   status: {
     summary: 'Show nodes, the leader, queue depths by state and task, throughput and recent failures',
@@ -62,29 +62,6 @@ export function commandOf(argv: string[]): string | undefined {
     else if (!arg.startsWith('-')) return arg;
   }
   return undefined;
-}
-
-/**
- * `taskmill cluster` runs the local cluster script of taskmill's repository (scripts/, through tsx). The
- * published package does not ship scripts/: there the command says so instead of the whole CLI failing.
- */
-function clusterUnavailable(error: { code?: string }): Register {
-  if (error.code !== 'ERR_MODULE_NOT_FOUND') throw error;
-  return (program) => {
-    program
-      .command('cluster')
-      .description('Run N node processes locally (from a checkout of the taskmill repository only)')
-      .argument('[args...]')
-      .allowUnknownOption()
-      .helpOption(false)
-      .action(() => {
-        throw new CliError(
-          EXIT.UNAVAILABLE,
-          'taskmill cluster runs from a checkout of the taskmill repository (its scripts/ folder), ' +
-            'which the installed package leaves out. Start each node with `taskmill node --tasks <module>`.',
-        );
-      });
-  };
 }
 
 /** A command not loaded yet: listed with its summary; runCli() loads the real one before it runs. */

@@ -10,14 +10,9 @@ try {
     affinityGroup: 'images',
     affinity: 'cat.png', // tasks touching the same image never run at once
   });
-  // schedule() returns once the task is stored (state 'ready'): poll until it has ended.
-  const ended = ['completed', 'failed', 'cancelled', 'dead'];
-  let task = await node.client.getTask(id);
-  while (task && !ended.includes(task.state)) {
-    await new Promise((resolve) => setTimeout(resolve, 50));
-    task = await node.client.getTask(id);
-  }
-  console.log(task?.state, task?.result); // completed { url: 'https://example.com/cat.png', width: 320 }
+  // schedule() returns once the task is stored (state 'ready'); waitForTask() once it has ended.
+  const task = await node.client.waitForTask(id, { timeoutMs: 30_000 });
+  console.log(task.state, task.result); // completed { url: 'https://example.com/cat.png', width: 320 }
 } finally {
   await node.stop(); // finishes running tasks, hands queued ones back
   await db.stop(); // stops the embedded server if this process started it

@@ -21,11 +21,19 @@ import { cancelWorkflow, waitForWorkflow, workflowStatus, type WorkflowStatus } 
 import { TASK_NAME_PATTERN, isTaskDefinition, type TaskDefinition } from '../task/task-definition.ts';
 import { decode } from '../task/codec.ts';
 import { retryPolicySchema } from '../task/retry-policy.ts';
-import { retryOutlook, visibleState, type RetryOutlook, type TaskStatus } from '../task/task-states.ts';
+import {
+  ENDED_STATES,
+  retryOutlook,
+  visibleState,
+  type RetryOutlook,
+  type TaskStatus,
+} from '../task/task-states.ts';
 import { clusterOverview, type ClusterOverview } from '../store/inspect.ts';
 import type { CronInfo } from '../store/crons.ts';
 import { ConnectionClient } from './connections.ts';
 import { definitionOptions, retryOptionsAt } from '../store/task-defs.ts';
+import { Listener } from './listener.ts';
+import { TaskWaiter, type WaitForTaskOptions } from './task-waiter.ts';
 
 export interface ClientOptions {
   /** Default: DATABASE_URL. */
@@ -69,11 +77,17 @@ function checkIds(ids: unknown, what: string): string[] {
   return [...new Set(ids as string[])];
 }
 
+/** Completed, failed, cancelled or dead-lettered: nothing more will happen to the task by itself. */
+function isEnded(state: TaskStatus): boolean {
+  return state === 'dead' || (ENDED_STATES as readonly TaskStatus[]).includes(state);
+}
+
 export class TaskmillClient {
   readonly pool: pg.Pool;
   private readonly ownsPool: boolean;
   private readonly notify: boolean;
   private readonly registered = new Map<string, TaskDefinition>();
+  private readonly waiter: TaskWaiter<TaskInfo>;
 
   constructor(options: ClientOptions = {}) {
     const connectionString = options.connectionString ?? process.env.DATABASE_URL;
@@ -92,14 +106,22 @@ export class TaskmillClient {
         Client: ConnectionClient,
       });
     this.ownsPool = !options.pool;
+    const failures = new FailureLog(options.log ?? createLogger(undefined, { component: 'client' }));
     if (this.ownsPool) {
       // An idle connection that dies (server restart, terminated backend, idle timeout of a proxy) is
       // dropped by the pool, which opens a new one on next use; without this listener the pool's
       // 'error' event would end the process. Logged once per outage, and once when a connection opens again.
-      const failures = new FailureLog(options.log ?? createLogger(undefined, { component: 'client' }));
       this.pool.on('error', (error) => failures.failure('pool', error));
       this.pool.on('connect', () => failures.recovered('pool'));
     }
+    // waitForTask()'s LISTEN session: the pool's connection settings, a session of its own.
+    this.waiter = new TaskWaiter(
+      () => new Listener(this.pool.options, (error) => failures.failure('listener', error)),
+      async (id) => {
+        const task = await this.getTask(id);
+        return task && { task, state: task.state, ended: isEnded(task.state) };
+      },
+    );
     this.notify = options.notify ?? true;
   }
 
@@ -208,6 +230,18 @@ export class TaskmillClient {
     throw new TaskmillError('NOT_CANCELLABLE', `Task ${id} has already ended (${now?.state ?? 'gone'}).`);
   }
 
+  /**
+   * Resolves with the task once it has ended (completed, failed, cancelled or dead-lettered), woken by
+   * a PostgreSQL notification rather than by polling; at once if it has ended already. Rejects with
+   * NOT_FOUND for an unknown id and TIMEOUT when it has not ended within `timeoutMs` (default 60 s).
+   * The first call opens one LISTEN connection, kept until close().
+   */
+  async waitForTask<R = unknown>(id: string, options?: WaitForTaskOptions): Promise<TaskInfo<R>> {
+    if (!isUuid(id))
+      throw new TaskmillError('INVALID_ARGUMENT', `Task id must be a UUID, got ${JSON.stringify(id)}.`);
+    return (await this.waiter.wait(id, options)) as TaskInfo<R>;
+  }
+
   /** Counts of a workflow's tasks by state; undefined when unknown. */
   workflow(id: string): Promise<WorkflowStatus | undefined> {
     return workflowStatus(this.pool, id);
@@ -250,7 +284,9 @@ export class TaskmillClient {
     return clusterOverview(this.pool, options.nodeTimeoutMs);
   }
 
+  /** Closes the LISTEN connection of waitForTask(), and the pool when the client opened it. */
   async close(): Promise<void> {
+    await this.waiter.close();
     if (this.ownsPool) await this.pool.end();
   }
 

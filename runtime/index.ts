@@ -11,6 +11,7 @@ export { DEFAULT_RETRY_POLICY } from '../task/retry-policy.ts';
 export type { ScheduleContext } from '../task/schedule-context.ts';
 export type { TaskContext, TaskHandler, FailureHook } from './task-context.ts';
 export { TaskmillClient, type ClientOptions, type ScheduleOptions, type TaskInfo } from './client.ts';
+export { WAIT_FOR_TASK_DEFAULTS, type WaitForTaskOptions } from './task-waiter.ts';
 export type { ClusterOverview, ClusterNode } from '../store/inspect.ts';
 export { TaskmillNode, startNode, type NodeOptions, type NodeStats } from './node.ts';
 export { TaskmillError, type TaskmillErrorCode } from '../task/errors.ts';

@@ -19,7 +19,8 @@ export class Listener {
   private connecting: Promise<void> | undefined;
 
   constructor(
-    private readonly connectionString: string,
+    /** A connection string, or the options of the session (a pool's `options` will do). */
+    private readonly connection: string | pg.ClientConfig,
     private readonly onError: (error: unknown) => void,
   ) {}
 
@@ -42,10 +43,9 @@ export class Listener {
   }
 
   private async connect(): Promise<void> {
-    const client = new ConnectionClient({
-      connectionString: this.connectionString,
-      application_name: 'taskmill-listen',
-    });
+    const options =
+      typeof this.connection === 'string' ? { connectionString: this.connection } : this.connection;
+    const client = new ConnectionClient({ ...options, application_name: 'taskmill-listen' });
     client.on('notification', (msg) => {
       for (const handler of this.handlers.get(msg.channel) ?? []) handler(msg.payload ?? '', false);
     });

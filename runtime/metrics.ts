@@ -37,6 +37,16 @@ export interface MetricsOptions {
   nodeTimeoutMs?: number;
   /** Also export Node.js process metrics (default true). */
   processMetrics?: boolean;
+  /**
+   * The latency histogram counts history rows once they are this old (default 2 s), so a completion
+   * that commits late is not missed; a test that ends its tasks before the first scrape may use 0.
+   */
+  latencySettleMs?: number;
+  /**
+   * The collectors of one scrape share one database snapshot younger than this (default 500 ms); a
+   * test that scrapes twice in a row and wants the second to read the database anew may use 0.
+   */
+  snapshotTtlMs?: number;
   log?: Logger;
 }
 
@@ -245,7 +255,9 @@ export class TaskmillMetrics {
         g.inc(snapshot.created);
       },
     );
-    this.registry.registerMetric(new LatencyHistogram(options.db, options.log) as never);
+    this.registry.registerMetric(
+      new LatencyHistogram(options.db, options.latencySettleMs ?? LATENCY_SETTLE_MS, options.log) as never,
+    );
   }
 
   /** Counts outcomes, passes and leadership of a node until it stops or `detach` is called. */
@@ -307,7 +319,8 @@ export class TaskmillMetrics {
   private snapshot(): Promise<Snapshot | undefined> {
     const db = this.options.db;
     if (!db) return Promise.resolve(undefined);
-    if (this.snapshotPromise && Date.now() - this.snapshotAt < SNAPSHOT_TTL_MS) return this.snapshotPromise;
+    const ttlMs = this.options.snapshotTtlMs ?? SNAPSHOT_TTL_MS;
+    if (this.snapshotPromise && Date.now() - this.snapshotAt < ttlMs) return this.snapshotPromise;
     this.snapshotAt = Date.now();
     this.snapshotPromise = Promise.all([
       queueDepths(db),
@@ -383,6 +396,7 @@ class LatencyHistogram {
 
   constructor(
     private readonly db: Pick<pg.Pool, 'query'>,
+    private readonly settleMs: number,
     private readonly log?: Logger,
   ) {}
 
@@ -406,11 +420,11 @@ class LatencyHistogram {
 
   private async refresh(): Promise<void> {
     if (!this.watermark) {
-      this.watermark = await latencyWatermark(this.db, LATENCY_SETTLE_MS);
+      this.watermark = await latencyWatermark(this.db, this.settleMs);
       return;
     }
     // Bucket i holds latencies in (bounds[i-1], bounds[i]]; index = number of bounds below the value.
-    const { rows, upto } = await endedLatencies(this.db, this.watermark, LATENCY_SETTLE_MS, LATENCY_BUCKETS);
+    const { rows, upto } = await endedLatencies(this.db, this.watermark, this.settleMs, LATENCY_BUCKETS);
     this.watermark = upto;
     for (const row of rows) {
       const key = `${row.name}\u0000${row.state}`;

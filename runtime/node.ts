@@ -372,6 +372,8 @@ export class TaskmillNode extends EventEmitter<TaskmillNodeEvents> {
     const deadline = Date.now() + this.config.shutdownGraceMs;
     await closeNodeToNewTasks(this.pool, this.id).catch(() => {});
     await this.listener?.close();
+    // The LISTEN session of node.client.waitForTask(), if one was opened (the pool stays the node's).
+    await this.client.close();
     await this.planner?.stop();
     await this.maintenance?.stop();
     await this.cron?.stop();

@@ -7,26 +7,24 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { buildProgram, loadCommands, runCli } from '../cli/main.ts';
 import { EXIT } from '../cli/output.ts';
 import { freePort } from '../runtime/database.ts';
-import { count, createTestDatabase, until, type TestDatabase } from './helpers/database.ts';
+import { count, until, useTestDatabase } from './helpers/database.ts';
 import { docExamples, shellWords } from './helpers/doc-examples.ts';
 
 const ROOT = path.resolve(import.meta.dirname, '..');
 const BIN = path.join(ROOT, 'cli/taskmill.mjs');
 const FIXTURES = 'test/fixtures/definitions.ts';
-let db: TestDatabase;
+const db = useTestDatabase();
 let tmp: string;
 /** Environment of in-process commands: no DATABASE_URL, and an embedded data folder where none runs. */
 let env: NodeJS.ProcessEnv;
 
 beforeAll(async () => {
-  db = await createTestDatabase();
   tmp = mkdtempSync(path.join(tmpdir(), 'taskmill-cli-'));
   // The embedded server runs as user postgres when the tests run as root: it must reach its data folder.
   chmodSync(tmp, 0o755);
   env = { PATH: process.env.PATH, HOME: process.env.HOME, TASKMILL_DATA_DIR: path.join(tmp, 'no-server') };
 });
 afterAll(async () => {
-  await db.drop();
   rmSync(tmp, { recursive: true, force: true });
 });
 
@@ -158,7 +156,7 @@ describe('every command', () => {
 
 describe('migrate', () => {
   it('reports pending migrations, applies them, then reports none', async () => {
-    const fresh = await createTestDatabase({ migrated: false });
+    const fresh = await db.another({ migrated: false });
     try {
       const before = await cli(['migrate', 'status', '--json'], { url: fresh.url });
       expect(before.code).toBe(EXIT.UNAVAILABLE);
@@ -313,7 +311,7 @@ describe('with a node running (in-process `taskmill node`)', () => {
     // 300,000 tasks ended in the window of a database no node maintains (its history stays put):
     // counting them takes far longer than 1 ms, so status gives up counting after
     // --throughput-timeout and still answers with everything else.
-    const big = await createTestDatabase();
+    const big = await db.another();
     try {
       await big.pool.query(
         `insert into tm_history (id, name, workflow_id, state, attempts, created_at, finished_at)
@@ -469,7 +467,7 @@ describe.concurrent('processes', () => {
         p.stdout.on('data', (d: Buffer) => (text += d));
         p.once('close', () => resolve(text));
       });
-      const victim = Number(/^\s*(\d+) .*local-cluster-node\.ts/m.exec(ps)![1]);
+      const victim = Number(/^\s*(\d+) .*cluster-node\.ts/m.exec(ps)![1]);
       process.kill(victim, 'SIGKILL');
       await until(() => /restarting node-\d in \d+ ms/.test(err), 10_000);
       const starts = () => out.match(/^\[node-\d\] \{.*"msg":"node started"/gm)?.length ?? 0;

@@ -2,21 +2,16 @@
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { TaskmillClient, TaskmillError } from '../runtime/index.ts';
 import * as defs from './fixtures/definitions.ts';
-import { createTestDatabase, until, type TestDatabase } from './helpers/database.ts';
-import { runningNodes, startTestNode, stopAllNodes } from './helpers/nodes.ts';
+import { until, useTestDatabase } from './helpers/database.ts';
+import { startTestNode, stopAllNodes } from './helpers/nodes.ts';
 
-let db: TestDatabase;
+const db = useTestDatabase();
 let client: TaskmillClient;
 
 beforeAll(async () => {
-  db = await createTestDatabase();
   client = new TaskmillClient({ pool: db.pool });
 });
-afterAll(async () => {
-  await stopAllNodes();
-  expect(runningNodes()).toBe(0);
-  await db.drop();
-});
+afterAll(stopAllNodes);
 
 it('reports the leader since it took the lease, each node with its state and load, and totals', async () => {
   const empty = await client.cluster();

@@ -5,26 +5,20 @@
  */
 import type pg from 'pg';
 import { v4 as uuidv4 } from 'uuid';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it } from 'vitest';
 import { Completer, MAX_TRANSIENT_RETRIES, takeBatch, type FlushResult } from '../runtime/completer.ts';
 import { encode } from '../task/codec.ts';
 import { newTask } from '../task/schedule-context.ts';
 import { storableError, type Failure, type Success } from '../store/tasks.ts';
 import * as defs from './fixtures/definitions.ts';
-import { count, createTestDatabase, type TestDatabase } from './helpers/database.ts';
+import { count, useTestDatabase } from './helpers/database.ts';
 import { insertTasks, taskStates } from './helpers/factory.ts';
 
-let db: TestDatabase;
+const db = useTestDatabase();
 const nodeId = uuidv4();
 
-beforeAll(async () => {
-  db = await createTestDatabase();
-});
 afterEach(async () => {
   await db.pool.query('truncate tm_tasks, tm_history, tm_dead_letters');
-});
-afterAll(async () => {
-  await db.drop();
 });
 
 /** `n` tasks running on `nodeId` under assignment 1. */

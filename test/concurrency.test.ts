@@ -5,23 +5,19 @@
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import type { TaskmillNode } from '../runtime/index.ts';
 import { record } from './fixtures/definitions.ts';
-import { count, createTestDatabase, until, type TestDatabase } from './helpers/database.ts';
+import { count, until, useTestDatabase } from './helpers/database.ts';
 import { startTestNode, stopAllNodes } from './helpers/nodes.ts';
 
-let db: TestDatabase;
+const db = useTestDatabase();
 let node: TaskmillNode;
 
 beforeAll(async () => {
-  db = await createTestDatabase();
   await db.pool.query(
     `create table runs (task_id uuid, key text, workflow_id uuid, seq int, started_at timestamptz, ended_at timestamptz, pid int)`,
   );
   node = await startTestNode(db.url, { maxParallelTasksInNode: 20, threads: 2 });
 });
-afterAll(async () => {
-  await stopAllNodes();
-  await db.drop();
-});
+afterAll(stopAllNodes);
 
 it('runs up to maxParallelTasksInNode asynchronous tasks at once on two threads, and no more', async () => {
   await node.client.scheduleMany(

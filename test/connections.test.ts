@@ -8,14 +8,13 @@ import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ConnectionClient } from '../runtime/connections.ts';
 import { TaskmillError, startNode } from '../runtime/index.ts';
-import { createTestDatabase, type TestDatabase } from './helpers/database.ts';
+import { useTestDatabase } from './helpers/database.ts';
 
-let db: TestDatabase;
+const db = useTestDatabase();
 let limitedUrl: string;
 const role = `tm_nolimit_${randomBytes(3).toString('hex')}`;
 
 beforeAll(async () => {
-  db = await createTestDatabase();
   await db.pool.query(`create role ${role} login password 'pw' connection limit 0`);
   const u = new URL(db.url);
   u.username = role;
@@ -25,7 +24,6 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await db.pool.query(`drop role if exists ${role}`);
-  await db.drop();
 });
 
 function expectTooMany(error: unknown): void {

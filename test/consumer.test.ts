@@ -1,13 +1,16 @@
 /**
  * The package as a user gets it: `npm pack` (which builds dist/), the tarball installed into an empty
  * project without TypeScript tooling and without optional dependencies (so without the embedded
- * PostgreSQL), then a plain-JS app, a strict TypeScript consumer, the CLI, and a tsx-run app with a
- * TypeScript handler, all against the test server. Packed and installed once for the whole file.
+ * PostgreSQL), then a plain-JS app, a strict TypeScript consumer, the CLI (`taskmill cluster`
+ * included), and a tsx-run app with a TypeScript handler, all against the test server. Packed and
+ * installed once for the whole file.
  */
 import { mkdirSync, mkdtempSync, readdirSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import pg from 'pg';
+import { NodeProcess } from '../cluster/node-process.ts';
+import { TaskmillClient } from '../runtime/index.ts';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { buildProgram, LAZY_COMMANDS, loadCommands } from '../cli/main.ts';
 import { withDatabase } from '../runtime/database.ts';
@@ -139,12 +142,9 @@ describe('the npm package', () => {
         const ids = await node.client.scheduleMany(square, [1, 2, 3, 4, 5].map((n) => ({ message: { n } })));
         const results = [];
         for (const id of ids) {
-          for (;;) {
-            const task = await node.client.getTask(id);
-            if (task?.state === 'completed') { results.push(task.result); break; }
-            if (task?.state === 'dead') throw new Error('task died: ' + task.error);
-            await new Promise((resolve) => setTimeout(resolve, 20));
-          }
+          const task = await node.client.waitForTask(id, { timeoutMs: 60_000 });
+          if (task.state !== 'completed') throw new Error('task ended ' + task.state + ': ' + task.error);
+          results.push(task.result);
         }
         const unknown = await node.client.schedule('no.such.task', {}).catch((error) => error);
         console.log(JSON.stringify({ results, error: unknown instanceof TaskmillError ? unknown.code : String(unknown) }));
@@ -190,12 +190,9 @@ describe('the npm package', () => {
         const node = await startNode({ connectionString: process.env.DATABASE_URL!, tasks: [double], threads: 1, logLevel: 'warn' });
         try {
           const id = await node.client.schedule(double, { message: { n: 21 } });
-          for (;;) {
-            const task = await node.client.getTask<{ double: number }>(id);
-            if (task?.state === 'completed') { console.log(JSON.stringify(task.result)); break; }
-            if (task?.state === 'dead' || task?.error) throw new Error('task failed: ' + task.error);
-            await new Promise((resolve) => setTimeout(resolve, 20));
-          }
+          const task = await node.client.waitForTask<{ double: number }>(id, { timeoutMs: 60_000 });
+          if (task.state !== 'completed') throw new Error('task failed: ' + task.error);
+          console.log(JSON.stringify(task.result));
         } finally {
           await node.stop();
         }\n`,
@@ -251,6 +248,8 @@ describe('the npm package', () => {
         // @ts-expect-error the message type of the definition is checked
         await node.client.schedule(squareTask, { message: { n: 'three' } });
         const info = await node.client.getTask<number>(id);
+        const ended: TaskInfo<number> = await node.client.waitForTask<number>(id, { timeoutMs: 1_000 });
+        console.log(ended.result);
         const code: string | undefined = info === undefined ? new TaskmillError('NOT_FOUND', 'gone').code : undefined;
         await node.stop();
         return code === undefined ? info : undefined;
@@ -297,4 +296,99 @@ describe('the CLI entry', () => {
       expect(program.commands.find((c) => c.name() === name)?.description()).toBe(summary);
     }
   });
+});
+
+describe('taskmill cluster from the installed package', () => {
+  it(
+    'runs two compiled node processes with a leader, runs a task, and stops cleanly on SIGINT',
+    async () => {
+      writeFileSync(
+        path.join(project, 'hello.mjs'),
+        `export default async function hello(message) { return { hello: message.n }; }\n`,
+      );
+      writeFileSync(
+        path.join(project, 'tasks.mjs'),
+        `import { defineTask } from 'taskmill';
+      export const hello = defineTask({ name: 'consumer.hello', handler: new URL('./hello.mjs', import.meta.url) });
+      export const nodeOptions = { threads: 1 };\n`,
+      );
+      const env = { ...userEnv, DATABASE_URL: databaseUrl };
+      const lines: string[] = [];
+      const waiters: { pattern: RegExp; found: () => void }[] = [];
+      const cluster = new NodeProcess({
+        entry: path.join(project, 'node_modules', 'taskmill', 'dist', 'cli', 'taskmill.mjs'),
+        args: ['cluster', '--nodes', '2', '--tasks', './tasks.mjs'],
+        name: 'taskmill cluster',
+        env,
+        cwd: project,
+        onLine: (line) => {
+          lines.push(line);
+          for (const w of waiters.filter((w) => w.pattern.test(line))) w.found();
+        },
+      });
+      /** Resolves at the first output line matching `pattern`; rejects if the cluster exits first. */
+      const line = (pattern: RegExp) =>
+        lines.some((l) => pattern.test(l))
+          ? Promise.resolve()
+          : Promise.race([
+              new Promise<void>((found) => waiters.push({ pattern, found })),
+              cluster.exited.then(({ code }) => {
+                throw new Error(`taskmill cluster exited (${code}) before ${pattern}:\n${lines.join('\n')}`);
+              }),
+            ]);
+      const client = new TaskmillClient({ connectionString: databaseUrl });
+      try {
+        await Promise.all([line(/^\[cluster\] node-1 started/), line(/^\[cluster\] node-2 started/)]);
+        const pids = lines.flatMap((l) => /^\[cluster\] node-\d spawned \(pid (\d+)\)/.exec(l)?.[1] ?? []);
+        expect(pids).toHaveLength(2);
+
+        // A task scheduled with the installed CLI runs: a leader planned it onto a node.
+        const bin = path.join(project, 'node_modules', '.bin', 'taskmill');
+        const scheduled = expectOk(
+          await run(bin, ['schedule', 'consumer.hello', '--message', '{"n":7}', '--json'], {
+            cwd: project,
+            env,
+          }),
+        );
+        const { id } = JSON.parse(scheduled.stdout) as { id: string };
+        expect(await client.waitForTask(id, { timeoutMs: 60_000 })).toMatchObject({
+          state: 'completed',
+          result: { hello: 7 },
+        });
+        const status = JSON.parse(
+          expectOk(await run(bin, ['status', '--json'], { cwd: project, env })).stdout,
+        ) as { nodes: { name: string; alive: boolean; leader: boolean }[] };
+        const alive = status.nodes.filter((n) => n.alive);
+        expect(alive.map((n) => n.name).sort()).toEqual(['node-1', 'node-2']);
+        expect(alive.filter((n) => n.leader)).toHaveLength(1);
+
+        // Ctrl-C: both nodes stop gracefully, then the cluster exits 0.
+        cluster.kill('SIGINT');
+        expect(await cluster.exited).toEqual({ code: 0, signal: null });
+        for (const name of ['node-1', 'node-2']) {
+          expect(
+            lines.some((l) => l.startsWith(`[cluster] ${name} (pid `) && l.endsWith('exited with code 0')),
+          ).toBe(true);
+        }
+        for (const pid of pids) expect(() => process.kill(Number(pid), 0)).toThrow();
+      } finally {
+        await cluster.stop(30_000);
+        await client.close();
+      }
+    },
+    PROCESS_TEST_MS,
+  );
+
+  it(
+    'says that taskmill bench runs from a checkout only, in its help and when run',
+    async () => {
+      const bin = path.join(project, 'node_modules', '.bin', 'taskmill');
+      const help = expectOk(await run(bin, ['help', 'bench'], { cwd: project, env: userEnv }));
+      expect(help.stdout).toContain('From a checkout of the taskmill repository only');
+      const bench = await run(bin, ['bench'], { cwd: project, env: userEnv });
+      expect(bench.code).toBe(5);
+      expect(bench.stderr).toContain('the benchmarks run from a checkout of the taskmill repository');
+    },
+    PROCESS_TEST_MS,
+  );
 });

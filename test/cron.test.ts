@@ -1,6 +1,6 @@
 import { readFileSync } from 'node:fs';
 import pg from 'pg';
-import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { afterAll, beforeEach, describe, expect, it } from 'vitest';
 import {
   Cron,
   planSlots,
@@ -12,27 +12,20 @@ import { TaskmillClient, decode, defineTask, type TaskDefinition } from '../runt
 import { definitionRecord } from '../task/task-definition.ts';
 import { buildHttpApp, startHttpServer } from '../http/server.ts';
 import { runCli } from '../cli/main.ts';
-import { count, createTestDatabase, until, type TestDatabase } from './helpers/database.ts';
+import { count, until, useTestDatabase } from './helpers/database.ts';
 import { docExamples, runCurl, shellWords } from './helpers/doc-examples.ts';
-import { runningNodes, startTestNode, stopAllNodes } from './helpers/nodes.ts';
+import { startTestNode, stopAllNodes } from './helpers/nodes.ts';
 
 const echoHandler = new URL('./fixtures/echo.ts', import.meta.url);
 const cronTask = (name: string, cron: CronOptionInput) => defineTask({ name, handler: echoHandler, cron });
 
-let db: TestDatabase;
+const db = useTestDatabase();
 
-beforeAll(async () => {
-  db = await createTestDatabase();
-});
 // A Cron pass handles every cron row: each test starts with none.
 beforeEach(async () => {
   await db.pool.query(`delete from tm_cron`);
 });
-afterAll(async () => {
-  await stopAllNodes();
-  expect(runningNodes()).toBe(0);
-  await db.drop();
-});
+afterAll(stopAllNodes);
 
 /** What a node does at start: definitions, then their cron rows (starting at `at`). */
 async function register(defs: TaskDefinition[], at: Date): Promise<void> {

@@ -1,15 +1,9 @@
-import { afterAll, beforeAll, expect, it } from 'vitest';
+import { expect, it } from 'vitest';
 import { releaseDanglingWaits } from '../store/waits.ts';
-import { count, createTestDatabase, type TestDatabase } from './helpers/database.ts';
+import { count, useTestDatabase } from './helpers/database.ts';
 import { insertTask } from './helpers/factory.ts';
 
-let db: TestDatabase;
-beforeAll(async () => {
-  db = await createTestDatabase();
-});
-afterAll(async () => {
-  await db.drop();
-});
+const db = useTestDatabase();
 
 it('settles waits whose target vanished without tm_after_end: joins released, dependents failed', async () => {
   const gone = await insertTask(db.pool, { state: 'ready' });

@@ -9,12 +9,12 @@ import * as defs from './fixtures/definitions.ts';
 import { launchChromium } from './helpers/browser.ts';
 import { insertTask } from './helpers/factory.ts';
 import { DEPTH_STATES } from '../task/task-states.ts';
-import { count, createTestDatabase, until, type TestDatabase } from './helpers/database.ts';
-import { runningNodes, startTestNode, stopAllNodes } from './helpers/nodes.ts';
+import { count, until, useTestDatabase } from './helpers/database.ts';
+import { startTestNode, stopAllNodes } from './helpers/nodes.ts';
 
 const OUTPUT = path.resolve(import.meta.dirname, '../.taskmill/test-output');
 const silent = createLogger('silent');
-let db: TestDatabase;
+const db = useTestDatabase();
 let node: TaskmillNode;
 let server: HttpServer;
 let browser: Browser;
@@ -25,7 +25,6 @@ let pendingIds: string[];
 const workflowId = '0190a5b2-0000-7000-8000-00000000da5b';
 
 beforeAll(async () => {
-  db = await createTestDatabase();
   node = await startTestNode(db.url, { name: 'dash-node' });
   server = await startHttpServer({
     connectionString: db.url,
@@ -60,8 +59,6 @@ afterAll(async () => {
   await browser?.close();
   await server?.close();
   await stopAllNodes();
-  expect(runningNodes()).toBe(0);
-  await db.drop();
 });
 
 const row = (table: string, attr: string, value: string) =>

@@ -12,8 +12,8 @@ import {
 } from '../runtime/index.ts';
 import { PLANNER_CHANNEL } from '../store/channels.ts';
 import * as defs from './fixtures/definitions.ts';
-import { count, createTestDatabase, until, type TestDatabase } from './helpers/database.ts';
-import { runningNodes, startTestNode, stopAllNodes } from './helpers/nodes.ts';
+import { until, useTestDatabase } from './helpers/database.ts';
+import { startTestNode, stopAllNodes } from './helpers/nodes.ts';
 
 /** Strict affinity, fails at once: the head of its key goes straight to the dead-letter table. */
 const strictFails = defineTask({
@@ -23,11 +23,10 @@ const strictFails = defineTask({
   retry: { mode: 'OFF' },
 });
 
-let db: TestDatabase;
+const db = useTestDatabase();
 let node: TaskmillNode;
 
 beforeAll(async () => {
-  db = await createTestDatabase();
   await db.pool.query(
     `create table runs (task_id uuid, key text, workflow_id uuid, seq int, started_at timestamptz,
        ended_at timestamptz, pid int)`,
@@ -37,11 +36,7 @@ beforeAll(async () => {
 beforeEach(async () => {
   await db.pool.query(`delete from tm_dead_letters`);
 });
-afterAll(async () => {
-  await stopAllNodes();
-  expect(runningNodes()).toBe(0);
-  await db.drop();
-});
+afterAll(stopAllNodes);
 
 interface DeadRow {
   id?: string;
@@ -72,10 +67,8 @@ async function insertDead(row: DeadRow = {}): Promise<string> {
   return id;
 }
 
-async function waitEnded(id: string) {
-  await until(async () => (await count(db.pool, `select count(*) from tm_tasks where id = $1`, [id])) === 0);
-  return node.client.getTask(id);
-}
+/** Every task here ends within seconds; the margin is for a loaded 2-core machine. */
+const waitEnded = (id: string) => node.client.waitForTask(id, { timeoutMs: 30_000 });
 
 const deadIds = async () =>
   (await db.pool.query<{ id: string }>(`select id from tm_dead_letters order by id`)).rows.map((r) => r.id);

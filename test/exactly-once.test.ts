@@ -6,23 +6,18 @@
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { TaskmillClient } from '../runtime/index.ts';
 import { deposit } from './fixtures/workflow-definitions.ts';
-import { count, createTestDatabase, until, type TestDatabase } from './helpers/database.ts';
-import { killAllNodes, liveNodeProcesses, spawnNode } from './helpers/spawn.ts';
+import { count, until, useTestDatabase } from './helpers/database.ts';
+import { killAllNodes, spawnNode } from './helpers/spawn.ts';
 
-let db: TestDatabase;
+const db = useTestDatabase();
 let client: TaskmillClient;
 
 beforeAll(async () => {
-  db = await createTestDatabase();
   await db.pool.query(`create table ledger (account text primary key, balance int not null)`);
   await db.pool.query(`create table ledger_writes (task_id uuid, attempt int)`);
   client = new TaskmillClient({ pool: db.pool });
 });
-afterAll(async () => {
-  await killAllNodes();
-  expect(liveNodeProcesses()).toBe(0);
-  await db.drop();
-});
+afterAll(killAllNodes);
 
 /** A worker-thread transaction that has written (it holds a transaction id) and not committed. */
 const uncommittedWrite = () =>

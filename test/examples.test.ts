@@ -8,8 +8,8 @@
 import { spawn } from 'node:child_process';
 import { existsSync, readFileSync, readdirSync } from 'node:fs';
 import path from 'node:path';
-import { afterAll, beforeAll, expect, it } from 'vitest';
-import { createTestDatabase, type TestDatabase } from './helpers/database.ts';
+import { expect, it } from 'vitest';
+import { useTestDatabase } from './helpers/database.ts';
 import { FRAGMENT_MARK, asDocumented, tsBlocks } from './helpers/doc-examples.ts';
 
 const ROOT = path.resolve(import.meta.dirname, '..');
@@ -17,13 +17,7 @@ const TSX = import.meta.resolve('tsx');
 /** The examples/ files the tests run: quickstart.ts, and the modules it loads. */
 const RUN_BY_TESTS = ['examples/quickstart.ts', 'examples/tasks.ts', 'examples/resize-image.ts'];
 
-let db: TestDatabase;
-beforeAll(async () => {
-  db = await createTestDatabase();
-});
-afterAll(async () => {
-  await db.drop();
-});
+const db = useTestDatabase();
 
 it('the README quick start runs as written: prints the completed result and exits', async () => {
   const child = spawn(process.execPath, ['--import', TSX, 'examples/quickstart.ts'], {

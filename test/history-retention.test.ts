@@ -17,21 +17,14 @@ import { knownMigrations, migrate } from '../migrations/migrator.ts';
 import { TaskmillClient } from '../runtime/index.ts';
 import { cancelTasks, completeTasks, failTasks, findTask } from '../store/tasks.ts';
 import * as defs from './fixtures/definitions.ts';
-import { count, createTestDatabase, until, type TestDatabase } from './helpers/database.ts';
+import { count, until, useTestDatabase, type TestDatabase } from './helpers/database.ts';
 import { insertNode, insertTasks } from './helpers/factory.ts';
-import { runningNodes, startTestNode, stopAllNodes } from './helpers/nodes.ts';
+import { startTestNode, stopAllNodes } from './helpers/nodes.ts';
 
-const databases: TestDatabase[] = [];
-async function database(options?: { migrated?: boolean }): Promise<TestDatabase> {
-  const db = await createTestDatabase(options);
-  databases.push(db);
-  return db;
-}
-afterEach(async () => {
-  await stopAllNodes();
-  expect(runningNodes()).toBe(0);
-  await Promise.all(databases.splice(0).map((db) => db.drop()));
-});
+/** A database per test, dropped with the file's (kept when a test failed). */
+const file = useTestDatabase();
+const database = (options?: { migrated?: boolean }): Promise<TestDatabase> => file.another(options);
+afterEach(stopAllNodes);
 
 const SECOND = 1_000;
 const DAY = 86_400_000;

@@ -8,31 +8,44 @@ import type { TaskmillClient } from '../runtime/client.ts';
 import type { ScheduleContext } from '../task/schedule-context.ts';
 import { createLogger } from '../runtime/logger.ts';
 import type { TaskmillNode } from '../runtime/index.ts';
-import { count, createTestDatabase, until, type TestDatabase } from './helpers/database.ts';
-import { runningNodes, startTestNode, stopAllNodes } from './helpers/nodes.ts';
+import type { FlushResult } from '../runtime/completer.ts';
+import { TaskmillMetrics } from '../runtime/metrics.ts';
+import { count, until, useTestDatabase } from './helpers/database.ts';
+import { startTestNode, stopAllNodes } from './helpers/nodes.ts';
 import { docExamples, runCurl } from './helpers/doc-examples.ts';
 
 const silent = createLogger('silent');
-let db: TestDatabase;
+const db = useTestDatabase();
 let node: TaskmillNode;
 let server: HttpServer;
+let metrics: TaskmillMetrics;
 
 beforeAll(async () => {
-  db = await createTestDatabase();
   node = await startTestNode(db.url);
+  // Latency counts history rows once they are latencySettleMs old (2 s by default), and a scrape
+  // reuses a database snapshot younger than snapshotTtlMs (500 ms): the metrics test scrapes right
+  // after its tasks ended (their end is committed by then), and reads the database anew.
+  metrics = new TaskmillMetrics({
+    db: db.pool,
+    nodeTimeoutMs: 1_000,
+    latencySettleMs: 0,
+    snapshotTtlMs: 0,
+    log: silent,
+  });
+  metrics.observe(node);
   server = await startHttpServer({
     connectionString: db.url,
     port: 0,
     node,
+    metrics,
     log: silent,
     nodeTimeoutMs: 1_000,
   });
 });
 afterAll(async () => {
   await server?.close();
+  metrics?.close();
   await stopAllNodes();
-  expect(runningNodes()).toBe(0);
-  await db.drop();
 });
 
 async function call(method: string, path: string, body?: unknown, headers: Record<string, string> = {}) {
@@ -96,15 +109,15 @@ function rawCall(
     req.end(payload);
   });
 }
-const ended = (id: string) => async () =>
-  (await count(db.pool, `select count(*) from tm_tasks where id = $1`, [id])) === 0;
+/** Every task of these tests ends within seconds; the margin is for a loaded 2-core machine. */
+const ended = (id: string, timeoutMs = 30_000) => node.client.waitForTask(id, { timeoutMs });
 
 describe('submitting tasks', () => {
   it('schedules one task and returns it with its result once it ran', async () => {
     const submit = await call('POST', '/api/tasks', { name: 'echo', message: { hello: 'world' } });
     expect(submit.status).toBe(201);
     expect(submit.json.id).toMatch(/^[0-9a-f-]{36}$/);
-    await until(ended(submit.json.id));
+    await ended(submit.json.id);
     const task = await call('GET', `/api/tasks/${submit.json.id}`);
     expect(task.status).toBe(200);
     expect(task.json).toMatchObject({
@@ -124,7 +137,7 @@ describe('submitting tasks', () => {
     ]);
     expect(submit.status).toBe(201);
     expect(submit.json.ids).toHaveLength(3);
-    for (const id of submit.json.ids) await until(ended(id));
+    for (const id of submit.json.ids) await ended(id);
     const names = await Promise.all(
       submit.json.ids.map(async (id: string) => (await call('GET', `/api/tasks/${id}`)).json.name),
     );
@@ -306,7 +319,7 @@ describe('dependencies', () => {
     expect((await call('GET', `/api/tasks/${second.json.id}`)).json.state).toBe('waiting');
     await call('POST', `/api/tasks/${first.json.id}/cancel`);
     // A dependency that ends without success fails its dependents, with the reason.
-    await until(ended(second.json.id));
+    await ended(second.json.id);
     const task = (await call('GET', `/api/tasks/${second.json.id}`)).json;
     expect(task).toMatchObject({ state: 'failed', error: expect.stringMatching(/DependencyFailed/) });
   });
@@ -326,7 +339,7 @@ describe('dependencies', () => {
 describe('dead letters', () => {
   it('lists, shows, requeues and purges them', async () => {
     const { json } = await call('POST', '/api/tasks', { name: 'throws', message: { why: 'test' } });
-    await until(ended(json.id));
+    await ended(json.id);
     const list = await call('GET', '/api/dead-letters?name=throws&limit=10');
     expect(list.json.deadLetters.map((d: { id: string }) => d.id)).toContain(json.id);
     const one = await call('GET', `/api/dead-letters/${json.id}`);
@@ -449,7 +462,7 @@ describe('cancelling', () => {
       id: json.id,
       outcome: 'requested',
     });
-    await until(ended(json.id), 10_000);
+    await ended(json.id, 10_000);
     expect((await call('GET', `/api/tasks/${json.id}`)).json.state).toBe('cancelled');
   });
 
@@ -493,7 +506,7 @@ describe('cluster state', () => {
   it('answers health and readiness probes', async () => {
     expect(await call('GET', '/healthz')).toMatchObject({ status: 200, json: { status: 'ok' } });
     expect(await call('GET', '/readyz')).toMatchObject({ status: 200, json: { status: 'ready' } });
-    const empty = await createTestDatabase({ migrated: false });
+    const empty = await db.another({ migrated: false });
     const app = await buildHttpApp({ pool: empty.pool, log: silent });
     try {
       const response = await app.inject({ method: 'GET', url: '/readyz' });
@@ -533,11 +546,24 @@ describe('metrics', () => {
     const read = (text: string) => (pattern: string) =>
       Number(new RegExp(`^${pattern} (\\S+)$`, 'm').exec(text)?.[1] ?? 0);
     const before = read(first.text);
+    // The node's counters move on its flush events, which may come a moment after the end is
+    // committed (and heard by waitForTask): wait for the node to report each final outcome.
+    const reported = new Set<string>();
+    let check = () => {};
+    const onFlush = (result: FlushResult) => {
+      for (const a of result.accepted) if (a.outcome !== 'retried') reported.add(a.id);
+      check();
+    };
+    node.on('flush', onFlush);
     const { json } = await call('POST', '/api/tasks', [{ name: 'echo' }, { name: 'throws' }]);
-    await until(ended(json.ids[0]));
-    await until(ended(json.ids[1]));
-    // Latency counts rows that ended at least 2 s before the scrape.
-    await new Promise((r) => setTimeout(r, 2_100));
+    const ids = json.ids as string[];
+    const allReported = new Promise<void>((resolve) => {
+      check = () => ids.every((id) => reported.has(id)) && resolve();
+      check();
+    }).finally(() => node.off('flush', onFlush));
+    await ended(ids[0]);
+    await ended(ids[1]);
+    await allReported;
     const text = (await call('GET', '/metrics')).text;
     const value = read(text);
     const delta = (pattern: string) => value(pattern) - before(pattern);
@@ -561,7 +587,7 @@ describe('metrics', () => {
       `select (select count(*) from tm_tasks) + (select count(*) from tm_history) + (select count(*) from tm_dead_letters)`,
     );
     expect(value('taskmill_cluster_tasks_created_total')).toBeGreaterThanOrEqual(present);
-    // The first scrape set the latency watermark (2 s back): tasks that ended since are counted.
+    // The first scrape set the latency watermark (now, settling 0 ms): tasks that ended since are counted.
     const latencyCount = value('taskmill_task_latency_seconds_count\\{task="echo",outcome="completed"\\}');
     expect(latencyCount).toBeGreaterThanOrEqual(1);
     expect(

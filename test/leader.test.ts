@@ -1,17 +1,11 @@
 /** The planner lease (tm_leader) between lease objects sharing one database, driven by runOnce(). */
-import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { beforeEach, describe, expect, it } from 'vitest';
 import { v4 as uuidv4 } from 'uuid';
 import { LeaderLease } from '../planner/leader.ts';
-import { createTestDatabase, type TestDatabase } from './helpers/database.ts';
+import { useTestDatabase } from './helpers/database.ts';
 
-let db: TestDatabase;
+const db = useTestDatabase();
 
-beforeAll(async () => {
-  db = await createTestDatabase();
-});
-afterAll(async () => {
-  await db.drop();
-});
 beforeEach(async () => {
   await db.pool.query('delete from tm_leader');
 });

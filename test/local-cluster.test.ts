@@ -1,6 +1,7 @@
 /**
- * scripts/local-cluster.ts: real node processes started, watched, restarted and stopped, in each of the
- * node-module shapes it accepts, through the function and through the command line.
+ * cluster/local-cluster.ts: real node processes started, watched, restarted and stopped, in each of the
+ * node-module shapes it accepts, through the function and through the command line
+ * (scripts/local-cluster.ts).
  */
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -11,9 +12,9 @@ import { fileURLToPath, pathToFileURL } from 'node:url';
 import pg from 'pg';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { TaskmillClient } from '../runtime/index.ts';
-import { runLocalCluster, type LocalCluster } from '../scripts/local-cluster.ts';
+import { runLocalCluster, type LocalCluster } from '../cluster/local-cluster.ts';
 import * as defs from './fixtures/definitions.ts';
-import { count, createTestDatabase, until, type TestDatabase } from './helpers/database.ts';
+import { count, until, useTestDatabase } from './helpers/database.ts';
 
 const root = path.resolve(import.meta.dirname, '..');
 const url = (file: string) => pathToFileURL(path.join(root, file)).href;
@@ -22,7 +23,7 @@ const TSX = import.meta.resolve('tsx');
 const FAST_NODE = `{ heartbeatIntervalMs: 100, nodeTimeoutMs: 1000, threads: 1, logLevel: 'info',
   planner: { leaseTtlMs: 600, maintenanceIntervalMs: 100 } }`;
 
-let db: TestDatabase;
+const db = useTestDatabase();
 let dir: string;
 /**
  * In the project's git-ignored folder, like the test server: initdb may run as another user than ours
@@ -31,7 +32,7 @@ let dir: string;
 const embeddedDir = path.join(root, '.taskmill', 'test-pg', `cluster-${randomBytes(4).toString('hex')}`);
 const clusters: LocalCluster[] = [];
 
-/** The three module shapes of the header of scripts/local-cluster.ts. */
+/** The three module shapes of the header of cluster/local-cluster.ts. */
 const modules = {
   tasks: `import { all } from '${url('test/fixtures/definitions.ts')}';
 export default all;
@@ -72,14 +73,12 @@ function alive(pid: number | undefined): boolean {
 const nodeRows = (name: string) => count(db.pool, `select count(*) from tm_nodes where name = $1`, [name]);
 
 beforeAll(async () => {
-  db = await createTestDatabase();
   dir = mkdtempSync(path.join(tmpdir(), 'taskmill-cluster-test-'));
 });
 afterEach(async () => {
   await Promise.all(clusters.splice(0).map((c) => c.stop()));
 });
 afterAll(async () => {
-  await db.drop();
   rmSync(dir, { recursive: true, force: true });
   rmSync(embeddedDir, { recursive: true, force: true });
 });

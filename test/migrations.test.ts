@@ -9,21 +9,14 @@ import {
 } from '../migrations/migrator.ts';
 import { TaskmillClient } from '../runtime/index.ts';
 import * as defs from './fixtures/definitions.ts';
-import { count, createTestDatabase, type TestDatabase } from './helpers/database.ts';
-import { runningNodes, startTestNode, stopAllNodes } from './helpers/nodes.ts';
+import { count, useTestDatabase, type TestDatabase } from './helpers/database.ts';
+import { startTestNode, stopAllNodes } from './helpers/nodes.ts';
 
-const databases: TestDatabase[] = [];
-async function fresh(): Promise<TestDatabase> {
-  const db = await createTestDatabase({ migrated: false });
-  databases.push(db);
-  return db;
-}
+/** An unmigrated database per test, dropped with the file's (kept when a test failed). */
+const file = useTestDatabase();
+const fresh = (): Promise<TestDatabase> => file.another({ migrated: false });
 
-afterEach(async () => {
-  await stopAllNodes();
-  expect(runningNodes()).toBe(0);
-  await Promise.all(databases.splice(0).map((db) => db.drop()));
-});
+afterEach(stopAllNodes);
 
 describe('migrate()', () => {
   it('applies every version exactly once when five nodes migrate a fresh database at once', async () => {

@@ -11,16 +11,12 @@ import { TaskmillClient, type TaskDefinition } from '../runtime/index.ts';
 import { recordStrictParent } from './fixtures/affinity-definitions.ts';
 import * as defs from './fixtures/definitions.ts';
 import type { RecordMessage } from './fixtures/record.ts';
-import { count, createTestDatabase, until, type TestDatabase } from './helpers/database.ts';
-import {
-  killAllNodes,
-  liveNodeProcesses,
-  spawnNode,
-  type SpawnOptions,
-  type SpawnedNode,
-} from './helpers/spawn.ts';
+import { count, until, useTestDatabase, type TestDatabase } from './helpers/database.ts';
+import { killAllNodes, spawnNode, type SpawnOptions, type SpawnedNode } from './helpers/spawn.ts';
 
 const DONE_TIMEOUT_MS = 45_000;
+/** Each cluster gets a database of its own (kept with the file's when a test failed). */
+const databases = useTestDatabase();
 
 interface Cluster {
   db: TestDatabase;
@@ -31,7 +27,7 @@ interface Cluster {
 const clusters = new Set<Cluster>();
 
 async function startCluster(options: SpawnOptions[]): Promise<Cluster> {
-  const db = await createTestDatabase();
+  const db = await databases.another();
   const client = new TaskmillClient({ connectionString: db.url });
   const cluster: Cluster = { db, client, nodes: [] };
   clusters.add(cluster);
@@ -43,7 +39,7 @@ async function startCluster(options: SpawnOptions[]): Promise<Cluster> {
   return cluster;
 }
 
-/** Kills the cluster's node processes (the ones still alive) and drops its database. */
+/** Kills the cluster's node processes (the ones still alive); its database goes with the file's. */
 async function stopCluster(c: Cluster): Promise<void> {
   clusters.delete(c);
   await Promise.all(
@@ -53,14 +49,12 @@ async function stopCluster(c: Cluster): Promise<void> {
     }),
   );
   await c.client.close();
-  await c.db.drop();
 }
 
 afterAll(async () => {
   // Also the nodes of a cluster whose start failed half-way.
   await killAllNodes();
   await Promise.all([...clusters].map(stopCluster));
-  expect(liveNodeProcesses()).toBe(0);
 });
 
 /** Tasks of one affinity key, scheduled workflow after workflow. */

@@ -2,24 +2,16 @@
  * A cluster without a planner says so: a node running without one warns once when no node has led
  * the planner for longer than the lease time to live, and `taskmill status` prints a warning.
  */
-import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { afterAll, describe, expect, it, vi } from 'vitest';
 import { renderStatus } from '../cli/commands/status.ts';
 import { clusterStats } from '../store/inspect.ts';
 import { PlannerWatch } from '../planner/planner-watch.ts';
-import { createTestDatabase, until, type TestDatabase } from './helpers/database.ts';
-import { runningNodes, startTestNode, stopAllNodes } from './helpers/nodes.ts';
+import { until, useTestDatabase } from './helpers/database.ts';
+import { startTestNode, stopAllNodes } from './helpers/nodes.ts';
 
-let db: TestDatabase;
+const db = useTestDatabase();
 
-beforeAll(async () => {
-  db = await createTestDatabase();
-});
-
-afterAll(async () => {
-  await stopAllNodes();
-  expect(runningNodes()).toBe(0);
-  await db.drop();
-});
+afterAll(stopAllNodes);
 
 function recorder() {
   const lines: { level: 'warn' | 'info'; msg: string }[] = [];

@@ -3,9 +3,9 @@ import { randomUUID } from 'node:crypto';
  * The planner's rules, one pass at a time: rows are written with the factory, `runOnce()` is called
  * directly, and the assignments it wrote are read back from tm_tasks.
  */
-import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { beforeEach, describe, expect, it } from 'vitest';
 import { Planner, type PlannerOptions } from '../planner/planner.ts';
-import { count, createTestDatabase, type TestDatabase } from './helpers/database.ts';
+import { count, useTestDatabase } from './helpers/database.ts';
 import {
   heldIds,
   insertNode,
@@ -16,14 +16,8 @@ import {
   taskStates,
 } from './helpers/factory.ts';
 
-let db: TestDatabase;
+const db = useTestDatabase();
 
-beforeAll(async () => {
-  db = await createTestDatabase();
-});
-afterAll(async () => {
-  await db.drop();
-});
 beforeEach(async () => {
   await db.pool.query('truncate tm_tasks, tm_nodes, tm_task_defs cascade');
 });

@@ -2,23 +2,17 @@
  * Recovery by lease, not by age, and fencing of late outcomes: crashed states are written with the
  * factory, then maintenance and the task store are called directly.
  */
-import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { beforeEach, describe, expect, it } from 'vitest';
 import { Maintenance, nodeDiedError, recoverDeadNodes } from '../planner/maintenance.ts';
 import { Planner } from '../planner/planner.ts';
 import { newTask } from '../task/schedule-context.ts';
 import { completeTasks, failTasks, type Failure, type Success } from '../store/tasks.ts';
 import * as defs from './fixtures/definitions.ts';
-import { count, createTestDatabase, type TestDatabase } from './helpers/database.ts';
+import { count, useTestDatabase } from './helpers/database.ts';
 import { heldIds, insertNode, insertTask, insertTasks, taskStates } from './helpers/factory.ts';
 
-let db: TestDatabase;
+const db = useTestDatabase();
 
-beforeAll(async () => {
-  db = await createTestDatabase();
-});
-afterAll(async () => {
-  await db.drop();
-});
 beforeEach(async () => {
   await db.pool.query('truncate tm_tasks, tm_nodes, tm_history, tm_dead_letters, tm_task_defs cascade');
 });

@@ -1,29 +1,23 @@
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import type { TaskmillNode } from '../runtime/index.ts';
+import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
+import { TaskmillClient, type TaskmillNode } from '../runtime/index.ts';
 import * as defs from './fixtures/definitions.ts';
-import { count, createTestDatabase, until, type TestDatabase } from './helpers/database.ts';
-import { runningNodes, startTestNode, stopAllNodes } from './helpers/nodes.ts';
+import { count, useTestDatabase } from './helpers/database.ts';
+import { startTestNode, stopAllNodes } from './helpers/nodes.ts';
 
-let db: TestDatabase;
+const db = useTestDatabase();
 let node: TaskmillNode;
 
 beforeAll(async () => {
-  db = await createTestDatabase();
   node = await startTestNode(db.url);
 });
-afterAll(async () => {
-  await stopAllNodes();
-  expect(runningNodes()).toBe(0);
-  await db.drop();
-});
+afterAll(stopAllNodes);
 afterEach(async () => {
   expect(node.state).toBe('running');
 });
 
-async function waitEnded(id: string) {
-  await until(async () => (await count(db.pool, `select count(*) from tm_tasks where id = $1`, [id])) === 0);
-  return node.client.getTask(id);
-}
+/** Every task here ends within seconds on an idle node; the margin is for a loaded 2-core machine. */
+const ENDS = { timeoutMs: 30_000 };
+const waitEnded = (id: string) => node.client.waitForTask(id, ENDS);
 
 describe('a single node', () => {
   it('runs a task and keeps its result in history', async () => {
@@ -42,10 +36,10 @@ describe('a single node', () => {
       Array.from({ length: 3000 }, () => ({})),
     );
     expect(new Set(ids).size).toBe(3000);
-    await until(
-      async () =>
-        (await count(db.pool, `select count(*) from tm_history where id = any($1)`, [ids])) === 3000,
-    );
+    // Ends are announced up to 200 ids a notification: every wait hears its own.
+    const ended = await Promise.all(ids.map((id) => node.client.waitForTask(id, { timeoutMs: 60_000 })));
+    expect(ended.every((t) => t.state === 'completed')).toBe(true);
+    expect(await count(db.pool, `select count(*) from tm_history where id = any($1)`, [ids])).toBe(3000);
     expect(await count(db.pool, `select count(*) from tm_tasks where name = 'noop'`)).toBe(0);
   });
 
@@ -132,5 +126,49 @@ describe('a single node', () => {
     } finally {
       client.release();
     }
+  });
+});
+
+describe('client.waitForTask()', () => {
+  let client: TaskmillClient;
+  beforeAll(() => {
+    client = new TaskmillClient({ connectionString: db.url });
+  });
+  afterAll(() => client.close());
+
+  it('is woken by the notification of the end, reading the task once more, not polling', async () => {
+    const id = await client.schedule(defs.noop, { delayMs: 60_000 });
+    const reads = vi.spyOn(client, 'getTask');
+    const waiting = client.waitForTask(id, ENDS);
+    // The wait has read the task once (pending); it ends when the cancellation commits.
+    await vi.waitFor(() => expect(reads).toHaveBeenCalledTimes(1));
+    await db.pool.query(`select count(*) from tm_tasks`); // time passes, nothing is read meanwhile
+    expect(reads).toHaveBeenCalledTimes(1);
+    await client.cancel(id);
+    expect(await waiting).toMatchObject({ id, state: 'cancelled' });
+    // One read before, one after the notification (cancel() reads it too, through getTask()).
+    expect(reads.mock.calls.filter(([arg]) => arg === id).length).toBeLessThanOrEqual(4);
+    reads.mockRestore();
+  });
+
+  it('resolves at once for a task that has ended, and several waits on one task share the end', async () => {
+    const id = await node.client.schedule(defs.echo, { message: 'once' });
+    const [a, b] = await Promise.all([client.waitForTask(id, ENDS), client.waitForTask(id, ENDS)]);
+    expect(a).toMatchObject({ state: 'completed', result: { message: 'once' } });
+    expect(b).toEqual(a);
+    expect(await client.waitForTask(id, { timeoutMs: 0 })).toEqual(a);
+  });
+
+  it('rejects with NOT_FOUND for an unknown task and TIMEOUT when the task does not end in time', async () => {
+    await expect(client.waitForTask('00000000-0000-4000-8000-000000000000')).rejects.toMatchObject({
+      code: 'NOT_FOUND',
+    });
+    await expect(client.waitForTask('nope')).rejects.toMatchObject({ code: 'INVALID_ARGUMENT' });
+    const id = await client.schedule(defs.noop, { delayMs: 60_000 });
+    await expect(client.waitForTask(id, { timeoutMs: 50 })).rejects.toMatchObject({
+      code: 'TIMEOUT',
+      message: expect.stringContaining('delayed'),
+    });
+    await client.cancel(id);
   });
 });

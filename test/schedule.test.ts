@@ -6,19 +6,17 @@ import { TaskmillClient, defineTask, startNode, type NodeOptions } from '../runt
 import { v7 as uuidv7 } from 'uuid';
 import { SCHEDULE_LIMITS, type ScheduleContext } from '../task/schedule-context.ts';
 import * as defs from './fixtures/definitions.ts';
-import { count, createTestDatabase, type TestDatabase } from './helpers/database.ts';
+import { count, useTestDatabase } from './helpers/database.ts';
 import { FAST } from './helpers/nodes.ts';
 
-let db: TestDatabase;
+const db = useTestDatabase();
 let client: TaskmillClient;
 
 beforeAll(async () => {
-  db = await createTestDatabase();
   client = new TaskmillClient({ pool: db.pool });
 });
 afterAll(async () => {
   await client.close();
-  await db.drop();
 });
 
 const rows = () =>

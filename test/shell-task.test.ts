@@ -13,8 +13,8 @@ import runShell from '../runtime/shell-handler.ts';
 import { resolveCommand, type ShellPolicy } from '../runtime/shell-task.ts';
 import type { TaskContext } from '../runtime/task-context.ts';
 import * as defs from './fixtures/definitions.ts';
-import { count, createTestDatabase, until, type TestDatabase } from './helpers/database.ts';
-import { runningNodes, startTestNode, stopAllNodes } from './helpers/nodes.ts';
+import { count, until, useTestDatabase } from './helpers/database.ts';
+import { startTestNode, stopAllNodes } from './helpers/nodes.ts';
 
 /** Same handler, retried: shows that a refused command is not retried whatever the policy. */
 const retryingShell = defineShellTask({
@@ -30,12 +30,11 @@ const fixture = (file: string) => new URL(`./fixtures/${file}`, import.meta.url)
 const GRANDCHILD = fixture('setsid-grandchild.sh');
 const ONCE_AT_A_TIME = fixture('once-at-a-time.sh');
 
-let db: TestDatabase;
+const db = useTestDatabase();
 let node: TaskmillNode;
 let scratch: string;
 
 beforeAll(async () => {
-  db = await createTestDatabase();
   scratch = mkdtempSync(path.join(tmpdir(), 'taskmill-shell-'));
   node = await startTestNode(db.url, {
     tasks: [shellTask, retryingShell, limitedShell],
@@ -48,15 +47,12 @@ beforeAll(async () => {
 });
 afterAll(async () => {
   await stopAllNodes();
-  expect(runningNodes()).toBe(0);
-  await db.drop();
   rmSync(scratch, { recursive: true, force: true });
 });
 
 async function run(message: ShellMessage, def = shellTask) {
   const id = await node.client.schedule(def, { message });
-  await until(async () => (await count(db.pool, `select count(*) from tm_tasks where id = $1`, [id])) === 0);
-  return (await node.client.getTask<ShellResult>(id))!;
+  return node.client.waitForTask<ShellResult>(id, { timeoutMs: 30_000 });
 }
 
 /** Whether a process exists and is not a zombie (its parent may not reap it at once). */
@@ -223,9 +219,7 @@ describe('shell tasks', () => {
     await until(() => lines().length === 1, 20_000);
     // The spinner blocks the thread the command's handler waits on, until that thread is terminated.
     const spin = await lonely.client.schedule(defs.spin);
-    const ended = async (taskId: string) =>
-      (await count(db.pool, `select count(*) from tm_tasks where id = $1`, [taskId])) === 0;
-    await until(async () => (await ended(id)) && (await ended(spin)), 60_000);
+    await Promise.all([id, spin].map((taskId) => lonely.client.waitForTask(taskId, { timeoutMs: 60_000 })));
     expect(await lonely.client.getTask(id)).toMatchObject({ state: 'completed', attempts: 1 });
     expect(await lonely.client.getTask(spin)).toMatchObject({ state: 'dead', attempts: 1 });
     // The first copy was killed before the second started, and never finished.

@@ -2,17 +2,16 @@
  * Graceful shutdown of in-process nodes: queued tasks go back at once, running ones finish within the
  * grace period or are aborted and handed back, the lease and the node row are released.
  */
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { TaskmillNode } from '../runtime/index.ts';
 import * as defs from './fixtures/definitions.ts';
-import { count, createTestDatabase, until, type TestDatabase } from './helpers/database.ts';
+import { count, until, useTestDatabase } from './helpers/database.ts';
 import { taskStates } from './helpers/factory.ts';
-import { runningNodes, startTestNode, stopAllNodes } from './helpers/nodes.ts';
+import { startTestNode, stopAllNodes } from './helpers/nodes.ts';
 
-let db: TestDatabase;
+const db = useTestDatabase();
 
 beforeAll(async () => {
-  db = await createTestDatabase();
   await db.pool.query(
     `create table runs (task_id uuid, key text, workflow_id uuid, seq int, started_at timestamptz,
        ended_at timestamptz, pid int)`,
@@ -20,12 +19,8 @@ beforeAll(async () => {
 });
 afterEach(async () => {
   await stopAllNodes();
-  expect(runningNodes()).toBe(0);
   expect(await count(db.pool, `select count(*) from tm_nodes`)).toBe(0);
   await db.pool.query('truncate tm_tasks, tm_history, tm_dead_letters, runs');
-});
-afterAll(async () => {
-  await db.drop();
 });
 
 /** Every task a node's completer got accepted, with when. */

@@ -1,20 +1,12 @@
 /** A stopped node logs no error for connections the server closes after it stopped. */
 import pg from 'pg';
-import { afterAll, beforeAll, expect, it, vi } from 'vitest';
-import { createTestDatabase, until, type TestDatabase } from './helpers/database.ts';
-import { runningNodes, startTestNode, stopAllNodes } from './helpers/nodes.ts';
+import { afterAll, expect, it, vi } from 'vitest';
+import { until, useTestDatabase } from './helpers/database.ts';
+import { startTestNode, stopAllNodes } from './helpers/nodes.ts';
 
-let db: TestDatabase;
+const db = useTestDatabase();
 
-beforeAll(async () => {
-  db = await createTestDatabase();
-});
-
-afterAll(async () => {
-  await stopAllNodes();
-  expect(runningNodes()).toBe(0);
-  await db.drop();
-});
+afterAll(stopAllNodes);
 
 it('a connection of its pool terminated after node.stop() is not logged as an error', async () => {
   const pool = new pg.Pool({ connectionString: db.url, application_name: 'caller-pool', max: 4 });

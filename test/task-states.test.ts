@@ -23,12 +23,12 @@ import {
   visibleState,
   type TaskStatus,
 } from '../task/task-states.ts';
-import { createTestDatabase, type TestDatabase } from './helpers/database.ts';
+import { useTestDatabase } from './helpers/database.ts';
 import { insertTask } from './helpers/factory.ts';
 
 const ROOT = path.resolve(import.meta.dirname, '..');
 const HOUR = 3_600_000;
-let db: TestDatabase;
+const db = useTestDatabase();
 let client: TaskmillClient;
 let app: FastifyInstance;
 /** Task id by the state its row was written to show. */
@@ -39,7 +39,6 @@ const ids = {} as Record<
 let dead: string;
 
 beforeAll(async () => {
-  db = await createTestDatabase();
   client = new TaskmillClient({ pool: db.pool });
   ids.waiting = (await insertTask(db.pool, { state: 'waiting' })).id;
   ids.delayed = (await insertTask(db.pool, { notBeforeInMs: HOUR })).id;
@@ -67,7 +66,6 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await app?.close();
-  await db?.drop();
 });
 
 const expected: Record<keyof typeof ids, TaskStatus> = {

@@ -9,25 +9,21 @@ import {
   spinForever,
   workflowDefs,
 } from './fixtures/workflow-definitions.ts';
-import { count, createTestDatabase, until, type TestDatabase } from './helpers/database.ts';
+import { count, until, useTestDatabase } from './helpers/database.ts';
 import { startTestNode, stopAllNodes } from './helpers/nodes.ts';
 
-let db: TestDatabase;
+const db = useTestDatabase();
 let node: TaskmillNode;
 
 beforeAll(async () => {
-  db = await createTestDatabase();
   await db.pool.query(`create table ledger (account text primary key, balance int not null)`);
   await db.pool.query(`create table ledger_writes (task_id uuid, attempt int)`);
   node = await startTestNode(db.url, { tasks: [...all, ...workflowDefs] });
 });
-afterAll(async () => {
-  await stopAllNodes();
-  await db.drop();
-});
+afterAll(stopAllNodes);
 
-const ended = (id: string) =>
-  until(async () => (await count(db.pool, `select count(*) from tm_tasks where id = $1`, [id])) === 0);
+/** Every task here ends within seconds; the margin is for a loaded 2-core machine. */
+const ended = (id: string) => node.client.waitForTask(id, { timeoutMs: 30_000 });
 const historyOf = async (name: string, workflowId: string) =>
   (await db.pool.query(`select * from tm_history where name = $1 and workflow_id = $2`, [name, workflowId]))
     .rows;

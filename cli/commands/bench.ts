@@ -1,7 +1,9 @@
 /**
  * `taskmill bench [name] [args...]` and `taskmill results <compare|table> [args...]`: run the
  * benchmark scripts of bench/ and the results scripts of scripts/ as child processes (same Node, with
- * the TypeScript loader), passing the remaining arguments through and their exit code back. A bench is
+ * the TypeScript loader), passing the remaining arguments through and their exit code back. Both work
+ * from a checkout of the taskmill repository only: the package ships neither folder, and there they
+ * say so (exit code 5) and in their --help. A bench is
  * a top-level file of bench/ that runs `main()` when executed; `sweep` (scripts/sweep.ts) runs one
  * over a grid of parameters.
  */
@@ -20,12 +22,23 @@ const RESULT_SCRIPTS: Record<string, string> = {
 };
 /** Runnable like a bench, though it lives in scripts/: runs a bench over a grid of parameters. */
 const SWEEP = path.join(REPO_ROOT, 'scripts/sweep.ts');
+const CHECKOUT_ONLY =
+  'From a checkout of the taskmill repository only: the installed package has neither bench/ nor scripts/.';
+
+function notInCheckout(what: string): CliError {
+  return new CliError(
+    EXIT.UNAVAILABLE,
+    `${what} is not here: the benchmarks run from a checkout of the taskmill repository, which the ` +
+      'installed package leaves out (clone it, run `npm ci`, then `npx taskmill bench`).',
+  );
+}
 
 export function registerBenchCommands(program: Command, ctx: CommandContext): void {
   program
     .command('bench')
     .description(
-      'Run a benchmark of bench/ (without a name: list them); options after the name go to the bench',
+      'Run a benchmark of bench/ (without a name: list them); options after the name go to the bench. ' +
+        CHECKOUT_ONLY,
     )
     .argument('[name]', 'benchmark name, e.g. flat')
     .argument('[args...]', 'arguments of the benchmark (try: taskmill bench flat --help)')
@@ -57,7 +70,8 @@ export function registerBenchCommands(program: Command, ctx: CommandContext): vo
   program
     .command('results')
     .description(
-      `Work on benchmark results: ${Object.keys(RESULT_SCRIPTS).join(', ')} (options go to the script)`,
+      `Work on benchmark results: ${Object.keys(RESULT_SCRIPTS).join(', ')} (options go to the script). ` +
+        CHECKOUT_ONLY,
     )
     .argument(
       '<action>',
@@ -76,12 +90,13 @@ export function registerBenchCommands(program: Command, ctx: CommandContext): vo
           `Unknown action ${JSON.stringify(action)}; use ${Object.keys(RESULT_SCRIPTS).join(' or ')}.`,
         );
       const file = path.join(REPO_ROOT, script);
-      if (!existsSync(file)) throw new CliError(EXIT.UNAVAILABLE, `${script} is not in this checkout.`);
+      if (!existsSync(file)) throw notInCheckout(script);
       ctx.exit(await runScript(ctx.io, file, command.args.slice(1), command.optsWithGlobals()));
     });
 }
 
 export function listBenches(): { name: string; file: string; description: string }[] {
+  if (!existsSync(BENCH_DIR)) throw notInCheckout('bench/');
   const files = readdirSync(BENCH_DIR)
     .filter((f) => f.endsWith('.ts'))
     .map((f) => path.join(BENCH_DIR, f));

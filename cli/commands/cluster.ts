@@ -1,5 +1,6 @@
 /**
- * `taskmill cluster`: N node processes on this machine against one database (scripts/local-cluster.ts),
+ * `taskmill cluster`: N node processes on this machine against one database (cluster/local-cluster.ts,
+ * shipped in the package: it works from an installed package as from a checkout),
  * each one's output lines prefixed with its name, until SIGINT/SIGTERM stops them all (SIGTERM, then
  * SIGKILL after the grace period). With --restart a node process that crashes is started again. A node
  * process that registers no node (a module that is neither a tasks module nor starts a node) stops the
@@ -7,7 +8,7 @@
  */
 import path from 'node:path';
 import { InvalidArgumentError, type Command } from 'commander';
-import { LOCAL_CLUSTER_DEFAULTS } from '../../scripts/local-cluster.ts';
+import { LOCAL_CLUSTER_DEFAULTS } from '../../cluster/local-cluster.ts';
 import { dataDirOf, findDatabaseUrl } from '../database-url.ts';
 import { EXIT, exitCodeOf, intOption } from '../output.ts';
 import type { CommandContext } from '../main.ts';
@@ -32,7 +33,7 @@ export function registerClusterCommand(program: Command, ctx: CommandContext): v
       '-t, --tasks <module>',
       'tasks module, as `taskmill node --tasks` takes (defineTask results exported by name, as default or ' +
         'in arrays; optionally `export const nodeOptions`), or a function or script that starts its own ' +
-        'node (see scripts/local-cluster.ts)',
+        'node (see cluster/local-cluster.ts)',
     )
     .option('-r, --restart', 'start a node process again when it crashes')
     .option(
@@ -45,7 +46,7 @@ export function registerClusterCommand(program: Command, ctx: CommandContext): v
     .action(async (_opts: ClusterOptions, command: Command) => {
       const opts = command.optsWithGlobals<ClusterOptions>();
       const { io } = ctx;
-      const { runLocalCluster } = await import('../../scripts/local-cluster.ts');
+      const { runLocalCluster } = await import('../../cluster/local-cluster.ts');
       const cluster = await runLocalCluster({
         nodes: opts.nodes,
         module: path.resolve(io.cwd, opts.tasks),

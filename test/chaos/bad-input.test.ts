@@ -13,17 +13,16 @@ import { listTasks } from '../../store/inspect.ts';
 import { createLogger } from '../../runtime/logger.ts';
 import { SCHEDULE_LIMITS, type ScheduleContext } from '../../task/schedule-context.ts';
 import * as defs from '../fixtures/definitions.ts';
-import { createTestDatabase, type TestDatabase } from '../helpers/database.ts';
+import { useTestDatabase } from '../helpers/database.ts';
 import { insertTask } from '../helpers/factory.ts';
 import { databaseDigest, registerDefinitions } from '../helpers/snapshot.ts';
 
-let db: TestDatabase;
+const db = useTestDatabase();
 let server: HttpServer;
 let client: TaskmillClient;
 let digest: Record<string, string>;
 
 beforeAll(async () => {
-  db = await createTestDatabase();
   await registerDefinitions(db.pool, [defs.echo, defs.noop]);
   // Something to lose: a pending task and a dead letter.
   await insertTask(db.pool, { name: 'echo', message: { keep: true } });
@@ -37,7 +36,6 @@ beforeAll(async () => {
 afterAll(async () => {
   await server?.close();
   await client?.close();
-  await db?.drop();
 });
 beforeEach(async () => {
   digest = await databaseDigest(db.pool);

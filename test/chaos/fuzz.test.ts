@@ -15,7 +15,7 @@ import { TaskmillClient } from '../../runtime/index.ts';
 import { createLogger } from '../../runtime/logger.ts';
 import { SCHEDULE_LIMITS, isUuid, type ScheduleContext } from '../../task/schedule-context.ts';
 import * as defs from '../fixtures/definitions.ts';
-import { count, createTestDatabase, type TestDatabase } from '../helpers/database.ts';
+import { count, useTestDatabase } from '../helpers/database.ts';
 import { databaseDigest, registerDefinitions } from '../helpers/snapshot.ts';
 
 const RUNS = 200;
@@ -27,12 +27,11 @@ const SEED =
   process.env.FUZZ_SEED === 'random'
     ? Math.floor(Math.random() * 2 ** 31)
     : Number(process.env.FUZZ_SEED ?? 20_261_202);
-let db: TestDatabase;
+const db = useTestDatabase();
 let client: TaskmillClient;
 let app: FastifyInstance;
 
 beforeAll(async () => {
-  db = await createTestDatabase();
   await registerDefinitions(db.pool, [defs.echo, defs.noop]);
   client = new TaskmillClient({ pool: db.pool, notify: false });
   app = await buildHttpApp({ pool: db.pool, log: createLogger('silent') });
@@ -40,7 +39,6 @@ beforeAll(async () => {
 afterAll(async () => {
   await app?.close();
   await client?.close();
-  await db?.drop();
 });
 
 const KEYS = ['message', 'workflowId', 'affinityGroup', 'affinity', 'priority', 'delayMs', 'runAt'];

@@ -3,11 +3,11 @@
  * a completer batch is split by bytes, and results, errors and messages over their limits fail only
  * the task that produced them, with a clear error.
  */
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it } from 'vitest';
 import { decode, encode } from '../../task/codec.ts';
 import type { TaskmillNode } from '../../runtime/index.ts';
-import { count, createTestDatabase, until, type TestDatabase } from '../helpers/database.ts';
-import { runningNodes, startTestNode, stopAllNodes } from '../helpers/nodes.ts';
+import { count, until, useTestDatabase } from '../helpers/database.ts';
+import { startTestNode, stopAllNodes } from '../helpers/nodes.ts';
 import { largePayload, payloadJoin } from './fixtures/large-payload-definitions.ts';
 import * as defs from '../fixtures/definitions.ts';
 
@@ -20,17 +20,10 @@ const tasks = [largePayload, payloadJoin, defs.noop];
  */
 const LIVENESS = { heartbeatIntervalMs: 1_000, nodeTimeoutMs: 10_000 };
 
-let db: TestDatabase;
+const db = useTestDatabase();
 
-beforeAll(async () => {
-  db = await createTestDatabase();
-});
 afterEach(async () => {
   await stopAllNodes();
-  expect(runningNodes()).toBe(0);
-});
-afterAll(async () => {
-  await db.drop();
 });
 
 /** Resolves once every task in `ids` has left the hot table. */

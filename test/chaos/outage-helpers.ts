@@ -5,7 +5,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
-import { onLines } from '../../scripts/local-cluster.ts';
+import { onLines } from '../../cluster/node-process.ts';
 
 const CLIENT_SCRIPT = fileURLToPath(new URL('./fixtures/client-process.ts', import.meta.url));
 const TSX = import.meta.resolve('tsx');

@@ -14,20 +14,19 @@ import {
   type TaskmillNode,
 } from '../../runtime/index.ts';
 import { resolveCommand } from '../../runtime/shell-task.ts';
-import { count, createTestDatabase, until, type TestDatabase } from '../helpers/database.ts';
-import { runningNodes, startTestNode, stopAllNodes } from '../helpers/nodes.ts';
+import { useTestDatabase } from '../helpers/database.ts';
+import { startTestNode, stopAllNodes } from '../helpers/nodes.ts';
 
 const shell = defineShellTask({ name: 'shell-escape', retry: { mode: 'FIXED', delayMs: 0, maxRetries: 2 } });
 const SECRET = 'postgres://app:s3cret-password@db/app';
 
-let db: TestDatabase;
+const db = useTestDatabase();
 let node: TaskmillNode;
 let scratch: string;
 let script: string;
 let marker: string;
 
 beforeAll(async () => {
-  db = await createTestDatabase();
   scratch = mkdtempSync(path.join(tmpdir(), 'taskmill-escape-'));
   marker = path.join(scratch, 'pwned');
   // An allowed bash script that calls a builtin-shadowable command.
@@ -44,16 +43,13 @@ beforeAll(async () => {
 });
 afterAll(async () => {
   await stopAllNodes();
-  expect(runningNodes()).toBe(0);
-  await db.drop();
   delete process.env.TASKMILL_ESCAPE_SECRET;
   rmSync(scratch, { recursive: true, force: true });
 });
 
 async function run(message: ShellMessage) {
   const id = await node.client.schedule(shell, { message });
-  await until(async () => (await count(db.pool, `select count(*) from tm_tasks where id = $1`, [id])) === 0);
-  return (await node.client.getTask<ShellResult>(id))!;
+  return node.client.waitForTask<ShellResult>(id, { timeoutMs: 30_000 });
 }
 
 describe('shell env', () => {

@@ -4,23 +4,16 @@
  * measure their own runs. Poison definitions retry once, healthy ones too: a healthy task charged for a
  * neighbour would show two attempts or an error.
  */
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it } from 'vitest';
 import { workerExecArgv } from '../../runtime/dispatcher.ts';
 import type { TaskmillNode } from '../../runtime/index.ts';
 import * as chaos from '../fixtures/chaos-definitions.ts';
-import { count, createTestDatabase, until, type TestDatabase } from '../helpers/database.ts';
-import { runningNodes, startTestNode, stopAllNodes } from '../helpers/nodes.ts';
+import { count, until, useTestDatabase } from '../helpers/database.ts';
+import { startTestNode, stopAllNodes } from '../helpers/nodes.ts';
 
-let db: TestDatabase;
+const db = useTestDatabase();
 
-beforeAll(async () => {
-  db = await createTestDatabase();
-});
-afterAll(async () => {
-  await stopAllNodes();
-  expect(runningNodes()).toBe(0);
-  await db.drop();
-});
+afterAll(stopAllNodes);
 
 const THREAD_HEAP_MB = 128;
 

@@ -1,6 +1,7 @@
 /** In-process test nodes with fast timings; every node started here is stopped by stopAllNodes(). */
 import { startNode, type NodeOptions, type TaskmillNode } from '../../runtime/index.ts';
 import { all } from '../fixtures/definitions.ts';
+import { trackLeaks } from './leaks.ts';
 
 export const FAST = {
   heartbeatIntervalMs: 100,
@@ -18,6 +19,12 @@ export const FAST = {
 
 const started = new Set<TaskmillNode>();
 
+trackLeaks({
+  what: 'test nodes not stopped (call stopAllNodes() in an after-hook)',
+  left: () => [...started].filter((n) => n.state !== 'stopped').map((n) => `${n.name} (${n.state})`),
+  cleanUp: stopAllNodes,
+});
+
 export async function startTestNode(url: string, options: Partial<NodeOptions> = {}): Promise<TaskmillNode> {
   const node = await startNode({
     ...FAST,
@@ -32,7 +39,8 @@ export async function startTestNode(url: string, options: Partial<NodeOptions> =
 
 export async function stopAllNodes(): Promise<void> {
   await Promise.all([...started].map((n) => n.stop()));
-  started.clear();
+  // A node whose stop() resolved without it being stopped stays, for the leak check to report.
+  for (const n of started) if (n.state === 'stopped') started.delete(n);
 }
 
 export function runningNodes(): number {

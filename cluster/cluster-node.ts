@@ -1,13 +1,13 @@
 /**
- * One node process of a local cluster (scripts/local-cluster.ts spawns it; it is not meant to be run by
- * hand): loads the user's node module, keeps a node running until told to stop, and tells the cluster
- * once that node has registered.
+ * One node process of a local cluster (local-cluster.ts spawns it through node-process.ts; it is not
+ * meant to be run by hand): loads the user's node module, keeps a node running until told to stop,
+ * and tells the cluster once that node has registered.
  *
- *   node --import tsx scripts/local-cluster-node.ts <module path>
+ *   node cluster-node.js <module path>      (compiled; from sources: node --import tsx cluster-node.ts)
  *
  * Environment: DATABASE_URL (set by the cluster), TASKMILL_NODE_INDEX (1-based), TASKMILL_NODE_NAME
  * (`node-1`, ...), TASKMILL_REGISTER_TIMEOUT_MS. The module shapes it accepts are described in
- * scripts/local-cluster.ts; what counts as task definitions is decided by cli/task-modules.ts, the
+ * local-cluster.ts; what counts as task definitions is decided by cli/task-modules.ts, the
  * loader of `taskmill node --tasks`, so both commands accept the same tasks modules.
  *
  * Registration: the cluster hears `{ type: 'registered', id, name }` on the IPC channel once the node
@@ -22,14 +22,14 @@
  * (1 if stopping failed); further signals are ignored, the cluster escalates to SIGKILL after its grace
  * period.
  */
-import { fstatSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { pathToFileURL } from 'node:url';
 import path from 'node:path';
 import pg from 'pg';
 import { taskDefinitionsOf } from '../task/task-definition.ts';
 import { startNode, type NodeOptions } from '../runtime/index.ts';
-import { LOCAL_CLUSTER_DEFAULTS, NO_NODE_EXIT_CODE, type RegisteredMessage } from './local-cluster.ts';
+import { LOCAL_CLUSTER_DEFAULTS, NO_NODE_EXIT_CODE } from './local-cluster.ts';
+import { onParentGone, reportRegistered } from './node-process.ts';
 import { findNodeStartedSince } from '../store/nodes.ts';
 
 const REGISTER_POLL_MS = 100;
@@ -54,7 +54,7 @@ interface NodeModule {
 
 const modulePath = process.argv[2];
 if (!modulePath) {
-  process.stderr.write('usage: local-cluster-node.ts <module path>\n');
+  process.stderr.write('usage: cluster-node <module path>\n');
   process.exit(2);
 }
 const ctx: ClusterNodeContext = {
@@ -123,8 +123,7 @@ function isStoppable(value: unknown): value is Stoppable {
 }
 
 function report(id: string, name: string): void {
-  const message: RegisteredMessage = { type: 'registered', id, name };
-  process.send?.(message);
+  reportRegistered(id, name);
   // The channel must not keep a script's process alive once it has said what it had to say.
   process.channel?.unref();
 }
@@ -161,19 +160,4 @@ async function awaitRegistration(): Promise<void> {
       'process.env.TASKMILL_NODE_NAME.\n',
   );
   process.exit(NO_NODE_EXIT_CODE);
-}
-
-/**
- * Calls `fn` when stdin is the cluster's pipe and it closes (the cluster process died). Returns a
- * function that cancels the watch.
- */
-function onParentGone(fn: () => void): () => void {
-  const stdin = fstatSync(0);
-  if (!stdin.isFIFO() && !stdin.isSocket()) return () => {};
-  process.stdin.on('end', fn);
-  process.stdin.resume();
-  return () => {
-    process.stdin.removeListener('end', fn);
-    process.stdin.pause();
-  };
 }

@@ -1,8 +1,8 @@
 /**
- * The embedded PostgreSQL of a local cluster, held by a process of its own (scripts/local-cluster.ts
- * spawns it detached; it is not meant to be run by hand):
+ * The embedded PostgreSQL of a local cluster, held by a process of its own (local-cluster.ts spawns it
+ * detached, through node-process.ts; it is not meant to be run by hand):
  *
- *   node --import tsx scripts/local-cluster-db.ts '<EmbeddedOptions as JSON>'
+ *   node database-holder.js '<EmbeddedOptions as JSON>'
  *
  * Why a process: the server must outlive the node processes when the cluster stops (nodes first, the
  * database last), and a server started by the cluster process itself would sit in the terminal's
@@ -15,8 +15,8 @@
  *
  * States: starting -> holding -> stopping -> exited.
  */
-import { fstatSync } from 'node:fs';
 import { startEmbeddedPostgres, type EmbeddedOptions } from '../runtime/database.ts';
+import { onParentGone } from './node-process.ts';
 
 const options = JSON.parse(process.argv[2] ?? '{}') as EmbeddedOptions;
 const db = await startEmbeddedPostgres(options);
@@ -40,8 +40,4 @@ const stop = () => {
 };
 process.on('SIGTERM', stop);
 process.on('SIGINT', stop);
-const stdin = fstatSync(0);
-if (stdin.isFIFO() || stdin.isSocket()) {
-  process.stdin.on('end', stop);
-  process.stdin.resume();
-}
+onParentGone(stop);
