@@ -127,3 +127,30 @@ export class Loop<R> {
     });
   }
 }
+
+/**
+ * A long-lived part whose work is one Loop: `start()`, `stop()` and `wake()` are the loop's; the part
+ * gives the body, `runOnce()`, and the loop's other options.
+ */
+export abstract class LoopingPart<R> {
+  protected readonly loop: Loop<R>;
+
+  constructor(options: Omit<LoopOptions<R>, 'runOnce'>) {
+    this.loop = new Loop({ ...options, runOnce: () => this.runOnce() });
+  }
+
+  start(): void {
+    this.loop.start();
+  }
+
+  stop(): Promise<void> {
+    return this.loop.stop();
+  }
+
+  /** Runs the next iteration now, cutting the current sleep short. */
+  wake(): void {
+    this.loop.wake();
+  }
+
+  abstract runOnce(): Promise<R>;
+}

@@ -28,7 +28,7 @@
  * tm_cron rows are written by registering nodes (definition columns) and by the leader (last_slot).
  */
 import type pg from 'pg';
-import { Loop, type Timers } from '../loop/loop.ts';
+import { LoopingPart, type Timers } from '../loop/loop.ts';
 import { newTask, type NewTask } from '../task/schedule-context.ts';
 import type { TaskDefinition } from '../task/task-definition.ts';
 import { createInstances, holdBack, readCrons, registerCrons, type CronRow } from '../store/crons.ts';
@@ -147,14 +147,11 @@ export interface CronOptions {
   timers?: Timers;
 }
 
-export class Cron {
-  private readonly loop: Loop<CronPassResult>;
-
+export class Cron extends LoopingPart<CronPassResult> {
   constructor(private readonly options: CronOptions) {
     const maxSleepMs = options.maxSleepMs ?? CRON_DEFAULTS.maxSleepMs;
-    this.loop = new Loop({
+    super({
       name: 'cron',
-      runOnce: () => this.runOnce(),
       delayMs: (r) =>
         !r?.leader
           ? CRON_DEFAULTS.followerSleepMs
@@ -162,19 +159,6 @@ export class Cron {
       onError: options.onError,
       timers: options.timers,
     });
-  }
-
-  start(): void {
-    this.loop.start();
-  }
-
-  stop(): Promise<void> {
-    return this.loop.stop();
-  }
-
-  /** Runs a pass now (leadership gained). */
-  wake(): void {
-    this.loop.wake();
   }
 
   async runOnce(): Promise<CronPassResult> {

@@ -11,7 +11,7 @@
  */
 import type pg from 'pg';
 import { releaseDanglingWaits } from '../store/waits.ts';
-import { Loop, type Timers } from '../loop/loop.ts';
+import { LoopingPart, type Timers } from '../loop/loop.ts';
 import { inTransaction } from '../store/checkout.ts';
 import { wakePlanner } from '../store/channels.ts';
 import { deleteExpiredNodes } from '../store/nodes.ts';
@@ -48,31 +48,21 @@ export interface MaintenanceOptions {
   timers?: Timers;
 }
 
-export class Maintenance {
-  private readonly loop: Loop<MaintenanceResult>;
+export class Maintenance extends LoopingPart<MaintenanceResult> {
   private readonly history: HistoryRetention;
 
   constructor(private readonly options: MaintenanceOptions) {
+    super({
+      name: 'maintenance',
+      delayMs: () => options.intervalMs ?? MAINTENANCE_DEFAULTS.intervalMs,
+      onError: options.onError,
+      timers: options.timers,
+    });
     this.history = new HistoryRetention({
       db: options.db,
       retentionMs: options.historyRetentionMs ?? MAINTENANCE_DEFAULTS.historyRetentionMs,
       periodMs: options.historyPartitionMs,
     });
-    this.loop = new Loop({
-      name: 'maintenance',
-      runOnce: () => this.runOnce(),
-      delayMs: () => options.intervalMs ?? MAINTENANCE_DEFAULTS.intervalMs,
-      onError: options.onError,
-      timers: options.timers,
-    });
-  }
-
-  start(): void {
-    this.loop.start();
-  }
-
-  stop(): Promise<void> {
-    return this.loop.stop();
   }
 
   async runOnce(): Promise<MaintenanceResult> {

@@ -10,7 +10,7 @@
  */
 import { leaseExpiry } from '../store/leader.ts';
 import type { Queryable } from '../store/queryable.ts';
-import { Loop, type Timers } from '../loop/loop.ts';
+import { LoopingPart, type Timers } from '../loop/loop.ts';
 
 export interface PlannerWatchOptions {
   db: Queryable;
@@ -31,28 +31,18 @@ export interface PlannerWatchResult {
   warned: boolean;
 }
 
-export class PlannerWatch {
-  private readonly loop: Loop<PlannerWatchResult>;
+export class PlannerWatch extends LoopingPart<PlannerWatchResult> {
   private startedAt: Date | undefined;
   private missingSince: Date | null = null;
   private warned = false;
 
   constructor(private readonly options: PlannerWatchOptions) {
-    this.loop = new Loop({
+    super({
       name: 'planner-watch',
-      runOnce: () => this.runOnce(),
       delayMs: () => options.ttlMs,
       onError: options.onError,
       timers: options.timers,
     });
-  }
-
-  start(): void {
-    this.loop.start();
-  }
-
-  stop(): Promise<void> {
-    return this.loop.stop();
   }
 
   /** Whether the warning is standing: no planner leader for longer than the lease. */

@@ -8,7 +8,7 @@
  * States: stopped -> running -> stopped, the lifecycle of its Loop. Main thread only.
  */
 import type pg from 'pg';
-import { Loop, type Timers } from '../loop/loop.ts';
+import { LoopingPart, type Timers } from '../loop/loop.ts';
 import { cancelRequested } from '../store/tasks.ts';
 
 export interface CancellationsOptions {
@@ -21,31 +21,15 @@ export interface CancellationsOptions {
   timers?: Timers;
 }
 
-export class Cancellations {
-  private readonly loop: Loop<{ cancelled: number }>;
-
+export class Cancellations extends LoopingPart<{ cancelled: number }> {
   constructor(private readonly options: CancellationsOptions) {
-    this.loop = new Loop({
+    super({
       name: 'cancellations',
-      runOnce: () => this.runOnce(),
       delayMs: () => options.intervalMs,
       onError: options.onError,
       onSuccess: options.onSuccess,
       timers: options.timers,
     });
-  }
-
-  start(): void {
-    this.loop.start();
-  }
-
-  stop(): Promise<void> {
-    return this.loop.stop();
-  }
-
-  /** Poll now (the connection came back: notifications may have been missed). */
-  wake(): void {
-    this.loop.wake();
   }
 
   /** A CANCEL_CHANNEL payload: cancels the task when it names this node. */

@@ -10,7 +10,7 @@
  * Main thread only.
  */
 import type pg from 'pg';
-import { Loop, type Timers } from '../loop/loop.ts';
+import { LoopingPart, type Timers } from '../loop/loop.ts';
 import { fetchAssignedTasks, type FetchedTask } from '../store/tasks.ts';
 
 export interface FetcherOptions {
@@ -25,31 +25,15 @@ export interface FetcherOptions {
   timers?: Timers;
 }
 
-export class Fetcher {
-  private readonly loop: Loop<{ fetched: number }>;
-
+export class Fetcher extends LoopingPart<{ fetched: number }> {
   constructor(private readonly options: FetcherOptions) {
-    this.loop = new Loop({
+    super({
       name: 'fetcher',
-      runOnce: () => this.runOnce(),
       delayMs: () => options.intervalMs,
       onError: options.onError,
       onSuccess: options.onSuccess,
       timers: options.timers,
     });
-  }
-
-  start(): void {
-    this.loop.start();
-  }
-
-  stop(): Promise<void> {
-    return this.loop.stop();
-  }
-
-  /** Fetch now (the planner assigned tasks to this node, or the connection came back). */
-  wake(): void {
-    this.loop.wake();
   }
 
   async runOnce(): Promise<{ fetched: number }> {

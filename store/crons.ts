@@ -49,17 +49,12 @@ export async function listCrons(
   options: { nodeTimeoutMs?: number } = {},
 ): Promise<CronInfo[]> {
   const { rows } = await db
-    .query<{
-      name: string;
-      expression: string;
-      timezone: string;
-      missed: CronMissedPolicy;
-      last_slot: Date;
-      last_task_id: string | null;
-      last_task_state: CronInfo['lastTaskState'];
-      nodes: number;
-      db_now: Date;
-    }>(
+    .query<
+      Omit<CronRow, 'last_waiting' | 'options'> & {
+        last_task_state: CronInfo['lastTaskState'];
+        nodes: number;
+      }
+    >(
       `select c.name, c.expression, c.timezone, c.missed, c.last_slot, c.last_task_id,
          ${lastTaskState('c')} as last_task_state,
          (select count(*) from tm_nodes n where c.name = any(n.task_names)

@@ -46,7 +46,7 @@ function sourceFiles(dir: string, top = true, exempt: Set<string> = EXEMPT): str
 const LITERAL = /`(?:[^`\\]|\\.)*`|'(?:[^'\\\n]|\\.)*'|"(?:[^"\\\n]|\\.)*"/gs;
 const TABLE = /\btm_[a-z_]+\b/;
 const SQL_KEYWORD =
-  /\b(select|insert\s+into|update\s+\w+\s+set|delete\s+from|returning|from\s+tm_|join\s+tm_|pg_notify|lock\s+table)\b/i;
+  /\b(?:(?:select|insert\s+into|update\s+\w+\s+set|delete\s+from|truncate|returning|pg_notify|lock\s+table)\b|(?:update\s+(?:only\s+)?|from\s+|join\s+|into\s+)tm_)/i;
 
 /** Literals of a source file that look like SQL on taskmill's tables, with their line numbers. */
 export function sqlOnTaskmillTables(source: string): { line: number; text: string }[] {
@@ -64,6 +64,7 @@ describe('SQL on taskmill tables', () => {
   it('the detector finds SQL in literals and ignores prose', () => {
     expect(sqlOnTaskmillTables('q(`select id from tm_tasks where id = $1`)')).toHaveLength(1);
     expect(sqlOnTaskmillTables("q('delete from tm_nodes where id = $1')")).toHaveLength(1);
+    expect(sqlOnTaskmillTables("q('update tm_tasks t set state = $1 where id = $2')")).toHaveLength(1);
     expect(
       sqlOnTaskmillTables('q(`with a as (update tm_tasks t set state = $1 returning t.id) select 1`)'),
     ).toHaveLength(1);
