@@ -79,12 +79,6 @@ const EXCLUDED: { match: RegExp; reason: string }[] = [
       'suite this test belongs to; the package ships neither',
   },
   {
-    match: /\btaskmill cluster\b/,
-    reason:
-      '`taskmill cluster` from the installed package is being made to work (issue #15 item 1, on another ' +
-      'branch): walk these lines here once that has landed',
-  },
-  {
     match: /\btaskmill bench\b/,
     reason:
       'benchmarks run from a checkout (the package does not ship bench/, as the docs say); ' +
@@ -418,7 +412,7 @@ async function runCommand(where: string, written: string): Promise<void> {
   const outcome =
     (command === written ? 'ran' : `ran as \`${command}\``) +
     (restarted ? " (after restarting the doc's nodes, which register the cron again)" : '');
-  if (sub === 'node' || sub === 'serve') {
+  if (sub === 'node' || sub === 'serve' || sub === 'cluster') {
     await startBackground(where, command, env);
     steps.push({
       where,
@@ -465,6 +459,16 @@ async function startBackground(where: string, command: string, env: Record<strin
   const failed = (error: unknown) => new Error(`${where}: ${String(error)}`);
   if (/\btaskmill serve\b/.test(command)) {
     await started.waitForLine(/^serving (\S+)/, READY_MS).catch((e: unknown) => Promise.reject(failed(e)));
+    return;
+  }
+  if (/\btaskmill cluster\b/.test(command)) {
+    // Every node process of the cluster reports itself started once its node has registered.
+    const nodes = Number(/--nodes (\d+)/.exec(command)?.[1] ?? 1);
+    await Promise.all(
+      Array.from({ length: nodes }, (_, i) =>
+        started.waitForLine(new RegExp(`^\\[cluster\\] node-${i + 1} started`), READY_MS),
+      ),
+    ).catch((e: unknown) => Promise.reject(failed(e)));
     return;
   }
   await started
