@@ -8,7 +8,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { workerExecArgv } from '../../runtime/dispatcher.ts';
 import type { TaskmillNode } from '../../runtime/index.ts';
 import * as chaos from '../fixtures/chaos-definitions.ts';
-import { count, until, useTestDatabase } from '../helpers/database.ts';
+import { count, useTestDatabase } from '../helpers/database.ts';
 import { startTestNode, stopAllNodes } from '../helpers/nodes.ts';
 
 const db = useTestDatabase();
@@ -21,12 +21,9 @@ async function start(threads: number): Promise<TaskmillNode> {
   return startTestNode(db.url, { tasks: chaos.all, threads, threadHeapLimitMb: THREAD_HEAP_MB });
 }
 
-async function ended(ids: string[], timeoutMs: number): Promise<void> {
-  await until(
-    async () => (await count(db.pool, `select count(*) from tm_tasks where id = any($1)`, [ids])) === 0,
-    timeoutMs,
-    100,
-  );
+/** Resolves once every task in `ids` has ended (history or dead letters), woken by their notifications. */
+async function ended(node: TaskmillNode, ids: string[], timeoutMs: number): Promise<void> {
+  await Promise.all(ids.map((id) => node.client.waitForTask(id, { timeoutMs })));
 }
 
 /** History rows of ids that did not complete at the first attempt without error. */
@@ -57,7 +54,7 @@ describe('thread crashes charge only the task that caused them', () => {
     const node = await start(2);
     const healthy = await node.client.scheduleMany(chaos.healthy, empties(50));
     const [oom] = await node.client.scheduleMany(chaos.poisonRetried.oom, [{}]);
-    await ended([oom, ...healthy], 120_000);
+    await ended(node, [oom, ...healthy], 120_000);
     const [dead] = await deadLetters([oom]);
     expect(dead).toMatchObject({ attempts: 2 });
     expect(dead.error).toContain('ERR_WORKER_OUT_OF_MEMORY');
@@ -72,7 +69,7 @@ describe('thread crashes charge only the task that caused them', () => {
     const sleeping = await node.client.scheduleMany(chaos.sleepWithTimeout, sleepers(20, 100));
     const [spin] = await node.client.scheduleMany(chaos.poisonRetried.spin, [{}]);
     const more = await node.client.scheduleMany(chaos.sleepWithTimeout, sleepers(20, 100));
-    await ended([spin, ...sleeping, ...more], 120_000);
+    await ended(node, [spin, ...sleeping, ...more], 120_000);
     expect(await charged([...sleeping, ...more])).toEqual([]);
     const [dead] = await deadLetters([spin]);
     expect(dead).toMatchObject({ attempts: 2 });
@@ -86,7 +83,7 @@ describe('thread crashes charge only the task that caused them', () => {
     const sleeping = await node.client.scheduleMany(chaos.sleepWithTimeout, sleepers(20, 600));
     const [hang] = await node.client.scheduleMany(chaos.poisonRetried.hang, [{}]);
     const healthy = await node.client.scheduleMany(chaos.healthy, empties(50));
-    await ended([hang, ...sleeping, ...healthy], 120_000);
+    await ended(node, [hang, ...sleeping, ...healthy], 120_000);
     expect(await charged([...sleeping, ...healthy])).toEqual([]);
     const [dead] = await deadLetters([hang]);
     expect(dead).toMatchObject({ attempts: 2 });
@@ -109,7 +106,7 @@ describe('thread crashes charge only the task that caused them', () => {
     }
     expect(healthy).toHaveLength(500);
     expect(poison).toHaveLength(50);
-    await ended([...healthy, ...poison], 540_000);
+    await ended(node, [...healthy, ...poison], 540_000);
 
     expect(await charged(healthy)).toEqual([]);
     expect(await count(db.pool, `select count(*) from tm_history where id = any($1)`, [healthy])).toBe(500);
