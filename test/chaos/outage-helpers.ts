@@ -83,17 +83,22 @@ export async function spawnClientProcess(url: string): Promise<ClientProcess> {
 }
 
 /**
- * Terminates every session of `database` except the caller's own; returns the application names of
- * the sessions terminated.
+ * Terminates every session of `database` except the caller's own, or only those of `application` when
+ * given; returns the application names of the sessions terminated.
  */
-export async function terminateBackends(admin: pg.Pool, database: string): Promise<string[]> {
+export async function terminateBackends(
+  admin: pg.Pool,
+  database: string,
+  application?: string,
+): Promise<string[]> {
   const { rows } = await admin.query<{ application_name: string }>(
     // Materialized first: quals of one WHERE may run in any order, and pg_terminate_backend must only
     // ever see the chosen sessions.
     `with victims as materialized (
-       select pid, application_name from pg_stat_activity where datname = $1 and pid <> pg_backend_pid())
+       select pid, application_name from pg_stat_activity
+       where datname = $1 and pid <> pg_backend_pid() and ($2::text is null or application_name = $2))
      select application_name from victims where pg_terminate_backend(pid)`,
-    [database],
+    [database, application ?? null],
   );
   return rows.map((r) => r.application_name);
 }

@@ -57,59 +57,39 @@ describe('a checked-out connection that is terminated', () => {
     await pool.end();
   });
 
-  it('fails a planner pass whose session is terminated mid-pass, and the next pass succeeds', async () => {
-    const pool = new pg.Pool({ connectionString: db.url, max: 2, application_name: 'chaos-planner' });
-    const planner = new Planner({ db: pool, isLeader: () => true, onError: () => {} });
-    // The pass blocks on tm_nodes (its cluster-state query) while an admin transaction locks it.
+  /**
+   * Runs `pass` (on sessions named `application`) while an admin transaction locks tm_nodes, which the
+   * pass reads first; once it waits on the lock, terminates its session and expects the pass to fail
+   * without its client's 'error' event going uncaught (that would fail this file).
+   */
+  async function terminateMidPass(application: string, pass: () => Promise<unknown>): Promise<void> {
     const locker = new pg.Client({ connectionString: db.url });
     await locker.connect();
     await locker.query('begin; lock table tm_nodes in access exclusive mode');
-    const pass = planner.runOnce();
-    pass.catch(() => {});
-    await until(
-      async () =>
-        (await count(
-          admin,
-          `select count(*) from pg_stat_activity
-           where datname = $1 and application_name = 'chaos-planner' and wait_event_type = 'Lock'`,
-          [database],
-        )) === 1,
-      10_000,
-    );
-    await admin.query(
-      `with p as materialized (select pid from pg_stat_activity
-         where datname = $1 and application_name = 'chaos-planner')
-       select pg_terminate_backend(pid) from p`,
-      [database],
-    );
-    await expect(pass).rejects.toThrow();
+    const running = pass();
+    running.catch(() => {});
+    const waiting = `select count(*) from pg_stat_activity
+       where datname = $1 and application_name = $2 and wait_event_type = 'Lock'`;
+    await until(async () => (await count(admin, waiting, [database, application])) === 1, 10_000);
+    expect(await terminateBackends(admin, database, application)).toContain(application);
+    await expect(running).rejects.toThrow();
     await locker.query('rollback');
     await locker.end();
+  }
+
+  it('fails a planner pass whose session is terminated mid-pass, and the next pass succeeds', async () => {
+    const pool = new pg.Pool({ connectionString: db.url, max: 2, application_name: 'chaos-planner' });
+    const planner = new Planner({ db: pool, isLeader: () => true, onError: () => {} });
+    // The pass blocks on its cluster-state query.
+    await terminateMidPass('chaos-planner', () => planner.runOnce());
     await expect(planner.runOnce()).resolves.toMatchObject({ leader: true });
     await pool.end();
   });
 
   it('fails a dead-node recovery pass whose session is terminated mid-transaction', async () => {
     const pool = new pg.Pool({ connectionString: db.url, max: 1, application_name: 'chaos-recovery' });
-    // The pass blocks on tm_nodes (it deletes the dead ones) while an admin transaction locks it.
-    const locker = new pg.Client({ connectionString: db.url });
-    await locker.connect();
-    await locker.query('begin; lock table tm_nodes in access exclusive mode');
-    const pass = recoverDeadNodes(pool, 1_000);
-    pass.catch(() => {});
-    const waiting = `select count(*) from pg_stat_activity
-       where datname = $1 and application_name = 'chaos-recovery' and wait_event_type = 'Lock'`;
-    await until(async () => (await count(admin, waiting, [database])) === 1, 10_000);
-    await admin.query(
-      `with p as materialized (select pid from pg_stat_activity
-         where datname = $1 and application_name = 'chaos-recovery')
-       select pg_terminate_backend(pid) from p`,
-      [database],
-    );
-    // The pass fails; its client's 'error' event must not be uncaught (that would fail this file).
-    await expect(pass).rejects.toThrow();
-    await locker.query('rollback');
-    await locker.end();
+    // The pass blocks on deleting the dead nodes.
+    await terminateMidPass('chaos-recovery', () => recoverDeadNodes(pool, 1_000));
     await expect(recoverDeadNodes(pool, 1_000)).resolves.toMatchObject({ recovered: 0 });
     await pool.end();
   });
@@ -139,12 +119,7 @@ it('an exactly-once task whose worker session is terminated mid-transaction comm
       [database],
     );
   await until(async () => (await uncommitted()) === 1, 20_000, 10);
-  await admin.query(
-    `with w as materialized (select pid from pg_stat_activity
-       where datname = $1 and application_name = 'taskmill-worker')
-     select pg_terminate_backend(pid) from w`,
-    [database],
-  );
+  expect(await terminateBackends(admin, database, 'taskmill-worker')).toContain('taskmill-worker');
   await until(async () => (await pending([id])) === 0, 60_000);
   expect(await client.getTask(id)).toMatchObject({ state: 'completed' });
   expect((await db.pool.query(`select balance from ledger where account = 'eo'`)).rows).toEqual([
