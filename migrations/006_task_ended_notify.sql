@@ -1,5 +1,5 @@
 -- A task that ends (its row reaches tm_history as completed, failed or cancelled, or tm_dead_letters)
--- is announced on the channel `taskmill_task_ended` (TASK_ENDED_CHANNEL in runtime/task-waiter.ts),
+-- is announced on the channel `taskmill_task_ended` (TASK_ENDED_CHANNEL in store/channels.ts),
 -- which TaskmillClient.waitForTask() listens on. Every path that ends a task (tm_complete, tm_fail,
 -- tm_cancel, tm_after_end, the planner's dependency failures) inserts into one of these two tables, so
 -- a trigger on each covers them all, whichever statement wrote the row.

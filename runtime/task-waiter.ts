@@ -11,10 +11,8 @@
  * Main thread only: `waits` is written by wait() and by the notification handler.
  */
 import { TaskmillError } from '../task/errors.ts';
+import { TASK_ENDED_CHANNEL } from '../store/channels.ts';
 import { Listener } from './listener.ts';
-
-/** Channel of migration 006's trigger: payload is up to 200 comma-separated ids of ended tasks. */
-export const TASK_ENDED_CHANNEL = 'taskmill_task_ended';
 
 export const WAIT_FOR_TASK_DEFAULTS = {
   /** How long waitForTask() waits before it rejects with TIMEOUT. */

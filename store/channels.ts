@@ -13,6 +13,11 @@ export const NODE_CHANNEL = 'taskmill_node';
 export const CANCEL_CHANNEL = 'taskmill_cancel';
 /** Channel the lease holder notifies when it releases the lease, so others retry at once. */
 export const LEADER_CHANNEL = 'taskmill_leader';
+/**
+ * Channel of migration 006's trigger on tm_history and tm_dead_letters: payload is up to 200
+ * comma-separated ids of tasks that ended (runtime/task-waiter.ts listens).
+ */
+export const TASK_ENDED_CHANNEL = 'taskmill_task_ended';
 
 /** Wakes the planner (delivered when the caller's transaction commits, at once outside one). */
 export async function wakePlanner(db: Queryable): Promise<void> {

@@ -15,7 +15,7 @@
 import { readdirSync, readFileSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { PLANNER_CHANNEL } from '../store/channels.ts';
+import { PLANNER_CHANNEL, TASK_ENDED_CHANNEL } from '../store/channels.ts';
 import { createTestDatabase, type TestDatabase } from './helpers/database.ts';
 
 const ROOT = path.resolve(import.meta.dirname, '..');
@@ -154,7 +154,7 @@ describe('dependencies between top-level folders', () => {
   });
 });
 
-describe('the planner channel', () => {
+describe('the NOTIFY channels', () => {
   let db: TestDatabase;
   beforeAll(async () => {
     db = await createTestDatabase();
@@ -163,17 +163,26 @@ describe('the planner channel', () => {
     await db.drop();
   });
 
-  it('is the same name in TypeScript and in the database', async () => {
+  it('the planner channel is the same name in TypeScript and in the database', async () => {
     const { rows } = await db.pool.query<{ channel: string }>(`select tm_planner_channel() as channel`);
     expect(rows[0].channel).toBe(PLANNER_CHANNEL);
   });
 
-  it('is written in no function but tm_planner_channel()', async () => {
+  it('the planner channel is written in no function but tm_planner_channel()', async () => {
     const { rows } = await db.pool.query<{ name: string }>(
       `select p.proname as name from pg_proc p join pg_namespace n on n.oid = p.pronamespace
        where n.nspname = 'public' and p.prosrc like '%' || $1 || '%' order by 1`,
       [PLANNER_CHANNEL],
     );
     expect(rows.map((r) => r.name)).toEqual(['tm_planner_channel']);
+  });
+
+  it('the task-ended channel: the one function that notifies it names the same channel', async () => {
+    const { rows } = await db.pool.query<{ name: string }>(
+      `select p.proname as name from pg_proc p join pg_namespace n on n.oid = p.pronamespace
+       where n.nspname = 'public' and p.prosrc like '%pg_notify(''' || $1 || '''%' order by 1`,
+      [TASK_ENDED_CHANNEL],
+    );
+    expect(rows.map((r) => r.name)).toEqual(['tm_notify_task_ended']);
   });
 });
