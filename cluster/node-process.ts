@@ -180,11 +180,6 @@ export class NodeProcess {
   }
 }
 
-/** Starts a node process; see NodeProcess. */
-export function spawnNodeProcess(options: NodeProcessOptions): NodeProcess {
-  return new NodeProcess(options);
-}
-
 /** Node processes started here that have not exited yet. */
 export function liveNodeProcesses(): ChildProcess[] {
   return [...alive];

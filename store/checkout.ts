@@ -38,19 +38,6 @@ export async function checkout(pool: Pick<pg.Pool, 'connect'>): Promise<Checkout
   };
 }
 
-/** Runs `fn` with a checked-out client, released (or destroyed when broken) afterwards. */
-export async function withClient<T>(
-  pool: Pick<pg.Pool, 'connect'>,
-  fn: (client: pg.PoolClient) => Promise<T>,
-): Promise<T> {
-  const c = await checkout(pool);
-  try {
-    return await fn(c.client);
-  } finally {
-    c.release();
-  }
-}
-
 /**
  * Runs `fn` in a transaction on a checked-out client: commit on success, rollback on error. A client
  * whose rollback failed is destroyed rather than reused in an unknown state.
