@@ -10,7 +10,7 @@ import { randomBytes } from 'node:crypto';
 import { existsSync, readFileSync } from 'node:fs';
 import pg from 'pg';
 import { migrate } from '../migrations/migrator.ts';
-import { openDatabase, withDatabase, type DatabaseHandle } from '../runtime/database.ts';
+import { openDatabase, withDatabase, type DatabaseHandle } from '../store/database.ts';
 
 export interface BenchDatabase {
   name: string;

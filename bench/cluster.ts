@@ -9,7 +9,7 @@
  */
 import { EventEmitter } from 'node:events';
 import { NodeProcess } from '../cluster/node-process.ts';
-import { startNode, type TaskDefinition, type TaskmillNode } from '../runtime/index.ts';
+import { startNode, type TaskDefinition, type TaskmillNode } from '../index.ts';
 import type { NodeKnobs } from './node-options.ts';
 
 /** Where a node gets its task definitions: `module[exportName](args)` returns them. */

@@ -10,8 +10,8 @@
 import { createRequire } from 'node:module';
 import { Command } from 'commander';
 import { startHttpServer } from '../http/server.ts';
-import { createLogger } from '../runtime/logger.ts';
-import { startNode, type TaskmillNode } from '../runtime/index.ts';
+import { createLogger } from '../log/logger.ts';
+import { startNode, type TaskmillNode } from '../index.ts';
 import { createBenchDatabase, openBenchServer } from './bench-database.ts';
 import { finishRun, postgresInfo, round, startRun, writeResult } from './result-file.ts';
 import { benchNoop } from './tasks/definitions.ts';

@@ -5,8 +5,8 @@
  * every result so a run can be repeated exactly).
  */
 import { InvalidArgumentError, Option, type Command } from 'commander';
-import type { NodeOptions } from '../runtime/index.ts';
-import { NODE_DEFAULTS, parseNodeConfig, type NodeConfig } from '../runtime/node-config.ts';
+import type { NodeOptions } from '../index.ts';
+import { NODE_DEFAULTS, parseNodeConfig, type NodeConfig } from '../node/node-config.ts';
 
 /** Node options a benchmark sets; plain data, so it can be passed to spawned node processes. */
 export type NodeKnobs = Omit<NodeOptions, 'tasks' | 'pool' | 'connectionString'>;

@@ -4,7 +4,7 @@
  * up and `mark` / `stop` down. The node stops when told to, or when the harness goes away.
  */
 import { reportRegistered } from '../cluster/node-process.ts';
-import { startNode } from '../runtime/index.ts';
+import { startNode } from '../index.ts';
 import { flushCounts, loadTasks, type FromNode, type TaskSource, type ToNode } from './cluster.ts';
 import type { NodeKnobs } from './node-options.ts';
 

@@ -5,7 +5,7 @@
  */
 import path from 'node:path';
 import type pg from 'pg';
-import { defaultEmbeddedDir, embeddedUrl, runningEmbeddedPort } from '../runtime/database.ts';
+import { defaultEmbeddedDir, embeddedUrl, runningEmbeddedPort } from '../store/database.ts';
 import { CliError, EXIT, type CliIo } from './output.ts';
 
 export interface DatabaseOptions {

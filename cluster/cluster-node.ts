@@ -27,7 +27,7 @@ import { pathToFileURL } from 'node:url';
 import path from 'node:path';
 import pg from 'pg';
 import { taskDefinitionsOf } from '../task/task-definition.ts';
-import { startNode, type NodeOptions } from '../runtime/index.ts';
+import { startNode, type NodeOptions } from '../index.ts';
 import { LOCAL_CLUSTER_DEFAULTS, NO_NODE_EXIT_CODE } from './local-cluster.ts';
 import { onParentGone, reportRegistered } from './node-process.ts';
 import { findNodeStartedSince } from '../store/nodes.ts';

@@ -15,7 +15,7 @@
  *
  * States: starting -> holding -> stopping -> exited.
  */
-import { startEmbeddedPostgres, type EmbeddedOptions } from '../runtime/database.ts';
+import { startEmbeddedPostgres, type EmbeddedOptions } from '../store/database.ts';
 import { onParentGone } from './node-process.ts';
 
 const options = JSON.parse(process.argv[2] ?? '{}') as EmbeddedOptions;

@@ -40,7 +40,7 @@
  */
 import { existsSync } from 'node:fs';
 import path from 'node:path';
-import type { DatabaseHandle, EmbeddedOptions } from '../runtime/database.ts';
+import type { DatabaseHandle, EmbeddedOptions } from '../store/database.ts';
 import { TaskmillError } from '../task/errors.ts';
 import { NodeProcess, sibling } from './node-process.ts';
 

@@ -1,5 +1,5 @@
 // quickstart.ts: `npx tsx quickstart.ts` prints the result, then exits
-import { openDatabase, startNode } from '../runtime/index.ts';
+import { openDatabase, startNode } from '../index.ts';
 import { resizeImage } from './tasks.ts';
 
 const db = await openDatabase(); // DATABASE_URL, or an embedded PostgreSQL (data under ./.taskmill)

@@ -1,5 +1,5 @@
 // resize-image.ts: runs in a worker thread; its return value is the task's result
-import type { TaskContext } from '../runtime/index.ts';
+import type { TaskContext } from '../index.ts';
 
 export default async function resizeImage(message: { url: string; width: number }, ctx: TaskContext) {
   ctx.signal.throwIfAborted();

@@ -1,5 +1,5 @@
 // tasks.ts
-import { defineTask } from '../runtime/index.ts';
+import { defineTask } from '../index.ts';
 
 export const resizeImage = defineTask<{ url: string; width: number }, { url: string; width: number }>({
   name: 'resize-image',

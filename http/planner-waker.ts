@@ -12,7 +12,7 @@
  */
 import type pg from 'pg';
 import { wakePlanner } from '../store/channels.ts';
-import type { Logger } from '../runtime/logger.ts';
+import type { Logger } from '../log/logger.ts';
 
 export const WAKE_DEBOUNCE_MS = 5;
 

@@ -16,12 +16,12 @@ import Fastify, {
 } from 'fastify';
 import pg from 'pg';
 import { assertSchemaKnown } from '../migrations/migrator.ts';
-import { TaskmillClient } from '../runtime/client.ts';
+import { TaskmillClient } from '../client/client.ts';
 import { TaskmillError, type TaskmillErrorCode } from '../task/errors.ts';
-import { FailureLog } from '../runtime/failure-log.ts';
-import { createLogger, type Logger } from '../runtime/logger.ts';
-import { TaskmillMetrics } from '../runtime/metrics.ts';
-import type { TaskmillNode } from '../runtime/node.ts';
+import { FailureLog } from '../log/failure-log.ts';
+import { createLogger, type Logger } from '../log/logger.ts';
+import { TaskmillMetrics } from '../node/metrics.ts';
+import type { TaskmillNode } from '../node/node.ts';
 import { bearerAuth, checkBinding, hostCheck, HTTP_DEFAULTS, parseAllowedHosts } from './auth.ts';
 
 export { HTTP_DEFAULTS };
@@ -33,7 +33,7 @@ import { PlannerWaker } from './planner-waker.ts';
 import { SubmitBatcher } from './submit-batcher.ts';
 import { registerTaskRoutes } from './task-routes.ts';
 import { registerWorkflowRoutes } from './workflow-routes.ts';
-import { ConnectionClient } from '../runtime/connections.ts';
+import { ConnectionClient } from '../store/connections.ts';
 
 const DASHBOARD_HTML = readFileSync(new URL('./dashboard.html', import.meta.url), 'utf8');
 // The dashboard loads nothing from elsewhere; the policy makes sure of it.

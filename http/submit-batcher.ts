@@ -14,7 +14,7 @@
  *
  * States per name: idle -> queued (requests waiting) -> in flight -> idle. Main thread only.
  */
-import type { TaskmillClient } from '../runtime/client.ts';
+import type { TaskmillClient } from '../client/client.ts';
 import type { ScheduleContext } from '../task/schedule-context.ts';
 
 /** Inserts in flight at once (each holds one pooled connection). */

@@ -1,8 +1,8 @@
-/** Workflow routes: state counts and cancellation (runtime/workflows.ts). */
+/** Workflow routes: state counts and cancellation (client/workflows.ts). */
 import type { FastifyInstance } from 'fastify';
 import type pg from 'pg';
 import { TaskmillError } from '../task/errors.ts';
-import { cancelWorkflow, workflowStatus } from '../runtime/workflows.ts';
+import { cancelWorkflow, workflowStatus } from '../client/workflows.ts';
 import { cancelWorkflowSchema, workflowSchema } from './schemas.ts';
 
 export function registerWorkflowRoutes(app: FastifyInstance, { pool }: { pool: pg.Pool }): void {

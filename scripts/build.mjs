@@ -10,7 +10,7 @@ import process from 'node:process';
 const root = path.resolve(import.meta.dirname, '..');
 const dist = path.join(root, 'dist');
 const ASSETS = [
-  'runtime/worker-entry.mjs',
+  'worker/worker-entry.mjs',
   'cli/taskmill.mjs',
   'http/dashboard.html',
   ...readdirSync(path.join(root, 'migrations'))

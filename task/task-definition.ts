@@ -106,7 +106,7 @@ function handlerUrl(handler: URL | string): string {
   if (!path.isAbsolute(handler)) {
     throw new TaskmillError(
       'INVALID_CONFIG',
-      `Task handler ${JSON.stringify(handler)} must be a file URL or an absolute path, e.g. new URL('../runtime/handler.ts', import.meta.url).`,
+      `Task handler ${JSON.stringify(handler)} must be a file URL or an absolute path, e.g. new URL('./handler.ts', import.meta.url).`,
     );
   }
   return pathToFileURL(handler).href;

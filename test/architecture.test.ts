@@ -6,9 +6,10 @@
  *   bench/ runs SQL only to set up and measure runs (pre-inserting tasks, pausing the planner, reading
  *   counts), never as part of the runtime.
  * - Dependencies run one way: no import cycle between top-level folders. From the top: cli/, http/,
- *   scripts/ and bench/; runtime/ (the node's wiring, the client, the node's main-thread parts and the
- *   worker thread); planner/; store/ and migrations/; task/ (what a task is: definitions, messages,
- *   states, retry policy, errors) and loop/ (the lifecycle every long-lived part shares).
+ *   scripts/ and bench/; the public API (index.ts); node/ (a node's wiring and main-thread parts);
+ *   client/ (the scheduling application's API); worker/ (what runs on a worker thread); planner/;
+ *   store/ and migrations/; task/ (what a task is: definitions, messages, states, retry policy,
+ *   errors); loop/ (the lifecycle every long-lived part shares) and log/.
  * - The planner's NOTIFY channel is named once on each side: store/channels.ts for LISTEN, and
  *   tm_planner_channel() in the database, which every plpgsql wake-up goes through.
  */

@@ -6,7 +6,7 @@ import type { Command } from 'commander';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { buildProgram, loadCommands, runCli } from '../cli/main.ts';
 import { EXIT } from '../cli/output.ts';
-import { freePort } from '../runtime/database.ts';
+import { freePort } from '../store/database.ts';
 import { count, until, useTestDatabase } from './helpers/database.ts';
 import { docExamples, shellWords } from './helpers/doc-examples.ts';
 

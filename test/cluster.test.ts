@@ -1,6 +1,6 @@
 /** TaskmillClient.cluster(): the leader, the nodes and their load, as the database sees them. */
 import { afterAll, beforeAll, expect, it } from 'vitest';
-import { TaskmillClient, TaskmillError } from '../runtime/index.ts';
+import { TaskmillClient, TaskmillError } from '../index.ts';
 import * as defs from './fixtures/definitions.ts';
 import { until, useTestDatabase } from './helpers/database.ts';
 import { startTestNode, stopAllNodes } from './helpers/nodes.ts';

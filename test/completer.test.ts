@@ -6,7 +6,7 @@
 import type pg from 'pg';
 import { v4 as uuidv4 } from 'uuid';
 import { afterEach, describe, expect, it } from 'vitest';
-import { Completer, MAX_TRANSIENT_RETRIES, takeBatch, type FlushResult } from '../runtime/completer.ts';
+import { Completer, MAX_TRANSIENT_RETRIES, takeBatch, type FlushResult } from '../node/completer.ts';
 import { encode } from '../task/codec.ts';
 import { newTask } from '../task/schedule-context.ts';
 import { storableError, type Failure, type Success } from '../store/tasks.ts';

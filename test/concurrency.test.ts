@@ -3,7 +3,7 @@
  * of them at once, not one per thread, and never more.
  */
 import { afterAll, beforeAll, expect, it } from 'vitest';
-import type { TaskmillNode } from '../runtime/index.ts';
+import type { TaskmillNode } from '../index.ts';
 import { record } from './fixtures/definitions.ts';
 import { count, until, useTestDatabase } from './helpers/database.ts';
 import { startTestNode, stopAllNodes } from './helpers/nodes.ts';

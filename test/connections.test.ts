@@ -6,8 +6,8 @@
 import { randomBytes } from 'node:crypto';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { ConnectionClient } from '../runtime/connections.ts';
-import { TaskmillError, startNode } from '../runtime/index.ts';
+import { ConnectionClient } from '../store/connections.ts';
+import { TaskmillError, startNode } from '../index.ts';
 import { useTestDatabase } from './helpers/database.ts';
 
 const db = useTestDatabase();

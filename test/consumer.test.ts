@@ -10,10 +10,10 @@ import os from 'node:os';
 import path from 'node:path';
 import pg from 'pg';
 import { NodeProcess } from '../cluster/node-process.ts';
-import { TaskmillClient } from '../runtime/index.ts';
+import { TaskmillClient } from '../index.ts';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { buildProgram, LAZY_COMMANDS, loadCommands } from '../cli/main.ts';
-import { withDatabase } from '../runtime/database.ts';
+import { withDatabase } from '../store/database.ts';
 import packageJson from '../package.json' with { type: 'json' };
 import { expectOk, NPM_ENV, packPackage, run, typeCheck } from './helpers/package-project.ts';
 
@@ -82,12 +82,12 @@ describe('the npm package', () => {
     expect([...top].sort()).toEqual(['CHANGELOG.md', 'LICENSE', 'README.md', 'dist', 'docs', 'package.json']);
     expect(files).toEqual(
       expect.arrayContaining([
-        'dist/runtime/index.js',
-        'dist/runtime/index.d.ts',
-        'dist/runtime/index.js.map',
-        'dist/runtime/worker.js',
-        'dist/runtime/worker-entry.mjs',
-        'dist/runtime/shell-handler.js',
+        'dist/index.js',
+        'dist/index.d.ts',
+        'dist/index.js.map',
+        'dist/worker/worker.js',
+        'dist/worker/worker-entry.mjs',
+        'dist/worker/shell-handler.js',
         'dist/cli/taskmill.mjs',
         'dist/http/dashboard.html',
         'dist/migrations/001_core.sql',

@@ -8,7 +8,7 @@ import {
   type CronMessage,
   type CronOptionInput,
 } from '../planner/cron.ts';
-import { TaskmillClient, decode, defineTask, type TaskDefinition } from '../runtime/index.ts';
+import { TaskmillClient, decode, defineTask, type TaskDefinition } from '../index.ts';
 import { definitionRecord } from '../task/task-definition.ts';
 import { buildHttpApp, startHttpServer } from '../http/server.ts';
 import { runCli } from '../cli/main.ts';

@@ -13,7 +13,7 @@ import {
   portIsFree,
   startEmbeddedPostgres,
   type DatabaseHandle,
-} from '../runtime/database.ts';
+} from '../store/database.ts';
 
 const root = path.resolve(import.meta.dirname, '..');
 

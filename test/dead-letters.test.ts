@@ -9,7 +9,7 @@ import {
   purgeDeadLetters,
   requeueDeadLetters,
   type TaskmillNode,
-} from '../runtime/index.ts';
+} from '../index.ts';
 import { PLANNER_CHANNEL } from '../store/channels.ts';
 import * as defs from './fixtures/definitions.ts';
 import { until, useTestDatabase } from './helpers/database.ts';

@@ -41,7 +41,7 @@ import { pathToFileURL } from 'node:url';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { v7 as uuidv7 } from 'uuid';
 import { encode } from '../task/codec.ts';
-import { freePort } from '../runtime/database.ts';
+import { freePort } from '../store/database.ts';
 import { createTestDatabase, type TestDatabase } from './helpers/database.ts';
 import { codeBlocks, FRAGMENT_MARK, shellCommands, type CodeBlock } from './helpers/doc-examples.ts';
 import {

@@ -4,7 +4,7 @@
  * another node must commit the effect exactly once.
  */
 import { afterAll, beforeAll, expect, it } from 'vitest';
-import { TaskmillClient } from '../runtime/index.ts';
+import { TaskmillClient } from '../index.ts';
 import { deposit } from './fixtures/workflow-definitions.ts';
 import { count, until, useTestDatabase } from './helpers/database.ts';
 import { killAllNodes, spawnNode } from './helpers/spawn.ts';

@@ -1,7 +1,7 @@
 /** FailureLog: one line per failure kind per interval, one when the database is back (settled). */
 import { expect, it } from 'vitest';
-import { FailureLog, isConnectionError } from '../runtime/failure-log.ts';
-import type { Logger } from '../runtime/logger.ts';
+import { FailureLog, isConnectionError } from '../log/failure-log.ts';
+import type { Logger } from '../log/logger.ts';
 
 function setup() {
   const lines: string[] = [];

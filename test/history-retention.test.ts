@@ -14,7 +14,7 @@ import {
   listPartitions,
 } from '../planner/history-retention.ts';
 import { knownMigrations, migrate } from '../migrations/migrator.ts';
-import { TaskmillClient } from '../runtime/index.ts';
+import { TaskmillClient } from '../index.ts';
 import { cancelTasks, completeTasks, failTasks, findTask } from '../store/tasks.ts';
 import * as defs from './fixtures/definitions.ts';
 import { count, until, useTestDatabase, type TestDatabase } from './helpers/database.ts';

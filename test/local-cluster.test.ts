@@ -11,7 +11,7 @@ import path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import pg from 'pg';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { TaskmillClient } from '../runtime/index.ts';
+import { TaskmillClient } from '../index.ts';
 import { runLocalCluster, type LocalCluster } from '../cluster/local-cluster.ts';
 import * as defs from './fixtures/definitions.ts';
 import { count, until, useTestDatabase } from './helpers/database.ts';
@@ -37,16 +37,16 @@ const modules = {
   tasks: `import { all } from '${url('test/fixtures/definitions.ts')}';
 export default all;
 export const nodeOptions = ${FAST_NODE};`,
-  fn: `import { startNode } from '${url('runtime/index.ts')}';
+  fn: `import { startNode } from '${url('index.ts')}';
 import { all } from '${url('test/fixtures/definitions.ts')}';
 export default ({ name }) => startNode({ ...${FAST_NODE}, name, tasks: all });`,
-  script: `import { startNode } from '${url('runtime/index.ts')}';
+  script: `import { startNode } from '${url('index.ts')}';
 import { all } from '${url('test/fixtures/definitions.ts')}';
 await startNode({ ...${FAST_NODE}, name: process.env.TASKMILL_NODE_NAME, tasks: all, handleSignals: true });`,
   /** A function that fails at once (a node that cannot start). */
   exits: `export default () => process.exit(3);`,
   /** The README's tasks module: named defineTask exports only, as `taskmill node --tasks` takes. */
-  named: `import { defineTask } from '${url('runtime/index.ts')}';
+  named: `import { defineTask } from '${url('index.ts')}';
 export const hello = defineTask({ name: 'cluster-hello', handler: new URL('${url('test/fixtures/echo.ts')}') });
 export const nodeOptions = ${FAST_NODE};`,
   /** Neither definitions, nor a function, nor a node: nothing would run. */

@@ -7,7 +7,7 @@ import {
   migrate,
   migrationStatus,
 } from '../migrations/migrator.ts';
-import { TaskmillClient } from '../runtime/index.ts';
+import { TaskmillClient } from '../index.ts';
 import * as defs from './fixtures/definitions.ts';
 import { count, useTestDatabase, type TestDatabase } from './helpers/database.ts';
 import { startTestNode, stopAllNodes } from './helpers/nodes.ts';

@@ -7,7 +7,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { v7 as uuidv7 } from 'uuid';
 import { PLANNER_DEFAULTS } from '../planner/planner.ts';
-import { TaskmillClient, type TaskDefinition } from '../runtime/index.ts';
+import { TaskmillClient, type TaskDefinition } from '../index.ts';
 import { recordStrictParent } from './fixtures/affinity-definitions.ts';
 import * as defs from './fixtures/definitions.ts';
 import type { RecordMessage } from './fixtures/record.ts';

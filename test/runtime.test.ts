@@ -1,5 +1,5 @@
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
-import { TaskmillClient, type TaskmillNode } from '../runtime/index.ts';
+import { TaskmillClient, type TaskmillNode } from '../index.ts';
 import * as defs from './fixtures/definitions.ts';
 import { count, useTestDatabase } from './helpers/database.ts';
 import { startTestNode, stopAllNodes } from './helpers/nodes.ts';

@@ -2,7 +2,7 @@
  * Bad input gets a clear TaskmillError and changes nothing; bulk scheduling is one statement.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { TaskmillClient, defineTask, startNode, type NodeOptions } from '../runtime/index.ts';
+import { TaskmillClient, defineTask, startNode, type NodeOptions } from '../index.ts';
 import { v7 as uuidv7 } from 'uuid';
 import { SCHEDULE_LIMITS, type ScheduleContext } from '../task/schedule-context.ts';
 import * as defs from './fixtures/definitions.ts';

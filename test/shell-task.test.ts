@@ -8,10 +8,10 @@ import {
   type ShellMessage,
   type ShellResult,
   type TaskmillNode,
-} from '../runtime/index.ts';
-import runShell from '../runtime/shell-handler.ts';
-import { resolveCommand, type ShellPolicy } from '../runtime/shell-task.ts';
-import type { TaskContext } from '../runtime/task-context.ts';
+} from '../index.ts';
+import runShell from '../worker/shell-handler.ts';
+import { resolveCommand, type ShellPolicy } from '../task/shell-task.ts';
+import type { TaskContext } from '../worker/task-context.ts';
 import * as defs from './fixtures/definitions.ts';
 import { count, until, useTestDatabase } from './helpers/database.ts';
 import { startTestNode, stopAllNodes } from './helpers/nodes.ts';

@@ -3,7 +3,7 @@
  * grace period or are aborted and handed back, the lease and the node row are released.
  */
 import { afterEach, beforeAll, describe, expect, it } from 'vitest';
-import type { TaskmillNode } from '../runtime/index.ts';
+import type { TaskmillNode } from '../index.ts';
 import * as defs from './fixtures/definitions.ts';
 import { count, until, useTestDatabase } from './helpers/database.ts';
 import { taskStates } from './helpers/factory.ts';

@@ -10,9 +10,9 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { runCli } from '../cli/main.ts';
 import { renderStatus } from '../cli/commands/status.ts';
 import { buildHttpApp } from '../http/server.ts';
-import { TaskmillClient } from '../runtime/client.ts';
+import { TaskmillClient } from '../client/client.ts';
 import { clusterStats, listTasks } from '../store/inspect.ts';
-import { createLogger } from '../runtime/logger.ts';
+import { createLogger } from '../log/logger.ts';
 import { DEFAULT_RETRY_POLICY, type RetryPolicy } from '../task/retry-policy.ts';
 import {
   DEPTH_STATES,

@@ -2,7 +2,7 @@
 import { describe, expect, it } from 'vitest';
 import { assignTasks, type Candidate, type NodeSlots } from '../planner/assignment.ts';
 import { pollingDelayFor, validatePollingDelay } from '../planner/polling-delay.ts';
-import { Mailboxes, type MailboxTask } from '../runtime/mailboxes.ts';
+import { Mailboxes, type MailboxTask } from '../node/mailboxes.ts';
 import { DEFAULT_RETRY_POLICY, nextRetryDelay, retryPolicySchema } from '../task/retry-policy.ts';
 import { TaskmillError } from '../task/errors.ts';
 

@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { TaskmillNode } from '../runtime/index.ts';
+import type { TaskmillNode } from '../index.ts';
 import { all, echo, noop, sleep } from './fixtures/definitions.ts';
 import {
   collect,

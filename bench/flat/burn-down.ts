@@ -4,7 +4,7 @@
  * Also the engine of the CPU run (tasks that burn a fixed amount of CPU instead of no-ops).
  */
 import type pg from 'pg';
-import type { ScheduleContext, TaskDefinition } from '../../runtime/index.ts';
+import type { ScheduleContext, TaskDefinition } from '../../index.ts';
 import { analyze, ServerUsageMeter, type ServerUsage } from '../bench-database.ts';
 import { BenchCluster, type NodeReport } from '../cluster.ts';
 import type { NodeKnobs } from '../node-options.ts';

@@ -4,7 +4,7 @@
  * tasks spent in the system (created -> finished, database clock) for those finished in the window.
  */
 import type pg from 'pg';
-import { TaskmillClient } from '../../runtime/index.ts';
+import { TaskmillClient } from '../../index.ts';
 import { newTask } from '../../task/schedule-context.ts';
 import { ServerUsageMeter, type ServerUsage } from '../bench-database.ts';
 import { BenchCluster, type NodeReport } from '../cluster.ts';

@@ -5,7 +5,7 @@
  * `schedule()` and when the completion flush arrives (end-to-end).
  */
 import type pg from 'pg';
-import { decode, TaskmillClient } from '../../runtime/index.ts';
+import { decode, TaskmillClient } from '../../index.ts';
 import { BenchCluster } from '../cluster.ts';
 import { preciseNow, summarizeLatencies, type LatencySummary } from '../latency-histogram.ts';
 import type { NodeKnobs } from '../node-options.ts';

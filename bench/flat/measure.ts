@@ -9,7 +9,7 @@
  */
 import type pg from 'pg';
 import { PLANNER_LOCK_KEY } from '../../planner/planner.ts';
-import { TaskmillClient, type ScheduleContext, type TaskDefinition } from '../../runtime/index.ts';
+import { TaskmillClient, type ScheduleContext, type TaskDefinition } from '../../index.ts';
 import { newTask } from '../../task/schedule-context.ts';
 import { PLANNER_CHANNEL } from '../../store/channels.ts';
 import type { BenchCluster } from '../cluster.ts';

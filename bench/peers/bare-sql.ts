@@ -10,7 +10,7 @@ import pg from 'pg';
 import { CLAIM_READY_TASKS } from '../../store/assignments.ts';
 import { PLANNER_CHANNEL } from '../../store/channels.ts';
 import { completeTasks } from '../../store/tasks.ts';
-import { TaskmillClient } from '../../runtime/index.ts';
+import { TaskmillClient } from '../../index.ts';
 import { analyze } from '../bench-database.ts';
 import { preInsert } from '../flat/measure.ts';
 import { preciseNow, summarizeLatencies } from '../latency-histogram.ts';

@@ -3,7 +3,7 @@
  * Started and stopped by the harness (by its own child's pid). States: started -> stopped.
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { freePort } from '../../runtime/database.ts';
+import { freePort } from '../../store/database.ts';
 
 export function redisServerPath(): string | undefined {
   const found = spawnSync('sh', ['-c', 'command -v redis-server'], { encoding: 'utf8' });

@@ -1,5 +1,5 @@
 /** Task definitions of the flat benchmarks, imported by in-process and spawned nodes alike. */
-import { defineTask, type TaskDefinition } from '../../runtime/index.ts';
+import { defineTask, type TaskDefinition } from '../../index.ts';
 
 const here = (file: string) => new URL(`./${file}`, import.meta.url);
 /** Benchmark tasks never fail; a failure must show up as a missing completion, not as retries. */

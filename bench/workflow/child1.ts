@@ -1,5 +1,5 @@
 /** CHILD1 (at-least-once): upserts c1:i, messages JOIN1, L2 CHILD2 tasks and one JOIN2 over them. */
-import type { TaskContext } from '../../runtime/index.ts';
+import type { TaskContext } from '../../index.ts';
 import { child2, join1, join2, type Child1Message } from './definitions.ts';
 import { expected, perfPool, UPSERT_RESULT } from './store.ts';
 import { doWork } from './work.ts';

@@ -1,5 +1,5 @@
 /** CHILD2 (at-least-once): reads its parent's c1:i, upserts c2:i:j, messages JOIN2 and JOIN1. */
-import type { TaskContext } from '../../runtime/index.ts';
+import type { TaskContext } from '../../index.ts';
 import { join1, join2, type Child2Message } from './definitions.ts';
 import { expected, perfPool, UPSERT_RESULT } from './store.ts';
 import { doWork } from './work.ts';

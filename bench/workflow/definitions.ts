@@ -10,7 +10,7 @@
  * Handlers import these constants to schedule children (only the name and mode matter there); nodes
  * get them from `workflowTasks()`, which also applies the cluster-wide limit.
  */
-import { defineTask, type TaskDefinition, type TaskDefinitionInput } from '../../runtime/index.ts';
+import { defineTask, type TaskDefinition, type TaskDefinitionInput } from '../../index.ts';
 import { benchNoop } from '../tasks/definitions.ts';
 import type { Work } from './work.ts';
 

@@ -1,6 +1,6 @@
 /** GENERATED: opens one workflow per pipeline, with affinity `a{p mod A}`, by scheduling its PARENT. */
 import { randomUUID } from 'node:crypto';
-import type { TaskContext } from '../../runtime/index.ts';
+import type { TaskContext } from '../../index.ts';
 import { parent, type GeneratedMessage } from './definitions.ts';
 
 export default function generatedTask(m: GeneratedMessage, ctx: TaskContext): number {

@@ -3,7 +3,7 @@
  * expected number) and every row of its affinity (all written by this pipeline, with the expected
  * numbers), then marks the pipeline DONE or FAILED with the first problem found.
  */
-import type { TaskContext } from '../../runtime/index.ts';
+import type { TaskContext } from '../../index.ts';
 import type { PipelineMessage } from './definitions.ts';
 import { expected } from './store.ts';
 import { doWork } from './work.ts';

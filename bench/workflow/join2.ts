@@ -1,5 +1,5 @@
 /** JOIN2 (exactly-once): sums what its CHILD2 tasks sent, upserts j2:i, messages JOIN1. */
-import type { TaskContext } from '../../runtime/index.ts';
+import type { TaskContext } from '../../index.ts';
 import { join1, type Child1Message } from './definitions.ts';
 import { UPSERT_RESULT } from './store.ts';
 import { doWork } from './work.ts';

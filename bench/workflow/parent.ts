@@ -1,5 +1,5 @@
 /** PARENT (exactly-once): L1 CHILD1 tasks and one JOIN1 over them. */
-import type { TaskContext } from '../../runtime/index.ts';
+import type { TaskContext } from '../../index.ts';
 import { child1, join1, type PipelineMessage } from './definitions.ts';
 import { doWork } from './work.ts';
 

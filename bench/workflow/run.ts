@@ -6,7 +6,7 @@
  * history or left pending.
  */
 import type pg from 'pg';
-import { decode, TaskmillClient } from '../../runtime/index.ts';
+import { decode, TaskmillClient } from '../../index.ts';
 import { ServerUsageMeter, type ServerUsage } from '../bench-database.ts';
 import { BenchCluster, type NodeReport } from '../cluster.ts';
 import { warmUp } from '../flat/measure.ts';

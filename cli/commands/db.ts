@@ -16,7 +16,7 @@ import {
   assertEmbeddedPostgresInstalled,
   runningEmbeddedPort,
   startEmbeddedPostgres,
-} from '../../runtime/database.ts';
+} from '../../store/database.ts';
 import { dataDirOf } from '../database-url.ts';
 import { CliError, EXIT, intOption, print, type CliIo } from '../output.ts';
 import type { CommandContext } from '../main.ts';

@@ -5,8 +5,8 @@
  * the embedded server itself and stops it on exit.
  */
 import type { Command } from 'commander';
-import type { DatabaseHandle } from '../../runtime/database.ts';
-import type { NodeOptions } from '../../runtime/node.ts';
+import type { DatabaseHandle } from '../../store/database.ts';
+import type { NodeOptions } from '../../node/node.ts';
 import type { HttpServer } from '../../http/server.ts';
 import { parseAddress } from '../address.ts';
 import { dataDirOf, findDatabaseUrl } from '../database-url.ts';
@@ -64,12 +64,12 @@ async function runNode(ctx: CommandContext, opts: NodeCommandOptions): Promise<v
   const { io } = ctx;
   // Loaded here, not at the top: every other command starts faster without the logger, the task
   // definitions (zod), the node and the server.
-  const { createLogger } = await import('../../runtime/logger.ts');
+  const { createLogger } = await import('../../log/logger.ts');
   const { loadTaskModules } = await import('../task-modules.ts');
-  const { startEmbeddedPostgres } = await import('../../runtime/database.ts');
+  const { startEmbeddedPostgres } = await import('../../store/database.ts');
   const log = createLogger(opts.logLevel ?? io.env.TASKMILL_LOG_LEVEL, { component: 'cli' });
   const tasks = await loadTaskModules(opts.tasks, io.cwd);
-  const { startNode } = await import('../../runtime/node.ts');
+  const { startNode } = await import('../../node/node.ts');
   const { startHttpServer } = await import('../../http/server.ts');
   let db: DatabaseHandle | undefined;
   let url = await findDatabaseUrl(opts, io);

@@ -33,7 +33,7 @@ export function registerScheduleCommand(program: Command, ctx: CommandContext): 
     .option('--json', 'print JSON')
     .action(async (name: string, opts: ScheduleOptions, command: Command) => {
       const context = scheduleContext(opts);
-      const { TaskmillClient } = await import('../../runtime/client.ts');
+      const { TaskmillClient } = await import('../../client/client.ts');
       const ids = await withPool(command.optsWithGlobals(), ctx.io, async (pool) => {
         const client = new TaskmillClient({ pool });
         return client.scheduleMany(

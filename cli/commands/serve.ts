@@ -16,7 +16,7 @@ export function registerServeCommand(program: Command, ctx: CommandContext): voi
       const opts = command.optsWithGlobals<{ token?: string; logLevel?: string; databaseUrl?: string }>();
       const { host, port } = parseAddress(address);
       const { startHttpServer } = await import('../../http/server.ts');
-      const { createLogger } = await import('../../runtime/logger.ts');
+      const { createLogger } = await import('../../log/logger.ts');
       const log = createLogger(opts.logLevel ?? ctx.io.env.TASKMILL_LOG_LEVEL, { component: 'http' });
       const server = await startHttpServer({
         connectionString: await databaseUrl(opts, ctx.io),

@@ -88,7 +88,7 @@ export function registerTaskCommands(program: Command, ctx: CommandContext): voi
 
 /** Loaded on use: the client brings the task-definition schema (zod), which other commands do without. */
 async function client(pool: pg.Pool) {
-  const { TaskmillClient } = await import('../../runtime/client.ts');
+  const { TaskmillClient } = await import('../../client/client.ts');
   return new TaskmillClient({ pool });
 }
 

@@ -6,7 +6,7 @@ import {
   waitForWorkflow,
   workflowStatus,
   type WorkflowStatus,
-} from '../../runtime/workflows.ts';
+} from '../../client/workflows.ts';
 import { withPool } from '../database-url.ts';
 import { EXIT, intOption, print } from '../output.ts';
 import type { CommandContext } from '../main.ts';

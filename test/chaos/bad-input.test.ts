@@ -7,10 +7,10 @@
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { runCli } from '../../cli/main.ts';
 import { startHttpServer, type HttpServer } from '../../http/server.ts';
-import { TaskmillClient, defineTask } from '../../runtime/index.ts';
+import { TaskmillClient, defineTask } from '../../index.ts';
 import { purgeDeadLetters, listDeadLetters } from '../../store/dead-letters.ts';
 import { listTasks } from '../../store/inspect.ts';
-import { createLogger } from '../../runtime/logger.ts';
+import { createLogger } from '../../log/logger.ts';
 import { SCHEDULE_LIMITS, type ScheduleContext } from '../../task/schedule-context.ts';
 import * as defs from '../fixtures/definitions.ts';
 import { useTestDatabase } from '../helpers/database.ts';

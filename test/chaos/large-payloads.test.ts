@@ -5,7 +5,7 @@
  */
 import { afterEach, describe, expect, it } from 'vitest';
 import { decode, encode } from '../../task/codec.ts';
-import type { TaskmillNode } from '../../runtime/index.ts';
+import type { TaskmillNode } from '../../index.ts';
 import { count, until, useTestDatabase } from '../helpers/database.ts';
 import { startTestNode, stopAllNodes } from '../helpers/nodes.ts';
 import { largePayload, payloadJoin } from './fixtures/large-payload-definitions.ts';

@@ -7,13 +7,8 @@ import { chmodSync, existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import {
-  defineShellTask,
-  type ShellMessage,
-  type ShellResult,
-  type TaskmillNode,
-} from '../../runtime/index.ts';
-import { resolveCommand } from '../../runtime/shell-task.ts';
+import { defineShellTask, type ShellMessage, type ShellResult, type TaskmillNode } from '../../index.ts';
+import { resolveCommand } from '../../task/shell-task.ts';
 import { useTestDatabase } from '../helpers/database.ts';
 import { startTestNode, stopAllNodes } from '../helpers/nodes.ts';
 

@@ -11,7 +11,7 @@ import { startHttpServer } from '../../http/server.ts';
 import { recoverDeadNodes } from '../../planner/maintenance.ts';
 import { Planner } from '../../planner/planner.ts';
 import { checkout } from '../../store/checkout.ts';
-import { TaskmillClient } from '../../runtime/index.ts';
+import { TaskmillClient } from '../../index.ts';
 import * as defs from '../fixtures/definitions.ts';
 import { deposit } from '../fixtures/workflow-definitions.ts';
 import { count, until, useTestDatabase } from '../helpers/database.ts';

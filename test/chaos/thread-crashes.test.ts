@@ -5,8 +5,8 @@
  * neighbour would show two attempts or an error.
  */
 import { afterAll, describe, expect, it } from 'vitest';
-import { workerExecArgv } from '../../runtime/dispatcher.ts';
-import type { TaskmillNode } from '../../runtime/index.ts';
+import { workerExecArgv } from '../../node/dispatcher.ts';
+import type { TaskmillNode } from '../../index.ts';
 import * as chaos from '../fixtures/chaos-definitions.ts';
 import { count, useTestDatabase } from '../helpers/database.ts';
 import { startTestNode, stopAllNodes } from '../helpers/nodes.ts';

@@ -11,8 +11,8 @@ import { appendFileSync } from 'node:fs';
 import pg from 'pg';
 import { afterAll, beforeAll, inject } from 'vitest';
 import type { RunnerTask } from 'vitest';
-import { ConnectionClient } from '../../runtime/connections.ts';
-import { withDatabase } from '../../runtime/database.ts';
+import { ConnectionClient } from '../../store/connections.ts';
+import { withDatabase } from '../../store/database.ts';
 
 export interface TestDatabase {
   url: string;

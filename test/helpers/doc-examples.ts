@@ -147,10 +147,10 @@ export function tsBlocks(markdown: string): string[] {
 
 /**
  * An examples/ file as the docs show it: imports of the package's entry written as a user writes them
- * (`'../runtime/index.ts'` -> `'taskmill'`).
+ * (`'../index.ts'` -> `'taskmill'`).
  */
 export function asDocumented(source: string): string {
-  return source.replaceAll(`'../runtime/index.ts'`, `'taskmill'`);
+  return source.replaceAll(`'../index.ts'`, `'taskmill'`);
 }
 
 /** Marks a ```ts block that is not a whole program: an excerpt the tests need not run. */

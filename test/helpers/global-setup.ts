@@ -12,7 +12,7 @@ import { existsSync, readFileSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import pg from 'pg';
 import type { TestProject } from 'vitest/node';
-import { openDatabase, withDatabase } from '../../runtime/database.ts';
+import { openDatabase, withDatabase } from '../../store/database.ts';
 import { migrate } from '../../migrations/migrator.ts';
 import { packFolder } from './package-project.ts';
 

@@ -1,5 +1,5 @@
 /** In-process test nodes with fast timings; every node started here is stopped by stopAllNodes(). */
-import { startNode, type NodeOptions, type TaskmillNode } from '../../runtime/index.ts';
+import { startNode, type NodeOptions, type TaskmillNode } from '../../index.ts';
 import { all } from '../fixtures/definitions.ts';
 import { trackLeaks } from './leaks.ts';
 

@@ -9,7 +9,7 @@
  */
 import type { ChildProcess } from 'node:child_process';
 import { killAllNodeProcesses, liveNodeProcesses as live, NodeProcess } from '../../cluster/node-process.ts';
-import type { NodeOptions } from '../../runtime/index.ts';
+import type { NodeOptions } from '../../index.ts';
 
 const SCRIPT = new URL('../fixtures/node-process.ts', import.meta.url);
 const READY_TIMEOUT_MS = 30_000;

@@ -3,7 +3,7 @@
  * code and bounded output. This module is the shared part: the definition (`shellTask`,
  * `defineShellTask`), the node option `shell` and its checks, and the pure resolution of a message
  * into what to spawn under the node's policy. The child process itself is run by the worker-thread
- * handler, shell-handler.ts.
+ * handler, worker/shell-handler.ts.
  *
  * Safety: disabled unless the node says `shell: { enabled: true, allow: [...] }`; a node that runs a
  * shell task definition without it refuses to start. A command is an argument vector spawned without a
@@ -19,12 +19,13 @@
 import { accessSync, constants, statSync } from 'node:fs';
 import path from 'node:path';
 import { z } from 'zod';
-import { TaskmillError } from '../task/errors.ts';
-import { defineTask, type TaskDefinition, type TaskDefinitionInput } from '../task/task-definition.ts';
+import { TaskmillError } from './errors.ts';
+import { defineTask, type TaskDefinition, type TaskDefinitionInput } from './task-definition.ts';
 
 export const SHELL_TASK_NAME = 'taskmill.shell';
 /** The handler module of every shell task definition; how a node recognizes one. */
-export const SHELL_HANDLER = new URL(`./shell-handler${import.meta.url.slice(-3)}`, import.meta.url).href;
+export const SHELL_HANDLER = new URL(`../worker/shell-handler${import.meta.url.slice(-3)}`, import.meta.url)
+  .href;
 
 export const SHELL_DEFAULTS = {
   /** Per command unless the message says otherwise. */

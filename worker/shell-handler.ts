@@ -16,7 +16,12 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { workerData } from 'node:worker_threads';
 import { TaskmillError, type TaskmillErrorCode } from '../task/errors.ts';
 import { reportProcessGroup, type WorkerInit } from './protocol.ts';
-import { SHELL_DEFAULTS, resolveCommand, type ResolvedCommand, type ShellResult } from './shell-task.ts';
+import {
+  SHELL_DEFAULTS,
+  resolveCommand,
+  type ResolvedCommand,
+  type ShellResult,
+} from '../task/shell-task.ts';
 import type { TaskContext } from './task-context.ts';
 
 const policy = (workerData as Partial<WorkerInit> | null | undefined)?.shell;

@@ -21,7 +21,7 @@ import type { JoinMessage } from '../store/tasks.ts';
 export interface WorkerInit {
   handlers: Record<string, string>;
   /** Shell task policy (shell-task.ts); absent: shell tasks are refused in this thread. */
-  shell?: import('./shell-task.ts').ShellPolicy;
+  shell?: import('../task/shell-task.ts').ShellPolicy;
   /** For exactly-once tasks, which open their own transaction in the thread. */
   connectionString: string;
   nodeId: string;

@@ -19,7 +19,7 @@ import { listNodes, queueDepths, type NodeInfo, type QueueDepth } from '../store
 import { endedLatencies, latencyWatermark } from '../store/history.ts';
 import { tasksCreated } from '../store/tasks.ts';
 import { DEPTH_STATES } from '../task/task-states.ts';
-import type { Logger } from './logger.ts';
+import type { Logger } from '../log/logger.ts';
 
 /** Upper bounds (seconds) of the task latency histogram: 5 ms .. 1 h. */
 export const LATENCY_BUCKETS = [

@@ -12,7 +12,7 @@
  */
 import { TaskmillError } from '../task/errors.ts';
 import { TASK_ENDED_CHANNEL } from '../store/channels.ts';
-import { Listener } from './listener.ts';
+import { Listener } from '../store/listener.ts';
 
 export const WAIT_FOR_TASK_DEFAULTS = {
   /** How long waitForTask() waits before it rejects with TIMEOUT. */

@@ -19,7 +19,7 @@ import { DISPATCHER_DEFAULTS } from './dispatcher.ts';
 import { TaskmillError } from '../task/errors.ts';
 import { DEFAULT_HEARTBEAT_INTERVAL_MS } from './heartbeat.ts';
 import { isTaskDefinition, type TaskDefinition } from '../task/task-definition.ts';
-import { assertShellConfig, shellOptionsSchema } from './shell-task.ts';
+import { assertShellConfig, shellOptionsSchema } from '../task/shell-task.ts';
 
 export const NODE_DEFAULTS = {
   /** distributed-task-framework `max-parallel-tasks-in-node`. */

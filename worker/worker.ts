@@ -27,7 +27,7 @@ import { newTask, type NewTask } from '../task/schedule-context.ts';
 import type { FailureHook, TaskContext, TaskHandler } from './task-context.ts';
 import { isTaskDefinition, type TaskDefinition } from '../task/task-definition.ts';
 import { completeTasks, lockHeldTask, type JoinMessage } from '../store/tasks.ts';
-import { ConnectionClient } from './connections.ts';
+import { ConnectionClient } from '../store/connections.ts';
 
 interface LoadedModule {
   handler: TaskHandler;

@@ -5,8 +5,8 @@
  */
 import pg from 'pg';
 import { TaskmillError, isUndefinedTable, notMigratedError } from '../task/errors.ts';
-import { FailureLog } from './failure-log.ts';
-import { createLogger, type Logger } from './logger.ts';
+import { FailureLog } from '../log/failure-log.ts';
+import { createLogger, type Logger } from '../log/logger.ts';
 import { newTask, isUuid, type NewTask, type ScheduleContext } from '../task/schedule-context.ts';
 import {
   cancelTasks,
@@ -30,9 +30,9 @@ import {
 } from '../task/task-states.ts';
 import { clusterOverview, type ClusterOverview } from '../store/inspect.ts';
 import type { CronInfo } from '../store/crons.ts';
-import { ConnectionClient } from './connections.ts';
+import { ConnectionClient } from '../store/connections.ts';
 import { definitionOptions, retryOptionsAt } from '../store/task-defs.ts';
-import { Listener } from './listener.ts';
+import { Listener } from '../store/listener.ts';
 import { TaskWaiter, type WaitForTaskOptions } from './task-waiter.ts';
 
 export interface ClientOptions {

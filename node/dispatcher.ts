@@ -38,7 +38,7 @@ import type {
   OutcomeMessage,
   TaskOutcome,
   WorkerInit,
-} from './protocol.ts';
+} from '../worker/protocol.ts';
 import type { FetchedTask } from '../store/tasks.ts';
 
 export const DISPATCHER_DEFAULTS = {
@@ -152,7 +152,7 @@ export class Dispatcher {
       );
     }
     this.poolOptions = {
-      filename: new URL('./worker-entry.mjs', import.meta.url).href,
+      filename: new URL('../worker/worker-entry.mjs', import.meta.url).href,
       // Handlers may be asynchronous (timers, I/O): the thread's event loop must keep running between runs.
       atomics: 'disabled',
       execArgv: options.execArgv ?? workerExecArgv(),

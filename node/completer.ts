@@ -27,7 +27,7 @@
 import type pg from 'pg';
 import { DEFAULT_MAX_ERROR_BYTES } from '../task/codec.ts';
 import { TaskmillError } from '../task/errors.ts';
-import { isConnectionError } from './failure-log.ts';
+import { isConnectionError } from '../log/failure-log.ts';
 import {
   completeTasks,
   failTasks,
