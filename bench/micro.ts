@@ -1,8 +1,8 @@
 /**
  * Micro-benchmarks (tinybench) of the hot pieces of a task's path:
  *   - msgpack encode and decode of a task message (task/codec.ts),
- *   - the per-affinity mailboxes: push, take and release 1,000 tasks (runtime/mailboxes.ts),
- *   - a worker-thread round trip through the dispatcher (runtime/dispatcher.ts): 1 task, then 100 tasks
+ *   - the per-affinity mailboxes: push, take and release 1,000 tasks (node/mailboxes.ts),
+ *   - a worker-thread round trip through the dispatcher (node/dispatcher.ts): 1 task, then 100 tasks
  *     in one dispatch (micro-batched),
  *   - one planner pass over 10,000 ready rows, without and with affinity keys (planner/planner.ts).
  * Prints one summary line, writes results/micro-<time>.json. `--time-ms` and `--iterations` bound each

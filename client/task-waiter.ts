@@ -1,7 +1,7 @@
 /**
  * Waiting for tasks to end, woken by PostgreSQL: migration 006 notifies TASK_ENDED_CHANNEL with the
  * ids of the tasks a statement moved to tm_history or tm_dead_letters. One waiter per client holds
- * one LISTEN session (runtime/listener.ts), opened on the first wait and closed by close().
+ * one LISTEN session (store/listener.ts), opened on the first wait and closed by close().
  *
  * A wait subscribes before it reads the task, so an end committed between the two is either seen by
  * the read or heard as a notification: none is missed. When the listening session breaks, every

@@ -3,7 +3,7 @@
  * (from a checkout or the installed package) and `tsx scripts/local-cluster.ts` call
  * `runLocalCluster()`; the processes are started and stopped by the one harness, node-process.ts.
  * The database is opened once, with the rule of
- * runtime/database.ts `openDatabase()`: `DATABASE_URL` when set, otherwise the embedded PostgreSQL,
+ * store/database.ts `openDatabase()`: `DATABASE_URL` when set, otherwise the embedded PostgreSQL,
  * which the cluster then starts (in a helper process, database-holder.ts) and stops last; every
  * node gets its URL as `DATABASE_URL`. Each node's output lines are prefixed with `[node-1]`,
  * `[node-2]`, ...; the cluster's own lines with `[cluster]`.

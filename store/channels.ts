@@ -15,7 +15,7 @@ export const CANCEL_CHANNEL = 'taskmill_cancel';
 export const LEADER_CHANNEL = 'taskmill_leader';
 /**
  * Channel of migration 006's trigger on tm_history and tm_dead_letters: payload is up to 200
- * comma-separated ids of tasks that ended (runtime/task-waiter.ts listens).
+ * comma-separated ids of tasks that ended (client/task-waiter.ts listens).
  */
 export const TASK_ENDED_CHANNEL = 'taskmill_task_ended';
 

@@ -22,7 +22,7 @@ it('starting an embedded server leaves the process signals to the application', 
   const dataDir = path.join(root, '.taskmill', 'test-pg', `signals-${randomBytes(4).toString('hex')}`);
   try {
     const script = `
-      const { startEmbeddedPostgres } = await import('./runtime/database.ts');
+      const { startEmbeddedPostgres } = await import('./store/database.ts');
       const db = await startEmbeddedPostgres({ dataDir: ${JSON.stringify(path.join(dataDir, 'pg'))}, port: 0 });
       const counts = ['SIGINT', 'SIGTERM', 'SIGHUP'].map((s) => process.listenerCount(s));
       await db.stop();

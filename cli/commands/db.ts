@@ -1,5 +1,5 @@
 /**
- * `taskmill db start|stop|status`: the embedded PostgreSQL server (runtime/database.ts) as a
+ * `taskmill db start|stop|status`: the embedded PostgreSQL server (store/database.ts) as a
  * background service, like pg_ctl. `db start` launches a detached supervisor process (`db run`, which
  * owns the server and stops it on SIGTERM), waits until the server accepts connections, prints its URL
  * and returns; later commands find the server through its data folder. The supervisor's pid and log

@@ -1,4 +1,4 @@
-/** `taskmill workflow show|cancel|wait` (runtime/workflows.ts). */
+/** `taskmill workflow show|cancel|wait` (client/workflows.ts). */
 import type { Command } from 'commander';
 import { TaskmillError } from '../../task/errors.ts';
 import {
