@@ -11,7 +11,7 @@ import { Command } from 'commander';
 import { createBenchDatabase, openBenchServer } from './bench-database.ts';
 import type { LatencySummary } from './latency-histogram.ts';
 import { markdownTable } from './markdown-table.ts';
-import { progressWanted } from './progress.ts';
+import { progressWanted } from '../log/progress.ts';
 import { addNodeOptions, intArg, knobsFromCli, type NodeCliOptions } from './node-options.ts';
 import { bareSqlPeer } from './peers/bare-sql.ts';
 import { bullmqPeer } from './peers/bullmq.ts';

@@ -17,6 +17,7 @@ import { registerDltCommands } from './commands/dlt.ts';
 import { registerCronCommands } from './commands/cron.ts';
 import { registerBenchCommands } from './commands/bench.ts';
 import { EXIT, exitCodeOf, type CliIo } from './output.ts';
+import { wantsLiveOutput } from '../log/terminal.ts';
 
 type Register = (program: Command, ctx: CommandContext) => void;
 
@@ -148,5 +149,7 @@ export async function main(argv: string[]): Promise<number> {
     env: process.env,
     cwd: process.cwd(),
     signal: controller.signal,
+    terminal: process.stdout.isTTY ? process.stdout : undefined,
+    progressTerminal: wantsLiveOutput(process.stderr) ? process.stderr : undefined,
   });
 }

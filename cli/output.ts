@@ -28,6 +28,10 @@ export interface CliIo {
   cwd: string;
   /** Aborted on SIGINT/SIGTERM: long-running commands (node, serve, cluster, db run) stop gracefully. */
   signal: AbortSignal;
+  /** Standard output when it is a terminal: live views redraw in place there (`status --watch`). */
+  terminal?: NodeJS.WritableStream;
+  /** Standard error when it is a terminal: progress bars go there (`workflow wait`). */
+  progressTerminal?: NodeJS.WritableStream;
 }
 
 export class CliError extends Error {

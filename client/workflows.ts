@@ -55,12 +55,19 @@ export async function workflowStatus(db: Queryable, id: string): Promise<Workflo
 export async function waitForWorkflow(
   db: Queryable,
   id: string,
-  options: { timeoutMs?: number; pollMs?: number; signal?: AbortSignal } = {},
+  options: {
+    timeoutMs?: number;
+    pollMs?: number;
+    signal?: AbortSignal;
+    /** Called with each status read while waiting, the final one included (progress bars). */
+    onStatus?: (status: WorkflowStatus) => void;
+  } = {},
 ): Promise<WorkflowStatus> {
   const deadline = Date.now() + (options.timeoutMs ?? 60_000);
   for (;;) {
     const status = await workflowStatus(db, id);
     if (!status) throw new TaskmillError('NOT_FOUND', `No workflow ${id}.`);
+    options.onStatus?.(status);
     if (status.done) return status;
     if (Date.now() > deadline || options.signal?.aborted) {
       throw new TaskmillError('TIMEOUT', `Workflow ${id} still has ${status.pending} pending tasks.`);

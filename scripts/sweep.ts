@@ -14,7 +14,7 @@ import { spawn } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { markdownTable } from '../bench/markdown-table.ts';
-import { progressWanted } from '../bench/progress.ts';
+import { progressWanted } from '../log/progress.ts';
 import {
   finishRun,
   readResult,

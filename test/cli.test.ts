@@ -1,7 +1,9 @@
 import { spawn, type ChildProcess } from 'node:child_process';
+import { randomUUID } from 'node:crypto';
 import { chmodSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
+import { PassThrough } from 'node:stream';
 import type { Command } from 'commander';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { buildProgram, loadCommands, runCli } from '../cli/main.ts';
@@ -37,7 +39,13 @@ interface Run {
 /** Runs one command line in this process. */
 async function cli(
   args: string[],
-  options: { signal?: AbortSignal; url?: string | null; env?: NodeJS.ProcessEnv } = {},
+  options: {
+    signal?: AbortSignal;
+    url?: string | null;
+    env?: NodeJS.ProcessEnv;
+    terminal?: NodeJS.WritableStream;
+    progressTerminal?: NodeJS.WritableStream;
+  } = {},
 ): Promise<Run> {
   let out = '';
   let err = '';
@@ -48,6 +56,8 @@ async function cli(
     env: options.env ?? env,
     cwd: ROOT,
     signal: options.signal ?? new AbortController().signal,
+    terminal: options.terminal,
+    progressTerminal: options.progressTerminal,
   });
   return { code, out, err };
 }
@@ -305,6 +315,60 @@ describe('with a node running (in-process `taskmill node`)', () => {
       /^queue: waiting \d+, delayed \d+, ready \d+, retrying \d+, assigned \d+, running \d+, dead \d+$/m,
     );
     expect(text).toMatch(/^throughput, last 15 min \(60 s buckets\): [\d.]+ tasks\/s$/m);
+  });
+
+  it('status --watch: one view per refresh off a terminal, one JSON line per refresh with --json', async () => {
+    const run = await cli(['status', '--watch', '--interval', '100', '--refreshes', '3']);
+    expect(run.code, run.err).toBe(0);
+    expect(run.out.match(/^taskmill status, every 0.1 s \(Ctrl-C to stop\), \d{4}-/gm)).toHaveLength(3);
+    expect(run.out.match(/^leader: cli-node/gm)).toHaveLength(3);
+    const lines = (await cli(['status', '--watch', '--json', '--interval', '100', '--refreshes', '2'])).out
+      .trim()
+      .split('\n');
+    expect(lines.map((l) => (JSON.parse(l) as Json).leader.nodeName)).toEqual(['cli-node', 'cli-node']);
+  });
+
+  it('status --watch redraws in place on a terminal until Ctrl-C', async () => {
+    const terminal = Object.assign(new PassThrough(), { isTTY: true, columns: 200, rows: 80 });
+    let drawn = '';
+    terminal.on('data', (chunk: Buffer) => (drawn += chunk.toString()));
+    const controller = new AbortController();
+    const running = cli(['status', '--watch', '--interval', '100'], { signal: controller.signal, terminal });
+    await until(() => (drawn.match(/leader: cli-node/g) ?? []).length >= 2, 30_000);
+    controller.abort();
+    const run = await running;
+    expect(run.code, run.err).toBe(0);
+    expect(run.out).toBe('');
+    // The second view replaced the first: cursor up and erase line before it was drawn.
+    const second = drawn.indexOf('leader: cli-node', drawn.indexOf('leader: cli-node') + 1);
+    expect(drawn.slice(0, second)).toContain('\u001b[1A');
+    expect(drawn.slice(0, second)).toContain('\u001b[2K');
+  });
+
+  it('workflow wait draws a progress bar of ended tasks on a terminal, and prints only the result', async () => {
+    const workflow = randomUUID();
+    expect((await cli(['schedule', 'noop', '--count', '3', '--workflow', workflow])).code).toBe(0);
+    const terminal = Object.assign(new PassThrough(), { isTTY: true, columns: 200, rows: 80 });
+    let drawn = '';
+    terminal.on('data', (chunk: Buffer) => (drawn += chunk.toString()));
+    const run = await cli(['workflow', 'wait', workflow, '--timeout', '30000'], {
+      progressTerminal: terminal,
+    });
+    expect(run.code, run.err).toBe(0);
+    expect(run.out).toMatch(new RegExp(`^workflow ${workflow}: done \\(3 tasks\\)`));
+    expect(drawn).toContain(`workflow ${workflow}: `);
+    expect(drawn).toMatch(/[░█]+ 3\/3 /);
+  });
+
+  it('status --watch keeps refreshing while the database is away, and refuses bad options', async () => {
+    const url = `postgres://nobody@127.0.0.1:${await freePort()}/none`;
+    const run = await cli(['status', '--watch', '--interval', '100', '--refreshes', '2'], { url });
+    expect(run.code, run.err).toBe(0);
+    expect(run.out.match(/^error: .*ECONNREFUSED.*; next try in 0.1 s$/gm)).toHaveLength(2);
+    expect((await cli(['status', '--watch', '--interval', '5'])).code).toBe(EXIT.USAGE);
+    const alone = await cli(['status', '--refreshes', '2']);
+    expect(alone.code).toBe(EXIT.USAGE);
+    expect(alone.err).toMatch(/--refreshes applies to --watch only/);
   });
 
   it('answers status in time when counting throughput would take too long', async () => {

@@ -9,7 +9,7 @@ import { newTask } from '../../task/schedule-context.ts';
 import { ServerUsageMeter, type ServerUsage } from '../bench-database.ts';
 import { BenchCluster, type NodeReport } from '../cluster.ts';
 import type { NodeKnobs } from '../node-options.ts';
-import { Progress } from '../progress.ts';
+import { Progress } from '../../log/progress.ts';
 import { benchNoop } from '../tasks/definitions.ts';
 import { FLAT_TASKS, defaultWarmup } from './burn-down.ts';
 import { warmUp } from './measure.ts';

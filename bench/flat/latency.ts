@@ -9,7 +9,7 @@ import { decode, TaskmillClient } from '../../index.ts';
 import { BenchCluster } from '../cluster.ts';
 import { preciseNow, summarizeLatencies, type LatencySummary } from '../latency-histogram.ts';
 import type { NodeKnobs } from '../node-options.ts';
-import { Progress } from '../progress.ts';
+import { Progress } from '../../log/progress.ts';
 import { benchStamp } from '../tasks/definitions.ts';
 import { FLAT_TASKS } from './burn-down.ts';
 import { waitForCompleted } from './measure.ts';

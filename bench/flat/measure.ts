@@ -13,7 +13,7 @@ import { TaskmillClient, type ScheduleContext, type TaskDefinition } from '../..
 import { newTask } from '../../task/schedule-context.ts';
 import { PLANNER_CHANNEL } from '../../store/channels.ts';
 import type { BenchCluster } from '../cluster.ts';
-import { Progress } from '../progress.ts';
+import { Progress } from '../../log/progress.ts';
 
 /** Rows per insert statement when pre-inserting. */
 const INSERT_CHUNK = 5_000;

@@ -12,7 +12,7 @@ import { BenchCluster, type NodeReport } from '../cluster.ts';
 import { warmUp } from '../flat/measure.ts';
 import { summarizeLatencies, type LatencySummary } from '../latency-histogram.ts';
 import type { NodeKnobs } from '../node-options.ts';
-import { Progress } from '../progress.ts';
+import { Progress } from '../../log/progress.ts';
 import { benchNoop } from '../tasks/definitions.ts';
 import { child1, child2, generated, parent, taskCounts } from './definitions.ts';
 import { WORKFLOW_DB_ENV, WORKFLOW_SCHEMA } from './store.ts';

@@ -1,12 +1,14 @@
 /** `taskmill status`: nodes, leader, queue depths by state and task, throughput, recent failures. */
 import type { Command } from 'commander';
+import type pg from 'pg';
 import { clusterStats, type ClusterStats } from '../../store/inspect.ts';
 import { DEPTH_STATES } from '../../task/task-states.ts';
 import { withPool } from '../database-url.ts';
-import { intOption, print, table } from '../output.ts';
+import sparkly from 'sparkly';
+import { liveView } from '../live-view.ts';
+import { CliError, EXIT, intOption, print, table } from '../output.ts';
 import type { CommandContext } from '../main.ts';
 
-const BARS = '▁▂▃▄▅▆▇█';
 /** How long `taskmill status` spends counting throughput before it answers without it. */
 export const STATUS_THROUGHPUT_TIMEOUT_MS = 500;
 
@@ -28,7 +30,15 @@ export function registerStatusCommand(program: Command, ctx: CommandContext): vo
       intOption('--throughput-timeout', 1, 600_000),
       STATUS_THROUGHPUT_TIMEOUT_MS,
     )
-    .option('--json', 'print JSON')
+    .option('--json', 'print JSON (with --watch: one JSON document per line and refresh)')
+    .option('--watch', 'refresh until Ctrl-C: in place on a terminal, else one view per refresh')
+    .option(
+      '--interval <ms>',
+      'time between two refreshes of --watch',
+      intOption('--interval', 100, 3_600_000),
+      2000,
+    )
+    .option('--refreshes <n>', 'with --watch: stop after this many refreshes', intOption('--refreshes'))
     .action(
       async (
         opts: {
@@ -38,19 +48,38 @@ export function registerStatusCommand(program: Command, ctx: CommandContext): vo
           nodeTimeout?: number;
           throughputTimeout: number;
           json?: boolean;
+          watch?: boolean;
+          interval: number;
+          refreshes?: number;
         },
         command: Command,
       ) => {
-        const stats = await withPool(command.optsWithGlobals(), ctx.io, (pool) =>
+        const read = (pool: pg.Pool) =>
           clusterStats(pool, {
             windowMinutes: opts.window,
             bucketSeconds: Math.min(opts.bucket, opts.window * 60),
             failures: opts.failures,
             nodeTimeoutMs: opts.nodeTimeout,
             throughputTimeoutMs: opts.throughputTimeout,
+          });
+        if (!opts.watch && opts.refreshes !== undefined) {
+          throw new CliError(EXIT.USAGE, '--refreshes applies to --watch only.');
+        }
+        if (!opts.watch) {
+          const stats = await withPool(command.optsWithGlobals(), ctx.io, read);
+          print(ctx.io, opts.json, stats, renderStatus);
+          return;
+        }
+        await withPool(command.optsWithGlobals(), ctx.io, (pool) =>
+          liveView(ctx.io, {
+            read: () => read(pool),
+            render: renderStatus,
+            intervalMs: opts.interval,
+            json: opts.json,
+            refreshes: opts.refreshes,
+            title: `taskmill status, every ${opts.interval / 1000} s (Ctrl-C to stop)`,
           }),
         );
-        print(ctx.io, opts.json, stats, renderStatus);
       },
     );
 }
@@ -61,9 +90,7 @@ export function renderStatus(s: ClusterStats): string {
   const tp = s.throughput;
   const ended = tp.buckets.map((b) => b.completed + b.failed + b.cancelled + b.dead);
   const max = Math.max(0, ...ended);
-  const spark = ended
-    .map((n) => (max === 0 ? BARS[0] : BARS[Math.min(7, Math.floor((n / max) * 7.999))]))
-    .join('');
+  const spark = sparkly(ended, { minimum: 0, maximum: Math.max(1, max) });
   const windowMin = Math.round((tp.buckets.length * tp.bucketSeconds) / 60);
   const sum = (k: 'completed' | 'failed' | 'cancelled' | 'dead') => tp.buckets.reduce((a, b) => a + b[k], 0);
   const lines = [

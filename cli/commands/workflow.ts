@@ -7,6 +7,7 @@ import {
   workflowStatus,
   type WorkflowStatus,
 } from '../../client/workflows.ts';
+import { Progress } from '../../log/progress.ts';
 import { withPool } from '../database-url.ts';
 import { EXIT, intOption, print } from '../output.ts';
 import type { CommandContext } from '../main.ts';
@@ -39,15 +40,25 @@ export function registerWorkflowCommands(program: Command, ctx: CommandContext):
   cmd
     .command('wait')
     .description(
-      'Wait until no task of the workflow is pending (exit code 1 on timeout or when one of its tasks failed)',
+      'Wait until no task of the workflow is pending, with a progress bar on a terminal (exit code 1 on timeout or when one of its tasks failed)',
     )
     .argument('<id>', 'workflow id')
     .option('--timeout <ms>', 'give up after this long', intOption('--timeout'), 60_000)
     .option('--json', 'print JSON')
     .action(async (id: string, opts: { timeout: number; json?: boolean }, command: Command) => {
+      const stream = ctx.io.progressTerminal;
+      let bar: Progress | undefined;
+      const onStatus = (s: WorkflowStatus) => {
+        bar ??= new Progress({ label: `workflow ${id}`, total: s.total, stream, enabled: true });
+        bar.update(s.total - s.pending, s.total);
+      };
       const status = await withPool(command.optsWithGlobals(), ctx.io, (pool) =>
-        waitForWorkflow(pool, id, { timeoutMs: opts.timeout, signal: ctx.io.signal }),
-      );
+        waitForWorkflow(pool, id, {
+          timeoutMs: opts.timeout,
+          signal: ctx.io.signal,
+          onStatus: stream ? onStatus : undefined,
+        }),
+      ).finally(() => bar?.end());
       print(ctx.io, opts.json, status, renderWorkflow);
       if (status.failed + status.dead > 0) ctx.exit(EXIT.FAILURE);
     });
