@@ -298,9 +298,13 @@ describe('history retention', () => {
                 completeTasks(
                   pool,
                   nodeId,
-                  held
-                    .slice(0, 8)
-                    .map((t) => ({ id: t.id, assignment: 1, result: null, children: [], joinMessages: [] })),
+                  held.slice(0, 8).map((t) => ({
+                    kind: 'done' as const,
+                    task: { id: t.id, assignment: 1 },
+                    result: null,
+                    children: [],
+                    joinMessages: [],
+                  })),
                 ),
             );
             const failed = await timed(
@@ -310,12 +314,11 @@ describe('history retention', () => {
                   pool,
                   nodeId,
                   held.slice(8).map((t) => ({
-                    id: t.id,
-                    assignment: 1,
-                    error: 'Error: boom',
-                    retryDelayMs: null,
-                    deadLetter: false,
-                    cancelled: false,
+                    kind: 'failed' as const,
+                    task: { id: t.id, assignment: 1 },
+                    error: { name: 'Error', message: 'boom' },
+                    stopRetry: false,
+                    settlement: { retryDelayMs: null, deadLetter: false, cancelled: false },
                   })),
                 ),
             );
