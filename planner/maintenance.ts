@@ -121,7 +121,7 @@ export async function recoverDeadNodes(
     const byNode = new Map<string, HeldTask[]>();
     for (const task of rows) {
       if (task.state !== 'running') continue;
-      byNode.set(task.node_id, [...(byNode.get(task.node_id) ?? []), task]);
+      byNode.set(task.nodeId, [...(byNode.get(task.nodeId) ?? []), task]);
     }
     for (const [nodeId, tasks] of byNode) {
       const now = Date.now();
@@ -135,7 +135,7 @@ export async function recoverDeadNodes(
             deadLetter: t.options?.deadLetter !== false,
           };
           const failed = { kind: 'failed', error: nodeDied(nodeId), stopRetry: false } as const;
-          const task = { attempt: t.attempt, createdAt: new Date(now - Number(t.failing_ms)) };
+          const task = { attempt: t.attempt, createdAt: new Date(now - t.failingMs) };
           const settlement = settle({ ...failed, reason: 'node-died' }, definition, task, now);
           if (settlement.action !== 'fail')
             throw new Error(`a dead node's task settled as ${settlement.action}`);

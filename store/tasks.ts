@@ -320,14 +320,15 @@ export interface CancelResult {
   id: string;
   /** cancelled: it had not started and is now ended; requested: its node was asked to abort it. */
   outcome: 'cancelled' | 'requested';
-  node_id: string | null;
+  /** The node asked to abort it (requested), else null. */
+  nodeId: string | null;
 }
 
 /** Cancels tasks: ends those not started, flags and notifies the nodes of assigned/running ones. */
 export async function cancelTasks(db: Queryable, ids: string[]): Promise<CancelResult[]> {
   const { rows } = await db.query<CancelResult>(
     `with c as (select * from tm_cancel($1::uuid[]))
-     select c.id, c.outcome, c.node_id,
+     select c.id, c.outcome, c.node_id as "nodeId",
        case when c.node_id is not null then pg_notify('${CANCEL_CHANNEL}', c.node_id || ':' || c.id) end
      from c`,
     [ids],
