@@ -247,9 +247,13 @@ export class TaskmillClient {
     return workflowStatus(this.pool, id);
   }
 
-  /** Resolves when no task of the workflow is pending. */
-  waitForWorkflow(id: string, options?: { timeoutMs?: number; pollMs?: number }): Promise<WorkflowStatus> {
-    return waitForWorkflow(this.pool, id, options);
+  /**
+   * Resolves with the workflow's final status once no task of it is pending, woken by the task-ended
+   * notification (like waitForTask) rather than by polling. Rejects with TIMEOUT after `timeoutMs`
+   * (default 60 s) and NOT_FOUND for an unknown workflow.
+   */
+  waitForWorkflow(id: string, options: { timeoutMs?: number } = {}): Promise<WorkflowStatus> {
+    return waitForWorkflow(this.pool, id, { timeoutMs: options.timeoutMs, ended: this.waiter });
   }
 
   /** Cancels every pending task of a workflow and aborts its running ones. */

@@ -32,6 +32,8 @@ export class TaskWaiter<T> {
   private subscribed: Promise<unknown> | undefined;
   /** Task id -> the checks of the waits on it (each re-reads the task). */
   private readonly waits = new Map<string, Set<() => void>>();
+  /** Called on every notification, whatever task ended (waits on a whole workflow). */
+  private readonly watchers = new Set<() => void>();
 
   constructor(
     private readonly openListener: () => Listener,
@@ -98,6 +100,21 @@ export class TaskWaiter<T> {
     }
   }
 
+  /**
+   * Calls `onEnd` after every notification of ended tasks, and when the listening session reconnected
+   * (notifications may have been lost), until the returned function is called. Resolves once listening.
+   */
+  async watch(onEnd: () => void): Promise<() => void> {
+    this.watchers.add(onEnd);
+    try {
+      await this.subscribe();
+    } catch (error) {
+      this.watchers.delete(onEnd);
+      throw error;
+    }
+    return () => this.watchers.delete(onEnd);
+  }
+
   /** Closes the listening session; waits still pending then end by their timeout. */
   async close(): Promise<void> {
     const listener = this.listener;
@@ -110,6 +127,7 @@ export class TaskWaiter<T> {
     if (!this.subscribed) {
       const listener = (this.listener = this.openListener());
       this.subscribed = listener.subscribe(TASK_ENDED_CHANNEL, (payload, reconnected) => {
+        for (const onEnd of this.watchers) onEnd();
         if (reconnected) {
           for (const set of this.waits.values()) for (const check of set) check();
           return;

@@ -51,28 +51,68 @@ export async function workflowStatus(db: Queryable, id: string): Promise<Workflo
   return status;
 }
 
-/** Resolves with the final status once no task of the workflow is pending; rejects after timeoutMs. */
+/** Tells of ended tasks: `watch(onEnd)` calls onEnd after tasks ended until the returned function is called. */
+export interface TaskEnds {
+  watch(onEnd: () => void): Promise<() => void>;
+}
+
+export interface WaitForWorkflowOptions {
+  /** Reject with a TIMEOUT error after this long (default 60 s). */
+  timeoutMs?: number;
+  /** Without `ended`: read the workflow's state this often (default 100 ms). */
+  pollMs?: number;
+  signal?: AbortSignal;
+  /** Read the workflow's state again when tasks end (the task-ended notification), instead of polling. */
+  ended?: TaskEnds;
+  /** Called with each status read while waiting, the final one included (progress bars). */
+  onStatus?: (status: WorkflowStatus) => void;
+}
+
+/**
+ * Resolves with the final status once no task of the workflow is pending; rejects after timeoutMs. With
+ * `ended`, it listens before its first read, so a task that ends between a read and the wait is heard.
+ */
 export async function waitForWorkflow(
   db: Queryable,
   id: string,
-  options: {
-    timeoutMs?: number;
-    pollMs?: number;
-    signal?: AbortSignal;
-    /** Called with each status read while waiting, the final one included (progress bars). */
-    onStatus?: (status: WorkflowStatus) => void;
-  } = {},
+  options: WaitForWorkflowOptions = {},
 ): Promise<WorkflowStatus> {
   const deadline = Date.now() + (options.timeoutMs ?? 60_000);
-  for (;;) {
-    const status = await workflowStatus(db, id);
-    if (!status) throw new TaskmillError('NOT_FOUND', `No workflow ${id}.`);
-    options.onStatus?.(status);
-    if (status.done) return status;
-    if (Date.now() > deadline || options.signal?.aborted) {
-      throw new TaskmillError('TIMEOUT', `Workflow ${id} still has ${status.pending} pending tasks.`);
+  let woken = false;
+  let wake: (() => void) | undefined;
+  const stopWatching = await options.ended?.watch(() => {
+    woken = true;
+    wake?.();
+  });
+  // An abort ends the wait at once (the next read decides), with or without `ended`.
+  const onAbort = () => wake?.();
+  options.signal?.addEventListener('abort', onAbort);
+  try {
+    for (;;) {
+      woken = false;
+      const status = await workflowStatus(db, id);
+      if (!status) throw new TaskmillError('NOT_FOUND', `No workflow ${id}.`);
+      options.onStatus?.(status);
+      if (status.done) return status;
+      if (Date.now() > deadline || options.signal?.aborted) {
+        throw new TaskmillError('TIMEOUT', `Workflow ${id} still has ${status.pending} pending tasks.`);
+      }
+      if (woken) continue;
+      // Past the deadline by a millisecond, so that the last read decides.
+      const untilDeadline = deadline - Date.now() + 1;
+      const delay = options.ended ? untilDeadline : Math.min(options.pollMs ?? 100, untilDeadline);
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, delay);
+        wake = () => {
+          clearTimeout(timer);
+          resolve();
+        };
+      });
+      wake = undefined;
     }
-    await new Promise((resolve) => setTimeout(resolve, options.pollMs ?? 100));
+  } finally {
+    options.signal?.removeEventListener('abort', onAbort);
+    stopWatching?.();
   }
 }
 

@@ -1,5 +1,6 @@
 /**
- * Batched completer: collects task outcomes and commits them in batches, flushed when `batchSize`
+ * Batched completer: collects task outcomes (task/outcome.ts) with what settle() decided of each, and
+ * commits them in batches, flushed when `batchSize`
  * outcomes or `maxBatchBytes` of payload wait, or `flushIntervalMs` after the first one arrived,
  * whichever comes first. One flush runs at a time; while more than `highWaterMark` outcomes or
  * `highWaterMarkBytes` of payload wait, `saturated` is true and the node stops dispatching
@@ -15,12 +16,16 @@
  *   with the same backoff, up to MAX_TRANSIENT_RETRIES times in a row, then treated as below;
  * - anything else (a row the database refuses, a statement too large to build): the batch is bisected
  *   until the rows that fail are alone. A lone success that fails becomes a failed attempt with a
- *   COMPLETION_FAILED error, retried or ended by its task's retry policy (`Success.ifRejected`); a lone
+ *   COMPLETION_FAILED error, retried or ended by its task's retry policy (settle()'s `ifRejected`); a lone
  *   failure that fails is written again with a plain error text, then without a retry, then dropped
  *   (reported through onError). The other rows of the batch commit: one bad row never wedges the rest.
  *
  * Error texts are bounded when they arrive (`maxErrorBytes`, truncated with a marker) and stripped of
  * NUL characters, which PostgreSQL text cannot hold.
+ *
+ * Exactly-once tasks take the same path: their outcome arrives 'committed' (their worker thread wrote
+ * it in the handler's own transaction, which is their guarantee), so a flush writes nothing for them
+ * and only reports them, counted with the rest.
  *
  * States: idle -> pending (timer armed) -> flushing -> idle. Main thread only.
  */
@@ -29,14 +34,22 @@ import { DEFAULT_MAX_ERROR_BYTES } from '../task/codec.ts';
 import { TaskmillError } from '../task/errors.ts';
 import { isConnectionError } from '../log/failure-log.ts';
 import {
+  errorHead,
+  errorText,
+  type CommittedOutcome,
+  type Outcome,
+  type SerializedError,
+} from '../task/outcome.ts';
+import type { FailedAttempt, Settlement } from '../task/settle.ts';
+import {
   completeTasks,
   failTasks,
   failureBytes,
   storableError,
   successBytes,
   type Accepted,
-  type Failure,
-  type Success,
+  type Completion,
+  type FailedAttemptOutcome,
 } from '../store/tasks.ts';
 
 const MiB = 1024 * 1024;
@@ -75,8 +88,20 @@ export interface FlushResult {
   cancelled: number;
   /** Outcomes refused because the task was reassigned meanwhile (fenced out). */
   stale: number;
-  /** Every accepted outcome, with its task name. */
+  /** Every accepted outcome, with its task name (exactly-once ones too, committed by their thread). */
   accepted: Accepted[];
+}
+
+/** A success waiting: its outcome, and what it becomes if the database refuses it. */
+type Success = Completion & { task: Outcome['task'] };
+
+interface Waiting<T> {
+  item: T;
+  bytes: number;
+}
+
+interface SuccessEntry extends Waiting<Success> {
+  ifRejected: FailedAttempt;
 }
 
 export interface CompleterOptions {
@@ -92,11 +117,6 @@ export interface CompleterOptions {
   maxRetryDelayMs?: number;
   onFlush?: (result: FlushResult) => void;
   onError: (error: unknown) => void;
-}
-
-interface Entry<T> {
-  item: T;
-  bytes: number;
 }
 
 /**
@@ -128,15 +148,17 @@ export function isDatabaseUnavailable(error: unknown): boolean {
 }
 
 export class Completer {
-  private successes: Entry<Success>[] = [];
-  private failures: Entry<Failure>[] = [];
+  private successes: SuccessEntry[] = [];
+  private failures: Waiting<FailedAttemptOutcome>[] = [];
+  /** Exactly-once outcomes their thread committed: reported by the next flush, written by none. */
+  private committed: (CommittedOutcome & { task: Outcome['task'] })[] = [];
   private bytes = 0;
   private timer: NodeJS.Timeout | undefined;
   private flushing: Promise<void> | undefined;
   private retryDelayMs = 0;
   private transientStreak = 0;
   /** How many times the database refused each failure row written alone. */
-  private readonly refusals = new WeakMap<Failure, number>();
+  private readonly refusals = new WeakMap<FailedAttemptOutcome, number>();
   private readonly batchSize: number;
   private readonly maxBatchBytes: number;
   private readonly flushIntervalMs: number;
@@ -157,7 +179,7 @@ export class Completer {
   }
 
   get pending(): number {
-    return this.successes.length + this.failures.length;
+    return this.successes.length + this.failures.length + this.committed.length;
   }
 
   /** Payload bytes of the outcomes waiting. */
@@ -174,16 +196,33 @@ export class Completer {
     return this.retryDelayMs;
   }
 
-  succeed(success: Success): void {
-    this.successes.push(this.entry(success, successBytes(success)));
+  /**
+   * Takes an outcome with settle()'s decision of it: a success to commit, a failed attempt to charge, or
+   * an exactly-once outcome already committed by its thread, to report. A task handed back (settled
+   * 'hand-back') has nothing to commit and is not taken.
+   */
+  add(outcome: Outcome, settlement: Settlement): void {
+    if (settlement.action === 'complete' && outcome.kind === 'done') {
+      const bytes = successBytes(outcome);
+      this.bytes += bytes;
+      this.successes.push({ item: outcome, bytes, ifRejected: settlement.ifRejected });
+    } else if (settlement.action === 'fail' && outcome.kind === 'failed') {
+      const { retryDelayMs, deadLetter, cancelled } = settlement;
+      this.addFailure({ ...outcome, settlement: { retryDelayMs, deadLetter, cancelled } });
+    } else if (settlement.action === 'committed' && outcome.kind === 'committed') {
+      this.committed.push(outcome);
+    } else if (settlement.action !== 'hand-back') {
+      throw new Error(`an outcome '${outcome.kind}' cannot be settled as '${settlement.action}'`);
+    }
     this.schedule();
   }
 
-  fail(failure: Failure): void {
-    const error = storableError(failure.error, this.maxErrorBytes);
+  private addFailure(failure: FailedAttemptOutcome): void {
+    const error = boundedError(failure.error, this.maxErrorBytes);
     const bounded = error === failure.error ? failure : { ...failure, error };
-    this.failures.push(this.entry(bounded, failureBytes(bounded)));
-    this.schedule();
+    const bytes = failureBytes(bounded);
+    this.bytes += bytes;
+    this.failures.push({ item: bounded, bytes });
   }
 
   /**
@@ -240,14 +279,25 @@ export class Completer {
       stale: 0,
       accepted: [],
     };
-    if (successes.length === 0 && failures.length === 0) return result;
+    // Committed by their threads: reported now, whatever becomes of the statements below.
+    const committed = this.committed.splice(0);
+    let written = 0;
+    for (const c of committed) {
+      written++;
+      if (c.outcome !== 'stale')
+        result.accepted.push({ id: c.task.id, name: c.task.name, outcome: c.outcome });
+    }
+    if (successes.length === 0 && failures.length === 0) {
+      if (written > 0) this.report(result, written);
+      this.afterFlush();
+      return result;
+    }
     for (const e of [...successes, ...failures]) this.bytes -= e.bytes;
     let flush!: () => void;
     this.flushing = new Promise((resolve) => (flush = resolve));
     /** Entries neither committed nor turned into something else yet. */
-    const left = new Set<Entry<unknown>>([...successes, ...failures]);
-    let written = 0;
-    const write = async <T>(entries: Entry<T>[], commit: (items: T[]) => Promise<Accepted[]>) => {
+    const left = new Set<Waiting<unknown>>([...successes, ...failures]);
+    const write = async <T>(entries: Waiting<T>[], commit: (items: T[]) => Promise<Accepted[]>) => {
       const accepted = await commit(entries.map((e) => e.item));
       for (const e of entries) left.delete(e);
       written += entries.length;
@@ -260,7 +310,7 @@ export class Completer {
         (batch) => write(batch, (items) => completeTasks(db, nodeId, items)),
         (entry, error) => {
           left.delete(entry);
-          this.refuseSuccess(entry.item, error);
+          this.refuseSuccess(entry, error);
         },
       );
       await this.bisect(
@@ -278,7 +328,7 @@ export class Completer {
     } catch (error) {
       // Put back in front what did not commit; a completion is idempotent under fencing, so a retry is
       // safe even if the failed round trip had in fact committed.
-      const back = <T>(taken: Entry<T>[], queue: Entry<T>[]) => {
+      const back = <T>(taken: Waiting<T>[], queue: Waiting<T>[]) => {
         const kept = taken.filter((e) => left.has(e));
         for (const e of kept) this.bytes += e.bytes;
         queue.unshift(...kept);
@@ -300,10 +350,10 @@ export class Completer {
    * Writes `entries` with `write`; when the database refuses the batch for a reason that is not the
    * database being away, writes each half on its own, down to single rows, which `refuse` takes over.
    */
-  private async bisect<T>(
-    entries: Entry<T>[],
-    write: (entries: Entry<T>[]) => Promise<void>,
-    refuse: (entry: Entry<T>, error: unknown) => void,
+  private async bisect<E>(
+    entries: E[],
+    write: (entries: E[]) => Promise<void>,
+    refuse: (entry: E, error: unknown) => void,
   ): Promise<void> {
     if (entries.length === 0) return;
     try {
@@ -326,48 +376,52 @@ export class Completer {
   }
 
   /** A success the database refused, alone: a failed attempt, retried or ended by its task's policy. */
-  private refuseSuccess(success: Success, error: unknown): void {
+  private refuseSuccess({ item, ifRejected }: SuccessEntry, error: unknown): void {
     const reason = describe(error);
-    this.fail({
-      id: success.id,
-      assignment: success.assignment,
-      error:
-        `TaskmillError [COMPLETION_FAILED]: The task returned but its outcome (result, children, join ` +
-        `messages) could not be committed: ${reason}`,
-      retryDelayMs: success.ifRejected?.retryDelayMs ?? null,
-      deadLetter: success.ifRejected?.deadLetter ?? true,
-      cancelled: false,
+    this.addFailure({
+      kind: 'failed',
+      task: item.task,
+      error: completionFailed(
+        `The task returned but its outcome (result, children, join messages) could not be committed: ${reason}`,
+      ),
+      stopRetry: false,
+      settlement: { ...ifRejected, cancelled: false },
     });
+    this.schedule();
     this.options.onError(
       new TaskmillError(
         'COMPLETION_FAILED',
-        `The completion of task ${success.id} was refused by the database and recorded as a failed attempt: ${reason}`,
+        `The completion of task ${item.task.id} was refused by the database and recorded as a failed attempt: ${reason}`,
         { cause: error },
       ),
     );
   }
 
   /** A failure the database refused, alone: again with a plain error, then without a retry, then dropped. */
-  private refuseFailure(failure: Failure, error: unknown): void {
+  private refuseFailure(failure: FailedAttemptOutcome, error: unknown): void {
     const refusals = (this.refusals.get(failure) ?? 0) + 1;
     const reason = describe(error);
     if (refusals > 2) {
       this.options.onError(
         new TaskmillError(
           'COMPLETION_FAILED',
-          `The failure of task ${failure.id} could not be recorded and was dropped (the task stays with this node until it restarts): ${reason}`,
+          `The failure of task ${failure.task.id} could not be recorded and was dropped (the task stays with this node until it restarts): ${reason}`,
           { cause: error },
         ),
       );
       return;
     }
-    const again: Failure = {
+    const again: FailedAttemptOutcome = {
       ...failure,
-      error: `TaskmillError [COMPLETION_FAILED]: The task failed, and its error could not be stored: ${reason}`,
-      retryDelayMs: refusals === 2 ? null : failure.retryDelayMs,
+      error: completionFailed(`The task failed, and its error could not be stored: ${reason}`),
+      settlement: {
+        ...failure.settlement,
+        retryDelayMs: refusals === 2 ? null : failure.settlement.retryDelayMs,
+      },
     };
     this.refusals.set(again, refusals);
-    this.fail(again);
+    this.addFailure(again);
+    this.schedule();
   }
 
   private report(result: FlushResult, written: number): void {
@@ -380,11 +434,6 @@ export class Completer {
     }
     result.stale = written - result.accepted.length;
     this.options.onFlush?.(result);
-  }
-
-  private entry<T>(item: T, bytes: number): Entry<T> {
-    this.bytes += bytes;
-    return { item, bytes };
   }
 
   private schedule(): void {
@@ -420,6 +469,25 @@ export class Completer {
       this.schedule();
     }
   }
+}
+
+function completionFailed(message: string): SerializedError {
+  return { name: 'TaskmillError', code: 'COMPLETION_FAILED', message };
+}
+
+/**
+ * The error, bounded so that its errorText (the stored text) fits `maxBytes` UTF-8 bytes without NUL
+ * characters: the same error when it does, else one whose message is the truncated text (with its
+ * marker) after the error's head.
+ */
+export function boundedError(error: SerializedError, maxBytes: number): SerializedError {
+  const text = errorText(error);
+  const stored = storableError(text, maxBytes);
+  if (stored === text) return error;
+  const head = errorHead(error);
+  return stored.startsWith(head)
+    ? { name: error.name, code: error.code, message: stored.slice(head.length) }
+    : { name: 'Error', message: stored };
 }
 
 function isTransient(error: unknown): boolean {

@@ -36,9 +36,9 @@ import type {
   TaskEnvelope,
   ThreadMessage,
   OutcomeMessage,
-  TaskOutcome,
   WorkerInit,
 } from '../worker/protocol.ts';
+import type { Outcome } from '../task/outcome.ts';
 import type { FetchedTask } from '../store/tasks.ts';
 
 export const DISPATCHER_DEFAULTS = {
@@ -61,19 +61,14 @@ const ISOLATION_IDLE_MS = 60_000;
 /** Uncharged reruns of one task after threads died under it, before it is charged anyway. */
 const MAX_RERUNS = 8;
 
-/**
- * A task's outcome (TaskOutcome) with the task, why it was aborted if it was, and `runMs`: the time the
- * run took in its worker thread (undefined when the thread died under it).
- */
-export type Outcome = TaskOutcome & { task: FetchedTask; reason?: AbortReason; runMs?: number };
-
 export interface DispatcherOptions {
   handlers: Record<string, string>;
   exactlyOnce: (name: string) => boolean;
   connectionString: string;
   nodeId: string;
   timeoutOf: (name: string) => number | undefined;
-  onOutcome: (outcome: Outcome) => void;
+  /** Each task's outcome (task/outcome.ts), with the task and why it was aborted, if it was. */
+  onOutcome: (outcome: Outcome<FetchedTask>) => void;
   threads?: number;
   maxBatchSize?: number;
   abortGraceMs?: number;

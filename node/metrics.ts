@@ -12,7 +12,8 @@
  */
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import type pg from 'pg';
-import type { TaskRun, TaskmillNode } from './node.ts';
+import type { TaskmillNode } from './node.ts';
+import { outcomeLabel, type Outcome } from '../task/outcome.ts';
 import type { FlushResult } from './completer.ts';
 import type { PassResult } from '../planner/planner.ts';
 import { listNodes, queueDepths, type NodeInfo, type QueueDepth } from '../store/inspect.ts';
@@ -277,9 +278,9 @@ export class TaskmillMetrics {
       this.freeSlots.set(pass.freeSlots);
     };
     const onLeader = () => this.leaderChanges.inc({ node: node.name });
-    const onTask = (run: TaskRun) => {
+    const onTask = (run: Outcome) => {
       if (run.runMs !== undefined)
-        this.runDuration.observe({ task: run.name, outcome: run.outcome }, run.runMs / 1000);
+        this.runDuration.observe({ task: run.task.name, outcome: outcomeLabel(run) }, run.runMs / 1000);
     };
     node.on('task', onTask);
     node.on('flush', onFlush);

@@ -13,14 +13,11 @@ import { EventEmitter } from 'node:events';
 import pg from 'pg';
 import { v4 as uuidv4 } from 'uuid';
 import { migrate, assertSchemaKnown } from '../migrations/migrator.ts';
-import { DEFAULT_LEASE_TTL_MS, LeaderLease } from '../planner/leader.ts';
-import { PlannerWatch } from '../planner/planner-watch.ts';
-import { Maintenance, type MaintenanceResult } from '../planner/maintenance.ts';
-import { Cron, registerCronTasks } from '../planner/cron.ts';
-import { Planner, type PassResult } from '../planner/planner.ts';
+import type { MaintenanceResult } from '../planner/maintenance.ts';
+import type { PassResult } from '../planner/planner.ts';
 import { TaskmillClient } from '../client/client.ts';
 import { Completer, type FlushResult } from './completer.ts';
-import { Dispatcher, type Outcome } from './dispatcher.ts';
+import { Dispatcher } from './dispatcher.ts';
 import { Fetcher } from './fetcher.ts';
 import { Cancellations } from './cancellations.ts';
 import { Heartbeat } from './heartbeat.ts';
@@ -29,22 +26,20 @@ import { Listener } from '../store/listener.ts';
 import { createLogger, type Logger } from '../log/logger.ts';
 import { Mailboxes } from './mailboxes.ts';
 import { NODE_DEFAULTS, parseNodeConfig, type NodeConfig, type NodeOptions } from './node-config.ts';
-import { settle } from '../task/settle.ts';
+import { OutcomeRouter } from './outcome-router.ts';
+import { Planning } from './planning.ts';
+import { Pump } from './pump.ts';
+import { registerTaskDefinitions } from './definitions.ts';
+import { stopOnSignals } from './signals.ts';
+import type { Outcome } from '../task/outcome.ts';
 import { workerShellPolicy } from '../task/shell-task.ts';
-import { assertHandlerExists, definitionRecord, type TaskDefinition } from '../task/task-definition.ts';
-import { CANCEL_CHANNEL, LEADER_CHANNEL, NODE_CHANNEL, PLANNER_CHANNEL } from '../store/channels.ts';
+import { assertHandlerExists, type TaskDefinition } from '../task/task-definition.ts';
+import { CANCEL_CHANNEL, NODE_CHANNEL } from '../store/channels.ts';
 import { closeNodeToNewTasks } from '../store/nodes.ts';
-import { registerDefinitions } from '../store/task-defs.ts';
-import { releaseTasks, type Failure, type FetchedTask } from '../store/tasks.ts';
+import { releaseTasks, type FetchedTask } from '../store/tasks.ts';
 import { ConnectionClient } from '../store/connections.ts';
 
 export type { NodeOptions } from './node-config.ts';
-
-/**
- * Heartbeats to wait after the database came back before recovering dead nodes: a heartbeat backs off
- * to at most twice its interval while the database is away, so two beats and one of margin.
- */
-const DATABASE_BACK_GRACE_BEATS = 3;
 
 export interface NodeStats {
   id: string;
@@ -59,17 +54,12 @@ export interface NodeStats {
   stale: number;
 }
 
-/** One task's run on this node ended (before its outcome is committed). */
-export interface TaskRun {
-  id: string;
-  name: string;
-  outcome: 'completed' | 'failed' | 'cancelled' | 'stale';
-  /** Time the run took in its worker thread; undefined when the thread died under it. */
-  runMs: number | undefined;
-}
-
 export interface TaskmillNodeEvents {
-  task: [TaskRun];
+  /**
+   * One task's run on this node ended, before its outcome is committed: the outcome as its worker thread
+   * reported it (task/outcome.ts; `outcomeLabel()` names it), with its task and run time.
+   */
+  task: [Outcome<FetchedTask>];
   pass: [PassResult];
   flush: [FlushResult];
   leader: [boolean];
@@ -95,19 +85,14 @@ export class TaskmillNode extends EventEmitter<TaskmillNodeEvents> {
   private readonly mailboxes: Mailboxes<FetchedTask>;
   private readonly dispatcher: Dispatcher;
   private readonly completer: Completer;
+  private readonly outcomes: OutcomeRouter;
+  private readonly pump: Pump;
   private readonly heartbeat: Heartbeat;
   private readonly fetcher: Fetcher;
   /** Level-triggered safety net for cancellation notifications this node missed. */
   private readonly cancels: Cancellations;
-  private readonly lease: LeaderLease | undefined;
-  private readonly planner: Planner | undefined;
-  /** Only on a node without a planner: warns once when no node of the cluster leads the planner. */
-  private readonly plannerWatch: PlannerWatch | undefined;
-  private readonly maintenance: Maintenance | undefined;
-  private readonly cron: Cron | undefined;
+  private readonly planning: Planning;
   private readonly listener: Listener | undefined;
-  private readonly handedBack: string[] = [];
-  private pumpScheduled = false;
   private stopping: Promise<void> | undefined;
   private readonly counters = { completed: 0, retried: 0, failed: 0, stale: 0 };
   private readonly failures: FailureLog;
@@ -175,6 +160,17 @@ export class TaskmillNode extends EventEmitter<TaskmillNodeEvents> {
       onFlush: (result) => this.onFlush(result),
       onError: onError('completer'),
     });
+    this.outcomes = new OutcomeRouter({
+      definitionOf: (name) => this.defs.get(name),
+      completer: this.completer,
+      log: this.log,
+    });
+    this.pump = new Pump({
+      mailboxes: this.mailboxes,
+      dispatcher: this.dispatcher,
+      completer: this.completer,
+      maxParallelTasksInNode: config.maxParallelTasksInNode,
+    });
     this.heartbeat = new Heartbeat({
       db: this.pool,
       node: {
@@ -217,73 +213,24 @@ export class TaskmillNode extends EventEmitter<TaskmillNodeEvents> {
     });
     if (config.notifications) this.listener = new Listener(connectionString ?? '', onError('listener'));
 
-    if (config.planner) {
-      const p = config.planner;
-      this.lease = new LeaderLease({
-        db: this.pool,
-        nodeId: this.id,
-        ttlMs: p.leaseTtlMs,
-        onChange: (leader) => {
-          this.log.info({ leader }, leader ? 'became planner leader' : 'lost planner leadership');
-          if (leader) this.planner?.wake();
-          if (leader) this.cron?.wake();
-          this.emit('leader', leader);
-        },
-        onError: onError('leader'),
-      });
-      const isLeader = () => this.lease!.isLeader;
-      this.planner = new Planner({
-        db: this.pool,
-        isLeader,
-        batchSize: p.batchSize,
-        planFactor: p.planFactor,
-        pollingDelay: p.pollingDelay as Record<number, number>,
-        nodeTimeoutMs: config.nodeTimeoutMs,
-        nodeCpuLimit: p.nodeCpuLimit,
-        wakeDebounceMs: p.wakeDebounceMs,
-        localNodeId: this.id,
-        onPass: (pass) => {
-          if (pass.startedLocally.length > 0) this.accept(pass.startedLocally);
-          this.emit('pass', pass);
-        },
-        onError: onError('planner'),
-      });
-      this.cron = new Cron({
-        db: this.pool,
-        isLeader,
-        onResult: (result) => this.log.debug(result, 'cron pass'),
-        onError: onError('cron'),
-      });
-      this.maintenance = new Maintenance({
-        db: this.pool,
-        isLeader: () =>
-          isLeader() &&
-          Date.now() - this.databaseBackAt >= DATABASE_BACK_GRACE_BEATS * config.heartbeatIntervalMs,
-        nodeTimeoutMs: config.nodeTimeoutMs,
-        intervalMs: p.maintenanceIntervalMs,
-        historyRetentionMs: config.historyRetentionMs,
-        onResult: (result) => {
-          if (result.recovered > 0 || result.deadNodes > 0)
-            this.log.warn(result, 'recovered tasks of dead nodes');
-          this.emit('maintenance', result);
-        },
-        onError: onError('maintenance'),
-      });
-    } else {
-      this.plannerWatch = new PlannerWatch({
-        db: this.pool,
-        ttlMs: DEFAULT_LEASE_TTL_MS,
-        log: this.log,
-        onError: onError('planner-watch'),
-      });
-    }
+    this.planning = new Planning({
+      db: this.pool,
+      nodeId: this.id,
+      config,
+      log: this.log,
+      startedLocally: (tasks) => this.accept(tasks),
+      onPass: (pass) => this.emit('pass', pass),
+      onLeader: (leader) => this.emit('leader', leader),
+      onMaintenance: (result) => this.emit('maintenance', result),
+      databaseBackAt: () => this.databaseBackAt,
+      onError,
+    });
   }
 
   private async init(config: NodeConfig): Promise<void> {
     if (config.migrate) await migrate(this.pool);
     else await assertSchemaKnown(this.pool);
-    await this.registerDefinitions();
-    await registerCronTasks(this.pool, [...this.defs.values()]);
+    await registerTaskDefinitions(this.pool, [...this.defs.values()]);
     if (this.listener) {
       await this.listener.subscribe(NODE_CHANNEL, (payload, reconnected) => {
         if (reconnected || payload === this.id) this.fetcher.wake();
@@ -292,41 +239,21 @@ export class TaskmillNode extends EventEmitter<TaskmillNodeEvents> {
         if (reconnected) this.cancels.wake();
         else this.cancels.notified(payload);
       });
-      if (this.planner) {
-        await this.listener.subscribe(PLANNER_CHANNEL, () => this.planner!.wake());
-        await this.listener.subscribe(LEADER_CHANNEL, () => this.lease!.wake());
-      }
+      await this.planning.subscribe(this.listener);
     }
     await this.heartbeat.runOnce();
     this.heartbeat.start();
     this.fetcher.start();
     this.cancels.start();
-    this.plannerWatch?.start();
-    if (this.lease) {
-      await this.lease.runOnce().catch((error) => this.fail(error, 'leader'));
-      this.lease.start();
-      this.planner!.start();
-      this.maintenance!.start();
-      this.cron!.start();
-    }
-    if (config.handleSignals) {
-      const onSignal = (signal: NodeJS.Signals) => {
-        this.log.info({ signal }, 'signal received, stopping');
-        this.stop().then(
-          () => process.exit(0),
-          () => process.exit(1),
-        );
-      };
-      process.once('SIGINT', onSignal);
-      process.once('SIGTERM', onSignal);
-    }
+    await this.planning.start();
+    if (config.handleSignals) stopOnSignals(() => this.stop(), this.log);
     this.phase = 'running';
     this.log.info(
       {
         id: this.id,
         tasks: [...this.defs.keys()],
         capacity: config.maxParallelTasksInNode,
-        planner: !!this.planner,
+        planner: this.planning.plans,
       },
       'node started',
     );
@@ -338,7 +265,7 @@ export class TaskmillNode extends EventEmitter<TaskmillNodeEvents> {
   }
 
   get isLeader(): boolean {
-    return this.lease?.isLeader ?? false;
+    return this.planning.isLeader;
   }
 
   get state(): Phase {
@@ -358,8 +285,7 @@ export class TaskmillNode extends EventEmitter<TaskmillNodeEvents> {
 
   /** Runs one planning pass now (when leader); for tests and tools. */
   planOnce(): Promise<PassResult> {
-    if (!this.planner) throw new Error('this node runs without a planner');
-    return this.planner.runOnce();
+    return this.planning.planOnce();
   }
 
   stop(): Promise<void> {
@@ -374,11 +300,7 @@ export class TaskmillNode extends EventEmitter<TaskmillNodeEvents> {
     await this.listener?.close();
     // The LISTEN session of node.client.waitForTask(), if one was opened (the pool stays the node's).
     await this.client.close();
-    await this.planner?.stop();
-    await this.maintenance?.stop();
-    await this.cron?.stop();
-    await this.plannerWatch?.stop();
-    await this.lease?.stop().catch((error) => this.fail(error, 'leader'));
+    await this.planning.stop();
     await this.fetcher.stop();
     await this.cancels.stop();
 
@@ -402,7 +324,10 @@ export class TaskmillNode extends EventEmitter<TaskmillNodeEvents> {
     await this.dispatcher.destroy();
     if (this.ownsPool) await this.pool.end();
     this.phase = 'stopped';
-    this.log.info({ handedBack: released, queued: queued.length + this.handedBack.length }, 'node stopped');
+    this.log.info(
+      { handedBack: released, queued: queued.length + this.outcomes.handedBack.length },
+      'node stopped',
+    );
   }
 
   private async waitForInFlight(deadline: number): Promise<void> {
@@ -412,81 +337,17 @@ export class TaskmillNode extends EventEmitter<TaskmillNodeEvents> {
   /** Tasks now running on this node (fetched, or delivered by the local planner). */
   private accept(tasks: FetchedTask[]): void {
     for (const task of tasks) {
-      if (task.cancelRequested) this.completer.fail(cancelledFailure(task));
+      if (task.cancelRequested) this.outcomes.cancelledBeforeStart(task);
       else this.mailboxes.push(task);
     }
-    if (tasks.length > 0) this.pump();
+    if (tasks.length > 0) this.pump.pump();
   }
 
-  /** Coalesces dispatch requests into one pass per turn of the event loop. */
-  private pump(): void {
-    if (this.pumpScheduled) return;
-    this.pumpScheduled = true;
-    setImmediate(() => {
-      this.pumpScheduled = false;
-      this.dispatchReady();
-    });
-  }
-
-  private dispatchReady(): void {
-    if (this.mailboxes.size === 0) return;
-    if (this.completer.saturated) {
-      this.completer.whenDrained().then(() => this.pump());
-      return;
-    }
-    const room = this.config.maxParallelTasksInNode - this.dispatcher.inFlight;
-    if (room <= 0) return;
-    const tasks = this.mailboxes.take(room);
-    if (tasks.length > 0) this.dispatcher.dispatch(tasks);
-  }
-
-  private onOutcome(outcome: Outcome): void {
-    const { task } = outcome;
-    if (this.listenerCount('task') > 0) {
-      const result =
-        outcome.kind === 'done' ? 'completed' : outcome.kind === 'committed' ? outcome.outcome : 'failed';
-      this.emit('task', { id: task.id, name: task.name, outcome: result, runMs: outcome.runMs });
-    }
-    this.mailboxes.release(task);
-    this.pump();
-    const settlement = settle(outcome, this.defs.get(task.name), task, Date.now());
-    switch (settlement.action) {
-      case 'none':
-        // Exactly-once: committed in its worker thread; reported like a flush of one, for stats and metrics.
-        if (outcome.kind === 'committed' && outcome.outcome !== 'stale')
-          this.onFlush(committedFlush(task, outcome.outcome));
-        return;
-      case 'complete':
-        if (outcome.kind !== 'done') return;
-        this.completer.succeed({
-          id: task.id,
-          assignment: task.assignment,
-          result: outcome.result,
-          children: outcome.children,
-          joinMessages: outcome.joinMessages,
-          ifRejected: settlement.ifRejected,
-        });
-        return;
-      case 'hand-back':
-        this.handedBack.push(task.id);
-        return;
-      case 'fail': {
-        if (outcome.kind !== 'failed') return;
-        const { retryDelayMs, deadLetter, cancelled } = settlement;
-        this.log.debug(
-          { task: task.id, name: task.name, error: outcome.error.message, retryDelayMs },
-          'task failed',
-        );
-        this.completer.fail({
-          id: task.id,
-          assignment: task.assignment,
-          error: formatError(outcome.error),
-          retryDelayMs,
-          deadLetter,
-          cancelled,
-        });
-      }
-    }
+  private onOutcome(outcome: Outcome<FetchedTask>): void {
+    if (this.listenerCount('task') > 0) this.emit('task', outcome);
+    this.mailboxes.release(outcome.task);
+    this.pump.pump();
+    this.outcomes.route(outcome);
   }
 
   private onFlush(result: FlushResult): void {
@@ -503,21 +364,10 @@ export class TaskmillNode extends EventEmitter<TaskmillNodeEvents> {
   private cancelLocal(id: string): void {
     const queued = this.mailboxes.remove(id);
     if (queued) {
-      this.completer.fail(cancelledFailure(queued));
+      this.outcomes.cancelledBeforeStart(queued);
       return;
     }
     this.dispatcher.abort(id, 'cancel');
-  }
-
-  private async registerDefinitions(): Promise<void> {
-    await registerDefinitions(
-      this.pool,
-      [...this.defs.values()].map((d) => ({
-        name: d.name,
-        maxParallelInCluster: d.maxParallelInCluster ?? null,
-        options: definitionRecord(d),
-      })),
-    );
   }
 
   /**
@@ -540,48 +390,8 @@ export class TaskmillNode extends EventEmitter<TaskmillNodeEvents> {
     this.databaseBackAt = Date.now();
     this.fetcher.wake();
     this.cancels.wake();
-    this.lease?.wake();
-    this.planner?.wake();
-    this.cron?.wake();
+    this.planning.wake();
   }
-}
-
-function committedFlush(task: FetchedTask, outcome: 'completed' | 'cancelled'): FlushResult {
-  return {
-    completed: outcome === 'completed' ? 1 : 0,
-    retried: 0,
-    deadLettered: 0,
-    failed: 0,
-    cancelled: outcome === 'cancelled' ? 1 : 0,
-    stale: 0,
-    accepted: [{ id: task.id, name: task.name, outcome }],
-  };
-}
-
-/** A task cancelled before it started: settled like any cancelled attempt (never retried, recorded cancelled). */
-function cancelledFailure(task: FetchedTask): Failure {
-  const error = { name: 'TaskmillError', code: 'TASK_CANCELLED', message: 'cancelled before it started' };
-  const settlement = settle(
-    { kind: 'failed', error, stopRetry: false, reason: 'cancel' },
-    undefined,
-    task,
-    0,
-  );
-  if (settlement.action !== 'fail') throw new Error(`a cancellation settled as ${settlement.action}`);
-  return {
-    id: task.id,
-    assignment: task.assignment,
-    error: formatError(error),
-    retryDelayMs: settlement.retryDelayMs,
-    deadLetter: settlement.deadLetter,
-    cancelled: settlement.cancelled,
-  };
-}
-
-function formatError(error: { name: string; message: string; code?: string; stack?: string }): string {
-  const head = `${error.name}${error.code ? ` [${error.code}]` : ''}: ${error.message}`;
-  const frames = error.stack?.split('\n').filter((line) => line.startsWith('    at ')) ?? [];
-  return [head, ...frames].join('\n');
 }
 
 /** Starts a node; see NodeOptions. */

@@ -20,6 +20,7 @@ import { failTasks } from '../store/tasks.ts';
 import { HistoryRetention } from './history-retention.ts';
 import { DEFAULT_RETRY_POLICY, retryPolicySchema } from '../task/retry-policy.ts';
 import { settle } from '../task/settle.ts';
+import { errorText, type SerializedError } from '../task/outcome.ts';
 
 export const MAINTENANCE_DEFAULTS = {
   intervalMs: 1_000,
@@ -82,11 +83,19 @@ export class Maintenance extends LoopingPart<MaintenanceResult> {
 }
 
 /** The error a task that was running on a dead node is charged with. */
+export function nodeDied(nodeId: string): SerializedError {
+  return {
+    name: 'TaskmillError',
+    code: 'NODE_DIED',
+    message:
+      `node ${nodeId} stopped heartbeating while this task was running on it ` +
+      '(the process crashed, was killed or lost the database); counted as a failed attempt.',
+  };
+}
+
+/** The error text a task recovered from a dead node is stored with. */
 export function nodeDiedError(nodeId: string): string {
-  return (
-    `TaskmillError [NODE_DIED]: node ${nodeId} stopped heartbeating while this task was running on it ` +
-    '(the process crashed, was killed or lost the database); counted as a failed attempt.'
-  );
+  return errorText(nodeDied(nodeId));
 }
 
 /**
@@ -112,7 +121,7 @@ export async function recoverDeadNodes(
     const byNode = new Map<string, HeldTask[]>();
     for (const task of rows) {
       if (task.state !== 'running') continue;
-      byNode.set(task.node_id, [...(byNode.get(task.node_id) ?? []), task]);
+      byNode.set(task.nodeId, [...(byNode.get(task.nodeId) ?? []), task]);
     }
     for (const [nodeId, tasks] of byNode) {
       const now = Date.now();
@@ -125,23 +134,16 @@ export async function recoverDeadNodes(
             retry: parsed.success ? parsed.data : DEFAULT_RETRY_POLICY,
             deadLetter: t.options?.deadLetter !== false,
           };
-          const error = { name: 'TaskmillError', code: 'NODE_DIED' };
-          const task = { attempt: t.attempt, createdAt: new Date(now - Number(t.failing_ms)) };
-          const settlement = settle(
-            { kind: 'failed', error, stopRetry: false, reason: 'node-died' },
-            definition,
-            task,
-            now,
-          );
+          const failed = { kind: 'failed', error: nodeDied(nodeId), stopRetry: false } as const;
+          const task = { attempt: t.attempt, createdAt: new Date(now - t.failingMs) };
+          const settlement = settle({ ...failed, reason: 'node-died' }, definition, task, now);
           if (settlement.action !== 'fail')
             throw new Error(`a dead node's task settled as ${settlement.action}`);
+          const { retryDelayMs, deadLetter } = settlement;
           return {
-            id: t.id,
-            assignment: t.assignment,
-            error: nodeDiedError(nodeId),
-            retryDelayMs: settlement.retryDelayMs,
-            deadLetter: settlement.deadLetter,
-            cancelled: false,
+            ...failed,
+            task: { id: t.id, assignment: t.assignment },
+            settlement: { retryDelayMs, deadLetter, cancelled: false },
           };
         }),
       );

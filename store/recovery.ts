@@ -8,11 +8,12 @@ import type { Queryable } from './queryable.ts';
 /** A task a dead node held, with what its retry decision needs. */
 export interface HeldTask {
   id: string;
-  node_id: string;
+  nodeId: string;
   state: 'assigned' | 'running';
   assignment: number;
   attempt: number;
-  failing_ms: number;
+  /** How long ago the task was created (its retry policy's maxDurationMs counts from then). */
+  failingMs: number;
   options: { retry?: unknown; deadLetter?: unknown } | null;
 }
 
@@ -22,8 +23,8 @@ export interface HeldTask {
  */
 export async function lockTasksOfDeadNodes(client: Queryable, deadNodeIds: string[]): Promise<HeldTask[]> {
   const { rows } = await client.query<HeldTask>(
-    `select t.id, t.node_id, t.state, t.assignment, t.attempt,
-       extract(epoch from now() - t.created_at) * 1000 as failing_ms, d.options
+    `select t.id, t.node_id as "nodeId", t.state, t.assignment, t.attempt,
+       (extract(epoch from now() - t.created_at) * 1000)::float8 as "failingMs", d.options
      from tm_tasks t left join tm_task_defs d on d.name = t.name
      where t.node_id is not null
        and (t.node_id = any($1) or not exists (select 1 from tm_nodes n where n.id = t.node_id))

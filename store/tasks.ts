@@ -6,7 +6,9 @@
  * Completions are fenced: a row is changed only while it is still assigned to the completing node
  * under the same assignment number.
  */
+import { errorText, type DoneOutcome, type FailedOutcome, type OutcomeTask } from '../task/outcome.ts';
 import type { NewTask } from '../task/schedule-context.ts';
+import type { FailedAttempt } from '../task/settle.ts';
 import { CANCEL_CHANNEL, wakePlanner } from './channels.ts';
 import type { Queryable } from './queryable.ts';
 
@@ -153,24 +155,14 @@ export async function fetchAssignedTasks(db: Queryable, nodeId: string): Promise
   return rows.map(toFetchedTask);
 }
 
-/** A message for the joins of a given name waiting on the sender. */
-export interface JoinMessage {
-  joinName: string;
-  payload: Uint8Array;
-}
+/** Which task an outcome ends, under which assignment: what a completion is fenced by. */
+export type Fence = Pick<OutcomeTask, 'id' | 'assignment'>;
 
-export interface Success {
-  id: string;
-  assignment: number;
-  result: Uint8Array | null;
-  children: NewTask[];
-  joinMessages: JoinMessage[];
-  /**
-   * What becomes of the task if the database refuses this completion (a failed attempt under its retry
-   * policy); absent: it ends in the dead-letter table.
-   */
-  ifRejected?: Pick<Failure, 'retryDelayMs' | 'deadLetter'>;
-}
+/** A success to commit: the handler's outcome (task/outcome.ts) and its task. */
+export type Completion = DoneOutcome & { task: Fence };
+
+/** A failed attempt to commit: the failure's outcome, its task and what settle() decided of it. */
+export type FailedAttemptOutcome = FailedOutcome & { task: Fence; settlement: FailedAttempt };
 
 export interface Accepted {
   id: string;
@@ -187,7 +179,7 @@ const ROW_OVERHEAD_BYTES = 128;
  * Payload bytes one success adds to tm_complete's parameters: its result, its children (message and
  * strings) and its join messages. The completer bounds a batch by the sum of these.
  */
-export function successBytes(s: Success): number {
+export function successBytes(s: Completion): number {
   let n = ROW_OVERHEAD_BYTES + (s.result?.byteLength ?? 0);
   for (const c of s.children) {
     n += ROW_OVERHEAD_BYTES + c.message.byteLength + c.name.length;
@@ -198,8 +190,9 @@ export function successBytes(s: Success): number {
 }
 
 /** Payload bytes one failure adds to tm_fail's parameters (its error text, at most 3 bytes a character). */
-export function failureBytes(f: Failure): number {
-  return ROW_OVERHEAD_BYTES + f.error.length * 3;
+export function failureBytes(f: FailedAttemptOutcome): number {
+  const { name, code, message, stack } = f.error;
+  return ROW_OVERHEAD_BYTES + (name.length + (code?.length ?? 0) + message.length + (stack?.length ?? 0)) * 3;
 }
 
 /**
@@ -225,14 +218,14 @@ export function storableError(text: string, maxBytes: number): string {
  * messages travel as bytea arrays, which node-postgres sends as hex text: the completer keeps a batch
  * within its byte budget so these strings stay far below V8's longest string.
  */
-export function completeParams(nodeId: string, done: Success[]): unknown[] {
+export function completeParams(nodeId: string, done: Completion[]): unknown[] {
   const children = done.flatMap((d) => d.children);
   const waits = children.flatMap((c) => (c.joinOf ?? []).map((waitsFor) => [c.id, waitsFor]));
-  const messages = done.flatMap((d) => d.joinMessages.map((m) => [d.id, m.joinName, bytes(m.payload)]));
+  const messages = done.flatMap((d) => d.joinMessages.map((m) => [d.task.id, m.joinName, bytes(m.payload)]));
   return [
     nodeId,
-    done.map((d) => d.id),
-    done.map((d) => d.assignment),
+    done.map((d) => d.task.id),
+    done.map((d) => d.task.assignment),
     done.map((d) => bytes(d.result)),
     ...insertParams(children),
     waits.map((w) => w[0]),
@@ -250,34 +243,30 @@ const COMPLETE_SQL = `select id, name, outcome from tm_complete($1, $2, $3, $4,
  * Completes tasks: fenced delete from the hot table, outcome into history, children inserted only for
  * parents whose completion was accepted, joins and dependents released. Returns the accepted tasks.
  */
-export async function completeTasks(db: Queryable, nodeId: string, done: Success[]): Promise<Accepted[]> {
+export async function completeTasks(db: Queryable, nodeId: string, done: Completion[]): Promise<Accepted[]> {
   const { rows } = await db.query<Accepted>(COMPLETE_SQL, completeParams(nodeId, done));
   return rows;
 }
 
-export interface Failure {
-  id: string;
-  assignment: number;
-  error: string;
-  /** Milliseconds until the next attempt; null: no retry (dead letter or failed). */
-  retryDelayMs: number | null;
-  deadLetter: boolean;
-  /** Ended by a cancellation: recorded as cancelled, never retried. */
-  cancelled: boolean;
-}
-
-/** Fenced: reschedules retryable failures and ends the others (dead-letter table or history). */
-export async function failTasks(db: Queryable, nodeId: string, failed: Failure[]): Promise<Accepted[]> {
+/**
+ * Fenced: reschedules retryable failures and ends the others (dead-letter table or history), as settle()
+ * decided. Each error is stored as its errorText (task/outcome.ts), NUL characters replaced.
+ */
+export async function failTasks(
+  db: Queryable,
+  nodeId: string,
+  failed: FailedAttemptOutcome[],
+): Promise<Accepted[]> {
   const { rows } = await db.query<Accepted>(
     `select id, name, outcome from tm_fail($1, $2, $3, $4, $5, $6, $7)`,
     [
       nodeId,
-      failed.map((f) => f.id),
-      failed.map((f) => f.assignment),
-      failed.map((f) => f.error),
-      failed.map((f) => f.retryDelayMs),
-      failed.map((f) => f.deadLetter),
-      failed.map((f) => f.cancelled),
+      failed.map((f) => f.task.id),
+      failed.map((f) => f.task.assignment),
+      failed.map((f) => storableError(errorText(f.error), Infinity)),
+      failed.map((f) => f.settlement.retryDelayMs),
+      failed.map((f) => f.settlement.deadLetter),
+      failed.map((f) => f.settlement.cancelled),
     ],
   );
   return rows;
@@ -331,14 +320,15 @@ export interface CancelResult {
   id: string;
   /** cancelled: it had not started and is now ended; requested: its node was asked to abort it. */
   outcome: 'cancelled' | 'requested';
-  node_id: string | null;
+  /** The node asked to abort it (requested), else null. */
+  nodeId: string | null;
 }
 
 /** Cancels tasks: ends those not started, flags and notifies the nodes of assigned/running ones. */
 export async function cancelTasks(db: Queryable, ids: string[]): Promise<CancelResult[]> {
   const { rows } = await db.query<CancelResult>(
     `with c as (select * from tm_cancel($1::uuid[]))
-     select c.id, c.outcome, c.node_id,
+     select c.id, c.outcome, c.node_id as "nodeId",
        case when c.node_id is not null then pg_notify('${CANCEL_CHANNEL}', c.node_id || ':' || c.id) end
      from c`,
     [ids],

@@ -7,22 +7,17 @@
  * fenced out, whatever was decided) and a cancellation requested while the attempt ran (tm_complete
  * and tm_fail end such a task as cancelled).
  */
+import type { AbortReason, TaskOutcome } from './outcome.ts';
 import { nextRetryDelay, type RetryPolicy } from './retry-policy.ts';
 
-/** Why an attempt was aborted from outside its handler (node-died: its node stopped heartbeating). */
-export type AbortReason = 'timeout' | 'cancel' | 'shutdown' | 'node-died';
+export type { AbortReason } from './outcome.ts';
 
-/** How an attempt ended, as the node (or dead-node recovery) saw it. */
-export type AttemptEnd =
-  /** The handler returned: its result, children and messages are to be committed. */
-  | { kind: 'done' }
-  /** Exactly-once: committed (or fenced out: 'stale') in the worker thread's own transaction. */
-  | { kind: 'committed'; outcome: 'completed' | 'cancelled' | 'stale' }
-  /**
-   * The attempt failed. `stopRetry`: the handler's onFailure hook said no more attempts. `error`: the
-   * serialized error, whose code TASK_CANCELLED (thrown by the handler) also stops the retries.
-   */
-  | { kind: 'failed'; error: { name: string; code?: string }; stopRetry: boolean; reason?: AbortReason };
+/**
+ * How an attempt ended, as the node (or dead-node recovery) saw it: its outcome (task/outcome.ts) and
+ * why it was aborted, if it was. A failure's error code TASK_CANCELLED (thrown by the handler) also
+ * stops the retries.
+ */
+export type AttemptEnd = TaskOutcome & { reason?: AbortReason };
 
 /** What settle needs of the task's definition; undefined for a definition this node does not know. */
 export interface SettleDefinition {
@@ -49,8 +44,8 @@ export interface FailedAttempt {
 export type Settlement =
   /** Commit the success; `ifRejected`: what the attempt becomes if the database refuses the commit. */
   | { action: 'complete'; ifRejected: FailedAttempt }
-  /** Nothing left to do: committed by the worker thread or fenced out there. */
-  | { action: 'none' }
+  /** Nothing left to write: committed in the worker thread's own transaction, or fenced out there. */
+  | { action: 'committed' }
   /** Back to the planner, uncharged: the node stopped while it ran. */
   | { action: 'hand-back' }
   /** Charge the failed attempt. */
@@ -66,7 +61,7 @@ export function settle(
     case 'done':
       return { action: 'complete', ifRejected: failed(definition, task, now, false, false) };
     case 'committed':
-      return { action: 'none' };
+      return { action: 'committed' };
     case 'failed': {
       if (end.reason === 'shutdown') return { action: 'hand-back' };
       const cancelled = end.reason === 'cancel';

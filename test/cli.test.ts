@@ -9,6 +9,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { buildProgram, loadCommands, runCli } from '../cli/main.ts';
 import { EXIT } from '../cli/output.ts';
 import { freePort } from '../store/database.ts';
+import { TaskmillClient } from '../client/client.ts';
 import { count, until, useTestDatabase } from './helpers/database.ts';
 import { docExamples, shellWords } from './helpers/doc-examples.ts';
 
@@ -19,14 +20,18 @@ const db = useTestDatabase();
 let tmp: string;
 /** Environment of in-process commands: no DATABASE_URL, and an embedded data folder where none runs. */
 let env: NodeJS.ProcessEnv;
+/** Waits for the tasks the commands schedule to end (woken by the task-ended notification). */
+let client: TaskmillClient;
 
 beforeAll(async () => {
   tmp = mkdtempSync(path.join(tmpdir(), 'taskmill-cli-'));
   // The embedded server runs as user postgres when the tests run as root: it must reach its data folder.
   chmodSync(tmp, 0o755);
   env = { PATH: process.env.PATH, HOME: process.env.HOME, TASKMILL_DATA_DIR: path.join(tmp, 'no-server') };
+  client = new TaskmillClient({ pool: db.pool });
 });
 afterAll(async () => {
+  await client.close();
   rmSync(tmp, { recursive: true, force: true });
 });
 
@@ -201,7 +206,7 @@ describe('with a node running (in-process `taskmill node`)', () => {
     const run = await cli(['schedule', 'echo', '--message', '{"hello": "cli"}']);
     expect(run.code, run.err).toBe(0);
     const id = run.out.trim();
-    await until(async () => (await json(['task', 'show', id])).state === 'completed');
+    await client.waitForTask(id, { timeoutMs: 30_000 });
     expect(await json(['task', 'show', id])).toMatchObject({
       name: 'echo',
       result: { message: { hello: 'cli' } },
@@ -281,9 +286,7 @@ describe('with a node running (in-process `taskmill node`)', () => {
 
   it('lists, shows, requeues and purges dead letters', async () => {
     const id = (await cli(['schedule', 'throws'])).out.trim();
-    await until(
-      async () => (await count(db.pool, `select count(*) from tm_dead_letters where id = $1`, [id])) === 1,
-    );
+    expect(await client.waitForTask(id, { timeoutMs: 30_000 })).toMatchObject({ state: 'dead' });
     const list = await json<{ deadLetters: { id: string; name: string }[] }>([
       'dlt',
       'list',
@@ -294,9 +297,7 @@ describe('with a node running (in-process `taskmill node`)', () => {
     expect((await cli(['dlt', 'show', id])).out).toMatch(/throws .*3 attempts/);
     expect(await json(['dlt', 'requeue', id])).toEqual({ requeued: [id] });
     // It fails again and comes back to the dead-letter table.
-    await until(
-      async () => (await count(db.pool, `select count(*) from tm_dead_letters where id = $1`, [id])) === 1,
-    );
+    expect(await client.waitForTask(id, { timeoutMs: 30_000 })).toMatchObject({ state: 'dead' });
     expect((await cli(['dlt', 'purge', '--name', 'throws'])).out).toMatch(/^purged [1-9]/);
     expect(await count(db.pool, `select count(*) from tm_dead_letters`)).toBe(0);
   });
@@ -522,7 +523,7 @@ describe.concurrent('processes', () => {
       );
       expect(await live()).toBe(2);
       const id = (await cli(['schedule', 'echo', '--message', '"clustered"'])).out.trim();
-      await until(async () => (await json(['task', 'show', id])).state === 'completed', 20_000);
+      expect(await client.waitForTask(id, { timeoutMs: 20_000 })).toMatchObject({ state: 'completed' });
 
       // Crash one node process: the cluster starts it again.
       const ps = await new Promise<string>((resolve) => {

@@ -9,7 +9,9 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { Completer, MAX_TRANSIENT_RETRIES, takeBatch, type FlushResult } from '../node/completer.ts';
 import { encode } from '../task/codec.ts';
 import { newTask } from '../task/schedule-context.ts';
-import { storableError, type Failure, type Success } from '../store/tasks.ts';
+import { storableError } from '../store/tasks.ts';
+import type { DoneOutcome, Outcome } from '../task/outcome.ts';
+import type { FailedAttempt, Settlement } from '../task/settle.ts';
 import * as defs from './fixtures/definitions.ts';
 import { count, useTestDatabase } from './helpers/database.ts';
 import { insertTasks, taskStates } from './helpers/factory.ts';
@@ -30,23 +32,25 @@ async function running(n: number): Promise<string[]> {
   return rows.map((r) => r.id);
 }
 
-const success = (id: string, result: unknown = 'ok', extra: Partial<Success> = {}): Success => ({
-  id,
-  assignment: 1,
-  result: encode(result),
-  children: [],
-  joinMessages: [],
-  ...extra,
-});
+const task = (id: string) => ({ id, name: defs.noop.name, assignment: 1, attempt: 0, createdAt: new Date() });
+const DEAD: FailedAttempt = { retryDelayMs: null, deadLetter: true, cancelled: false };
 
-const failure = (id: string, error: string): Failure => ({
-  id,
-  assignment: 1,
-  error,
-  retryDelayMs: null,
-  deadLetter: true,
-  cancelled: false,
-});
+/** A success and its settlement (by default: dead letter if the database refuses it). */
+const success = (
+  id: string,
+  result: unknown = 'ok',
+  extra: Partial<DoneOutcome> = {},
+  ifRejected: FailedAttempt = DEAD,
+): [Outcome, Settlement] => [
+  { kind: 'done', task: task(id), result: encode(result), children: [], joinMessages: [], ...extra },
+  { action: 'complete', ifRejected },
+];
+
+/** A failed attempt (error `Error: <message>`) that ends in the dead-letter table. */
+const failure = (id: string, message: string): [Outcome, Settlement] => [
+  { kind: 'failed', task: task(id), error: { name: 'Error', message }, stopRetry: false },
+  { action: 'fail', ...DEAD },
+];
 
 /** A completer that flushes only when told (drain) and records its flushes and errors. */
 function completer(options: Partial<ConstructorParameters<typeof Completer>[0]> = {}) {
@@ -103,24 +107,59 @@ describe('the completer', () => {
   it('bounds a batch by bytes as well as by count', async () => {
     const ids = await running(10);
     const { c, flushes } = completer({ maxBatchBytes: 5_000 });
-    for (const id of ids) c.succeed(success(id, 'x'.repeat(2_000)));
+    for (const id of ids) c.add(...success(id, 'x'.repeat(2_000)));
     expect(await c.drain()).toBe(0);
     expect(total(flushes, 'completed')).toBe(10);
     // Two results of about 2 KB fit in 5,000 bytes, three do not.
     expect(flushes.map((f) => f.completed)).toEqual([2, 2, 2, 2, 2]);
     // A single outcome over the budget still goes, alone.
     const [big] = await running(1);
-    c.succeed(success(big, 'x'.repeat(10_000)));
+    c.add(...success(big, 'x'.repeat(10_000)));
     await c.drain();
     expect(flushes.at(-1)?.completed).toBe(1);
+  });
+
+  it('reports exactly-once outcomes their thread committed, writing nothing for them', async () => {
+    const statements: unknown[] = [];
+    const recording = {
+      query: (...args: unknown[]) => {
+        statements.push(args[0]);
+        return (db.pool.query as (...a: unknown[]) => Promise<unknown>)(...args);
+      },
+    } as unknown as pg.Pool;
+    const { c, flushes } = completer({ db: recording });
+    const committed = (id: string, outcome: 'completed' | 'cancelled' | 'stale'): [Outcome, Settlement] => [
+      { kind: 'committed', task: task(id), outcome },
+      { action: 'committed' },
+    ];
+    c.add(...committed('a', 'completed'));
+    c.add(...committed('b', 'cancelled'));
+    c.add(...committed('c', 'stale'));
+    expect(c.pending).toBe(3);
+    expect(await c.drain()).toBe(0);
+    expect(statements).toEqual([]);
+    expect(flushes).toEqual([
+      {
+        completed: 1,
+        retried: 0,
+        deadLettered: 0,
+        failed: 0,
+        cancelled: 1,
+        stale: 1,
+        accepted: [
+          { id: 'a', name: defs.noop.name, outcome: 'completed' },
+          { id: 'b', name: defs.noop.name, outcome: 'cancelled' },
+        ],
+      },
+    ]);
   });
 
   it('reports saturation by bytes as well as by count', async () => {
     const [id] = await running(1);
     const { c } = completer({ highWaterMarkBytes: 100_000, maxBatchBytes: 1_000_000 });
-    c.succeed(success(id, 'x'.repeat(50_000)));
+    c.add(...success(id, 'x'.repeat(50_000)));
     expect(c.saturated).toBe(false);
-    c.succeed(success(id, 'x'.repeat(60_000)));
+    c.add(...success(id, 'x'.repeat(60_000)));
     expect(c.pendingBytes).toBeGreaterThan(100_000);
     expect(c.saturated).toBe(true);
     await c.drain();
@@ -136,12 +175,9 @@ describe('the completer', () => {
     child.priority = 2 ** 31;
     const { c, flushes, errors } = completer();
     for (const id of ids) {
-      if (id === bad)
-        c.succeed(
-          success(id, 'ok', { children: [child], ifRejected: { retryDelayMs: 0, deadLetter: true } }),
-        );
-      else if (id === badToo) c.succeed(success(id, 'ok', { children: [{ ...child, id: uuidv4() }] }));
-      else c.succeed(success(id));
+      if (id === bad) c.add(...success(id, 'ok', { children: [child] }, { ...DEAD, retryDelayMs: 0 }));
+      else if (id === badToo) c.add(...success(id, 'ok', { children: [{ ...child, id: uuidv4() }] }));
+      else c.add(...success(id));
     }
     expect(await c.drain()).toBe(0);
     expect(total(flushes, 'completed')).toBe(7);
@@ -171,9 +207,9 @@ describe('the completer', () => {
   it('stores an error text holding NUL characters, bounded to maxErrorBytes', async () => {
     const ids = await running(3);
     const { c, flushes } = completer({ maxErrorBytes: 2_048 });
-    c.fail(failure(ids[0], 'bad\0byte'));
-    c.fail(failure(ids[1], 'e'.repeat(1_000_000)));
-    c.fail(failure(ids[2], 'plain'));
+    c.add(...failure(ids[0], 'bad\0byte'));
+    c.add(...failure(ids[1], 'e'.repeat(1_000_000)));
+    c.add(...failure(ids[2], 'plain'));
     expect(await c.drain()).toBe(0);
     expect(total(flushes, 'deadLettered')).toBe(3);
     const { rows } = await db.pool.query<{ id: string; error: string }>(
@@ -181,10 +217,10 @@ describe('the completer', () => {
       [ids],
     );
     const error = new Map(rows.map((r) => [r.id, r.error]));
-    expect(error.get(ids[0])).toBe('bad\uFFFDbyte');
+    expect(error.get(ids[0])).toBe('Error: bad\uFFFDbyte');
     expect(Buffer.byteLength(error.get(ids[1])!)).toBeLessThanOrEqual(2_048);
-    expect(error.get(ids[1])).toMatch(/\[truncated: \d+ of 1000000 bytes kept\]$/);
-    expect(error.get(ids[2])).toBe('plain');
+    expect(error.get(ids[1])).toMatch(/^Error: e+\n\[truncated: \d+ of 1000007 bytes kept\]$/);
+    expect(error.get(ids[2])).toBe('Error: plain');
   });
 
   it('keeps every outcome while the database is unreachable, backing off, and commits them once it is back', async () => {
@@ -204,8 +240,8 @@ describe('the completer', () => {
       },
     } as unknown as pg.Pool;
     const { c, flushes } = completer({ db: flaky, maxRetryDelayMs: 400 });
-    for (const id of ids.slice(0, 5)) c.succeed(success(id));
-    c.fail(failure(ids[5], 'boom'));
+    for (const id of ids.slice(0, 5)) c.add(...success(id));
+    c.add(...failure(ids[5], 'boom'));
     const delays: number[] = [];
     for (let i = 0; i < 6; i++) {
       await expect(c.runOnce()).rejects.toMatchObject({ code: 'ECONNREFUSED' });
@@ -238,7 +274,7 @@ describe('the completer', () => {
       },
     } as unknown as pg.Pool;
     const { c, flushes } = completer({ db: conflicting, maxRetryDelayMs: 1 });
-    for (const id of ids) c.succeed(success(id));
+    for (const id of ids) c.add(...success(id));
     for (let i = 0; i < MAX_TRANSIENT_RETRIES; i++) {
       await expect(c.runOnce()).rejects.toMatchObject({ code: '40P01' });
       expect(c.pending).toBe(4);

@@ -5,7 +5,7 @@
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import type { TaskmillNode } from '../index.ts';
 import { record } from './fixtures/definitions.ts';
-import { count, until, useTestDatabase } from './helpers/database.ts';
+import { count, waitForTasks, useTestDatabase } from './helpers/database.ts';
 import { startTestNode, stopAllNodes } from './helpers/nodes.ts';
 
 const db = useTestDatabase();
@@ -20,11 +20,12 @@ beforeAll(async () => {
 afterAll(stopAllNodes);
 
 it('runs up to maxParallelTasksInNode asynchronous tasks at once on two threads, and no more', async () => {
-  await node.client.scheduleMany(
+  const ids = await node.client.scheduleMany(
     record,
     Array.from({ length: 60 }, (_, i) => ({ message: { url: db.url, key: `k${i}`, ms: 300 } })),
   );
-  await until(async () => (await count(db.pool, `select count(*) from runs`)) === 60, 30_000);
+  await waitForTasks(node.client, ids);
+  expect(await count(db.pool, `select count(*) from runs`)).toBe(60);
   const { rows } = await db.pool.query<{ peak: number }>(
     `select max(c)::int as peak from (
        select (select count(*) from runs o where o.started_at <= r.started_at and o.ended_at > r.started_at) as c

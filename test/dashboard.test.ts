@@ -9,7 +9,7 @@ import * as defs from './fixtures/definitions.ts';
 import { launchChromium } from './helpers/browser.ts';
 import { insertTask } from './helpers/factory.ts';
 import { DEPTH_STATES } from '../task/task-states.ts';
-import { count, until, useTestDatabase } from './helpers/database.ts';
+import { waitForTasks, useTestDatabase } from './helpers/database.ts';
 import { startTestNode, stopAllNodes } from './helpers/nodes.ts';
 
 const OUTPUT = path.resolve(import.meta.dirname, '../.taskmill/test-output');
@@ -44,11 +44,7 @@ beforeAll(async () => {
     { delayMs: 3_600_000, workflowId },
     { delayMs: 3_600_000, workflowId },
   ]);
-  await until(
-    async () =>
-      (await count(db.pool, `select count(*) from tm_history where id = any($1)`, [done])) === 30 &&
-      (await count(db.pool, `select count(*) from tm_dead_letters where id = $1`, [deadId])) === 1,
-  );
+  await waitForTasks(node.client, [...done, deadId]);
   browser = await launchChromium();
   page = await browser.newPage({ viewport: { width: 1280, height: 1000 } });
   page.on('console', (m) => m.type() === 'error' && problems.push(m.text()));
@@ -99,18 +95,18 @@ describe('the dashboard', () => {
 
   it('cancels a task and a workflow with its buttons', async () => {
     await row('pending', 'data-id', pendingIds[0]).locator('button[data-action=cancel]').click();
-    await until(async () => (await node.client.getTask(pendingIds[0]))?.state === 'cancelled', 10_000);
+    expect(await node.client.waitForTask(pendingIds[0], { timeoutMs: 10_000 })).toMatchObject({
+      state: 'cancelled',
+    });
     await page.getByTestId('notice').filter({ hasText: 'cancel task' }).waitFor();
     expect(await page.getByTestId('notice').textContent()).toContain('"outcome":"cancelled"');
     await row('pending', 'data-id', pendingIds[0]).waitFor({ state: 'detached' });
 
     const inWorkflow = page.locator('[data-testid=pending] tr[data-id]').filter({ hasText: 'noop' }).first();
     await inWorkflow.locator('button[data-action=cancel-workflow]').click();
-    await until(
-      async () =>
-        (await count(db.pool, `select count(*) from tm_tasks where workflow_id = $1`, [workflowId])) === 0,
-      10_000,
-    );
+    expect(await node.client.waitForWorkflow(workflowId, { timeoutMs: 10_000 })).toMatchObject({
+      pending: 0,
+    });
     await page.getByTestId('notice').filter({ hasText: 'cancel workflow' }).waitFor();
     // The list refreshes after the notice: wait for it rather than read it at once.
     await expect
@@ -124,10 +120,9 @@ describe('the dashboard', () => {
     await page.getByTestId('notice').filter({ hasText: 'requeue' }).waitFor();
     expect(await page.getByTestId('notice').textContent()).toContain(`{"requeued":["${deadId}"]}`);
     // It ran again (and, as `throws` always fails, came back with a newer failure time).
-    await until(async () => {
-      const { rows } = await db.pool.query(`select failed_at from tm_dead_letters where id = $1`, [deadId]);
-      return rows.length === 1 && rows[0].failed_at > failedAt.rows[0].failed_at;
-    }, 10_000);
+    expect(await node.client.waitForTask(deadId, { timeoutMs: 10_000 })).toMatchObject({ state: 'dead' });
+    const { rows } = await db.pool.query(`select failed_at from tm_dead_letters where id = $1`, [deadId]);
+    expect(rows[0].failed_at.getTime()).toBeGreaterThan(failedAt.rows[0].failed_at.getTime());
   });
 
   it('leaves a screenshot and logs no error in the browser', async () => {

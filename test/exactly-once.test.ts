@@ -17,7 +17,10 @@ beforeAll(async () => {
   await db.pool.query(`create table ledger_writes (task_id uuid, attempt int)`);
   client = new TaskmillClient({ pool: db.pool });
 });
-afterAll(killAllNodes);
+afterAll(async () => {
+  await client.close();
+  await killAllNodes();
+});
 
 /** A worker-thread transaction that has written (it holds a transaction id) and not committed. */
 const uncommittedWrite = () =>
@@ -40,11 +43,7 @@ it('commits the effect once when the node dies between the write and the commit'
   expect(await count(db.pool, `select count(*) from ledger_writes`)).toBe(0);
 
   await spawnNode(db.url);
-  await until(
-    async () => (await count(db.pool, `select count(*) from tm_tasks where id = $1`, [id])) === 0,
-    30_000,
-  );
-  expect(await client.getTask(id)).toMatchObject({ state: 'completed' });
+  expect(await client.waitForTask(id, { timeoutMs: 30_000 })).toMatchObject({ state: 'completed' });
   expect((await db.pool.query(`select balance from ledger where account = 'k'`)).rows).toEqual([
     { balance: 7 },
   ]);

@@ -17,7 +17,7 @@ import { knownMigrations, migrate } from '../migrations/migrator.ts';
 import { TaskmillClient } from '../index.ts';
 import { cancelTasks, completeTasks, failTasks, findTask } from '../store/tasks.ts';
 import * as defs from './fixtures/definitions.ts';
-import { count, until, useTestDatabase, type TestDatabase } from './helpers/database.ts';
+import { count, until, waitForTasks, useTestDatabase, type TestDatabase } from './helpers/database.ts';
 import { insertNode, insertTasks } from './helpers/factory.ts';
 import { startTestNode, stopAllNodes } from './helpers/nodes.ts';
 
@@ -113,9 +113,9 @@ describe('history retention', () => {
       ids.push(...(await node.client.scheduleMany(defs.echo, [{ message: round }, { message: round }])));
       await new Promise((r) => setTimeout(r, 250));
     }
-    await until(
-      async () =>
-        (await count(db.pool, `select count(*) from tm_history where id = any($1)`, [ids])) === ids.length,
+    await waitForTasks(node.client, ids);
+    expect(await count(db.pool, `select count(*) from tm_history where id = any($1)`, [ids])).toBe(
+      ids.length,
     );
     const { rows } = await db.pool.query<{ id: string; finished_at: Date }>(
       `select id, finished_at from tm_history where id = any($1)`,
@@ -298,9 +298,13 @@ describe('history retention', () => {
                 completeTasks(
                   pool,
                   nodeId,
-                  held
-                    .slice(0, 8)
-                    .map((t) => ({ id: t.id, assignment: 1, result: null, children: [], joinMessages: [] })),
+                  held.slice(0, 8).map((t) => ({
+                    kind: 'done' as const,
+                    task: { id: t.id, assignment: 1 },
+                    result: null,
+                    children: [],
+                    joinMessages: [],
+                  })),
                 ),
             );
             const failed = await timed(
@@ -310,12 +314,11 @@ describe('history retention', () => {
                   pool,
                   nodeId,
                   held.slice(8).map((t) => ({
-                    id: t.id,
-                    assignment: 1,
-                    error: 'Error: boom',
-                    retryDelayMs: null,
-                    deadLetter: false,
-                    cancelled: false,
+                    kind: 'failed' as const,
+                    task: { id: t.id, assignment: 1 },
+                    error: { name: 'Error', message: 'boom' },
+                    stopRetry: false,
+                    settlement: { retryDelayMs: null, deadLetter: false, cancelled: false },
                   })),
                 ),
             );

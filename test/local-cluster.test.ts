@@ -14,7 +14,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { TaskmillClient } from '../index.ts';
 import { runLocalCluster, type LocalCluster } from '../cluster/local-cluster.ts';
 import * as defs from './fixtures/definitions.ts';
-import { count, until, useTestDatabase } from './helpers/database.ts';
+import { count, until, waitForTasks, useTestDatabase } from './helpers/database.ts';
 
 const root = path.resolve(import.meta.dirname, '..');
 const url = (file: string) => pathToFileURL(path.join(root, file)).href;
@@ -116,7 +116,7 @@ describe('runLocalCluster', () => {
     );
     const client = new TaskmillClient({ connectionString: db.url });
     const id = await client.schedule('cluster-hello', { message: 'hi' });
-    await until(async () => (await client.getTask(id))?.state === 'completed');
+    expect(await client.waitForTask(id, { timeoutMs: 30_000 })).toMatchObject({ state: 'completed' });
     await client.close();
     await cluster.stop();
     expect(cluster.error).toBeUndefined();
@@ -193,12 +193,7 @@ describe('runLocalCluster', () => {
       defs.echo,
       Array.from({ length: 20 }, (_, i) => ({ message: i })),
     );
-    await until(
-      async () =>
-        (await count(db.pool, `select count(*) from tm_history where id = any($1) and state = 'completed'`, [
-          ids,
-        ])) === 20,
-    );
+    expect((await waitForTasks(client, ids)).map((t) => t.state)).toEqual(Array(20).fill('completed'));
     await client.close();
 
     const pids = cluster.nodes.map((n) => n.pid);

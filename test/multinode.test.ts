@@ -11,7 +11,7 @@ import { TaskmillClient, type TaskDefinition } from '../index.ts';
 import { recordStrictParent } from './fixtures/affinity-definitions.ts';
 import * as defs from './fixtures/definitions.ts';
 import type { RecordMessage } from './fixtures/record.ts';
-import { count, until, useTestDatabase, type TestDatabase } from './helpers/database.ts';
+import { count, until, waitForTasks, useTestDatabase, type TestDatabase } from './helpers/database.ts';
 import { killAllNodes, spawnNode, type SpawnOptions, type SpawnedNode } from './helpers/spawn.ts';
 
 const DONE_TIMEOUT_MS = 45_000;
@@ -121,16 +121,9 @@ async function scheduleFree(
 
 async function waitCompleted(c: Cluster, ids: string[], timeoutMs = DONE_TIMEOUT_MS): Promise<void> {
   try {
-    await until(
-      async () =>
-        (await count(
-          c.db.pool,
-          `select count(*) from tm_history where id = any($1) and state = 'completed'`,
-          [ids],
-        )) === ids.length,
-      timeoutMs,
-      50,
-    );
+    const ended = await waitForTasks(c.client, ids, timeoutMs);
+    const other = ended.filter((t) => t.state !== 'completed');
+    if (other.length > 0) throw new Error(`tasks ended otherwise: ${JSON.stringify(other)}`);
   } catch (error) {
     const { rows } = await c.db.pool.query(
       `select state, node_id, count(*)::int from tm_tasks where id = any($1) group by 1, 2`,
@@ -360,12 +353,12 @@ describe('two node processes on one database', () => {
         1,
     );
     const q = await c.client.schedule(defs.recordStrict, { affinity: 'late', message: msg(1) });
-    await until(
-      async () =>
-        (await count(c.db.pool, `select count(*) from tm_tasks`)) === 0 &&
-        (await count(c.db.pool, `select count(*) from runs`)) === 3,
-      15_000,
-    );
+    // P's workflow (P and its child C) and Q end.
+    const older = (await c.client.getTask(p))!.workflowId;
+    await c.client.waitForWorkflow(older, { timeoutMs: 15_000 });
+    await c.client.waitForTask(q, { timeoutMs: 15_000 });
+    expect(await count(c.db.pool, `select count(*) from tm_tasks`)).toBe(0);
+    expect(await count(c.db.pool, `select count(*) from runs`)).toBe(3);
     const { rows } = await c.db.pool.query<{ seq: number; task_id: string }>(
       `select seq, task_id from runs order by started_at`,
     );

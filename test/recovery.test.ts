@@ -6,7 +6,8 @@ import { beforeEach, describe, expect, it } from 'vitest';
 import { Maintenance, nodeDiedError, recoverDeadNodes } from '../planner/maintenance.ts';
 import { Planner } from '../planner/planner.ts';
 import { newTask } from '../task/schedule-context.ts';
-import { completeTasks, failTasks, type Failure, type Success } from '../store/tasks.ts';
+import { completeTasks, failTasks, type Completion, type FailedAttemptOutcome } from '../store/tasks.ts';
+import type { FailedAttempt } from '../task/settle.ts';
 import * as defs from './fixtures/definitions.ts';
 import { count, useTestDatabase } from './helpers/database.ts';
 import { heldIds, insertNode, insertTask, insertTasks, taskStates } from './helpers/factory.ts';
@@ -19,18 +20,16 @@ beforeEach(async () => {
 
 const NODE_TIMEOUT_MS = 10_000;
 
-function success(id: string, assignment: number, over: Partial<Success> = {}): Success {
-  return { id, assignment, result: null, children: [], joinMessages: [], ...over };
+function success(id: string, assignment: number, over: Partial<Completion> = {}): Completion {
+  return { kind: 'done', task: { id, assignment }, result: null, children: [], joinMessages: [], ...over };
 }
-function failure(id: string, assignment: number, over: Partial<Failure> = {}): Failure {
+function failure(id: string, assignment: number, over: Partial<FailedAttempt> = {}): FailedAttemptOutcome {
   return {
-    id,
-    assignment,
-    error: 'Error: boom',
-    retryDelayMs: null,
-    deadLetter: true,
-    cancelled: false,
-    ...over,
+    kind: 'failed',
+    task: { id, assignment },
+    error: { name: 'Error', message: 'boom' },
+    stopRetry: false,
+    settlement: { retryDelayMs: null, deadLetter: true, cancelled: false, ...over },
   };
 }
 const hot = (ids: string[]) => count(db.pool, `select count(*) from tm_tasks where id = any($1)`, [ids]);

@@ -13,6 +13,7 @@ const NO_DLT: SettleDefinition = { ...FIXED_3, deadLetter: false };
 const OFF: SettleDefinition = { retry: retryPolicySchema.parse({ mode: 'OFF' }), deadLetter: true };
 
 const error = { name: 'Error', message: 'boom' };
+const DONE: AttemptEnd = { kind: 'done', result: null, children: [], joinMessages: [] };
 const failed = (over: Partial<Extract<AttemptEnd, { kind: 'failed' }>> = {}): AttemptEnd => ({
   kind: 'failed',
   error,
@@ -35,29 +36,41 @@ const cases: [string, AttemptEnd, SettleDefinition | undefined, typeof first, Se
   // Successes are committed; what a refused commit becomes follows the retry policy.
   [
     'done, first attempt',
-    { kind: 'done' },
+    DONE,
     FIXED_3,
     first,
     { action: 'complete', ifRejected: { retryDelayMs: 1_000, deadLetter: true, cancelled: false } },
   ],
   [
     'done, last attempt',
-    { kind: 'done' },
+    DONE,
     FIXED_3,
     last,
     { action: 'complete', ifRejected: { retryDelayMs: null, deadLetter: true, cancelled: false } },
   ],
   [
     'done, unknown definition',
-    { kind: 'done' },
+    DONE,
     undefined,
     first,
     { action: 'complete', ifRejected: { retryDelayMs: null, deadLetter: true, cancelled: false } },
   ],
   // Exactly-once: committed or fenced out in the worker thread.
-  ['committed completed', { kind: 'committed', outcome: 'completed' }, FIXED_3, first, { action: 'none' }],
-  ['committed cancelled', { kind: 'committed', outcome: 'cancelled' }, FIXED_3, first, { action: 'none' }],
-  ['fenced out (stale)', { kind: 'committed', outcome: 'stale' }, FIXED_3, first, { action: 'none' }],
+  [
+    'committed completed',
+    { kind: 'committed', outcome: 'completed' },
+    FIXED_3,
+    first,
+    { action: 'committed' },
+  ],
+  [
+    'committed cancelled',
+    { kind: 'committed', outcome: 'cancelled' },
+    FIXED_3,
+    first,
+    { action: 'committed' },
+  ],
+  ['fenced out (stale)', { kind: 'committed', outcome: 'stale' }, FIXED_3, first, { action: 'committed' }],
   // Failures: retried by the policy, then dead letter (or failed history).
   ['failed, retries left', failed(), FIXED_3, first, retry(1_000)],
   ['failed, no retry left', failed(), FIXED_3, last, dead],
@@ -68,14 +81,14 @@ const cases: [string, AttemptEnd, SettleDefinition | undefined, typeof first, Se
   ['failed, onFailure stopped retries', failed({ stopRetry: true }), FIXED_3, first, dead],
   [
     'failed, handler threw TASK_CANCELLED',
-    failed({ error: { name: 'TaskmillError', code: 'TASK_CANCELLED' } }),
+    failed({ error: { name: 'TaskmillError', code: 'TASK_CANCELLED', message: 'cancelled' } }),
     FIXED_3,
     first,
     dead,
   ],
   [
     'failed, other code keeps retrying',
-    failed({ error: { name: 'TaskmillError', code: 'TASK_TIMEOUT' } }),
+    failed({ error: { name: 'TaskmillError', code: 'TASK_TIMEOUT', message: 'timed out' } }),
     FIXED_3,
     first,
     retry(1_000),

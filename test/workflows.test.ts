@@ -209,6 +209,31 @@ describe('exactly-once tasks', () => {
   });
 });
 
+describe('waitForWorkflow', () => {
+  it('resolves when its last task ends, woken by the task-ended notification', async () => {
+    const first = await node.client.schedule(noop);
+    const { workflowId } = await ended(first);
+    const late = await node.client.schedule(noop, { workflowId, delayMs: 500 });
+    const status = await node.client.waitForWorkflow(workflowId, { timeoutMs: 30_000 });
+    expect(status).toMatchObject({ completed: 2, pending: 0, done: true });
+    expect(await node.client.getTask(late)).toMatchObject({ state: 'completed' });
+  });
+
+  it('rejects with TIMEOUT while a task is pending, and NOT_FOUND for an unknown workflow', async () => {
+    const held = await node.client.schedule(noop, { delayMs: 3_600_000 });
+    const { workflowId } = (await node.client.getTask(held))!;
+    const started = Date.now();
+    await expect(node.client.waitForWorkflow(workflowId, { timeoutMs: 200 })).rejects.toMatchObject({
+      code: 'TIMEOUT',
+    });
+    expect(Date.now() - started).toBeGreaterThanOrEqual(200);
+    await node.client.cancel(held);
+    await expect(
+      node.client.waitForWorkflow('0190a5b2-0000-7000-8000-00000000ffff', { timeoutMs: 200 }),
+    ).rejects.toMatchObject({ code: 'NOT_FOUND' });
+  });
+});
+
 describe('priorities and delays', () => {
   it('a delayed high-priority task does not hold back ready ones', async () => {
     const late = await node.client.schedule(noop, { priority: 100, delayMs: 1_500 });

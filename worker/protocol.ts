@@ -14,8 +14,10 @@
  * terminated), so a command never outlives its task nor runs twice.
  */
 import { isMainThread, type MessagePort } from 'node:worker_threads';
-import type { NewTask } from '../task/schedule-context.ts';
-import type { JoinMessage } from '../store/tasks.ts';
+import type { SerializedError, TaskOutcome } from '../task/outcome.ts';
+
+/** A task's outcome travels as the one outcome type of task/outcome.ts. */
+export type { SerializedError, TaskOutcome } from '../task/outcome.ts';
 
 /** workerData of every thread: how to load each task the node runs. */
 export interface WorkerInit {
@@ -59,27 +61,6 @@ export interface BatchRequest {
   messages: ArrayBuffer;
   port: MessagePort;
 }
-
-export interface SerializedError {
-  name: string;
-  message: string;
-  stack?: string;
-  code?: string;
-}
-
-/**
- * How a task's run ended: the one outcome type, from the worker thread through the dispatcher (which
- * adds the task and why it was aborted, if it was) to settle() (task/settle.ts) and the completer.
- */
-export type TaskOutcome =
-  | { kind: 'done'; result: Uint8Array | null; children: NewTask[]; joinMessages: JoinMessage[] }
-  /**
-   * An exactly-once task committed its completion itself, in its own transaction, or found itself
-   * reassigned (fenced out: 'stale') and rolled it back.
-   */
-  | { kind: 'committed'; outcome: 'completed' | 'cancelled' | 'stale' }
-  /** `stopRetry`: the handler's onFailure hook asked for no more attempts. */
-  | { kind: 'failed'; error: SerializedError; stopRetry: boolean };
 
 /** First message of every batch: which thread runs it (the main thread terminates it to hard-abort). */
 export interface BatchStarted {

@@ -26,7 +26,8 @@ import {
 import { newTask, type NewTask } from '../task/schedule-context.ts';
 import type { FailureHook, TaskContext, TaskHandler } from './task-context.ts';
 import { isTaskDefinition, type TaskDefinition } from '../task/task-definition.ts';
-import { completeTasks, lockHeldTask, type JoinMessage } from '../store/tasks.ts';
+import { completeTasks, lockHeldTask } from '../store/tasks.ts';
+import type { JoinMessage } from '../task/outcome.ts';
 import { ConnectionClient } from '../store/connections.ts';
 
 interface LoadedModule {
@@ -251,7 +252,7 @@ async function runExactlyOnce(
     throwIfAbortedForGood(ctx.signal);
     const result = value === undefined ? null : encode(value, 'result', maxResultBytes);
     const done = await completeTasks(client, init.nodeId, [
-      { id: task.id, assignment: task.assignment, result, children, joinMessages },
+      { kind: 'done', task, result, children, joinMessages },
     ]);
     if (done.length !== 1) throw new Error(`exactly-once completion of ${task.id} was not accepted`);
     // A cancellation that arrived first wins: the row ends cancelled and the handler's writes are undone.
@@ -259,7 +260,7 @@ async function runExactlyOnce(
       await client.query('rollback');
       open = false;
       await completeTasks(pool(), init.nodeId, [
-        { id: task.id, assignment: task.assignment, result: null, children: [], joinMessages: [] },
+        { kind: 'done', task, result: null, children: [], joinMessages: [] },
       ]);
       return { kind: 'committed', outcome: 'cancelled' };
     }

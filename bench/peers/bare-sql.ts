@@ -105,9 +105,9 @@ async function complete(pool: pg.Pool, nodeId: string, claimed: { id: string; as
   await completeTasks(
     pool,
     nodeId,
-    claimed.map((c) => ({
-      id: c.id,
-      assignment: c.assignment,
+    claimed.map((task) => ({
+      kind: 'done' as const,
+      task,
       result: null,
       children: [],
       joinMessages: [],

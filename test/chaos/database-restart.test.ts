@@ -16,7 +16,8 @@ import { startHttpServer, type HttpServer } from '../../http/server.ts';
 import { migrate } from '../../migrations/migrator.ts';
 import { FAILURE_LOG_DEFAULTS } from '../../log/failure-log.ts';
 import { startEmbeddedPostgres, type DatabaseHandle } from '../../store/database.ts';
-import { count, until } from '../helpers/database.ts';
+import { count, until, waitForTasks } from '../helpers/database.ts';
+import { TaskmillClient } from '../../index.ts';
 import { killAllNodes, liveNodeProcesses, spawnNode } from '../helpers/spawn.ts';
 import { collectLog, spawnClientProcess, type ClientProcess } from './outage-helpers.ts';
 
@@ -104,11 +105,12 @@ it(
       return after.ids !== undefined;
     }, 30_000);
     ids.push(...after.ids!);
-    await until(
-      async () =>
-        (await count(pool!, `select count(*) from tm_tasks where id = any($1::uuid[])`, [ids])) === 0,
-      60_000,
-    );
+    const client = new TaskmillClient({ pool });
+    try {
+      await waitForTasks(client, ids, 60_000);
+    } finally {
+      await client.close();
+    }
     expect(
       await count(
         pool,

@@ -14,7 +14,7 @@ import { checkout } from '../../store/checkout.ts';
 import { TaskmillClient } from '../../index.ts';
 import * as defs from '../fixtures/definitions.ts';
 import { deposit } from '../fixtures/workflow-definitions.ts';
-import { count, until, useTestDatabase } from '../helpers/database.ts';
+import { count, until, waitForTasks, useTestDatabase } from '../helpers/database.ts';
 import { startTestNode, stopAllNodes } from '../helpers/nodes.ts';
 import { killAllNodes, spawnNode } from '../helpers/spawn.ts';
 import { collectLog, sessions, spawnClientProcess, terminateBackends } from './outage-helpers.ts';
@@ -38,8 +38,6 @@ afterAll(async () => {
   await admin.end();
 });
 
-const pending = (ids: string[]) =>
-  count(db.pool, `select count(*) from tm_tasks where id = any($1::uuid[])`, [ids]);
 const completed = (ids: string[]) =>
   count(db.pool, `select count(*) from tm_history where id = any($1::uuid[]) and state = 'completed'`, [ids]);
 
@@ -102,7 +100,8 @@ it('a scheduling-only TaskmillClient survives its idle sessions being terminated
   expect(await terminateBackends(admin, database)).toContain('taskmill-client');
   await until(() => client.pool.totalCount === 0, 10_000);
   const second = await client.scheduleMany(defs.noop, [{}, {}, {}]);
-  await until(async () => (await completed([...first, ...second])) === 6, 30_000);
+  await waitForTasks(client, [...first, ...second]);
+  expect(await completed([...first, ...second])).toBe(6);
   await client.close();
   await stopAllNodes();
 });
@@ -120,8 +119,8 @@ it('an exactly-once task whose worker session is terminated mid-transaction comm
     );
   await until(async () => (await uncommitted()) === 1, 20_000, 10);
   expect(await terminateBackends(admin, database, 'taskmill-worker')).toContain('taskmill-worker');
-  await until(async () => (await pending([id])) === 0, 60_000);
-  expect(await client.getTask(id)).toMatchObject({ state: 'completed' });
+  expect(await client.waitForTask(id, { timeoutMs: 60_000 })).toMatchObject({ state: 'completed' });
+  await client.close();
   expect((await db.pool.query(`select balance from ledger where account = 'eo'`)).rows).toEqual([
     { balance: 5 },
   ]);
@@ -183,7 +182,8 @@ it(
       expect.arrayContaining(['taskmill-node', 'taskmill-listen', 'taskmill-client', 'taskmill-http']),
     );
 
-    await until(async () => (await pending(ids)) === 0, 60_000);
+    await waitForTasks(client, ids, 60_000);
+    await client.close();
     expect(await completed(ids)).toBe(ids.length);
     const balances = await db.pool.query<{ n: number }>(
       `select sum(balance)::int as n from ledger where account like 'a%'`,

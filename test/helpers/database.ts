@@ -136,6 +136,18 @@ export async function until(
   }
 }
 
+/**
+ * Resolves with the tasks once every one has ended (woken by the task-ended notification, like
+ * client.waitForTask); rejects with TIMEOUT when one has not within `timeoutMs`.
+ */
+export function waitForTasks<T>(
+  client: { waitForTask(id: string, options: { timeoutMs: number }): Promise<T> },
+  ids: string[],
+  timeoutMs = 30_000,
+): Promise<T[]> {
+  return Promise.all(ids.map((id) => client.waitForTask(id, { timeoutMs })));
+}
+
 export async function count(pool: pg.Pool, sql: string, params: unknown[] = []): Promise<number> {
   const { rows } = await pool.query<{ n: number }>(`select (${sql})::int as n`, params);
   return rows[0].n;
