@@ -37,6 +37,7 @@ import { closeNodeToNewTasks } from '../store/nodes.ts';
 import { registerDefinitions } from '../store/task-defs.ts';
 import { releaseTasks, type Failure, type FetchedTask } from '../store/tasks.ts';
 import { ConnectionClient } from '../store/connections.ts';
+import { ProgressRecorder } from './progress-recorder.ts';
 
 export type { NodeOptions } from './node-config.ts';
 
@@ -106,6 +107,7 @@ export class TaskmillNode extends EventEmitter<TaskmillNodeEvents> {
   private readonly maintenance: Maintenance | undefined;
   private readonly cron: Cron | undefined;
   private readonly listener: Listener | undefined;
+  private readonly progress: ProgressRecorder;
   private readonly handedBack: string[] = [];
   private pumpScheduled = false;
   private stopping: Promise<void> | undefined;
@@ -175,6 +177,7 @@ export class TaskmillNode extends EventEmitter<TaskmillNodeEvents> {
       onFlush: (result) => this.onFlush(result),
       onError: onError('completer'),
     });
+    this.progress = new ProgressRecorder({ db: this.pool, nodeId: this.id, onError: onError('progress') });
     this.heartbeat = new Heartbeat({
       db: this.pool,
       node: {
@@ -298,6 +301,7 @@ export class TaskmillNode extends EventEmitter<TaskmillNodeEvents> {
       }
     }
     await this.heartbeat.runOnce();
+    this.progress.start();
     this.heartbeat.start();
     this.fetcher.start();
     this.cancels.start();
@@ -392,6 +396,7 @@ export class TaskmillNode extends EventEmitter<TaskmillNodeEvents> {
       for (const id of this.dispatcher.runningIds()) this.dispatcher.abort(id, 'shutdown');
       await this.waitForInFlight(Date.now() + this.config.abortGraceMs + 1_000);
     }
+    await this.progress.stop();
     const left = await this.completer.drain(Date.now() + Math.max(5_000, this.config.shutdownGraceMs));
     if (left > 0) this.log.error({ left }, 'outcomes not committed; the planner will take these tasks back');
     // Hand back what was queued or aborted, and anything assigned after the fetcher stopped.
