@@ -8,6 +8,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { TaskmillClient } from '../client/client.ts';
 import { TaskmillError } from '../task/errors.ts';
 import { decode } from '../task/codec.ts';
+import { purgeKeysAndProgress } from '../store/history.ts';
 import { count, useTestDatabase } from './helpers/database.ts';
 import { startTestNode, stopAllNodes } from './helpers/nodes.ts';
 import { echo, noop, sleep } from './fixtures/definitions.ts';
@@ -128,7 +129,7 @@ describe('debounce', () => {
     await startTestNode(db.url);
     try {
       const first = await client.schedule(sleep, {
-        message: { ms: 10_000 },
+        message: { ms: 3_000 },
         debounce: { key: 'run', delayMs: 0 },
       });
       await expect
@@ -140,7 +141,7 @@ describe('debounce', () => {
       });
       expect(second).not.toBe(first);
       expect((await client.waitForTask(second, { timeoutMs: 30_000 })).state).toBe('completed');
-      await client.cancel(first);
+      expect((await client.waitForTask(first, { timeoutMs: 30_000 })).state).toBe('completed');
     } finally {
       await stopAllNodes();
     }
@@ -173,5 +174,28 @@ describe('bad input changes nothing', () => {
     ).rejects.toMatchObject({
       code: 'INVALID_ARGUMENT',
     });
+  });
+});
+
+describe('history retention', () => {
+  it('deletes keys their tasks let go and progress of tasks gone, once older than the retention', async () => {
+    const pending = await client.schedule(echo, { idempotencyKey: 'old-pending' });
+    const ended = await client.schedule(echo, { idempotencyKey: 'old-ended' });
+    await client.cancel(ended);
+    await db.pool.query(`update tm_task_keys set created_at = now() - interval '2 days'`);
+    await db.pool.query(
+      `insert into tm_task_progress (task_id, value, updated_at)
+       values ($1, '1', now() - interval '2 days'), ($2, '2', now() - interval '2 days'), (gen_random_uuid(), '3', now())`,
+      [pending, ended],
+    );
+    const before = new Date(Date.now() - 86_400_000);
+    expect(await purgeKeysAndProgress(db.pool, before)).toBeGreaterThanOrEqual(2);
+    expect(await count(db.pool, `select count(*) from tm_task_keys where key = 'old-pending'`)).toBe(1);
+    expect(await count(db.pool, `select count(*) from tm_task_keys where key = 'old-ended'`)).toBe(0);
+    expect(await count(db.pool, `select count(*) from tm_task_progress where task_id = $1`, [pending])).toBe(
+      1,
+    );
+    expect(await count(db.pool, `select count(*) from tm_task_progress where task_id = $1`, [ended])).toBe(0);
+    expect(await count(db.pool, `select count(*) from tm_task_progress where value = '3'`)).toBe(1);
   });
 });
