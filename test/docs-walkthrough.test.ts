@@ -65,6 +65,7 @@ const DOCS = [
   'docs/dead-letters.md',
   'docs/limits.md',
   'docs/history.md',
+  'docs/awaiting-and-dedup.md',
 ];
 const DOC_MS = 240_000;
 const READY_MS = 60_000;
