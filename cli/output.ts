@@ -19,6 +19,10 @@ export const EXIT = {
   CONFLICT: 4,
   /** No database: not configured, not running, or not migrated. */
   UNAVAILABLE: 5,
+  /** `task wait`: the task ended, but not completed (failed, cancelled or dead-lettered). */
+  TASK_FAILED: 6,
+  /** `task wait`: the task had not ended within --timeout. */
+  TIMEOUT: 7,
 } as const;
 
 export interface CliIo {
@@ -52,6 +56,7 @@ const EXIT_OF: Partial<Record<TaskmillErrorCode, number>> = {
   NOT_FOUND: EXIT.NOT_FOUND,
   NOT_CANCELLABLE: EXIT.CONFLICT,
   NOT_MIGRATED: EXIT.UNAVAILABLE,
+  TIMEOUT: EXIT.TIMEOUT,
   SCHEMA_TOO_NEW: EXIT.UNAVAILABLE,
 };
 

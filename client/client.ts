@@ -33,7 +33,9 @@ import type { CronInfo } from '../store/crons.ts';
 import { ConnectionClient } from '../store/connections.ts';
 import { definitionOptions, retryOptionsAt } from '../store/task-defs.ts';
 import { Listener } from '../store/listener.ts';
-import { TaskWaiter, type WaitForTaskOptions } from './task-waiter.ts';
+import { insertKeyedTasks } from '../store/task-keys.ts';
+import { readProgress } from '../store/progress.ts';
+import { TaskWaiter, checkWaitOptions, type WaitForTaskOptions } from './task-waiter.ts';
 
 export interface ClientOptions {
   /** Default: DATABASE_URL. */
@@ -119,8 +121,9 @@ export class TaskmillClient {
       () => new Listener(this.pool.options, (error) => failures.failure('listener', error)),
       async (id) => {
         const task = await this.getTask(id);
-        return task && { task, state: task.state, ended: isEnded(task.state) };
+        return task && { task, state: task.state, ended: isEnded(task.state), progress: task.progress };
       },
+      (id) => readProgress(this.pool, id),
     );
     this.notify = options.notify ?? true;
   }
@@ -146,6 +149,18 @@ export class TaskmillClient {
     const definition = await this.resolve(def);
     const dependsOn = checkIds(options.dependsOn ?? [], 'dependsOn');
     const rows: NewTask[] = ctxs.map((ctx) => newTask(definition, ctx));
+    if (rows.some((r) => r.key)) {
+      if (dependsOn.length > 0) {
+        throw new TaskmillError(
+          'INVALID_ARGUMENT',
+          'Invalid schedule: idempotencyKey and debounce cannot be combined with dependsOn.',
+        );
+      }
+      const outcomes = await insertKeyedTasks(options.client ?? this.pool, rows).catch((error) => {
+        throw isUndefinedTable(error) ? notMigratedError(error) : error;
+      });
+      return outcomes.map((o) => o.taskId);
+    }
     const waits: Wait[] = rows.flatMap((r) =>
       dependsOn.map((waitsFor) => ({ task: r.id, waitsFor, kind: 'd' as const })),
     );
@@ -240,6 +255,35 @@ export class TaskmillClient {
     if (!isUuid(id))
       throw new TaskmillError('INVALID_ARGUMENT', `Task id must be a UUID, got ${JSON.stringify(id)}.`);
     return (await this.waiter.wait(id, options)) as TaskInfo<R>;
+  }
+
+  /**
+   * Schedules one task and waits for it to end (schedule() then waitForTask()): resolves with the task
+   * in its ended state (completed with its result, failed, cancelled or dead), and rejects as
+   * waitForTask() does (TIMEOUT, ABORTED). With an idempotencyKey it waits for the task the key stands
+   * for. Not inside the caller's transaction (`client`): the task would not be visible to the wait.
+   */
+  async scheduleAndWait<M, R = unknown>(
+    def: TaskDefinition<M, R> | string,
+    ctx?: ScheduleContext<M>,
+    options: Omit<ScheduleOptions, 'client'> & WaitForTaskOptions = {},
+  ): Promise<TaskInfo<R>> {
+    const { timeoutMs, signal, onProgress, ...scheduleOptions } = options;
+    if ('client' in scheduleOptions) {
+      throw new TaskmillError(
+        'INVALID_ARGUMENT',
+        'scheduleAndWait() cannot schedule in your transaction (`client`): the task would not run before it commits. Use schedule() with `client`, commit, then waitForTask().',
+      );
+    }
+    const waitOptions: WaitForTaskOptions = { timeoutMs, signal, onProgress };
+    for (const key of Object.keys(waitOptions) as (keyof WaitForTaskOptions)[])
+      if (waitOptions[key] === undefined) delete waitOptions[key];
+    // Bad wait options, or a signal aborted already, write nothing.
+    checkWaitOptions(waitOptions);
+    if (signal?.aborted)
+      throw new TaskmillError('ABORTED', 'scheduleAndWait() was aborted before it scheduled.');
+    const id = await this.schedule(def as TaskDefinition<M> | string, ctx, scheduleOptions);
+    return this.waitForTask<R>(id, waitOptions);
   }
 
   /** Counts of a workflow's tasks by state; undefined when unknown. */

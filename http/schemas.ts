@@ -3,12 +3,41 @@
  * changes nothing), shape responses, and make up the OpenAPI document served at /openapi.json.
  */
 import { DEAD_LETTER_LIMITS } from '../store/dead-letters.ts';
+import { TaskmillError } from '../task/errors.ts';
 import { SCHEDULE_LIMITS } from '../task/schedule-context.ts';
 import { TASK_NAME_PATTERN } from '../task/task-definition.ts';
 import { INSPECT_DEFAULTS } from '../store/inspect.ts';
 import { DEPTH_STATES, TASK_STATES } from '../task/task-states.ts';
 
 export const MAX_TASKS_PER_REQUEST = 10_000;
+/** The longest wait of `GET /api/tasks/:id?wait=`: under the idle timeouts of common proxies. */
+export const MAX_TASK_WAIT_MS = 60_000;
+/** `?wait=`: a whole number of milliseconds, seconds (the default unit) or minutes. */
+export const WAIT_PATTERN = /^[0-9]{1,9}(ms|s|m)?$/;
+
+/**
+ * A duration such as `500ms`, `30s` or `1m` (a bare number is seconds) in milliseconds, or
+ * INVALID_ARGUMENT naming `what` when it is malformed or above `maxMs`.
+ */
+export function parseDuration(text: string, maxMs: number, what: string): number {
+  const m = WAIT_PATTERN.exec(text);
+  const unit = m?.[1] ?? 's';
+  const ms = m ? Number(text.slice(0, text.length - (m[1]?.length ?? 0))) * DURATION_UNITS[unit] : NaN;
+  if (!(ms <= maxMs)) {
+    throw new TaskmillError(
+      'INVALID_ARGUMENT',
+      `${what} must be a duration such as 500ms, 30s or 1m, at most ${maxMs / 1000}s; got ${JSON.stringify(text.slice(0, 40))}.`,
+    );
+  }
+  return ms;
+}
+
+const DURATION_UNITS: Record<string, number> = { ms: 1, s: 1000, m: 60_000 };
+
+/** A `?wait=` value in milliseconds (at most MAX_TASK_WAIT_MS). */
+export function parseWait(text: string): number {
+  return parseDuration(text, MAX_TASK_WAIT_MS, 'wait');
+}
 
 const taskName = {
   type: 'string',
@@ -75,6 +104,29 @@ export const newTaskSchema = {
       description:
         'Existing task ids this task waits for; it runs once all completed successfully, and ends failed if one fails for good or is cancelled.',
     },
+    idempotencyKey: {
+      type: 'string',
+      minLength: 1,
+      maxLength: SCHEDULE_LIMITS.maxKeyBytes,
+      description: `Deduplication key, per task name: while a task of this name with this key is pending or running (or ended less than idempotencyRetentionMs ago), the request returns that task's id and writes nothing. At most ${SCHEDULE_LIMITS.maxKeyBytes} bytes (UTF-8).`,
+    },
+    idempotencyRetentionMs: {
+      type: 'integer',
+      minimum: 0,
+      maximum: SCHEDULE_LIMITS.maxKeyRetentionMs,
+      description: 'How long the task still holds its idempotency key after it ended (default 0).',
+    },
+    debounce: {
+      type: 'object',
+      required: ['key', 'delayMs'],
+      additionalProperties: false,
+      description:
+        'Debounce, per task name: while a task of this name with this key has not started, the request replaces its message and pushes its start to now + delayMs, and returns its id; once it started, a new task is created. Not with delayMs, runAt or idempotencyKey.',
+      properties: {
+        key: { type: 'string', minLength: 1, maxLength: SCHEDULE_LIMITS.maxKeyBytes },
+        delayMs: { type: 'integer', minimum: 0, maximum: SCHEDULE_LIMITS.maxDelayMs },
+      },
+    },
   },
 } as const;
 
@@ -88,6 +140,9 @@ export interface NewTaskBody {
   workflowId?: string;
   priority?: number;
   dependsOn?: string[];
+  idempotencyKey?: string;
+  idempotencyRetentionMs?: number;
+  debounce?: { key: string; delayMs: number };
 }
 
 export const submitSchema = {
@@ -126,6 +181,7 @@ const taskSummary = {
     createdAt: { type: 'string', format: 'date-time' },
     finishedAt: nullableDate,
     error: nullableString,
+    progress: { description: 'The last progress value its handler reported (ctx.progress); null: none.' },
   },
 } as const;
 
@@ -134,7 +190,20 @@ export const idParams = { type: 'object', required: ['id'], properties: { id: uu
 export const getTaskSchema = {
   summary: 'A task wherever it is: pending, history (completed, failed, cancelled) or dead letters',
   tags: ['tasks'],
+  description:
+    'With `wait`, a long poll: the answer comes when the task has ended, or when the wait is over with the task as it is then (200 either way; look at `state`).',
   params: idParams,
+  querystring: {
+    type: 'object',
+    additionalProperties: false,
+    properties: {
+      wait: {
+        type: 'string',
+        pattern: WAIT_PATTERN.source,
+        description: `Wait up to this long for the task to end: milliseconds, seconds or minutes (\`500ms\`, \`30s\`, \`1m\`; a bare number is seconds), at most ${MAX_TASK_WAIT_MS / 1000} s.`,
+      },
+    },
+  },
   response: {
     200: {
       type: 'object',
@@ -142,6 +211,7 @@ export const getTaskSchema = {
         id: uuid,
         name: { type: 'string' },
         state: { type: 'string', enum: TASK_STATES },
+        progress: { description: 'The last progress value its handler reported (ctx.progress); null: none.' },
         workflowId: uuid,
         parentId: { ...uuid, nullable: true },
         attempts: { type: 'integer' },

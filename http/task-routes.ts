@@ -3,7 +3,8 @@ import type { FastifyInstance } from 'fastify';
 import type pg from 'pg';
 import { inTransaction } from '../store/checkout.ts';
 import { TaskmillError } from '../task/errors.ts';
-import type { TaskmillClient } from '../client/client.ts';
+import type { ServerResponse } from 'node:http';
+import type { TaskInfo, TaskmillClient } from '../client/client.ts';
 import { listTasks } from '../store/inspect.ts';
 import type { TaskmillMetrics } from '../node/metrics.ts';
 import type { PlannerWaker } from './planner-waker.ts';
@@ -14,6 +15,7 @@ import {
   cancelTaskSchema,
   getTaskSchema,
   listTasksSchema,
+  parseWait,
   submitSchema,
   type NewTaskBody,
 } from './schemas.ts';
@@ -46,15 +48,19 @@ export function registerTaskRoutes(
     },
   );
 
-  app.get<{ Params: { id: string } }>('/api/tasks/:id', { schema: getTaskSchema }, async (request) => {
-    const task = await client.getTask(request.params.id);
-    if (!task)
-      throw new TaskmillError(
-        'NOT_FOUND',
-        `No task ${request.params.id} (unknown, or past history retention).`,
-      );
-    return { ...task, result: toJson(task.result) };
-  });
+  app.get<{ Params: { id: string }; Querystring: { wait?: string } }>(
+    '/api/tasks/:id',
+    { schema: getTaskSchema },
+    async (request, reply) => {
+      const { id } = request.params;
+      const task =
+        request.query.wait === undefined
+          ? await client.getTask(id)
+          : await waitForTask(client, id, parseWait(request.query.wait), reply.raw);
+      if (!task) throw new TaskmillError('NOT_FOUND', `No task ${id} (unknown, or past history retention).`);
+      return { ...task, result: toJson(task.result) };
+    },
+  );
 
   app.get<{
     Querystring: { state?: string[]; name?: string; workflow?: string; limit?: number; cursor?: string };
@@ -87,6 +93,32 @@ export function registerTaskRoutes(
       return { id: request.params.id, outcome: await client.cancel(request.params.id) };
     },
   );
+}
+
+/**
+ * The long poll: the client's one waiter (one LISTEN session for every request) resolves when the task
+ * ends; when the wait is over, the task as it is then. A client that goes away ends its wait.
+ */
+async function waitForTask(
+  client: TaskmillClient,
+  id: string,
+  timeoutMs: number,
+  response: ServerResponse,
+): Promise<TaskInfo | undefined> {
+  const gone = new AbortController();
+  const onClose = () => gone.abort();
+  response.once('close', onClose);
+  try {
+    return await client.waitForTask(id, { timeoutMs, signal: gone.signal });
+  } catch (error) {
+    if (error instanceof TaskmillError && (error.code === 'TIMEOUT' || error.code === 'ABORTED')) {
+      return client.getTask(id);
+    }
+    if (error instanceof TaskmillError && error.code === 'NOT_FOUND') return undefined;
+    throw error;
+  } finally {
+    response.off('close', onClose);
+  }
 }
 
 /** Schedules the items in one transaction; ids in request order. */
@@ -132,6 +164,9 @@ function toContext(item: NewTaskBody, index: number): ScheduleContext {
     affinity: item.affinity,
     affinityGroup: item.affinityGroup,
     priority: item.priority,
+    idempotencyKey: item.idempotencyKey,
+    idempotencyRetentionMs: item.idempotencyRetentionMs,
+    debounce: item.debounce,
   };
   if (item.runAt !== undefined) {
     const runAt = new Date(

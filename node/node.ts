@@ -38,6 +38,7 @@ import { CANCEL_CHANNEL, NODE_CHANNEL } from '../store/channels.ts';
 import { closeNodeToNewTasks } from '../store/nodes.ts';
 import { releaseTasks, type FetchedTask } from '../store/tasks.ts';
 import { ConnectionClient } from '../store/connections.ts';
+import { ProgressRecorder } from './progress-recorder.ts';
 
 export type { NodeOptions } from './node-config.ts';
 
@@ -93,6 +94,7 @@ export class TaskmillNode extends EventEmitter<TaskmillNodeEvents> {
   private readonly cancels: Cancellations;
   private readonly planning: Planning;
   private readonly listener: Listener | undefined;
+  private readonly progress: ProgressRecorder;
   private stopping: Promise<void> | undefined;
   private readonly counters = { completed: 0, retried: 0, failed: 0, stale: 0 };
   private readonly failures: FailureLog;
@@ -171,6 +173,7 @@ export class TaskmillNode extends EventEmitter<TaskmillNodeEvents> {
       completer: this.completer,
       maxParallelTasksInNode: config.maxParallelTasksInNode,
     });
+    this.progress = new ProgressRecorder({ db: this.pool, nodeId: this.id, onError: onError('progress') });
     this.heartbeat = new Heartbeat({
       db: this.pool,
       node: {
@@ -242,6 +245,7 @@ export class TaskmillNode extends EventEmitter<TaskmillNodeEvents> {
       await this.planning.subscribe(this.listener);
     }
     await this.heartbeat.runOnce();
+    this.progress.start();
     this.heartbeat.start();
     this.fetcher.start();
     this.cancels.start();
@@ -314,6 +318,7 @@ export class TaskmillNode extends EventEmitter<TaskmillNodeEvents> {
       for (const id of this.dispatcher.runningIds()) this.dispatcher.abort(id, 'shutdown');
       await this.waitForInFlight(Date.now() + this.config.abortGraceMs + 1_000);
     }
+    await this.progress.stop();
     const left = await this.completer.drain(Date.now() + Math.max(5_000, this.config.shutdownGraceMs));
     if (left > 0) this.log.error({ left }, 'outcomes not committed; the planner will take these tasks back');
     // Hand back what was queued or aborted, and anything assigned after the fetcher stopped.

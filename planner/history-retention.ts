@@ -19,6 +19,7 @@ import {
   dropPartition,
   listPartitions,
   purgeDefaultPartition,
+  purgeKeysAndProgress,
   type HistoryPartition,
 } from '../store/history.ts';
 
@@ -83,6 +84,8 @@ export interface HistoryRetentionResult {
   dropped: (HistoryPartition & { rows: number })[];
   /** Expired rows deleted from the default partition. */
   purgedFromDefault: number;
+  /** Idempotency/debounce keys and progress values of tasks gone (store/history.ts purgeKeysAndProgress). */
+  purgedKeysAndProgress: number;
   /** Why statements gave up (a lock not granted in time, a range too close) until the next pass. */
   deferred: string[];
 }
@@ -128,6 +131,7 @@ export class HistoryRetention {
       created: [],
       dropped: [],
       purgedFromDefault: 0,
+      purgedKeysAndProgress: 0,
       deferred: [],
     };
     let unlockFailed = false;
@@ -164,6 +168,7 @@ export class HistoryRetention {
     if (result.dropped.length > 0) partitions = await listPartitions(client);
 
     result.purgedFromDefault = await purgeDefaultPartition(client, new Date(expiredBefore));
+    result.purgedKeysAndProgress = await purgeKeysAndProgress(client, new Date(expiredBefore));
 
     // A range that starts this far ahead (database time) receives no row before the attach commits.
     const futureFrom = times.dbNow.getTime() + ATTACH_TIMING.leadMs;

@@ -18,6 +18,11 @@ export const LEADER_CHANNEL = 'taskmill_leader';
  * comma-separated ids of tasks that ended (client/task-waiter.ts listens).
  */
 export const TASK_ENDED_CHANNEL = 'taskmill_task_ended';
+/**
+ * Channel of the nodes' progress flushes (store/progress.ts): payload is up to 200 comma-separated ids
+ * of tasks whose progress changed (client/task-waiter.ts listens for onProgress callbacks).
+ */
+export const TASK_PROGRESS_CHANNEL = 'taskmill_task_progress';
 
 /** Wakes the planner (delivered when the caller's transaction commits, at once outside one). */
 export async function wakePlanner(db: Queryable): Promise<void> {

@@ -52,6 +52,32 @@ export async function purgeDefaultPartition(client: Queryable, before: Date): Pr
   return rowCount ?? 0;
 }
 
+/** Most key and progress rows one retention pass deletes (the next pass takes the rest). */
+const PURGE_SIDE_ROWS_LIMIT = 10_000;
+
+/**
+ * Deletes what migration 007 keeps beside tasks once it is of no use: idempotency and debounce keys
+ * taken before `before` that their task has let go (tm_task_key_free), and progress values last
+ * written before `before` of tasks no longer pending. Returns how many rows went.
+ */
+export async function purgeKeysAndProgress(client: Queryable, before: Date): Promise<number> {
+  const { rows } = await client.query<{ n: number }>(
+    `with k as (
+       delete from tm_task_keys k where (k.name, k.kind, k.key) in (
+         select name, kind, key from tm_task_keys where created_at < $1
+           and tm_task_key_free(kind, task_id, retention_ms) limit $2)
+       returning 1),
+     p as (
+       delete from tm_task_progress p where p.task_id in (
+         select task_id from tm_task_progress g where g.updated_at < $1
+           and not exists (select 1 from tm_tasks t where t.id = g.task_id) limit $2)
+       returning 1)
+     select ((select count(*) from k) + (select count(*) from p))::int as n`,
+    [before, PURGE_SIDE_ROWS_LIMIT],
+  );
+  return rows[0].n;
+}
+
 /** The periods of `periodMs` (as finished_at / periodMs) the default partition holds rows for. */
 export async function defaultPartitionSlots(client: Queryable, periodMs: number): Promise<number[]> {
   const { rows } = await client.query<{ slot: string }>(

@@ -56,6 +56,8 @@ export interface TaskSummary {
   createdAt: Date;
   finishedAt: Date | null;
   error: string | null;
+  /** The last value its handler reported with ctx.progress(); null: none. */
+  progress: unknown;
 }
 
 export interface TaskPage {
@@ -71,7 +73,7 @@ export interface TaskPage {
 // like no group.
 const LIST_TASKS = `
   select id, name, state, workflow_id, parent_id, affinity_group, affinity, priority, attempts, node_id, not_before,
-    created_at, finished_at, error
+    created_at, finished_at, error, (select p.value from tm_task_progress p where p.task_id = t.id) as progress
   from (
     select a.id, a.name, ${visibleStateSql('a.', 'attempts')} as state, a.workflow_id, a.parent_id,
       nullif(a.affinity_group, '') as affinity_group, a.affinity, a.priority, a.attempts, a.node_id, a.not_before,
@@ -141,6 +143,7 @@ interface RawTask {
   created_at: Date;
   finished_at: Date | null;
   error: string | null;
+  progress: unknown;
 }
 
 function toSummary(r: RawTask): TaskSummary {
@@ -159,6 +162,7 @@ function toSummary(r: RawTask): TaskSummary {
     createdAt: r.created_at,
     finishedAt: r.finished_at,
     error: r.error,
+    progress: r.progress,
   };
 }
 

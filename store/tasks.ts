@@ -299,6 +299,8 @@ export interface TaskRecord {
   finishedAt: Date | null;
   result: Buffer | null;
   error: string | null;
+  /** The last value its handler reported with ctx.progress() (tm_task_progress); null: none. */
+  progress: unknown;
 }
 
 /** One task wherever it is: hot table, history or dead letters (the view tm_any_task). */
@@ -309,7 +311,7 @@ export async function findTask(db: Queryable, id: string): Promise<TaskRecord | 
     name: 'taskmill.find-task',
     text: `select id, name, state, workflow_id as "workflowId", parent_id as "parentId", attempts,
        node_id as "nodeId", not_before as "notBefore", created_at as "createdAt", finished_at as "finishedAt",
-       result, error
+       result, error, (select p.value from tm_task_progress p where p.task_id = $1) as progress
      from tm_any_task where id = $1`,
     values: [id],
   });

@@ -19,6 +19,7 @@ export type TaskmillErrorCode =
   | 'TASK_CANCELLED'
   | 'WORKER_EXITED'
   | 'TIMEOUT'
+  | 'ABORTED'
   | 'TOO_MANY_CONNECTIONS';
 
 export class TaskmillError extends Error {

@@ -21,6 +21,27 @@ export interface ScheduleContext<M = unknown> {
   delayMs?: number;
   /** Not before this time. */
   runAt?: Date;
+  /**
+   * Deduplication: while a task of the same name with this key is pending or running (or ended less
+   * than `idempotencyRetentionMs` ago), scheduling returns that task's id and writes nothing. Keys are
+   * per task name. Not for tasks scheduled inside a handler.
+   */
+  idempotencyKey?: string;
+  /** How long an ended task still holds its idempotency key (default 0: only while pending or running). */
+  idempotencyRetentionMs?: number;
+  /**
+   * Debounce: while a task of the same name with this key has not started, scheduling replaces its
+   * message and pushes its start to now + delayMs (and returns its id); once it started, a new task is
+   * created. Keys are per task name. Not with delayMs, runAt or idempotencyKey.
+   */
+  debounce?: { key: string; delayMs: number };
+}
+
+/** The key a task is scheduled with (tm_task_keys): 'i' idempotency, 'd' debounce. */
+export interface TaskKey {
+  kind: 'i' | 'd';
+  key: string;
+  retentionMs: number;
 }
 
 /** A row of tm_tasks before insertion; arrays of these become one multi-row insert. */
@@ -43,6 +64,8 @@ export interface NewTask {
   state: 'ready' | 'waiting';
   /** Join task: ids of the tasks it waits for (set by scheduleJoin). */
   joinOf?: string[];
+  /** Idempotency or debounce key (scheduled by tm_schedule_keyed). */
+  key?: TaskKey;
 }
 
 /** Task names: 1-200 letters, digits or _ . : - (no spaces, markup or control characters). */
@@ -67,6 +90,10 @@ export const SCHEDULE_LIMITS = {
    * child scheduled inside a handler is held to its node's limits.maxMessageBytes by the worker.
    */
   maxMessageBytes: 1024 * 1024,
+  /** idempotencyKey and debounce.key: UTF-8 bytes (they go into one index entry with the task name). */
+  maxKeyBytes: 1_000,
+  /** idempotencyRetentionMs: at most 30 days (and never longer than the task stays in history). */
+  maxKeyRetentionMs: 30 * 86_400_000,
 } as const;
 
 const CONTEXT_KEYS: ReadonlySet<string> = new Set([
@@ -77,6 +104,9 @@ const CONTEXT_KEYS: ReadonlySet<string> = new Set([
   'priority',
   'delayMs',
   'runAt',
+  'idempotencyKey',
+  'idempotencyRetentionMs',
+  'debounce',
 ]);
 
 export function isUuid(value: unknown): value is string {
@@ -130,6 +160,7 @@ export function newTask(def: TaskDefinition, ctx: ScheduleContext = {}, inherite
   }
   if (affinity !== undefined) checkKey('affinity', affinity, false, maxAffinityBytes);
   if (affinityGroup !== undefined) checkKey('affinityGroup', affinityGroup, true, maxAffinityBytes);
+  const key = taskKey(ctx, inherited !== undefined);
   const message = encode(ctx.message);
   if (!inherited && message.length > maxMessageBytes) {
     throw invalid(
@@ -151,10 +182,60 @@ export function newTask(def: TaskDefinition, ctx: ScheduleContext = {}, inherite
     strict: def.affinityMode === 'strict',
     message,
     priority: priority ?? def.priority,
-    delayMs: delayMs ?? null,
+    delayMs: key?.kind === 'd' ? ctx.debounce!.delayMs : (delayMs ?? null),
     runAt: runAt ? runAt.toISOString() : null,
     state: 'ready',
+    ...(key && { key }),
   };
+}
+
+/** The idempotency or debounce key of a schedule context, validated; undefined without one. */
+function taskKey(ctx: ScheduleContext, inHandler: boolean): TaskKey | undefined {
+  const { idempotencyKey, idempotencyRetentionMs, debounce } = ctx;
+  const { maxKeyBytes, maxKeyRetentionMs, maxDelayMs } = SCHEDULE_LIMITS;
+  if (idempotencyKey === undefined && idempotencyRetentionMs === undefined && debounce === undefined) {
+    return undefined;
+  }
+  if (inHandler) {
+    throw invalid(
+      'idempotencyKey and debounce are not supported for tasks scheduled inside a handler (its children are committed once with its completion already)',
+    );
+  }
+  if (debounce !== undefined) {
+    if (idempotencyKey !== undefined || idempotencyRetentionMs !== undefined)
+      throw invalid('give debounce or idempotencyKey, not both');
+    if (ctx.delayMs !== undefined || ctx.runAt !== undefined)
+      throw invalid('debounce sets the start itself (debounce.delayMs): give no delayMs or runAt with it');
+    if (typeof debounce !== 'object' || debounce === null || Array.isArray(debounce))
+      throw invalid('debounce must be an object { key, delayMs }');
+    const extra = Object.keys(debounce).filter((k) => k !== 'key' && k !== 'delayMs');
+    if (extra.length > 0)
+      throw invalid(
+        `unknown key ${JSON.stringify(extra[0].slice(0, 100))} in debounce; the keys are key, delayMs`,
+      );
+    checkKey('debounce.key', debounce.key, false, maxKeyBytes);
+    const { delayMs } = debounce;
+    if (!(typeof delayMs === 'number' && Number.isFinite(delayMs) && delayMs >= 0 && delayMs <= maxDelayMs)) {
+      throw invalid(
+        `debounce.delayMs must be a number of milliseconds between 0 and ${maxDelayMs}, got ${show(delayMs)}`,
+      );
+    }
+    return { kind: 'd', key: debounce.key, retentionMs: 0 };
+  }
+  if (idempotencyKey === undefined) throw invalid('idempotencyRetentionMs was given without idempotencyKey');
+  checkKey('idempotencyKey', idempotencyKey, false, maxKeyBytes);
+  const retentionMs = idempotencyRetentionMs ?? 0;
+  if (!(
+    typeof retentionMs === 'number' &&
+    Number.isFinite(retentionMs) &&
+    retentionMs >= 0 &&
+    retentionMs <= maxKeyRetentionMs
+  )) {
+    throw invalid(
+      `idempotencyRetentionMs must be a number of milliseconds between 0 and ${maxKeyRetentionMs}, got ${show(idempotencyRetentionMs)}`,
+    );
+  }
+  return { kind: 'i', key: idempotencyKey, retentionMs };
 }
 
 /**

@@ -62,6 +62,11 @@ const row = (table: string, attr: string, value: string) =>
 
 describe('the dashboard', () => {
   it('shows nodes, leader, queue depths, throughput, pending tasks and failures', async () => {
+    // A progress value, as a handler's ctx.progress() leaves it.
+    await db.pool.query(
+      `insert into tm_task_progress (task_id, value) values ($1, '{"page": 3, "of": 10}')`,
+      [pendingIds[1]],
+    );
     await page.goto(`${server.url}/`);
     await page.locator('body[data-loaded=true]').waitFor();
     expect(await page.getByTestId('leader').textContent()).toBe('leader: dash-node');
@@ -89,6 +94,9 @@ describe('the dashboard', () => {
     );
     expect(await page.getByTestId('throughput-title').textContent()).toMatch(/last 15 min/);
     expect(await page.locator('[data-testid=pending] tr[data-id]').count()).toBe(4);
+    expect(
+      await row('pending', 'data-id', pendingIds[1]).locator('[data-field=progress]').textContent(),
+    ).toBe('{"of":10,"page":3}'); // jsonb's key order
     const failure = row('failures', 'data-id', deadId);
     expect(await failure.textContent()).toMatch(/throws.*dead letter.*Error/);
   });

@@ -65,6 +65,7 @@ const DOCS = [
   'docs/dead-letters.md',
   'docs/limits.md',
   'docs/history.md',
+  'docs/awaiting-and-dedup.md',
 ];
 // A whole document on a loaded 2-core machine: README took 144 s beside two other test files and
 // three builds, so the deadline leaves room for more.

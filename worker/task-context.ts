@@ -29,6 +29,13 @@ export interface TaskContext {
    * that spawned it). Delivered with this task's completion; a failed attempt sends nothing.
    */
   sendToJoin<M>(def: TaskDefinition<M>, message: unknown): void;
+  /**
+   * Reports how far the task has come: a number or a JSON value (at most 8 KiB as JSON). Cheap to
+   * call often: the last value wins, and it is written at most every few hundred milliseconds, and
+   * when the attempt ends. Readers see it in getTask(), the HTTP API, the CLI, the dashboard and
+   * waitForTask()'s onProgress.
+   */
+  progress(value: unknown): void;
   /** For a join task: messages sent to it by its branch, in the order they were committed. */
   joinMessages: unknown[];
   /** For a join task: results of the tasks it listed that returned one. */

@@ -29,6 +29,7 @@ import { isTaskDefinition, type TaskDefinition } from '../task/task-definition.t
 import { completeTasks, lockHeldTask } from '../store/tasks.ts';
 import type { JoinMessage } from '../task/outcome.ts';
 import { ConnectionClient } from '../store/connections.ts';
+import { ProgressReporter } from './progress-channel.ts';
 
 interface LoadedModule {
   handler: TaskHandler;
@@ -40,6 +41,7 @@ const YIELD_EVERY_MS = 1;
 const maxResultBytes = init.limits?.maxResultBytes ?? Infinity;
 const maxMessageBytes = init.limits?.maxMessageBytes ?? Infinity;
 const modules = new Map<string, Promise<LoadedModule>>();
+const progress = new ProgressReporter(init.nodeId);
 
 function load(name: string): Promise<LoadedModule> {
   let loaded = modules.get(name);
@@ -101,8 +103,10 @@ export default async function runBatch({ tasks, messages, port }: BatchRequest):
       controllers.set(task.id, controller);
       bindTaskPort(task.id, port);
       const started = performance.now();
+      progress.begin(task.id);
       runs.push(
         runOne(task, bytes, controller.signal).then((outcome) => {
+          progress.ended(task.id);
           controllers.delete(task.id);
           unbindTaskPort(task.id);
           const message: OutcomeMessage = {
@@ -185,6 +189,9 @@ async function runOne(task: TaskEnvelope, bytes: Uint8Array, signal: AbortSignal
       join.joinOf = [...new Set(taskIds)];
       children.push(join);
       return join.id;
+    },
+    progress(value) {
+      progress.report(task.id, value);
     },
     sendToJoin(def, message) {
       joinMessages.push({

@@ -13,6 +13,10 @@ interface ScheduleOptions {
   affinityGroup?: string;
   workflow?: string;
   priority?: number;
+  idempotencyKey?: string;
+  idempotencyRetention?: number;
+  debounceKey?: string;
+  debounce?: number;
   count: number;
   json?: boolean;
 }
@@ -29,6 +33,20 @@ export function registerScheduleCommand(program: Command, ctx: CommandContext): 
     .option('--affinity-group <group>', 'group of the affinity key')
     .option('--workflow <id>', 'join this workflow (UUID)')
     .option('--priority <n>', 'higher runs first', intOption('--priority', -1_000_000, 1_000_000))
+    .option(
+      '--idempotency-key <key>',
+      'deduplicate: while a task of this name with this key is pending or running, print its id and schedule nothing',
+    )
+    .option(
+      '--idempotency-retention <ms>',
+      'keep the key this long after the task ended',
+      intOption('--idempotency-retention', 0),
+    )
+    .option(
+      '--debounce-key <key>',
+      'debounce: replace the message of the not yet started task of this name with this key, and push its start to now + --debounce',
+    )
+    .option('--debounce <ms>', 'delay of a debounced task (with --debounce-key)', intOption('--debounce', 0))
     .option('--count <n>', 'schedule this many copies (one statement)', intOption('--count', 1, 1_000_000), 1)
     .option('--json', 'print JSON')
     .action(async (name: string, opts: ScheduleOptions, command: Command) => {
@@ -71,5 +89,10 @@ function scheduleContext(opts: ScheduleOptions): ScheduleContext {
   if (opts.affinityGroup !== undefined) ctx.affinityGroup = opts.affinityGroup;
   if (opts.workflow !== undefined) ctx.workflowId = opts.workflow;
   if (opts.priority !== undefined) ctx.priority = opts.priority;
+  if (opts.idempotencyKey !== undefined) ctx.idempotencyKey = opts.idempotencyKey;
+  if (opts.idempotencyRetention !== undefined) ctx.idempotencyRetentionMs = opts.idempotencyRetention;
+  if ((opts.debounceKey === undefined) !== (opts.debounce === undefined))
+    throw new CliError(EXIT.USAGE, 'Give --debounce-key and --debounce together.');
+  if (opts.debounceKey !== undefined) ctx.debounce = { key: opts.debounceKey, delayMs: opts.debounce! };
   return ctx;
 }

@@ -11,7 +11,9 @@ import {
 } from '../../task/task-states.ts';
 import { toJson } from '../../http/to-json.ts';
 import { withPool } from '../database-url.ts';
-import { intOption, print, table } from '../output.ts';
+import { CliError, EXIT, intOption, print, table } from '../output.ts';
+import { parseDuration } from '../../http/schemas.ts';
+import { WAIT_FOR_TASK_DEFAULTS } from '../../client/task-waiter.ts';
 import type { CommandContext } from '../main.ts';
 
 interface ListOptions {
@@ -47,6 +49,40 @@ export function registerTaskCommands(program: Command, ctx: CommandContext): voi
           ...(retry ? renderRetry(retry, new Date()) : []),
         ].join('\n'),
       );
+    });
+
+  cmd
+    .command('wait')
+    .description(
+      'Wait for a task to end and show it; progress goes to stderr (exit code 0 completed, 6 failed, cancelled or dead, 7 not ended within --timeout, 3 unknown)',
+    )
+    .argument('<id>', 'task id')
+    .option('--timeout <duration>', 'how long to wait: 500ms, 30s, 10m (a bare number is seconds)', '60s')
+    .option('--json', 'print JSON')
+    .action(async (id: string, opts: { timeout: string; json?: boolean }, command: Command) => {
+      const timeoutMs = parseDuration(opts.timeout, WAIT_FOR_TASK_DEFAULTS.maxTimeoutMs, '--timeout');
+      const task = await withPool(command.optsWithGlobals(), ctx.io, async (pool) => {
+        const c = await client(pool);
+        try {
+          return await c.waitForTask(id, {
+            timeoutMs,
+            signal: ctx.io.signal,
+            onProgress: (value) => ctx.io.err(`progress: ${JSON.stringify(value)}\n`),
+          });
+        } finally {
+          await c.close();
+        }
+      });
+      print(ctx.io, opts.json, { ...task, result: toJson(task.result) }, (t) =>
+        [
+          `${t.state} ${t.id}`,
+          ...(t.error ? [t.error] : []),
+          ...(t.result !== undefined && t.result !== null ? [JSON.stringify(t.result)] : []),
+        ].join('\n'),
+      );
+      if (task.state !== 'completed') {
+        throw new CliError(EXIT.TASK_FAILED, `Task ${id} ended ${task.state}.`);
+      }
     });
 
   cmd
