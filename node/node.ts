@@ -241,6 +241,7 @@ export class TaskmillNode extends EventEmitter<TaskmillNodeEvents> {
         nodeTimeoutMs: config.nodeTimeoutMs,
         nodeCpuLimit: p.nodeCpuLimit,
         wakeDebounceMs: p.wakeDebounceMs,
+        fairness: p.fairness,
         localNodeId: this.id,
         onPass: (pass) => {
           if (pass.startedLocally.length > 0) this.accept(pass.startedLocally);

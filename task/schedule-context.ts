@@ -21,6 +21,11 @@ export interface ScheduleContext<M = unknown> {
   delayMs?: number;
   /** Not before this time. */
   runAt?: Date;
+  /**
+   * Concurrency key (e.g. a tenant): the group whose concurrency and rate limits this task counts
+   * against, and the unit the planner serves round-robin (docs/flow-control.md).
+   */
+  concurrencyKey?: string;
 }
 
 /** A row of tm_tasks before insertion; arrays of these become one multi-row insert. */
@@ -43,6 +48,8 @@ export interface NewTask {
   state: 'ready' | 'waiting';
   /** Join task: ids of the tasks it waits for (set by scheduleJoin). */
   joinOf?: string[];
+  /** The schedule's concurrencyKey; absent or null: none. */
+  concurrencyKey?: string | null;
 }
 
 /** Task names: 1-200 letters, digits or _ . : - (no spaces, markup or control characters). */
@@ -62,6 +69,8 @@ export const SCHEDULE_LIMITS = {
   maxRunAt: Date.UTC(9999, 11, 31, 23, 59, 59, 999),
   /** affinity and affinityGroup: UTF-8 bytes each (both go into one index entry). */
   maxAffinityBytes: 1_000,
+  /** concurrencyKey: UTF-8 bytes (one index entry with the task name). */
+  maxConcurrencyKeyBytes: 1_000,
   /**
    * The message, msgpack-encoded, when scheduled from outside a task (client, HTTP, CLI, cron). A
    * child scheduled inside a handler is held to its node's limits.maxMessageBytes by the worker.
@@ -77,6 +86,7 @@ const CONTEXT_KEYS: ReadonlySet<string> = new Set([
   'priority',
   'delayMs',
   'runAt',
+  'concurrencyKey',
 ]);
 
 export function isUuid(value: unknown): value is string {
@@ -103,7 +113,7 @@ export function newTask(def: TaskDefinition, ctx: ScheduleContext = {}, inherite
       );
     }
   }
-  const { delayMs, runAt, priority, workflowId, affinityGroup, affinity } = ctx;
+  const { delayMs, runAt, priority, workflowId, affinityGroup, affinity, concurrencyKey } = ctx;
   const { maxDelayMs, minRunAt, maxRunAt, maxAffinityBytes, maxMessageBytes } = SCHEDULE_LIMITS;
   if (delayMs !== undefined && !(Number.isFinite(delayMs) && delayMs >= 0 && delayMs <= maxDelayMs)) {
     throw invalid(
@@ -130,6 +140,14 @@ export function newTask(def: TaskDefinition, ctx: ScheduleContext = {}, inherite
   }
   if (affinity !== undefined) checkKey('affinity', affinity, false, maxAffinityBytes);
   if (affinityGroup !== undefined) checkKey('affinityGroup', affinityGroup, true, maxAffinityBytes);
+  if (concurrencyKey !== undefined) {
+    if (inherited) {
+      throw invalid(
+        'concurrencyKey can be given only to tasks scheduled by a client (not yet to children scheduled inside a handler)',
+      );
+    }
+    checkKey('concurrencyKey', concurrencyKey, false, SCHEDULE_LIMITS.maxConcurrencyKeyBytes);
+  }
   const message = encode(ctx.message);
   if (!inherited && message.length > maxMessageBytes) {
     throw invalid(
@@ -154,6 +172,7 @@ export function newTask(def: TaskDefinition, ctx: ScheduleContext = {}, inherite
     delayMs: delayMs ?? null,
     runAt: runAt ? runAt.toISOString() : null,
     state: 'ready',
+    ...(concurrencyKey !== undefined && { concurrencyKey }),
   };
 }
 
