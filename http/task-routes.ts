@@ -132,6 +132,7 @@ function toContext(item: NewTaskBody, index: number): ScheduleContext {
     affinity: item.affinity,
     affinityGroup: item.affinityGroup,
     priority: item.priority,
+    concurrencyKey: item.concurrencyKey,
   };
   if (item.runAt !== undefined) {
     const runAt = new Date(

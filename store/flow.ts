@@ -32,8 +32,16 @@ export interface ReadyGroup {
  * scan of tm_tasks_ready_group (one descent per group, whatever the number of ready tasks in it): a
  * key with 100,000 ready tasks costs what a key with one costs. The most specific pattern applies to a
  * key: the key itself, else the longest pattern matching it (one lateral per kind of limit).
+ *
+ * Cost (EXPLAIN ANALYZE, PostgreSQL 18 on the 2-core development machine, busy): with 101,000 ready
+ * tasks (100,000 of one key, 1,000 over 100 keys limited by a pattern with a concurrency and a rate
+ * limit), 3.9 ms for the 101 groups, against 1.1 ms for the plain claim of 1,000 tasks (CLAIM_READY_TASKS,
+ * used when no limit is configured and no ready task has a key, so a cluster without flow control
+ * pays two index probes in the cluster state and nothing else). About 40-50 us per group read: with
+ * 10,101 groups and 1,000 free slots, 49 ms, which is why a pass reads at most as many groups as it has
+ * slots and resumes after the last one on the next pass.
  */
-const READY_GROUPS = `
+export const READY_GROUPS = `
   with recursive g(k, n) as (
     (select t.concurrency_key, t.name from tm_tasks t
      where t.state = 'ready' and (t.concurrency_key, t.name) > ($1::text, $2::text)
@@ -92,9 +100,10 @@ export interface GroupCandidate extends Candidate {
 
 /**
  * Locks the first `take` due tasks of each group, in priority order, under the affinity rule: one
- * index range of tm_tasks_ready_group per group, so the claim reads about as many rows as it returns.
+ * index range of tm_tasks_ready_group per group, so the claim reads about as many rows as it returns
+ * (1.4 ms for 540 rows of the 101 groups above, the flooded key's 100,000 rows notwithstanding).
  */
-const CLAIM_GROUPS = `
+export const CLAIM_GROUPS = `
   select c.id, c.name, c.affinity_group, c.affinity, c.concurrency_key, c.priority, c.seq
   from unnest($1::text[], $2::text[], $3::int[]) as g(k, n, take)
   cross join lateral (

@@ -10,7 +10,10 @@ import { TaskmillClient, TaskmillError, defineTask } from '../index.ts';
 import { newTask } from '../task/schedule-context.ts';
 import { count, useTestDatabase } from './helpers/database.ts';
 import { heldIds, insertNode, insertTasks, removeTasks, type TaskRow } from './helpers/factory.ts';
-import { databaseDigest } from './helpers/snapshot.ts';
+import { databaseDigest, registerDefinitions } from './helpers/snapshot.ts';
+import { buildHttpApp } from '../http/server.ts';
+import { createLogger } from '../log/logger.ts';
+import { noop } from './fixtures/definitions.ts';
 
 const db = useTestDatabase();
 
@@ -287,5 +290,45 @@ describe('bad input', () => {
         expect.objectContaining({ code: 'INVALID_ARGUMENT' }),
       );
     }
+  });
+});
+
+describe('schedule', () => {
+  it('stores the concurrencyKey given to the client or over HTTP, and refuses a bad one with 400', async () => {
+    await registerDefinitions(db.pool, [noop]);
+    const id = await client().schedule(noop, { concurrencyKey: 'tenant:1' });
+    const app = await buildHttpApp({ pool: db.pool, log: createLogger('silent') });
+    try {
+      const ok = await app.inject({
+        method: 'POST',
+        url: '/api/tasks',
+        payload: { name: 'noop', concurrencyKey: 'tenant:2' },
+      });
+      expect(ok.statusCode).toBe(201);
+      const { rows } = await db.pool.query<{ k: string }>(
+        `select concurrency_key as k from tm_tasks where id = any($1) order by seq`,
+        [[id, ok.json<{ id: string }>().id]],
+      );
+      expect(rows.map((r) => r.k)).toEqual(['tenant:1', 'tenant:2']);
+      const bad = await app.inject({
+        method: 'POST',
+        url: '/api/tasks',
+        payload: { name: 'noop', concurrencyKey: '' },
+      });
+      expect(bad.statusCode).toBe(400);
+      const doc = (await app.inject({ method: 'GET', url: '/openapi.json' })).json<{
+        paths: Record<string, { post?: { requestBody: unknown } }>;
+      }>();
+      expect(JSON.stringify(doc.paths['/api/tasks'].post?.requestBody)).toContain('concurrencyKey');
+    } finally {
+      await app.close();
+    }
+    // Not yet with dependencies: refused before anything is written.
+    await expect(client().schedule(noop, { concurrencyKey: 'k' }, { dependsOn: [id] })).rejects.toMatchObject(
+      {
+        code: 'INVALID_ARGUMENT',
+      },
+    );
+    expect(await count(db.pool, `select count(*) from tm_tasks`)).toBe(2);
   });
 });

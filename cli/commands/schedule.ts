@@ -13,6 +13,7 @@ interface ScheduleOptions {
   affinityGroup?: string;
   workflow?: string;
   priority?: number;
+  concurrencyKey?: string;
   count: number;
   json?: boolean;
 }
@@ -29,6 +30,7 @@ export function registerScheduleCommand(program: Command, ctx: CommandContext): 
     .option('--affinity-group <group>', 'group of the affinity key')
     .option('--workflow <id>', 'join this workflow (UUID)')
     .option('--priority <n>', 'higher runs first', intOption('--priority', -1_000_000, 1_000_000))
+    .option('--concurrency-key <key>', 'concurrency key (e.g. a tenant): its limits apply, served fairly')
     .option('--count <n>', 'schedule this many copies (one statement)', intOption('--count', 1, 1_000_000), 1)
     .option('--json', 'print JSON')
     .action(async (name: string, opts: ScheduleOptions, command: Command) => {
@@ -71,5 +73,6 @@ function scheduleContext(opts: ScheduleOptions): ScheduleContext {
   if (opts.affinityGroup !== undefined) ctx.affinityGroup = opts.affinityGroup;
   if (opts.workflow !== undefined) ctx.workflowId = opts.workflow;
   if (opts.priority !== undefined) ctx.priority = opts.priority;
+  if (opts.concurrencyKey !== undefined) ctx.concurrencyKey = opts.concurrencyKey;
   return ctx;
 }
