@@ -65,6 +65,7 @@ const DOCS = [
   'docs/dead-letters.md',
   'docs/limits.md',
   'docs/history.md',
+  'docs/flow-control.md',
 ];
 const DOC_MS = 240_000;
 const READY_MS = 60_000;
@@ -167,6 +168,14 @@ const FRAGMENT_CONTEXTS: FragmentContext[] = [
     first: 'const node = await startNode({',
     before: "import { startNode, type TaskDefinition } from 'taskmill';\nconst tasks: TaskDefinition[] = [];",
     after: 'await node.stop();',
+    run: true,
+  },
+  {
+    doc: 'docs/flow-control.md',
+    first: "await client.setConcurrencyLimit('tenant:*', 5);",
+    before: "import { TaskmillClient } from 'taskmill';\nconst client = new TaskmillClient();",
+    after:
+      "await client.setConcurrencyLimit('tenant:*', null);\nawait client.setRateLimit('api:github', null);\nawait client.close();",
     run: true,
   },
 ];
