@@ -140,3 +140,15 @@ export function byPriority<T extends { priority: number; seq: string }>(candidat
 }
 
 const compareSeq = (a: string, b: string) => a.length - b.length || (a < b ? -1 : a > b ? 1 : 0);
+
+/** The starts the rate limits count: the assigned tasks of rate-limited groups. */
+export function startsToLog(
+  candidates: { id: string; name: string; concurrency_key: string }[],
+  assignedIds: string[],
+  rateLimited: ReadonlySet<string>,
+): { key: string; name: string }[] {
+  const assigned = new Set(assignedIds);
+  return candidates
+    .filter((c) => assigned.has(c.id) && rateLimited.has(`${c.concurrency_key}\0${c.name}`))
+    .map((c) => ({ key: c.concurrency_key, name: c.name }));
+}

@@ -31,7 +31,7 @@ import { DEFAULT_NODE_TIMEOUT_MS } from '../store/nodes.ts';
 import type { FetchedTask } from '../store/tasks.ts';
 import { logStarts } from '../store/flow.ts';
 import { assignTasks, type Candidate, type NodeSlots } from './assignment.ts';
-import { budgetsOf, claimWithFlowControl } from './flow.ts';
+import { budgetsOf, claimWithFlowControl, startsToLog } from './flow.ts';
 import {
   DEFAULT_POLLING_DELAY,
   pollingDelayFor,
@@ -283,13 +283,7 @@ export class Planner {
       if (nodeId === localId) startedLocally = await startTasksOnLocalNode(client, nodeId, ids);
       else await assignTasksToNode(client, nodeId, ids);
     }
-    if (rateLimited.size > 0) {
-      const assigned = new Set(plan.taskIds);
-      const starts = candidates
-        .filter((c) => assigned.has(c.id) && rateLimited.has(`${c.concurrency_key}\0${c.name}`))
-        .map((c) => ({ key: c.concurrency_key, name: c.name }));
-      await logStarts(client, starts);
-    }
+    if (rateLimited.size > 0) await logStarts(client, startsToLog(candidates, plan.taskIds, rateLimited));
     // Under flow control a claimed task over a shared budget stays ready: only what was assigned counts
     // for the polling delay, or a pass that can start nothing would come straight back.
     const claimed = flow ? plan.taskIds.length : candidates.length;
