@@ -4,6 +4,8 @@
  *   continuous  a steady backlog for a fixed duration
  *   latency     schedule -> handler start, sequential tasks on an idle node
  *   cpu         tasks of a fixed CPU cost; efficiency = throughput x cost / cores
+ *   fairness    one concurrency key floods, others trickle: the trickling tasks' start latency with the
+ *               planner's fairness on and off (docs/flow-control.md)
  * Every node knob is an option (see --help). Prints one summary line on stdout and writes the full
  * result to results/flat-<mode>-<time>.json. Uses DATABASE_URL, else the embedded server; each run
  * gets a fresh database, dropped afterwards.
@@ -14,6 +16,7 @@ import { createBenchDatabase, openBenchServer, type BenchDatabase } from './benc
 import { runBurnDown } from './flat/burn-down.ts';
 import { runContinuous } from './flat/continuous.ts';
 import { runLatency } from './flat/latency.ts';
+import { runFairness } from './flat/fairness.ts';
 import {
   addNodeOptions,
   describeKnobs,
@@ -36,7 +39,7 @@ import {
 } from './result-file.ts';
 import { calibrate } from './tasks/cpu-work.ts';
 
-type Mode = 'burn-down' | 'continuous' | 'latency' | 'cpu';
+type Mode = 'burn-down' | 'continuous' | 'latency' | 'cpu' | 'fairness';
 
 interface FlatCli extends NodeCliOptions {
   mode: Mode;
@@ -46,21 +49,34 @@ interface FlatCli extends NodeCliOptions {
   backlog: number;
   samples: number;
   costMs: number;
+  trickle: number;
+  trickleKeys: number;
+  trickleIntervalMs: number;
   outDir?: string;
   save: boolean;
 }
 
-const DEFAULT_TASKS: Record<Mode, number> = { 'burn-down': 20_000, continuous: 0, latency: 0, cpu: 2_000 };
+const DEFAULT_TASKS: Record<Mode, number> = {
+  'burn-down': 20_000,
+  continuous: 0,
+  latency: 0,
+  cpu: 2_000,
+  fairness: 20_000,
+};
 
 function command(): Command {
   const cmd = new Command('flat')
     .description('Flat throughput, latency and CPU benchmarks of taskmill')
     .addOption(
       new Option('--mode <mode>', 'what to run')
-        .choices(['burn-down', 'continuous', 'latency', 'cpu'])
+        .choices(['burn-down', 'continuous', 'latency', 'cpu', 'fairness'])
         .default('burn-down'),
     )
-    .option('--tasks <n>', 'tasks to run (burn-down: 20000, cpu: 2000)', intArg('--tasks', 1))
+    .option(
+      '--tasks <n>',
+      'tasks to run (burn-down: 20000, cpu: 2000; fairness: the flooding key, 20000)',
+      intArg('--tasks', 1),
+    )
     .option(
       '--warmup <n>',
       'tasks run before measuring (default: 10 % of the run, 100 to 2000)',
@@ -70,6 +86,14 @@ function command(): Command {
     .option('--backlog <n>', 'continuous: tasks kept in the system', intArg('--backlog', 1), 5_000)
     .option('--samples <n>', 'latency: sequential tasks measured', intArg('--samples', 1), 1_000)
     .option('--cost-ms <ms>', 'cpu: CPU milliseconds per task', numberArg('--cost-ms', 0.01), 10)
+    .option('--trickle <n>', 'fairness: tasks of the trickling keys', intArg('--trickle', 1), 100)
+    .option('--trickle-keys <n>', 'fairness: trickling keys', intArg('--trickle-keys', 1), 4)
+    .option(
+      '--trickle-interval-ms <ms>',
+      'fairness: one trickling task every this many ms',
+      intArg('--trickle-interval-ms', 1),
+      10,
+    )
     .option('--out-dir <dir>', 'where the result file goes (default: results/, or TASKMILL_RESULTS_DIR)')
     .option('--no-save', 'do not write a result file');
   return addNodeOptions(cmd);
@@ -139,6 +163,48 @@ async function runMode(o: FlatCli, run: RunStart, db: BenchDatabase): Promise<Be
         'end-to-end p99 (ms)': f.endToEnd.p99Ms,
       },
       targets,
+    });
+  }
+
+  if (o.mode === 'fairness') {
+    const flood = o.tasks ?? DEFAULT_TASKS.fairness;
+    const f = await runFairness({
+      ...where,
+      flood,
+      samples: o.trickle,
+      keys: o.trickleKeys,
+      intervalMs: o.trickleIntervalMs,
+    });
+    const line = (r: typeof f.on) =>
+      `p50 ${r.trickleStart.p50Ms} ms, p99 ${r.trickleStart.p99Ms} ms, max ${r.trickleStart.maxMs} ms`;
+    return finishRun(run, {
+      summary:
+        `flat fairness: ${flood} tasks of one key, ${o.trickle} trickling over ${o.trickleKeys} keys on ` +
+        `${nodesText}: trickle schedule->start with fairness ${line(f.on)}; without ${line(f.off)}`,
+      postgres,
+      params: {
+        mode: o.mode,
+        flood,
+        trickle: o.trickle,
+        trickleKeys: o.trickleKeys,
+        trickleIntervalMs: o.trickleIntervalMs,
+        ...common,
+      },
+      figures: { ...f },
+      headline: { name: 'trickle p99 with fairness', value: f.on.trickleStart.p99Ms, unit: 'ms' },
+      table: {
+        Nodes: o.nodes,
+        Flood: flood,
+        Trickle: o.trickle,
+        'Fair p50 (ms)': f.on.trickleStart.p50Ms,
+        'Fair p99 (ms)': f.on.trickleStart.p99Ms,
+        'Fair max (ms)': f.on.trickleStart.maxMs,
+        'Unfair p50 (ms)': f.off.trickleStart.p50Ms,
+        'Unfair p99 (ms)': f.off.trickleStart.p99Ms,
+        'Unfair max (ms)': f.off.trickleStart.maxMs,
+        'Drain fair (s)': round(f.on.floodSeconds, 2),
+        'Drain unfair (s)': round(f.off.floodSeconds, 2),
+      },
     });
   }
 

@@ -36,6 +36,13 @@ import { Listener } from '../store/listener.ts';
 import { insertKeyedTasks } from '../store/task-keys.ts';
 import { readProgress } from '../store/progress.ts';
 import { TaskWaiter, checkWaitOptions, type WaitForTaskOptions } from './task-waiter.ts';
+import { listFlowLimits, setConcurrencyLimit, setRateLimit, type FlowLimit } from '../store/flow.ts';
+import {
+  checkKeyPattern,
+  concurrencyOptionSchema,
+  parseFlowOption,
+  rateLimitOptionSchema,
+} from '../task/flow-options.ts';
 
 export interface ClientOptions {
   /** Default: DATABASE_URL. */
@@ -332,6 +339,36 @@ export class TaskmillClient {
     return clusterOverview(this.pool, options.nodeTimeoutMs);
   }
 
+  /**
+   * Caps the tasks assigned or running at once, across the cluster, for every concurrency key the
+   * pattern matches (`*`: any run of characters; the key itself, else the longest matching pattern,
+   * applies), whatever their task names; null removes the cap. Stored in the database
+   * (tm_flow_limits): every planner, now and after a failover, applies it from its next pass
+   * (docs/flow-control.md). A limit outside 1..1,000,000 or a bad pattern throws INVALID_ARGUMENT.
+   */
+  async setConcurrencyLimit(pattern: string, limit: number | null): Promise<void> {
+    checkKeyPattern(pattern);
+    if (limit !== null)
+      parseFlowOption(concurrencyOptionSchema, { limit }, `concurrency limit of ${pattern}`);
+    await wrapSchemaErrors(() => setConcurrencyLimit(this.pool, pattern, limit));
+  }
+
+  /**
+   * Caps the task starts, across the cluster, to `limit` in any window of `windowMs` for every
+   * concurrency key the pattern matches (as setConcurrencyLimit()); null removes the cap.
+   */
+  async setRateLimit(pattern: string, rate: { limit: number; windowMs: number } | null): Promise<void> {
+    checkKeyPattern(pattern);
+    const valid =
+      rate === null ? null : parseFlowOption(rateLimitOptionSchema, rate, `rate limit of ${pattern}`);
+    await wrapSchemaErrors(() => setRateLimit(this.pool, pattern, valid));
+  }
+
+  /** The key-pattern limits set by setConcurrencyLimit() and setRateLimit(). */
+  async flowLimits(): Promise<FlowLimit[]> {
+    return wrapSchemaErrors(() => listFlowLimits(this.pool));
+  }
+
   /** Closes the LISTEN connection of waitForTask(), and the pool when the client opened it. */
   async close(): Promise<void> {
     await this.waiter.close();
@@ -364,5 +401,15 @@ export class TaskmillClient {
       this.registered.set(def, known);
     }
     return known as TaskDefinition<M>;
+  }
+}
+
+/** A missing schema becomes NOT_MIGRATED. */
+async function wrapSchemaErrors<T>(run: () => Promise<T>): Promise<T> {
+  try {
+    return await run();
+  } catch (error) {
+    if (isUndefinedTable(error)) throw notMigratedError(error);
+    throw error;
   }
 }

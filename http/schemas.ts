@@ -97,6 +97,12 @@ export const newTaskSchema = {
     },
     workflowId: { ...uuid, description: 'Join this workflow (or name a new one).' },
     priority: { type: 'integer', minimum: -1_000_000, maximum: 1_000_000, description: 'Higher runs first.' },
+    concurrencyKey: {
+      type: 'string',
+      minLength: 1,
+      maxLength: SCHEDULE_LIMITS.maxConcurrencyKeyBytes,
+      description: `Concurrency key (e.g. a tenant): the concurrency and rate limits of the key and of the task's definition apply to it, and the planner serves keys round-robin (docs/flow-control.md). At most ${SCHEDULE_LIMITS.maxConcurrencyKeyBytes} bytes (UTF-8); not with dependsOn.`,
+    },
     dependsOn: {
       type: 'array',
       maxItems: 1000,
@@ -139,6 +145,7 @@ export interface NewTaskBody {
   affinityGroup?: string;
   workflowId?: string;
   priority?: number;
+  concurrencyKey?: string;
   dependsOn?: string[];
   idempotencyKey?: string;
   idempotencyRetentionMs?: number;

@@ -167,6 +167,7 @@ function toContext(item: NewTaskBody, index: number): ScheduleContext {
     idempotencyKey: item.idempotencyKey,
     idempotencyRetentionMs: item.idempotencyRetentionMs,
     debounce: item.debounce,
+    concurrencyKey: item.concurrencyKey,
   };
   if (item.runAt !== undefined) {
     const runAt = new Date(

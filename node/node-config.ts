@@ -44,6 +44,7 @@ const plannerSchema = z
     nodeCpuLimit: z.number().gt(0).max(1).default(PLANNER_DEFAULTS.nodeCpuLimit),
     leaseTtlMs: positiveInt.min(100).default(DEFAULT_LEASE_TTL_MS),
     wakeDebounceMs: ms.max(10_000).default(PLANNER_DEFAULTS.wakeDebounceMs),
+    fairness: z.boolean().default(PLANNER_DEFAULTS.fairness),
     maintenanceIntervalMs: positiveInt.default(MAINTENANCE_DEFAULTS.intervalMs),
   })
   .strict();

@@ -82,6 +82,7 @@ export class Planning {
       nodeTimeoutMs: config.nodeTimeoutMs,
       nodeCpuLimit: p.nodeCpuLimit,
       wakeDebounceMs: p.wakeDebounceMs,
+      fairness: p.fairness,
       localNodeId: options.nodeId,
       onPass: (pass) => {
         if (pass.startedLocally.length > 0) options.startedLocally(pass.startedLocally);

@@ -1,8 +1,10 @@
 /**
- * Pure assignment logic of one planning pass: given claimed candidates (in priority order), live nodes
- * with their free slots, and per-task cluster budgets, decide which node gets each task. Tasks of one
+ * Pure assignment logic of one planning pass: given claimed candidates (in the order to serve them),
+ * live nodes with their free slots, and budgets, decide which node gets each task. Tasks of one
  * affinity key go to the same node within a pass (affinity ownership), so a node's mailbox can keep
- * them apart. A task that fits nowhere is left out and stays ready.
+ * them apart. A task that fits nowhere, or whose budget is spent, is left out and stays ready.
+ * Budgets are counted down by id: by default a task spends its name's budget (maxParallelInCluster);
+ * under flow control also its concurrency and rate budgets (planner/flow.ts budgetsOf).
  */
 import type { Candidate } from '../store/assignments.ts';
 
@@ -25,23 +27,24 @@ export interface Assignment {
 export function assignTasks(
   candidates: Candidate[],
   nodes: NodeSlots[],
-  clusterBudget: Map<string, number>,
+  budgets: Map<string, number>,
+  budgetsOf: (task: Candidate) => string[] = (task) => [task.name],
 ): Assignment {
   const free = new Map(nodes.map((n) => [n.id, n.free]));
-  const budget = new Map(clusterBudget);
+  const budget = new Map(budgets);
   const keyOwner = new Map<string, string>();
   const result: Assignment = { taskIds: [], nodeIds: [], perNode: new Map() };
 
   for (const task of candidates) {
-    const left = budget.get(task.name);
-    if (left !== undefined && left <= 0) continue;
+    const spends = budgetsOf(task).filter((id) => budget.has(id));
+    if (spends.some((id) => budget.get(id)! <= 0)) continue;
     const key = task.affinity === null ? undefined : `${task.affinity_group}\u0000${task.affinity}`;
     let nodeId = key === undefined ? undefined : keyOwner.get(key);
     if (nodeId === undefined || (free.get(nodeId) ?? 0) <= 0) nodeId = mostFree(nodes, free, task.name);
     if (nodeId === undefined) continue;
 
     free.set(nodeId, (free.get(nodeId) ?? 0) - 1);
-    if (left !== undefined) budget.set(task.name, left - 1);
+    for (const id of spends) budget.set(id, budget.get(id)! - 1);
     if (key !== undefined) keyOwner.set(key, nodeId);
     result.taskIds.push(task.id);
     result.nodeIds.push(nodeId);

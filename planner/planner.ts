@@ -7,6 +7,9 @@
  *     older or in-flight task): the check reads rows, not events, so a freed key is seen on the next pass,
  *  4. choose a node for each (assignment.ts) and write every assignment in one UPDATE,
  *  5. NOTIFY the chosen nodes.
+ * Under flow control (a concurrency or rate limit configured, or fairness with keyed tasks ready),
+ * step 3 is flow.ts's claim: per (concurrency key, task name) group, within each limit's room, served
+ * round-robin, and the pass logs the starts the rate limits count.
  * Then it sleeps per the polling-delay map, cut short (debounced) by NOTIFYs on PLANNER_CHANNEL.
  *
  * States: stopped -> running -> stopped; the loop runs passes only while the lease says leader.
@@ -26,7 +29,9 @@ import {
 } from '../store/assignments.ts';
 import { DEFAULT_NODE_TIMEOUT_MS } from '../store/nodes.ts';
 import type { FetchedTask } from '../store/tasks.ts';
-import { assignTasks, type NodeSlots } from './assignment.ts';
+import { logStarts } from '../store/flow.ts';
+import { assignTasks, type Candidate, type NodeSlots } from './assignment.ts';
+import { budgetsOf, claimWithFlowControl, startsToLog } from './flow.ts';
 import {
   DEFAULT_POLLING_DELAY,
   pollingDelayFor,
@@ -48,6 +53,11 @@ export const PLANNER_DEFAULTS = {
   nodeCpuLimit: 1,
   /** Extra wait to gather a burst of NOTIFYs into one pass (0: only those arriving during a pass coalesce). */
   wakeDebounceMs: 0,
+  /**
+   * Serve ready tasks round-robin across (concurrency key, task name) groups when any ready task has a
+   * concurrency key (docs/flow-control.md); false: priority order, as without keys.
+   */
+  fairness: true,
 };
 
 export interface PlannerOptions {
@@ -60,6 +70,7 @@ export interface PlannerOptions {
   nodeTimeoutMs?: number;
   nodeCpuLimit?: number;
   wakeDebounceMs?: number;
+  fairness?: boolean;
   timers?: Timers;
   onPass?: (result: PassResult) => void;
   /**
@@ -94,6 +105,8 @@ export class Planner {
   >;
   private wakeTimer: NodeJS.Timeout | undefined;
   private lastPromotion = 0;
+  /** Where flow control's scan of groups resumes (flow.ts); a hint only, lost on failover by design. */
+  private flowCursor: { key: string; name: string } | null = null;
 
   constructor(private readonly options: PlannerOptions) {
     this.cfg = {
@@ -103,6 +116,7 @@ export class Planner {
       nodeTimeoutMs: options.nodeTimeoutMs ?? PLANNER_DEFAULTS.nodeTimeoutMs,
       nodeCpuLimit: options.nodeCpuLimit ?? PLANNER_DEFAULTS.nodeCpuLimit,
       wakeDebounceMs: options.wakeDebounceMs ?? PLANNER_DEFAULTS.wakeDebounceMs,
+      fairness: options.fairness ?? PLANNER_DEFAULTS.fairness,
     };
     this.delays = validatePollingDelay(this.cfg.pollingDelay);
     this.busyDelayMs = pollingDelayFor(this.delays, this.delays.find(([t]) => t > 0)?.[0] ?? 0);
@@ -228,7 +242,8 @@ export class Planner {
     });
 
     const localId = this.options.localNodeId;
-    if (open.length === 1 && limits.length === 0) {
+    const flow = state.flow_limited || (this.cfg.fairness && state.keyed_ready);
+    if (open.length === 1 && limits.length === 0 && !flow) {
       if (open[0].id === localId) {
         const started = await claimForLocalNode(client, localId, limit, runnable, saturated);
         return outcome(started.length, started.length, started);
@@ -237,8 +252,26 @@ export class Planner {
       return outcome(assigned, assigned, []);
     }
 
-    const candidates = await claimReadyTasks(client, limit, runnable, saturated);
-    const plan = assignTasks(candidates, nodes, budget);
+    let candidates: Candidate[];
+    let plan;
+    let rateLimited = new Set<string>();
+    if (flow) {
+      const claim = await claimWithFlowControl(client, {
+        limit,
+        runnable: new Set(runnable),
+        saturated: new Set(saturated),
+        fairness: this.cfg.fairness,
+        cursor: this.flowCursor,
+        clusterBudgets: budget,
+      });
+      this.flowCursor = claim.cursor;
+      candidates = claim.candidates;
+      rateLimited = claim.rateLimited;
+      plan = assignTasks(candidates, nodes, claim.budgets, budgetsOf);
+    } else {
+      candidates = await claimReadyTasks(client, limit, runnable, saturated);
+      plan = assignTasks(candidates, nodes, budget);
+    }
     const byNode = new Map<string, string[]>();
     plan.taskIds.forEach((id, i) => {
       const ids = byNode.get(plan.nodeIds[i]);
@@ -250,7 +283,11 @@ export class Planner {
       if (nodeId === localId) startedLocally = await startTasksOnLocalNode(client, nodeId, ids);
       else await assignTasksToNode(client, nodeId, ids);
     }
-    return outcome(candidates.length, plan.taskIds.length, startedLocally);
+    if (rateLimited.size > 0) await logStarts(client, startsToLog(candidates, plan.taskIds, rateLimited));
+    // Under flow control a claimed task over a shared budget stays ready: only what was assigned counts
+    // for the polling delay, or a pass that can start nothing would come straight back.
+    const claimed = flow ? plan.taskIds.length : candidates.length;
+    return outcome(claimed, plan.taskIds.length, startedLocally);
   }
 }
 

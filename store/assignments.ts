@@ -37,6 +37,8 @@ export interface Candidate {
   name: string;
   affinity_group: string | null;
   affinity: string | null;
+  /** '' when the task has none. */
+  concurrency_key: string;
 }
 
 /** A live node as a pass sees it, with the tasks it holds (assigned or running). */
@@ -59,6 +61,8 @@ export interface ClusterLimit {
  * Live nodes with the tasks each holds, and the task names with a cluster limit with their running
  * count (through the partial node index: only held rows are read), in one round trip; when asked ($2,
  * every PROMOTE_WAITING_EVERY_MS of planner.ts) it also promotes waiting tasks with nothing left to wait for.
+ * Whether flow control is in play (a limit configured; a ready task with a concurrency key, through the
+ * first entry of tm_tasks_ready_group past '') costs two index probes.
  */
 const CLUSTER_STATE = `
   select
@@ -68,18 +72,32 @@ const CLUSTER_STATE = `
     (select coalesce(json_agg(json_build_object('name', d.name, 'max', d.max_parallel_in_cluster,
         'held', (select count(*) from tm_tasks t where t.node_id is not null and t.name = d.name))), '[]')
       from tm_task_defs d where d.max_parallel_in_cluster is not null) as limits,
-    case when $2 then tm_promote_waiting(1000) end as promoted`;
+    case when $2 then tm_promote_waiting(1000) end as promoted,
+    exists (select 1 from tm_flow_limits)
+      or exists (select 1 from tm_task_defs d
+        where d.options->'concurrency' is not null or d.options->'rateLimit' is not null) as flow_limited,
+    exists (select 1 from tm_tasks t where t.state = 'ready' and t.concurrency_key > '') as keyed_ready`;
 
-/** Live nodes and cluster limits; also promotes waiting tasks left with nothing to wait for when `promote`. */
+/** What a pass reads first (readClusterState). */
+export interface ClusterState {
+  nodes: LiveNode[];
+  limits: ClusterLimit[];
+  /** A concurrency or rate limit is configured (tm_flow_limits, or a definition's options). */
+  flow_limited: boolean;
+  /** A ready task has a concurrency key. */
+  keyed_ready: boolean;
+}
+
+/**
+ * Live nodes and cluster limits, and whether flow control is in play; also promotes waiting tasks
+ * left with nothing to wait for when `promote`.
+ */
 export async function readClusterState(
   client: Queryable,
   nodeTimeoutMs: number,
   promote: boolean,
-): Promise<{ nodes: LiveNode[]; limits: ClusterLimit[] }> {
-  const { rows } = await client.query<{ nodes: LiveNode[]; limits: ClusterLimit[] }>(CLUSTER_STATE, [
-    nodeTimeoutMs,
-    promote,
-  ]);
+): Promise<ClusterState> {
+  const { rows } = await client.query<ClusterState>(CLUSTER_STATE, [nodeTimeoutMs, promote]);
   return rows[0];
 }
 
@@ -167,14 +185,10 @@ const START_ON_LOCAL_NODE = `
  * Each check is its own EXISTS on its own index, so it stops at the first match rather than reading
  * every row of a busy key, and the CASE evaluates them in that order: (3) turns away every strict task
  * but the head of its key at once, so only the head may have to read past the strict rows in (1).
- * Rows locked by a concurrent completion or cancel are skipped, not waited for.
+ * Rows locked by a concurrent completion or cancel are skipped, not waited for. AFFINITY_FREE is the
+ * affinity rule alone, over a row `t` of tm_tasks, shared with the claim under flow control (store/flow.ts).
  */
-export const CLAIM_READY_TASKS = `
-  select t.id, t.name, t.affinity_group, t.affinity
-  from tm_tasks t
-  where t.state = 'ready' and t.not_before <= now()
-    and t.name = any($2::text[]) and not (t.name = any($3::text[]))
-    and (t.affinity is null or case
+export const AFFINITY_FREE = `(t.affinity is null or case
       when exists (
         select 1 from tm_tasks o
         where o.affinity_group = t.affinity_group and o.affinity = t.affinity and o.strict_affinity
@@ -190,7 +204,14 @@ export const CLAIM_READY_TASKS = `
         where o.affinity_group = t.affinity_group and o.affinity = t.affinity
           and (o.workflow_created_at, o.workflow_id) < (t.workflow_created_at, t.workflow_id)
           and not (t.strict_affinity and o.strict_affinity))
-      end)
+      end)`;
+
+export const CLAIM_READY_TASKS = `
+  select t.id, t.name, t.affinity_group, t.affinity, t.concurrency_key
+  from tm_tasks t
+  where t.state = 'ready' and t.not_before <= now()
+    and t.name = any($2::text[]) and not (t.name = any($3::text[]))
+    and ${AFFINITY_FREE}
   order by t.priority desc, t.seq
   limit $1
   for update of t skip locked`;

@@ -56,7 +56,7 @@ export async function purgeDefaultPartition(client: Queryable, before: Date): Pr
 const PURGE_SIDE_ROWS_LIMIT = 10_000;
 
 /**
- * Deletes what migration 007 keeps beside tasks once it is of no use: idempotency and debounce keys
+ * Deletes what migration 008 keeps beside tasks once it is of no use: idempotency and debounce keys
  * taken before `before` that their task has let go (tm_task_key_free), and progress values last
  * written before `before` of tasks no longer pending. Returns how many rows went.
  */

@@ -1,5 +1,5 @@
 /**
- * Progress values of tasks (tm_task_progress, migrations/007): written by a node in batches (one
+ * Progress values of tasks (tm_task_progress, migrations/008): written by a node in batches (one
  * statement for every task whose progress changed since the last flush), read with the task, and
  * announced on TASK_PROGRESS_CHANNEL so waiters with an onProgress callback read them.
  */

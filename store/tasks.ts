@@ -9,6 +9,7 @@
 import { errorText, type DoneOutcome, type FailedOutcome, type OutcomeTask } from '../task/outcome.ts';
 import type { NewTask } from '../task/schedule-context.ts';
 import type { FailedAttempt } from '../task/settle.ts';
+import { TaskmillError } from '../task/errors.ts';
 import { CANCEL_CHANNEL, wakePlanner } from './channels.ts';
 import type { Queryable } from './queryable.ts';
 
@@ -23,15 +24,21 @@ export const INSERT_TASKS_ARGS = `$1::uuid[], $2::text[], $3::uuid[], $4::timest
 export async function insertTasks(db: Queryable, tasks: NewTask[], notify = true): Promise<void> {
   if (tasks.length === 0) return;
   await db.query(
-    notify
-      ? INSERT_TASKS_AND_WAKE_PLANNER
-      : `select count(*)::int as inserted from tm_insert_tasks(${INSERT_TASKS_ARGS})`,
-    insertParams(tasks),
+    notify ? INSERT_TASKS_AND_WAKE_PLANNER : `select count(*)::int as inserted from ${INSERT_KEYED_TASKS}`,
+    [...insertParams(tasks), concurrencyKeys(tasks)],
   );
 }
 
+/** tm_insert_tasks with the concurrency keys (migrations/007) as $15. */
+const INSERT_KEYED_TASKS = `tm_insert_tasks(${INSERT_TASKS_ARGS}, c_concurrency_key => $15::text[])`;
+
 const INSERT_TASKS_AND_WAKE_PLANNER = `select count(*)::int as inserted, tm_wake_planner()
-  from tm_insert_tasks(${INSERT_TASKS_ARGS})`;
+  from ${INSERT_KEYED_TASKS}`;
+
+/** The concurrency keys of new tasks (null: none), or null when none has one. */
+export function concurrencyKeys(tasks: NewTask[]): (string | null)[] | null {
+  return tasks.some((t) => t.concurrencyKey) ? tasks.map((t) => t.concurrencyKey ?? null) : null;
+}
 
 export interface Wait {
   task: string;
@@ -42,6 +49,12 @@ export interface Wait {
 
 /** Inserts tasks that wait for others, checking the targets (tm_schedule_waiting); wakes the planner. */
 export async function insertWaitingTasks(db: Queryable, tasks: NewTask[], waits: Wait[]): Promise<void> {
+  if (tasks.some((t) => t.concurrencyKey)) {
+    throw new TaskmillError(
+      'INVALID_ARGUMENT',
+      'Invalid schedule: concurrencyKey cannot be combined with dependsOn or a join yet; schedule the keyed task without them.',
+    );
+  }
   await db.query(
     `select tm_schedule_waiting($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)`,
     [

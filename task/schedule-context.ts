@@ -22,6 +22,11 @@ export interface ScheduleContext<M = unknown> {
   /** Not before this time. */
   runAt?: Date;
   /**
+   * Concurrency key (e.g. a tenant): the group whose concurrency and rate limits this task counts
+   * against, and the unit the planner serves round-robin (docs/flow-control.md).
+   */
+  concurrencyKey?: string;
+  /**
    * Deduplication: while a task of the same name with this key is pending or running (or ended less
    * than `idempotencyRetentionMs` ago), scheduling returns that task's id and writes nothing. Keys are
    * per task name. Not for tasks scheduled inside a handler.
@@ -66,6 +71,8 @@ export interface NewTask {
   joinOf?: string[];
   /** Idempotency or debounce key (scheduled by tm_schedule_keyed). */
   key?: TaskKey;
+  /** The schedule's concurrencyKey; absent or null: none. */
+  concurrencyKey?: string | null;
 }
 
 /** Task names: 1-200 letters, digits or _ . : - (no spaces, markup or control characters). */
@@ -85,6 +92,8 @@ export const SCHEDULE_LIMITS = {
   maxRunAt: Date.UTC(9999, 11, 31, 23, 59, 59, 999),
   /** affinity and affinityGroup: UTF-8 bytes each (both go into one index entry). */
   maxAffinityBytes: 1_000,
+  /** concurrencyKey: UTF-8 bytes (one index entry with the task name). */
+  maxConcurrencyKeyBytes: 1_000,
   /**
    * The message, msgpack-encoded, when scheduled from outside a task (client, HTTP, CLI, cron). A
    * child scheduled inside a handler is held to its node's limits.maxMessageBytes by the worker.
@@ -107,6 +116,7 @@ const CONTEXT_KEYS: ReadonlySet<string> = new Set([
   'idempotencyKey',
   'idempotencyRetentionMs',
   'debounce',
+  'concurrencyKey',
 ]);
 
 export function isUuid(value: unknown): value is string {
@@ -133,7 +143,7 @@ export function newTask(def: TaskDefinition, ctx: ScheduleContext = {}, inherite
       );
     }
   }
-  const { delayMs, runAt, priority, workflowId, affinityGroup, affinity } = ctx;
+  const { delayMs, runAt, priority, workflowId, affinityGroup, affinity, concurrencyKey } = ctx;
   const { maxDelayMs, minRunAt, maxRunAt, maxAffinityBytes, maxMessageBytes } = SCHEDULE_LIMITS;
   if (delayMs !== undefined && !(Number.isFinite(delayMs) && delayMs >= 0 && delayMs <= maxDelayMs)) {
     throw invalid(
@@ -161,6 +171,14 @@ export function newTask(def: TaskDefinition, ctx: ScheduleContext = {}, inherite
   if (affinity !== undefined) checkKey('affinity', affinity, false, maxAffinityBytes);
   if (affinityGroup !== undefined) checkKey('affinityGroup', affinityGroup, true, maxAffinityBytes);
   const key = taskKey(ctx, inherited !== undefined);
+  if (concurrencyKey !== undefined) {
+    if (inherited) {
+      throw invalid(
+        'concurrencyKey can be given only to tasks scheduled by a client (not yet to children scheduled inside a handler)',
+      );
+    }
+    checkKey('concurrencyKey', concurrencyKey, false, SCHEDULE_LIMITS.maxConcurrencyKeyBytes);
+  }
   const message = encode(ctx.message);
   if (!inherited && message.length > maxMessageBytes) {
     throw invalid(
@@ -186,6 +204,7 @@ export function newTask(def: TaskDefinition, ctx: ScheduleContext = {}, inherite
     runAt: runAt ? runAt.toISOString() : null,
     state: 'ready',
     ...(key && { key }),
+    ...(concurrencyKey !== undefined && { concurrencyKey }),
   };
 }
 

@@ -16,6 +16,12 @@ import {
   type RetryPolicyInput,
 } from './retry-policy.ts';
 import { cronOptionSchema, type CronOption, type CronOptionInput } from './cron-option.ts';
+import {
+  concurrencyOptionSchema,
+  rateLimitOptionSchema,
+  type ConcurrencyOption,
+  type RateLimitOption,
+} from './flow-options.ts';
 
 export type ExecutionGuarantee = 'at-least-once' | 'exactly-once';
 /** `workflow`: one workflow at a time per key, its tasks in parallel. `strict`: one task at a time per key. */
@@ -37,6 +43,8 @@ const optionsSchema = z
     affinityMode: z.enum(['workflow', 'strict']).default('workflow'),
     priority: z.number().int().min(-1_000_000).max(1_000_000).default(0),
     cron: cronOptionSchema.optional(),
+    concurrency: concurrencyOptionSchema.optional(),
+    rateLimit: rateLimitOptionSchema.optional(),
   })
   .strict();
 
@@ -57,6 +65,13 @@ export interface TaskDefinitionInput {
   priority?: number;
   /** Create one instance per slot of this cron expression (planner/cron.ts, docs/cron.md). */
   cron?: CronOptionInput;
+  /**
+   * At most `limit` tasks of this definition assigned or running at once per concurrency key, across
+   * the cluster (tasks without a key share one group); docs/flow-control.md.
+   */
+  concurrency?: ConcurrencyOption;
+  /** At most `limit` starts of this definition's tasks per concurrency key in any `windowMs`. */
+  rateLimit?: RateLimitOption;
 }
 
 export interface TaskDefinition<M = unknown, R = unknown> {
@@ -72,6 +87,8 @@ export interface TaskDefinition<M = unknown, R = unknown> {
   readonly affinityMode: AffinityMode;
   readonly priority: number;
   readonly cron: CronOption | undefined;
+  readonly concurrency: ConcurrencyOption | undefined;
+  readonly rateLimit: RateLimitOption | undefined;
   /** Type carrier only; never set. */
   readonly __types?: { message: M; result: R };
 }
@@ -97,6 +114,8 @@ export function defineTask<M = unknown, R = unknown>(input: TaskDefinitionInput)
     affinityMode: o.affinityMode,
     priority: o.priority,
     cron: o.cron,
+    concurrency: o.concurrency,
+    rateLimit: o.rateLimit,
   });
 }
 

@@ -129,6 +129,31 @@ describe('benchmarks at a tiny size', { timeout: TEST_TIMEOUT_MS }, () => {
     expect(r.targets?.map((t) => t.name)).toEqual(['schedule-to-start p50', 'schedule-to-start p99']);
   });
 
+  it('fairness: trickling keys measured with fairness on and off while one key floods', async () => {
+    const r = await bench('bench/flat.ts', [
+      '--mode',
+      'fairness',
+      '--tasks',
+      '1000',
+      '--trickle',
+      '10',
+      '--trickle-keys',
+      '2',
+      '--trickle-interval-ms',
+      '5',
+    ]);
+    type Run = { fairness: boolean; trickleStart: Record<string, number>; floodSeconds: number };
+    const f = r.figures as { on: Run; off: Run };
+    expect(r.bench).toBe('flat-fairness');
+    expect([f.on.fairness, f.off.fairness]).toEqual([true, false]);
+    for (const run of [f.on, f.off]) {
+      expect(run.trickleStart.count).toBe(10);
+      expect(run.trickleStart.p50Ms).toBeLessThanOrEqual(run.trickleStart.maxMs);
+      expect(run.floodSeconds).toBeGreaterThan(0);
+    }
+    expect(r.table['Fair p99 (ms)']).toBe(r.headline.value);
+  });
+
   it('cpu: tasks really cost their CPU time', async () => {
     const r = await bench('bench/flat.ts', [
       '--mode',

@@ -1,6 +1,6 @@
 /**
  * Deduplication (idempotencyKey) and debounce (debounce: { key, delayMs }) of scheduled tasks:
- * tm_schedule_keyed (migrations/007) decides each key on its committed row, so concurrent schedulers
+ * tm_schedule_keyed (migrations/008) decides each key on its committed row, so concurrent schedulers
  * agree; what "the same key" spans (one task name) and the retention window after the end.
  */
 import pg from 'pg';
@@ -44,6 +44,22 @@ describe('idempotencyKey', () => {
     expect(second).toBe(first);
     expect(await count(db.pool, `select count(*) from tm_tasks`)).toBe(before);
     expect(await messageOf(first)).toBe(1);
+  });
+
+  it('keeps the concurrency key of a keyed schedule (and of the unkeyed tasks of its batch)', async () => {
+    const keyed = await client.schedule(echo, { idempotencyKey: 'with-tenant', concurrencyKey: 'tenant-7' });
+    const debounced = await client.schedule(echo, {
+      debounce: { key: 'tenant-debounce', delayMs: 60_000 },
+      concurrencyKey: 'tenant-8',
+    });
+    const { rows } = await db.pool.query<{ id: string; concurrency_key: string }>(
+      `select id, concurrency_key from tm_tasks where id = any($1) order by concurrency_key`,
+      [[keyed, debounced]],
+    );
+    expect(rows).toEqual([
+      { id: keyed, concurrency_key: 'tenant-7' },
+      { id: debounced, concurrency_key: 'tenant-8' },
+    ]);
   });
 
   it('is per task name: the same key on another task is another task', async () => {

@@ -66,6 +66,7 @@ const DOCS = [
   'docs/limits.md',
   'docs/history.md',
   'docs/awaiting-and-dedup.md',
+  'docs/flow-control.md',
 ];
 // A whole document on a loaded 2-core machine: README took 144 s beside two other test files and
 // three builds, so the deadline leaves room for more.
@@ -170,6 +171,14 @@ const FRAGMENT_CONTEXTS: FragmentContext[] = [
     first: 'const node = await startNode({',
     before: "import { startNode, type TaskDefinition } from 'taskmill';\nconst tasks: TaskDefinition[] = [];",
     after: 'await node.stop();',
+    run: true,
+  },
+  {
+    doc: 'docs/flow-control.md',
+    first: "await client.setConcurrencyLimit('tenant:*', 5);",
+    before: "import { TaskmillClient } from 'taskmill';\nconst client = new TaskmillClient();",
+    after:
+      "await client.setConcurrencyLimit('tenant:*', null);\nawait client.setRateLimit('api:github', null);\nawait client.close();",
     run: true,
   },
 ];

@@ -158,6 +158,7 @@ describe('assignTasks', () => {
     name: 'noop',
     affinity_group: null,
     affinity: null,
+    concurrency_key: '',
     ...over,
   });
 

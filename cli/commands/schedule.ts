@@ -17,6 +17,7 @@ interface ScheduleOptions {
   idempotencyRetention?: number;
   debounceKey?: string;
   debounce?: number;
+  concurrencyKey?: string;
   count: number;
   json?: boolean;
 }
@@ -47,6 +48,7 @@ export function registerScheduleCommand(program: Command, ctx: CommandContext): 
       'debounce: replace the message of the not yet started task of this name with this key, and push its start to now + --debounce',
     )
     .option('--debounce <ms>', 'delay of a debounced task (with --debounce-key)', intOption('--debounce', 0))
+    .option('--concurrency-key <key>', 'concurrency key (e.g. a tenant): its limits apply, served fairly')
     .option('--count <n>', 'schedule this many copies (one statement)', intOption('--count', 1, 1_000_000), 1)
     .option('--json', 'print JSON')
     .action(async (name: string, opts: ScheduleOptions, command: Command) => {
@@ -94,5 +96,6 @@ function scheduleContext(opts: ScheduleOptions): ScheduleContext {
   if ((opts.debounceKey === undefined) !== (opts.debounce === undefined))
     throw new CliError(EXIT.USAGE, 'Give --debounce-key and --debounce together.');
   if (opts.debounceKey !== undefined) ctx.debounce = { key: opts.debounceKey, delayMs: opts.debounce! };
+  if (opts.concurrencyKey !== undefined) ctx.concurrencyKey = opts.concurrencyKey;
   return ctx;
 }

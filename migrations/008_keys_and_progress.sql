@@ -46,7 +46,8 @@ begin
 end $$;
 
 -- Schedules tasks of which some carry a key (k_kind 'i' or 'd', k_key; null for a task without one),
--- in one statement: the columns are tm_insert_tasks's, which inserts the tasks that get to exist.
+-- in one statement: the columns are tm_insert_tasks's (the concurrency keys of migration 007 last),
+-- which inserts the tasks that get to exist.
 -- Returns, for every given id in order, the id of the task that stands for it and what happened:
 --   inserted   a new task (its own id)
 --   duplicate  an idempotency key held by a pending task, or one ended within its retention: that
@@ -59,7 +60,7 @@ create function tm_schedule_keyed(
   c_id uuid[], c_name text[], c_workflow_id uuid[], c_wca timestamptz[], c_lookup boolean[], c_parent_id uuid[],
   c_affinity_group text[], c_affinity text[], c_strict boolean[], c_message bytea[], c_priority integer[],
   c_delay_ms float8[], c_run_at timestamptz[], c_state text[],
-  k_kind text[], k_key text[], k_retention_ms float8[]
+  k_kind text[], k_key text[], k_retention_ms float8[], c_concurrency_key text[] default null
 ) returns table (id uuid, task_id uuid, outcome text)
 language plpgsql set plan_cache_mode = force_custom_plan as $$
 #variable_conflict use_column
@@ -144,7 +145,8 @@ begin
     array(select r.message from unnest(v_insert) i join tm_keyed_rows r on r.n = i order by i),
     array(select c_priority[i] from unnest(v_insert) i),
     array(select r.delay_ms from unnest(v_insert) i join tm_keyed_rows r on r.n = i order by i),
-    array(select c_run_at[i] from unnest(v_insert) i), array(select c_state[i] from unnest(v_insert) i));
+    array(select c_run_at[i] from unnest(v_insert) i), array(select c_state[i] from unnest(v_insert) i),
+    c_concurrency_key => array(select c_concurrency_key[i] from unnest(v_insert) i));
   if cardinality(v_insert) > 0 then
     perform tm_wake_planner();
   end if;
