@@ -4,12 +4,19 @@
  * limit is read from rows, so a second Planner object (a new leader after a failover) decides the same.
  */
 import { beforeEach, describe, expect, it } from 'vitest';
-import { Planner, type PlannerOptions } from '../planner/planner.ts';
+import type { PlannerOptions } from '../planner/planner.ts';
 import { byPriority, planGroups, roundRobin } from '../planner/flow.ts';
 import { TaskmillClient, TaskmillError, defineTask } from '../index.ts';
 import { newTask } from '../task/schedule-context.ts';
 import { count, useTestDatabase } from './helpers/database.ts';
-import { heldIds, insertNode, insertTasks, removeTasks, type TaskRow } from './helpers/factory.ts';
+import {
+  heldIds,
+  insertNode,
+  insertTasks,
+  leadingPlanner,
+  removeTasks,
+  type TaskRow,
+} from './helpers/factory.ts';
 import { databaseDigest, registerDefinitions } from './helpers/snapshot.ts';
 import { buildHttpApp } from '../http/server.ts';
 import { createLogger } from '../log/logger.ts';
@@ -21,16 +28,7 @@ beforeEach(async () => {
   await db.pool.query('truncate tm_tasks, tm_nodes, tm_task_defs, tm_flow_limits, tm_flow_starts cascade');
 });
 
-function planner(options: Partial<PlannerOptions> = {}): Planner {
-  return new Planner({
-    db: db.pool,
-    isLeader: () => true,
-    onError: (error) => {
-      throw error;
-    },
-    ...options,
-  });
-}
+const planner = (options: Partial<PlannerOptions> = {}) => leadingPlanner(db.pool, options);
 
 /** Inserts `n` ready `noop` tasks of a key in one statement (a flood). */
 async function flood(key: string, n: number): Promise<void> {

@@ -4,7 +4,7 @@ import { randomUUID } from 'node:crypto';
  * directly, and the assignments it wrote are read back from tm_tasks.
  */
 import { beforeEach, describe, expect, it } from 'vitest';
-import { Planner, type PlannerOptions } from '../planner/planner.ts';
+import type { PlannerOptions } from '../planner/planner.ts';
 import { count, useTestDatabase } from './helpers/database.ts';
 import {
   heldIds,
@@ -12,6 +12,7 @@ import {
   insertTask,
   insertTaskDef,
   insertTasks,
+  leadingPlanner,
   removeTasks,
   taskStates,
 } from './helpers/factory.ts';
@@ -22,16 +23,7 @@ beforeEach(async () => {
   await db.pool.query('truncate tm_tasks, tm_nodes, tm_task_defs cascade');
 });
 
-function planner(options: Partial<PlannerOptions> = {}): Planner {
-  return new Planner({
-    db: db.pool,
-    isLeader: () => true,
-    onError: (error) => {
-      throw error;
-    },
-    ...options,
-  });
-}
+const planner = (options: Partial<PlannerOptions> = {}) => leadingPlanner(db.pool, options);
 
 describe('batched claim', () => {
   it('assigns a batch of ready tasks in one pass and bumps their assignment number', async () => {

@@ -6,6 +6,7 @@
 import type pg from 'pg';
 import { v4 as uuidv4, v7 as uuidv7 } from 'uuid';
 import { encode } from '../../task/codec.ts';
+import { Planner, type PlannerOptions } from '../../planner/planner.ts';
 
 type Db = Pick<pg.Pool, 'query'>;
 
@@ -172,4 +173,16 @@ export async function heldIds(db: Db, nodeId?: string): Promise<string[]> {
 /** Ends tasks as a completion would (the row leaves the hot table). */
 export async function removeTasks(db: Db, ids: string[]): Promise<void> {
   await db.query(`delete from tm_tasks where id = any($1)`, [ids]);
+}
+
+/** A planner on `db` that always leads and throws what it fails on, for tests that call runOnce(). */
+export function leadingPlanner(db: pg.Pool, options: Partial<PlannerOptions> = {}): Planner {
+  return new Planner({
+    db,
+    isLeader: () => true,
+    onError: (error) => {
+      throw error;
+    },
+    ...options,
+  });
 }
