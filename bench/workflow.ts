@@ -52,6 +52,7 @@ interface WorkflowCli extends NodeCliOptions {
   manageDelay?: number;
   stallTimeout: number;
   breakAffinity: boolean;
+  runtimeOnly: boolean;
   outDir?: string;
   save: boolean;
 }
@@ -85,6 +86,11 @@ function command(): Command {
       'self-test of the checks: run pipelines without affinity, so the run must fail with FAILED pipelines',
       false,
     )
+    .option(
+      '--runtime-only',
+      "handlers do no SQL of their own (the same task graph and checks of the messages): the runtime's own cost",
+      false,
+    )
     .option('--out-dir <dir>', 'where the result file goes (default: results/, or TASKMILL_RESULTS_DIR)')
     .option('--no-save', 'do not write a result file');
   return addNodeOptions(cmd);
@@ -105,7 +111,13 @@ function work(o: WorkflowCli): Work {
 }
 
 async function main(): Promise<void> {
-  const o = command().parse().opts<WorkflowCli>();
+  const cmd = command().parse();
+  const o = cmd.opts<WorkflowCli>();
+  if (o.runtimeOnly && o.breakAffinity) {
+    cmd.error(
+      "error: --break-affinity needs the handlers' rows to detect the broken affinity; drop --runtime-only",
+    );
+  }
   const run = startRun('workflow');
   const server = await openBenchServer();
   let db: BenchDatabase | undefined;
@@ -130,6 +142,7 @@ async function main(): Promise<void> {
       maxParallelInCluster: o.maxParallelTasksInClusterDefault,
       stallTimeoutMs: o.stallTimeout * 1000,
       breakAffinity: o.breakAffinity,
+      runtimeOnly: o.runtimeOnly,
     });
     result = buildResult(run, o, knobs, affinities, w, f, postgres);
   } finally {
@@ -171,9 +184,11 @@ function buildResult(
   return finishRun(run, {
     summary:
       `workflow: ${f.totalTasks} tasks (P=${o.pipelines}, A=${affinities}, L1=${o.l1}, L2=${o.l2}, ` +
-      `${o.taskDurationMs} ms ${o.taskDurationMs > 0 ? o.taskWork : ''}) on ${o.nodes} node${o.nodes > 1 ? 's' : ''}` +
+      `${o.taskDurationMs} ms ${o.taskDurationMs > 0 ? o.taskWork : ''}${o.runtimeOnly ? ', runtime only' : ''}) on ${o.nodes} node${o.nodes > 1 ? 's' : ''}` +
       ` in ${round(f.seconds, 2)} s = ${rps} RPS, all ${f.pipelinesDone} pipelines DONE; ` +
-      `child start p50 ${f.childStartLatency.p50Ms} ms, p99 ${f.childStartLatency.p99Ms} ms`,
+      `child start p50 ${f.childStartLatency.p50Ms} ms, p99 ${f.childStartLatency.p99Ms} ms; ` +
+      `PostgreSQL CPU ${f.postgres.cpuSeconds === null ? 'n/a' : `${Math.round((f.postgres.cpuSeconds / f.totalTasks) * 1e6)} µs`}` +
+      ` and ${round(f.transactionsPerTask, 2)} transactions per task`,
     postgres,
     params: {
       pipelines: o.pipelines,
@@ -186,6 +201,7 @@ function buildResult(
       nodes: o.nodes,
       spawn: o.spawn,
       maxParallelTasksInClusterDefault: o.maxParallelTasksInClusterDefault ?? null,
+      runtimeOnly: o.runtimeOnly,
       ...k,
     },
     figures: { ...f },

@@ -186,16 +186,22 @@ describe('benchmarks at a tiny size', { timeout: TEST_TIMEOUT_MS }, () => {
     expect(f.seconds).toBeGreaterThan(2 * 5 * 0.03);
     expect(f.rps).toBeCloseTo(f.totalTasks / f.seconds, 3);
     expect(r.table.RPS).toBe(Math.round(f.rps));
+    // A = 1: the second pipeline's rows replace the first's (c1:0-1, c2:0-1:0-1, j2:0-1).
+    expect((r.figures as { resultRows: number }).resultRows).toBe(8);
+    expect(r.summary).toMatch(/PostgreSQL CPU (\d+ µs|n\/a) and [\d.]+ transactions per task/);
   });
 
-  it('workflow: runs to completion on three node processes, every pipeline DONE', async () => {
+  it('workflow: runs to completion on three node processes, every pipeline DONE, runtime-only handlers', async () => {
     const r = await bench('bench/workflow.ts', [
       ...['--pipelines', '6', '--affinities', '3', '--l1', '3', '--l2', '3', '--nodes', '3', '--spawn'],
-      ...['--task-work', 'sleep'],
+      ...['--task-work', 'sleep', '--runtime-only'],
     ]);
     expect(r.table.Nodes).toBe(3);
-    const f = r.figures as { pipelinesDone: number; totalTasks: number };
+    const f = r.figures as { pipelinesDone: number; totalTasks: number; resultRows: number };
     expect(f.pipelinesDone).toBe(6);
+    // The runtime-only variant: the handlers wrote no rows of their own.
+    expect(f.resultRows).toBe(0);
+    expect(r.params).toMatchObject({ runtimeOnly: true });
     expect(f.totalTasks).toBe(6 * (2 + 2 * 3 + 3 * 3) + 1);
   });
 
@@ -205,6 +211,9 @@ describe('benchmarks at a tiny size', { timeout: TEST_TIMEOUT_MS }, () => {
     ]);
     expect(r.code).not.toBe(0);
     expect(r.stderr).toMatch(/pipelines FAILED/);
+    const both = await run('bench/workflow.ts', ['--break-affinity', '--runtime-only', '--no-save']);
+    expect(both.code).not.toBe(0);
+    expect(both.stderr).toMatch(/--break-affinity needs the handlers' rows/);
   });
 
   it(

@@ -8,7 +8,7 @@ export default async function child1Task(m: Child1Message, ctx: TaskContext): Pr
   const startedAt = performance.timeOrigin + performance.now();
   await doWork(m.work);
   const value = expected.c1(m.p, m.i);
-  await perfPool().query(UPSERT_RESULT, [m.key, `c1:${m.i}`, m.p, value]);
+  if (!m.runtimeOnly) await perfPool().query(UPSERT_RESULT, [m.key, `c1:${m.i}`, m.p, value]);
   ctx.sendToJoin(join1, { k: 'c1', i: m.i, v: value });
   const ids: string[] = [];
   for (let j = 0; j < m.l2; j++) ids.push(ctx.schedule(child2, { message: { ...m, j } }));

@@ -22,6 +22,13 @@ export interface Shape {
   l1: number;
   l2: number;
   work: Work;
+  /**
+   * The runtime-only variant: handlers do no SQL of their own (no result rows, no reads), so a run
+   * measures the runtime's cost apart from the workload's. JOIN1 still writes its pipeline's row, the
+   * end the harness waits for (one row per 2 + 2 L1 + L1 L2 tasks). The row-based affinity check goes
+   * with the rows; the message checks stay.
+   */
+  runtimeOnly?: boolean;
 }
 export interface GeneratedMessage extends Shape {
   pipelines: number;

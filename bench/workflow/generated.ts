@@ -11,7 +11,7 @@ export default function generatedTask(m: GeneratedMessage, ctx: TaskContext): nu
     ctx.schedule(parent, {
       workflowId: randomUUID(),
       ...affinity,
-      message: { p, key, l1: m.l1, l2: m.l2, work: m.work },
+      message: { p, key, l1: m.l1, l2: m.l2, work: m.work, runtimeOnly: m.runtimeOnly },
     });
   }
   return startedAt;

@@ -9,7 +9,7 @@ export default async function join2Task(m: Child1Message, ctx: TaskContext): Pro
   await doWork(m.work);
   const inputs = ctx.joinMessages as { j: number; v: number }[];
   const sum = inputs.some((x) => x.v < 0) ? -1 : inputs.reduce((s, x) => s + x.v, 0);
-  await ctx.db!.query(UPSERT_RESULT, [m.key, `j2:${m.i}`, m.p, sum]);
+  if (!m.runtimeOnly) await ctx.db!.query(UPSERT_RESULT, [m.key, `j2:${m.i}`, m.p, sum]);
   ctx.sendToJoin(join1, { k: 'j2', i: m.i, v: sum, n: inputs.length });
   return startedAt;
 }

@@ -36,6 +36,8 @@ export interface WorkflowOptions {
   stallTimeoutMs?: number;
   /** Self-test: run pipelines without affinity; pipelines sharing a key must then end FAILED. */
   breakAffinity?: boolean;
+  /** Handlers that do no SQL of their own (Shape.runtimeOnly). */
+  runtimeOnly?: boolean;
 }
 
 export interface WorkflowFigures {
@@ -51,6 +53,8 @@ export interface WorkflowFigures {
   nodeCpuSeconds: number;
   postgres: ServerUsage;
   transactionsPerTask: number;
+  /** Rows the handlers wrote to perf_results (0 in the runtime-only variant). */
+  resultRows: number;
   nodeReports: NodeReport[];
 }
 
@@ -87,6 +91,7 @@ export async function runWorkflow(o: WorkflowOptions): Promise<WorkflowFigures> 
         l2: o.l2,
         work: o.work,
         breakAffinity: o.breakAffinity,
+        runtimeOnly: o.runtimeOnly,
       },
     });
     await waitForPipelines(o.pool, cluster, o.pipelines, o.stallTimeoutMs ?? 300_000);
@@ -101,6 +106,9 @@ export async function runWorkflow(o: WorkflowOptions): Promise<WorkflowFigures> 
     const postgres = await meter.stop();
     await assertComplete(o.pool, counts.byName);
     const latency = await startLatencies(o.pool);
+    const {
+      rows: [{ resultRows }],
+    } = await o.pool.query<{ resultRows: number }>('select count(*)::int as "resultRows" from perf_results');
     return {
       totalTasks: counts.total,
       seconds,
@@ -111,6 +119,7 @@ export async function runWorkflow(o: WorkflowOptions): Promise<WorkflowFigures> 
       nodeCpuSeconds: reports.reduce((s, r) => s + r.cpuSeconds, 0),
       postgres,
       transactionsPerTask: postgres.transactions / counts.total,
+      resultRows,
       nodeReports: reports,
     };
   } finally {
