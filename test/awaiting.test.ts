@@ -6,7 +6,7 @@
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { defineTask, type TaskmillNode } from '../index.ts';
-import { runCli } from '../cli/main.ts';
+import { runCliCaptured } from './helpers/cli.ts';
 import { EXIT } from '../cli/output.ts';
 import { startHttpServer, type HttpServer } from '../http/server.ts';
 import { createLogger } from '../log/logger.ts';
@@ -201,18 +201,7 @@ describe('HTTP long poll', () => {
 });
 
 describe('taskmill task wait', () => {
-  async function cli(args: string[]) {
-    let out = '';
-    let err = '';
-    const code = await runCli(['--database-url', db.url, ...args], {
-      out: (s) => (out += s),
-      err: (s) => (err += s),
-      env: { PATH: process.env.PATH },
-      cwd: process.cwd(),
-      signal: new AbortController().signal,
-    });
-    return { code, out, err };
-  }
+  const cli = (args: string[]) => runCliCaptured(args, { url: db.url });
 
   it('exits 0 when the task completed, 6 when it failed, 7 on timeout, 3 when unknown, 2 on bad input', async () => {
     const ok = await node.client.schedule(echo, { message: 1 });

@@ -7,6 +7,7 @@ import { PassThrough } from 'node:stream';
 import type { Command } from 'commander';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { buildProgram, loadCommands, runCli } from '../cli/main.ts';
+import { runCliCaptured, type CliRun, type CliRunOptions } from './helpers/cli.ts';
 import { EXIT } from '../cli/output.ts';
 import { freePort } from '../store/database.ts';
 import { TaskmillClient } from '../client/client.ts';
@@ -35,36 +36,16 @@ afterAll(async () => {
   rmSync(tmp, { recursive: true, force: true });
 });
 
-interface Run {
-  code: number;
-  out: string;
-  err: string;
-}
+type Run = CliRun;
 
-/** Runs one command line in this process. */
-async function cli(
-  args: string[],
-  options: {
-    signal?: AbortSignal;
-    url?: string | null;
-    env?: NodeJS.ProcessEnv;
-    terminal?: NodeJS.WritableStream;
-    progressTerminal?: NodeJS.WritableStream;
-  } = {},
-): Promise<Run> {
-  let out = '';
-  let err = '';
-  const url = options.url === undefined ? db.url : options.url;
-  const code = await runCli(url === null ? args : ['--database-url', url, ...args], {
-    out: (s) => (out += s),
-    err: (s) => (err += s),
+/** Runs one command line in this process, against the file's database unless `url` says otherwise. */
+function cli(args: string[], options: Partial<CliRunOptions> = {}): Promise<Run> {
+  return runCliCaptured(args, {
+    ...options,
+    url: options.url === undefined ? db.url : options.url,
     env: options.env ?? env,
     cwd: ROOT,
-    signal: options.signal ?? new AbortController().signal,
-    terminal: options.terminal,
-    progressTerminal: options.progressTerminal,
   });
-  return { code, out, err };
 }
 
 // eslint-disable-next-line @typescript-eslint/no-explicit-any -- command output is checked field by field

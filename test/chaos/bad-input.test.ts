@@ -5,7 +5,7 @@
  * and came back as HTTP 500s and raw database errors, or were silently coerced or ignored.
  */
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { runCli } from '../../cli/main.ts';
+import { runCliCaptured } from '../helpers/cli.ts';
 import { startHttpServer, type HttpServer } from '../../http/server.ts';
 import { TaskmillClient, defineTask } from '../../index.ts';
 import { purgeDeadLetters, listDeadLetters } from '../../store/dead-letters.ts';
@@ -168,15 +168,7 @@ describe('CLI: a non-zero exit with a message, and nothing written', () => {
     ['workflow show of a non-UUID', ['workflow', 'show', 'nope'], /UUID/],
   ];
   it.each(cases)('%s', async (_what, args, message) => {
-    let out = '';
-    let err = '';
-    const code = await runCli(['--database-url', db.url, ...args], {
-      out: (s) => (out += s),
-      err: (s) => (err += s),
-      env: { PATH: process.env.PATH },
-      cwd: process.cwd(),
-      signal: new AbortController().signal,
-    });
+    const { code, out, err } = await runCliCaptured(args, { url: db.url });
     expect(code, out).not.toBe(0);
     expect(err).toMatch(message);
     expect(err).not.toMatch(RAW_DATABASE_TEXT);
