@@ -17,13 +17,6 @@ const html = (file: string) => readFileSync(new URL(`./${file}`, import.meta.url
 const beside = (pkg: string, file: string) =>
   readFileSync(path.join(path.dirname(require.resolve(pkg)), file), 'utf8');
 
-const DASHBOARD_HTML = html('dashboard.html');
-const PAGES_HTML = html('pages.html');
-/** Served under /assets/: the minified browser builds of the pages' libraries (pinned in package.json). */
-const ASSETS: Record<string, string> = {
-  'morphdom.js': beside('morphdom', 'morphdom-umd.min.js'),
-  'dagre.js': beside('@dagrejs/dagre', 'dagre.min.js'),
-};
 const CSP =
   "default-src 'none'; script-src 'self' 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src 'self' data:";
 
@@ -37,19 +30,33 @@ export const PAGE_PATHS = [
   '/keys/concurrency',
 ] as const;
 
+/**
+ * Every route of the pages: public even when the API needs a token (static files; the data they show
+ * comes from the API, which asks for it).
+ */
+export const PAGE_ROUTES = ['/', ...PAGE_PATHS, '/assets/:file'] as const;
+
 export function registerPageRoutes(app: FastifyInstance): void {
+  // Read when a server is built, not when this module is imported (the CLI imports PAGE_ROUTES).
+  const dashboardHtml = html('dashboard.html');
+  const pagesHtml = html('pages.html');
+  /** Served under /assets/: the minified browser builds of the pages' libraries (pinned in package.json). */
+  const assets: Record<string, string> = {
+    'morphdom.js': beside('morphdom', 'morphdom-umd.min.js'),
+    'dagre.js': beside('@dagrejs/dagre', 'dagre.min.js'),
+  };
   const page = (body: string) => async (_request: unknown, reply: FastifyReply) =>
     reply
       .header('content-type', 'text/html; charset=utf-8')
       .header('content-security-policy', CSP)
       .send(body);
-  app.get('/', { schema: { hide: true } }, page(DASHBOARD_HTML));
-  for (const url of PAGE_PATHS) app.get(url, { schema: { hide: true } }, page(PAGES_HTML));
+  app.get('/', { schema: { hide: true } }, page(dashboardHtml));
+  for (const url of PAGE_PATHS) app.get(url, { schema: { hide: true } }, page(pagesHtml));
   app.get<{ Params: { file: string } }>(
     '/assets/:file',
     { schema: { hide: true } },
     async (request, reply) => {
-      const body = Object.hasOwn(ASSETS, request.params.file) ? ASSETS[request.params.file] : undefined;
+      const body = Object.hasOwn(assets, request.params.file) ? assets[request.params.file] : undefined;
       if (body === undefined) return reply.code(404).send({ statusCode: 404, error: 'Not Found' });
       return reply
         .header('content-type', 'text/javascript; charset=utf-8')

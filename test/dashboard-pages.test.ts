@@ -149,6 +149,20 @@ describe('the task list', () => {
     expect((await rowIds('tasks')).sort()).toEqual([...ids.late].sort());
     await open(`/tasks?${new URLSearchParams({ to: between.toISOString(), name: 'sleep' })}`);
     expect(await rowIds('tasks')).toEqual([]);
+    // The form takes local times and puts them in the address as UTC date-times, and shows them back.
+    await open('/tasks');
+    await page.locator('[data-testid=filters] input[name=from]').fill('2099-01-01T00:00:00');
+    await Promise.all([
+      page.waitForURL(/from=2099|from=2098/),
+      page.getByRole('button', { name: 'Apply' }).click(),
+    ]);
+    await page.locator('body[data-loaded=true]').waitFor();
+    const from = new URL(page.url()).searchParams.get('from')!;
+    expect(from).toBe((await page.evaluate(`new Date('2099-01-01T00:00:00').toISOString()`)) as string);
+    expect(await page.locator('[data-testid=filters] input[name=from]').inputValue()).toBe(
+      '2099-01-01T00:00:00',
+    );
+    expect(await page.locator('[data-testid=tasks] td.empty').textContent()).toBe('no task matches');
     // A time range the API refuses says why, on the page (another tab: the browser logs the 400).
     const other = await browser.newPage();
     try {
@@ -402,5 +416,37 @@ describe('the API behind the pages', () => {
     expect((await fetch(`${server.url}/assets/other.js`)).status).toBe(404);
     const response = await fetch(`${server.url}/tasks`);
     expect(response.headers.get('content-security-policy')).toMatch(/script-src 'self' 'unsafe-inline'/);
+    // With a token, the pages and their scripts still load (they ask for it); their data does not.
+    const guarded = await startHttpServer({
+      connectionString: db.url,
+      port: 0,
+      token: 'pages-token-0123456789',
+      log: silent,
+    });
+    try {
+      for (const url of [
+        '/tasks',
+        `/tasks/${ids.echo}`,
+        `/workflows/${workflowId}`,
+        '/keys',
+        '/assets/dagre.js',
+      ]) {
+        expect((await fetch(`${guarded.url}${url}`)).status, url).toBe(200);
+      }
+      expect((await fetch(`${guarded.url}/api/tasks/${ids.echo}/details`)).status).toBe(401);
+      const other = await browser.newPage();
+      try {
+        await other.goto(`${guarded.url}/tasks/${ids.echo}`);
+        await other.getByTestId('auth').waitFor();
+        await other.locator('#token').fill('pages-token-0123456789');
+        await other.getByRole('button', { name: 'Use token' }).click();
+        await other.locator('body[data-loaded=true]').waitFor();
+        expect(await other.getByTestId('task-name').textContent()).toBe('echo');
+      } finally {
+        await other.close();
+      }
+    } finally {
+      await guarded.close();
+    }
   });
 });
