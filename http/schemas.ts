@@ -617,7 +617,7 @@ export const taskDetailsSchema = {
   summary: 'A task with its message, result, keys, attempts, waits and children (the task page)',
   tags: ['tasks'],
   description:
-    'Attempts list what the database records: the node and start of the attempt under way, the error of the last failed attempt of a pending task, the end and error of the last attempt of an ended one; other fields are null.',
+    'Attempts, oldest first: a failed attempt that was retried with its node, start, end and error; the attempt under way with its node, start and progress; the attempt that ended the task with its end and error (its node and start are not recorded: null).',
   params: idParams,
   response: {
     200: {

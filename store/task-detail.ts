@@ -3,10 +3,10 @@
  * wherever it is (tm_any_task), its message and result bytes (the caller decodes them), its keys, its
  * attempts, the tasks it waits for and those waiting on it, and its children. Read-only, one statement.
  *
- * What the database keeps of attempts: the number of attempts, the error of the last failed one while
- * the task is pending (tm_tasks.last_error), the node and start of the attempt under way
- * (tm_tasks.node_id, assigned_at), and the end and error of the last one once the task ended (history,
- * dead letters). Earlier attempts are listed with what is known of them: their number and that they failed.
+ * What the database keeps of attempts: each failed attempt that was retried, with its node, start, end
+ * and error (tm_task_attempts, migrations/011); the node and start of the attempt under way
+ * (tm_tasks.node_id, assigned_at); the end and error of the last one once the task ended (history,
+ * dead letters). Not recorded: the node and start of an attempt that ended the task.
  */
 import type { Queryable } from './queryable.ts';
 import { isUuid } from '../task/schedule-context.ts';
@@ -99,7 +99,11 @@ const TASK_DETAIL = `
        from tm_any_task c where c.workflow_id = a.workflow_id and c.parent_id = a.id order by c.id limit $2) x)
       as children,
     (select count(*)::int from tm_any_task c where c.workflow_id = a.workflow_id and c.parent_id = a.id)
-      as child_count
+      as child_count,
+    (select coalesce(json_agg(x order by x.ended_at), '[]') from (
+       select r.attempt, r.node_id, rn.name as node_name, r.started_at, r.ended_at, r.error
+       from tm_task_attempts r left join tm_nodes rn on rn.id = r.node_id
+       where r.task_id = a.id order by r.ended_at desc limit $2) x) as recorded
   from tm_any_task a
   left join tm_tasks t on a.stored_in = 'tasks' and t.id = a.id
   left join tm_dead_letters d on a.stored_in = 'dead_letters' and d.id = a.id
@@ -134,6 +138,15 @@ interface RawDetail {
   waited_by: { id: string; name: string; state: TaskStatus; kind: 'j' | 'd' }[];
   children: TaskLink[];
   child_count: number;
+  /** Oldest first; after a dead letter was requeued, numbers start from 1 again. */
+  recorded: {
+    attempt: number;
+    node_id: string | null;
+    node_name: string | null;
+    started_at: string | null;
+    ended_at: string;
+    error: string | null;
+  }[];
 }
 
 /** The task with everything its page shows; undefined when no table holds it. */
@@ -196,6 +209,8 @@ function attemptCount(r: RawDetail): number {
 /** The attempts, newest last, from what the row records (the module comment says what that is). */
 function attemptsOf(r: RawDetail): AttemptInfo[] {
   const count = attemptCount(r);
+  // By number, the latest wins: that of the task's present life when a dead letter was requeued.
+  const recorded = new Map(r.recorded.map((a) => [a.attempt, a]));
   const first = Math.max(1, count - TASK_DETAIL_LIMITS.listed + 1);
   const attempts: AttemptInfo[] = [];
   for (let number = first; number <= count; number++) {
@@ -228,6 +243,16 @@ function attemptsOf(r: RawDetail): AttemptInfo[] {
         endedAt: r.finished_at,
         error: r.error,
         progress: r.progress,
+      });
+    }
+    const known = recorded.get(number);
+    if (attempt.outcome === 'failed' && !(last && r.stored_in !== 'tasks') && known) {
+      Object.assign(attempt, {
+        nodeId: known.node_id,
+        nodeName: known.node_name,
+        startedAt: known.started_at === null ? null : new Date(known.started_at),
+        endedAt: new Date(known.ended_at),
+        error: known.error,
       });
     }
     attempts.push(attempt);

@@ -15,6 +15,8 @@ import type { ProgressMessage } from './fixtures/progress.ts';
 import { collect, fanout, workflowDefs } from './fixtures/workflow-definitions.ts';
 import { launchChromium } from './helpers/browser.ts';
 import { useTestDatabase, waitForTasks } from './helpers/database.ts';
+import { insertTasks } from './helpers/factory.ts';
+import { purgeKeysAndProgress } from '../store/history.ts';
 import { startTestNode, stopAllNodes } from './helpers/nodes.ts';
 
 const OUTPUT = path.resolve(import.meta.dirname, '../.taskmill/test-output');
@@ -201,16 +203,22 @@ describe('the task page', () => {
       why: 'always throws',
       n: '7',
     });
-    // throws: 3 attempts (2 retries); the last one's end and error are recorded.
+    // throws: 3 attempts. The two retried ones are recorded whole; of the last, its end and error.
     const attempts = page.locator('[data-testid=attempts] tr[data-attempt]');
     expect(await attempts.count()).toBe(3);
+    for (const n of [1, 2]) {
+      const retried = page.locator(`[data-testid=attempts] tr[data-attempt="${n}"]`);
+      expect(await retried.locator('[data-state]').textContent()).toBe('failed');
+      expect(await retried.locator('[data-field=node]').textContent()).toBe('pages-node');
+      expect(await retried.locator('[data-field=started]').textContent()).not.toBe('—');
+      expect(await retried.locator('[data-field=ended]').textContent()).not.toBe('—');
+      expect(await retried.locator('[data-field=error]').textContent()).toMatch(/^Error: boom/);
+    }
     const last = page.locator('[data-testid=attempts] tr[data-attempt="3"]');
     expect(await last.locator('[data-state]').textContent()).toBe('dead');
-    expect(await last.locator('[data-field=error]').textContent()).toMatch(/Error/);
+    expect(await last.locator('[data-field=error]').textContent()).toMatch(/^Error: boom/);
     expect(await last.locator('[data-field=ended]').textContent()).not.toBe('—');
-    expect(
-      await page.locator('[data-testid=attempts] tr[data-attempt="1"] [data-field=node]').textContent(),
-    ).toBe('—');
+    expect(await last.locator('[data-field=node]').textContent()).toBe('—');
   });
 
   it('shows the decoded result of a completed task; a retried task has all its attempts', async () => {
@@ -224,6 +232,9 @@ describe('the task page', () => {
     expect(
       await page.locator('[data-testid=attempts] tr[data-attempt] [data-state]').allTextContents(),
     ).toEqual(['failed', 'failed', 'completed']);
+    expect(
+      await page.locator('[data-testid=attempts] tr[data-attempt] [data-field=error]').allTextContents(),
+    ).toEqual([expect.stringMatching(/attempt 1 fails/), expect.stringMatching(/attempt 2 fails/), '']);
   });
 
   it('shows the running attempt with its node, start and progress, and updates it in place when cancelled', async () => {
@@ -362,6 +373,27 @@ describe('the key pages', () => {
 
   it('logged no error in the browser', () => {
     expect(problems).toEqual([]);
+  });
+});
+
+describe('the attempts log (migration 011)', () => {
+  it('records only retried failures, and history retention deletes those of ended tasks', async () => {
+    const { rows } = await db.pool.query<{ task_id: string; attempt: number }>(
+      'select task_id, attempt from tm_task_attempts order by task_id, attempt',
+    );
+    // Retried failures only: throws (2), flaky (2) and the failed leaf of the fanout has retry OFF (0).
+    expect(rows.filter((r) => r.task_id === ids.dead).map((r) => r.attempt)).toEqual([1, 2]);
+    expect(rows.filter((r) => r.task_id === ids.flaky).map((r) => r.attempt)).toEqual([1, 2]);
+    expect(rows).toHaveLength(4);
+    // A pending task's rows stay; an ended task's go once they are older than the retention.
+    const [pending] = await insertTasks(db.pool, [{ notBeforeInMs: HOUR }]);
+    await db.pool.query(`update tm_tasks set attempt = attempt + 1, last_error = 'x' where id = $1`, [
+      pending.id,
+    ]);
+    expect(await purgeKeysAndProgress(db.pool, new Date(Date.now() + HOUR))).toBeGreaterThanOrEqual(4);
+    const left = await db.pool.query<{ task_id: string }>('select task_id from tm_task_attempts');
+    expect(left.rows.map((r) => r.task_id)).toEqual([pending.id]);
+    await db.pool.query('delete from tm_tasks where id = $1', [pending.id]);
   });
 });
 
