@@ -306,8 +306,11 @@ describe('the workflow page', () => {
     // Colors follow states: a dead node and a completed one differ.
     const fill = (state: string) =>
       page.locator(`[data-testid=graph] a[data-state=${state}] rect`).first().getAttribute('fill');
-    expect(await fill('dead')).toBe('var(--s-dead)');
-    expect(await fill('completed')).toBe('var(--s-completed)');
+    expect(await fill('dead')).toBe('var(--s-dead, var(--muted))');
+    expect(await fill('completed')).toBe('var(--s-completed, var(--muted))');
+    const drawn = (await page.evaluate(`['dead', 'completed', 'waiting'].map((s) =>
+      getComputedStyle(document.querySelector('[data-testid=graph] a[data-state=' + s + '] rect')).fill)`)) as string[];
+    expect(drawn).toEqual(['rgb(138, 63, 252)', 'rgb(46, 157, 98)', 'rgb(201, 162, 39)']);
 
     await Promise.all([
       page.waitForURL(`**/tasks/${ids.dependent}`),
