@@ -13,6 +13,7 @@
 import { timingSafeEqual, createHash } from 'node:crypto';
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import { TaskmillError } from '../task/errors.ts';
+import { PAGE_ROUTES } from './page-routes.ts';
 
 /** Where the server binds unless told otherwise: loopback only. */
 export const HTTP_DEFAULTS = { host: '127.0.0.1', port: 8080 };
@@ -20,7 +21,7 @@ export const MIN_TOKEN_LENGTH = 16;
 /** Host names a token-less loopback server answers to, besides its bind address and allowed hosts. */
 export const LOOPBACK_HOST_NAMES: readonly string[] = ['localhost', '127.0.0.1', '[::1]'];
 /** Routes that answer without a token. */
-export const PUBLIC_ROUTES = new Set(['/healthz', '/readyz', '/']);
+export const PUBLIC_ROUTES = new Set<string>(['/healthz', '/readyz', ...PAGE_ROUTES]);
 
 export function isLoopback(host: string): boolean {
   return host === 'localhost' || host === '::1' || /^127(\.\d{1,3}){3}$/.test(host);

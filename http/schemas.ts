@@ -7,6 +7,8 @@ import { TaskmillError } from '../task/errors.ts';
 import { SCHEDULE_LIMITS } from '../task/schedule-context.ts';
 import { TASK_NAME_PATTERN } from '../task/task-definition.ts';
 import { INSPECT_DEFAULTS } from '../store/inspect.ts';
+import { KEY_VIEW_DEFAULTS } from '../store/key-views.ts';
+import { WORKFLOW_GRAPH_DEFAULTS } from '../store/workflow-graph.ts';
 import { DEPTH_STATES, TASK_STATES } from '../task/task-states.ts';
 
 export const MAX_TASKS_PER_REQUEST = 10_000;
@@ -262,13 +264,27 @@ export const listTasksSchema = {
       },
       name: taskName,
       workflow: uuid,
+      affinity: {
+        type: 'string',
+        minLength: 1,
+        maxLength: 1000,
+        description:
+          'Tasks of this affinity, in any group unless `affinityGroup` is given too. History keeps no affinity: only pending tasks and dead letters match.',
+      },
+      affinityGroup: {
+        type: 'string',
+        maxLength: 1000,
+        description: 'With `affinity`: only tasks of this affinity group (empty: the default group).',
+      },
+      from: { type: 'string', format: 'date-time', description: 'Created at or after this time.' },
+      to: { type: 'string', format: 'date-time', description: 'Created before this time.' },
       limit: {
         type: 'integer',
         minimum: 1,
         maximum: INSPECT_DEFAULTS.maxListLimit,
         default: INSPECT_DEFAULTS.listLimit,
       },
-      cursor: { ...uuid, description: 'nextCursor of the previous page.' },
+      cursor: { ...uuid, description: 'nextCursor of the previous page (the same filters must be passed).' },
     },
   },
   response: {
@@ -585,3 +601,235 @@ export function parseQuery(schema: unknown, query: Record<string, unknown>): voi
     else if (type === 'boolean' && (value === 'true' || value === 'false')) query[key] = value === 'true';
   }
 }
+
+// The dashboard's pages: a task with its attempts, a workflow's graph, who holds a key.
+
+const taskLink = {
+  type: 'object',
+  properties: { id: uuid, name: { type: 'string' }, state: { type: 'string', enum: TASK_STATES } },
+} as const;
+const waitLink = {
+  type: 'object',
+  properties: { ...taskLink.properties, kind: { type: 'string', enum: ['join', 'dependency'] } },
+} as const;
+
+export const taskDetailsSchema = {
+  summary: 'A task with its message, result, keys, attempts, waits and children (the task page)',
+  tags: ['tasks'],
+  description:
+    'Attempts, oldest first: a failed attempt that was retried with its node, start, end and error; the attempt under way with its node, start and progress; the attempt that ended the task with its end and error (its node and start are not recorded: null).',
+  params: idParams,
+  response: {
+    200: {
+      type: 'object',
+      properties: {
+        id: uuid,
+        name: { type: 'string' },
+        state: { type: 'string', enum: TASK_STATES },
+        storedIn: { type: 'string', enum: ['tasks', 'history', 'dead_letters'] },
+        workflowId: uuid,
+        parentId: { ...uuid, nullable: true },
+        affinityGroup: nullableString,
+        affinity: nullableString,
+        concurrencyKey: nullableString,
+        priority: { type: 'integer', nullable: true },
+        isJoin: { type: 'boolean', nullable: true, description: 'Known while the task is pending.' },
+        attemptCount: { type: 'integer' },
+        nodeId: { ...uuid, nullable: true },
+        nodeName: nullableString,
+        notBefore: nullableDate,
+        createdAt: { type: 'string', format: 'date-time' },
+        finishedAt: nullableDate,
+        error: nullableString,
+        cancelRequested: { type: 'boolean' },
+        message: {
+          description:
+            'The message as JSON (kept while pending and in the dead letters; null in history). bigint as string, bytes as base64.',
+        },
+        result: { description: 'The result of a completed task as JSON.' },
+        progress: { description: 'The last progress value its handler reported (ctx.progress); null: none.' },
+        attempts: {
+          type: 'array',
+          items: {
+            type: 'object',
+            properties: {
+              number: { type: 'integer' },
+              outcome: { type: 'string', enum: TASK_STATES },
+              nodeId: { ...uuid, nullable: true },
+              nodeName: nullableString,
+              startedAt: nullableDate,
+              endedAt: nullableDate,
+              error: nullableString,
+              progress: {},
+            },
+          },
+        },
+        waitsFor: { type: 'array', items: waitLink },
+        waitedBy: { type: 'array', items: waitLink },
+        children: { type: 'array', items: taskLink },
+        childCount: { type: 'integer' },
+      },
+    },
+    '4xx': errorSchema,
+  },
+} as const;
+
+export const workflowGraphSchema = {
+  summary: "A workflow's tasks and the edges between them (the workflow page)",
+  tags: ['workflows'],
+  description:
+    'Edges: parent to child, and the joins and dependencies still pending (a wait is kept only until the task waited for ends).',
+  params: idParams,
+  querystring: {
+    type: 'object',
+    additionalProperties: false,
+    properties: {
+      limit: {
+        type: 'integer',
+        minimum: 1,
+        maximum: WORKFLOW_GRAPH_DEFAULTS.maxLimit,
+        default: WORKFLOW_GRAPH_DEFAULTS.limit,
+        description: 'Tasks listed at most (the oldest first).',
+      },
+    },
+  },
+  response: {
+    200: {
+      type: 'object',
+      properties: {
+        id: uuid,
+        total: { type: 'integer', description: 'Tasks of the workflow in all.' },
+        tasks: {
+          type: 'array',
+          items: {
+            type: 'object',
+            properties: {
+              ...taskLink.properties,
+              parentId: { ...uuid, nullable: true },
+              isJoin: { type: 'boolean', nullable: true },
+              attempts: { type: 'integer' },
+            },
+          },
+        },
+        edges: {
+          type: 'array',
+          items: {
+            type: 'object',
+            properties: {
+              from: uuid,
+              to: uuid,
+              kind: { type: 'string', enum: ['child', 'join', 'dependency'] },
+            },
+          },
+        },
+      },
+    },
+    '4xx': errorSchema,
+  },
+} as const;
+
+const keyLimit = {
+  type: 'integer',
+  minimum: 1,
+  maximum: KEY_VIEW_DEFAULTS.maxLimit,
+  default: KEY_VIEW_DEFAULTS.limit,
+  description: 'Tasks listed at most per list.',
+} as const;
+
+const keyTask = {
+  type: 'object',
+  properties: {
+    ...taskLink.properties,
+    workflowId: uuid,
+    priority: { type: 'integer' },
+    nodeId: { ...uuid, nullable: true },
+    nodeName: nullableString,
+    assignedAt: nullableDate,
+    notBefore: { type: 'string', format: 'date-time' },
+    createdAt: { type: 'string', format: 'date-time' },
+  },
+} as const;
+
+const keyViewProperties = {
+  holders: { type: 'array', items: keyTask, description: 'Tasks holding the key: assigned or running.' },
+  waiting: { type: 'array', items: keyTask, description: 'Pending tasks of the key without a node.' },
+  heldCount: { type: 'integer' },
+  waitingCount: { type: 'integer' },
+} as const;
+
+export const affinityKeySchema = {
+  summary: 'What holds an affinity key and what waits on it',
+  tags: ['keys'],
+  querystring: {
+    type: 'object',
+    additionalProperties: false,
+    required: ['affinity'],
+    properties: {
+      affinity: { type: 'string', minLength: 1, maxLength: 1000 },
+      group: { type: 'string', maxLength: 1000, default: '', description: 'Empty: the default group.' },
+      limit: keyLimit,
+    },
+  },
+  response: {
+    200: {
+      type: 'object',
+      properties: {
+        group: { type: 'string' },
+        affinity: { type: 'string' },
+        activeWorkflowId: {
+          ...uuid,
+          nullable: true,
+          description: 'The oldest pending workflow of the key: the one whose tasks may run.',
+        },
+        ...keyViewProperties,
+      },
+    },
+    '4xx': errorSchema,
+  },
+} as const;
+
+export const concurrencyKeySchema = {
+  summary: 'What holds a concurrency key and what waits on it',
+  tags: ['keys'],
+  querystring: {
+    type: 'object',
+    additionalProperties: false,
+    required: ['key'],
+    properties: { key: { type: 'string', minLength: 1, maxLength: 1000 }, limit: keyLimit },
+  },
+  response: {
+    200: { type: 'object', properties: { key: { type: 'string' }, ...keyViewProperties } },
+    '4xx': errorSchema,
+  },
+} as const;
+
+export const busiestKeysSchema = {
+  summary: 'The affinity or concurrency keys with the most pending tasks',
+  tags: ['keys'],
+  querystring: {
+    type: 'object',
+    additionalProperties: false,
+    required: ['kind'],
+    properties: { kind: { type: 'string', enum: ['affinity', 'concurrency'] }, limit: keyLimit },
+  },
+  response: {
+    200: {
+      type: 'object',
+      properties: {
+        keys: {
+          type: 'array',
+          items: {
+            type: 'object',
+            properties: {
+              group: { type: 'string' },
+              key: { type: 'string' },
+              held: { type: 'integer' },
+              waiting: { type: 'integer' },
+            },
+          },
+        },
+      },
+    },
+    '4xx': errorSchema,
+  },
+} as const;

@@ -1,12 +1,11 @@
 /**
  * The HTTP server of a taskmill cluster (fastify): the JSON API under /api (schema-validated; a bad
  * request gets a 4xx with a message and changes nothing), health and readiness probes, Prometheus
- * metrics, the OpenAPI document and the dashboard page. It runs standalone (`taskmill serve`) or inside
+ * metrics, the OpenAPI document and the dashboard pages. It runs standalone (`taskmill serve`) or inside
  * a node process (`taskmill node --http`), where it also exports that node's metrics.
  *
  * States: built -> listening -> closed. `close()` is idempotent; it closes the pool only if it opened it.
  */
-import { readFileSync } from 'node:fs';
 import swagger from '@fastify/swagger';
 import Fastify, {
   LogController,
@@ -28,17 +27,14 @@ export { HTTP_DEFAULTS };
 import { registerClusterRoutes } from './cluster-routes.ts';
 import { registerCronRoutes } from './cron-routes.ts';
 import { registerDeadLetterRoutes } from './dead-letter-routes.ts';
+import { registerKeyRoutes } from './key-routes.ts';
+import { registerPageRoutes } from './page-routes.ts';
 import { parseQuery } from './schemas.ts';
 import { PlannerWaker } from './planner-waker.ts';
 import { SubmitBatcher } from './submit-batcher.ts';
 import { registerTaskRoutes } from './task-routes.ts';
 import { registerWorkflowRoutes } from './workflow-routes.ts';
 import { ConnectionClient } from '../store/connections.ts';
-
-const DASHBOARD_HTML = readFileSync(new URL('./dashboard.html', import.meta.url), 'utf8');
-// The dashboard loads nothing from elsewhere; the policy makes sure of it.
-const DASHBOARD_CSP =
-  "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src 'self' data:";
 
 const STATUS_OF: Partial<Record<TaskmillErrorCode, number>> = {
   INVALID_ARGUMENT: 400,
@@ -211,18 +207,13 @@ export async function buildHttpApp(options: HttpServerOptions = {}): Promise<Fas
     return reply.header('content-type', metrics.contentType).send(await metrics.metrics());
   });
   app.get('/openapi.json', { schema: { hide: true } }, async () => app.swagger());
-  app.get('/', { schema: { hide: true } }, async (_request, reply) =>
-    reply
-      .header('content-type', 'text/html; charset=utf-8')
-      .header('content-security-policy', DASHBOARD_CSP)
-      .send(DASHBOARD_HTML),
-  );
-
+  registerPageRoutes(app);
   registerTaskRoutes(app, { pool, client, metrics, waker, batcher });
   registerClusterRoutes(app, { pool, nodeTimeoutMs: options.nodeTimeoutMs });
   registerWorkflowRoutes(app, { pool });
   registerDeadLetterRoutes(app, { pool });
   registerCronRoutes(app, { pool, nodeTimeoutMs: options.nodeTimeoutMs });
+  registerKeyRoutes(app, { pool });
   return app;
 }
 

@@ -6,6 +6,8 @@ import { TaskmillError } from '../task/errors.ts';
 import type { ServerResponse } from 'node:http';
 import type { TaskInfo, TaskmillClient } from '../client/client.ts';
 import { listTasks } from '../store/inspect.ts';
+import { taskDetail } from '../store/task-detail.ts';
+import { decode } from '../task/codec.ts';
 import type { TaskmillMetrics } from '../node/metrics.ts';
 import type { PlannerWaker } from './planner-waker.ts';
 import type { SubmitBatcher } from './submit-batcher.ts';
@@ -16,6 +18,7 @@ import {
   getTaskSchema,
   listTasksSchema,
   parseWait,
+  taskDetailsSchema,
   submitSchema,
   type NewTaskBody,
 } from './schemas.ts';
@@ -63,7 +66,17 @@ export function registerTaskRoutes(
   );
 
   app.get<{
-    Querystring: { state?: string[]; name?: string; workflow?: string; limit?: number; cursor?: string };
+    Querystring: {
+      state?: string[];
+      name?: string;
+      workflow?: string;
+      affinity?: string;
+      affinityGroup?: string;
+      from?: string;
+      to?: string;
+      limit?: number;
+      cursor?: string;
+    };
   }>(
     '/api/tasks',
     {
@@ -80,9 +93,28 @@ export function registerTaskRoutes(
         states: q.state as TaskStatus[] | undefined,
         name: q.name,
         workflowId: q.workflow,
+        affinity: q.affinity,
+        affinityGroup: q.affinityGroup,
+        createdFrom: q.from === undefined ? undefined : new Date(q.from),
+        createdTo: q.to === undefined ? undefined : new Date(q.to),
         limit: q.limit,
         cursor: q.cursor,
       });
+    },
+  );
+
+  app.get<{ Params: { id: string } }>(
+    '/api/tasks/:id/details',
+    { schema: taskDetailsSchema },
+    async (request) => {
+      const task = await taskDetail(pool, request.params.id);
+      if (!task) {
+        throw new TaskmillError(
+          'NOT_FOUND',
+          `No task ${request.params.id} (unknown, or past history retention).`,
+        );
+      }
+      return { ...task, message: toJson(decode(task.message)), result: toJson(decode(task.result)) };
     },
   );
 

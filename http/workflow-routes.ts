@@ -1,9 +1,10 @@
-/** Workflow routes: state counts and cancellation (client/workflows.ts). */
+/** Workflow routes: state counts, the graph of the workflow page, cancellation (client/workflows.ts). */
 import type { FastifyInstance } from 'fastify';
 import type pg from 'pg';
 import { TaskmillError } from '../task/errors.ts';
 import { cancelWorkflow, workflowStatus } from '../client/workflows.ts';
-import { cancelWorkflowSchema, workflowSchema } from './schemas.ts';
+import { workflowGraph } from '../store/workflow-graph.ts';
+import { cancelWorkflowSchema, workflowGraphSchema, workflowSchema } from './schemas.ts';
 
 export function registerWorkflowRoutes(app: FastifyInstance, { pool }: { pool: pg.Pool }): void {
   app.get<{ Params: { id: string } }>('/api/workflows/:id', { schema: workflowSchema }, async (request) => {
@@ -11,6 +12,16 @@ export function registerWorkflowRoutes(app: FastifyInstance, { pool }: { pool: p
     if (!status) throw new TaskmillError('NOT_FOUND', `No workflow ${request.params.id}.`);
     return status;
   });
+
+  app.get<{ Params: { id: string }; Querystring: { limit?: number } }>(
+    '/api/workflows/:id/graph',
+    { schema: workflowGraphSchema },
+    async (request) => {
+      const graph = await workflowGraph(pool, request.params.id, request.query.limit);
+      if (!graph) throw new TaskmillError('NOT_FOUND', `No workflow ${request.params.id}.`);
+      return graph;
+    },
+  );
 
   app.post<{ Params: { id: string } }>(
     '/api/workflows/:id/cancel',

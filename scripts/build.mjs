@@ -1,7 +1,7 @@
 // `npm run build` (also run by `npm pack` / `npm publish` through prepack): compiles the package's
 // TypeScript to dist/ (tsconfig.build.json: JavaScript, declaration files, source maps), then copies the
 // files the compiled code reads next to itself: the worker-thread and CLI entry points, the SQL
-// migrations and the dashboard page.
+// migrations and the dashboard pages.
 import { execFileSync } from 'node:child_process';
 import { cpSync, readdirSync, rmSync } from 'node:fs';
 import path from 'node:path';
@@ -13,6 +13,7 @@ const ASSETS = [
   'worker/worker-entry.mjs',
   'cli/taskmill.mjs',
   'http/dashboard.html',
+  'http/pages.html',
   ...readdirSync(path.join(root, 'migrations'))
     .filter((file) => file.endsWith('.sql'))
     .map((file) => `migrations/${file}`),

@@ -34,6 +34,17 @@ export interface TaskFilter {
   states?: TaskStatus[];
   name?: string;
   workflowId?: string;
+  /**
+   * Tasks of this affinity (in any group unless `affinityGroup` is given too). History keeps no
+   * affinity: only pending tasks and dead letters match.
+   */
+  affinity?: string;
+  /** With `affinity`: only that group's ('' is the default group). */
+  affinityGroup?: string;
+  /** Created at or after this time. */
+  createdFrom?: Date;
+  /** Created before this time. */
+  createdTo?: Date;
   /** Page size (1..1000). */
   limit?: number;
   /** `nextCursor` of the previous page. */
@@ -70,7 +81,7 @@ export interface TaskPage {
 // backwards from the cursor (ids are UUIDv7, so id order is creation order) and merged, stopping after
 // `limit` rows; a table no wanted state can be in is skipped whole ($6). States are the visible ones
 // (task-states.ts). An affinity given without a group is stored with the group '' and shown as null,
-// like no group.
+// like no group. $7-$8 the affinity key, $9-$10 the creation time range.
 const LIST_TASKS = `
   select id, name, state, workflow_id, parent_id, affinity_group, affinity, priority, attempts, node_id, not_before,
     created_at, finished_at, error, (select p.value from tm_task_progress p where p.task_id = t.id) as progress
@@ -80,7 +91,9 @@ const LIST_TASKS = `
       a.created_at, a.finished_at, a.error
     from tm_any_task a
     where a.stored_in = any($6::text[]) and ($2::text is null or a.name = $2)
-      and ($3::uuid is null or a.workflow_id = $3) and ($4::uuid is null or a.id < $4)) t
+      and ($3::uuid is null or a.workflow_id = $3) and ($4::uuid is null or a.id < $4)
+      and ($7::text is null or a.affinity = $7) and ($8::text is null or a.affinity_group = $8)
+      and ($9::timestamptz is null or a.created_at >= $9) and ($10::timestamptz is null or a.created_at < $10)) t
   where ($1::text[] is null or t.state = any($1))
   order by t.id desc
   limit $5`;
@@ -107,13 +120,36 @@ export async function listTasks(db: Queryable, filter: TaskFilter = {}): Promise
   if (filter.workflowId !== undefined && !isUuid(filter.workflowId)) {
     throw invalid(`workflow id must be a UUID, got ${JSON.stringify(filter.workflowId)}`);
   }
+  if (filter.affinity !== undefined && !(typeof filter.affinity === 'string' && filter.affinity !== '')) {
+    throw invalid(`affinity must be a non-empty string, got ${JSON.stringify(filter.affinity)}`);
+  }
+  if (filter.affinityGroup !== undefined) {
+    if (typeof filter.affinityGroup !== 'string') {
+      throw invalid(`affinity group must be a string, got ${JSON.stringify(filter.affinityGroup)}`);
+    }
+    if (filter.affinity === undefined) throw invalid('an affinity group filter needs an affinity filter too');
+  }
+  for (const [what, at] of [
+    ['from', filter.createdFrom],
+    ['to', filter.createdTo],
+  ] as const) {
+    if (at !== undefined && !(at instanceof Date && Number.isFinite(at.getTime()))) {
+      throw invalid(`${what} must be a date-time, got ${JSON.stringify(at)}`);
+    }
+  }
+  if (filter.createdFrom && filter.createdTo && filter.createdFrom >= filter.createdTo) {
+    throw invalid(
+      `from (${filter.createdFrom.toISOString()}) must be before to (${filter.createdTo.toISOString()})`,
+    );
+  }
   if (filter.cursor !== undefined && !isUuid(filter.cursor)) {
     throw invalid(`cursor must be the nextCursor of a previous page, got ${JSON.stringify(filter.cursor)}`);
   }
   const wants = (group: readonly string[]) => !states || states.some((s) => group.includes(s));
   const tables = [
     wants(PENDING_STATES) ? 'tasks' : undefined,
-    wants(ENDED_STATES) ? 'history' : undefined,
+    // History keeps no affinity: an affinity filter never matches it.
+    wants(ENDED_STATES) && filter.affinity === undefined ? 'history' : undefined,
     wants(['dead']) ? 'dead_letters' : undefined,
   ].filter((b) => b !== undefined);
   const { rows } = await query<RawTask>(db, LIST_TASKS, [
@@ -123,6 +159,10 @@ export async function listTasks(db: Queryable, filter: TaskFilter = {}): Promise
     filter.cursor ?? null,
     limit,
     tables,
+    filter.affinity ?? null,
+    filter.affinityGroup ?? null,
+    filter.createdFrom ?? null,
+    filter.createdTo ?? null,
   ]);
   const tasks = rows.map(toSummary);
   return { tasks, nextCursor: tasks.length === limit ? tasks[tasks.length - 1].id : null };
