@@ -170,6 +170,7 @@ function fakeTask(affinity?: { key: string; workflow: string }): FetchedTask {
     cancelRequested: false,
     joinInputs: [],
     traceparent: null,
+    waitedMs: 0,
   };
 }
 

@@ -117,6 +117,11 @@ export interface FetchedTask {
   joinInputs: { kind: 'r' | 'm'; from: string; payload: Buffer | null }[];
   /** W3C traceparent of the span it was scheduled under (migrations/010); null: scheduled untraced. */
   traceparent: string | null;
+  /**
+   * Schedule-to-start: ms from when it was due (its not-before time: creation, or the end of its delay,
+   * retry backoff or wait) to when its node took it, both database time.
+   */
+  waitedMs: number;
 }
 
 /** A row of FETCH_COLUMNS. */
@@ -138,6 +143,7 @@ export interface FetchedRow {
   join_from: string[] | null;
   join_payloads: (Buffer | null)[] | null;
   traceparent: string | null;
+  waited_ms: number;
 }
 
 export function toFetchedTask(r: FetchedRow): FetchedTask {
@@ -161,6 +167,7 @@ export function toFetchedTask(r: FetchedRow): FetchedTask {
       payload: r.join_payloads![i],
     })),
     traceparent: r.traceparent,
+    waitedMs: r.waited_ms,
   };
 }
 
@@ -171,7 +178,7 @@ const joinAgg = (column: string, as: string) =>
 /** What a node needs of a task it runs (RETURNING list over tm_tasks t). */
 export const FETCH_COLUMNS = `t.id, t.name, t.message, t.attempt, t.assignment, t.workflow_id, t.workflow_created_at,
   t.affinity_group, t.affinity, t.strict_affinity, t.parent_id, t.created_at, t.cancel_requested, t.traceparent,
-  ${joinAgg('kind', 'join_kinds')}, ${joinAgg('from_task', 'join_from')}, ${joinAgg('payload', 'join_payloads')}`;
+  extract(epoch from now() - t.not_before)::float8 * 1000 as waited_ms, ${joinAgg('kind', 'join_kinds')}, ${joinAgg('from_task', 'join_from')}, ${joinAgg('payload', 'join_payloads')}`;
 
 /** Takes every task assigned to the node (assigned -> running), with what joins received. */
 export async function fetchAssignedTasks(db: Queryable, nodeId: string): Promise<FetchedTask[]> {
