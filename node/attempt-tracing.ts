@@ -49,14 +49,15 @@ export function startAttempt(tracer: Tracer, task: FetchedTask, nodeId: string):
  */
 export function endAttempt(tracer: Tracer, span: Span, outcome: TaskOutcome, runMs?: number): void {
   if (runMs !== undefined) span.setAttribute(ATTRIBUTES.runMs, runMs);
-  if (outcome.kind === 'done') {
+  if (outcome.kind === 'done' && outcome.children.length > 0) {
+    const parent = traceparentOf(span);
     for (const child of outcome.children) {
       const schedule = startSpan(
         tracer,
         'schedule',
         child.name,
         { [ATTRIBUTES.taskName]: child.name, [ATTRIBUTES.taskId]: child.id, [ATTRIBUTES.taskCount]: 1 },
-        traceparentOf(span),
+        parent,
       );
       child.traceparent = traceparentOf(schedule);
       schedule.end();

@@ -7,7 +7,7 @@ import { context, propagation, trace, SpanKind } from '@opentelemetry/api';
 import { InMemorySpanExporter, SimpleSpanProcessor, type ReadableSpan } from '@opentelemetry/sdk-trace-base';
 import { NodeTracerProvider } from '@opentelemetry/sdk-trace-node';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import type { TaskmillNode } from '../index.ts';
+import { defineTask, type TaskmillNode } from '../index.ts';
 import { ATTRIBUTES, contextOf, traceparentOf } from '../log/tracing.ts';
 import { flaky, noop } from './fixtures/definitions.ts';
 import { collect, fanout, leaf } from './fixtures/workflow-definitions.ts';
@@ -15,6 +15,12 @@ import { useTestDatabase } from './helpers/database.ts';
 import { startTestNode, stopAllNodes } from './helpers/nodes.ts';
 
 const db = useTestDatabase();
+/** `fanout` as an exactly-once task: its children are committed in its worker thread's transaction. */
+const fanoutOnce = defineTask<{ width: number }>({
+  name: 'fanout-once',
+  handler: new URL('./fixtures/fanout.ts', import.meta.url),
+  guarantee: 'exactly-once',
+});
 let exporter = new InMemorySpanExporter();
 let provider: NodeTracerProvider | undefined;
 /** Runs `fanout` only. */
@@ -38,7 +44,7 @@ async function unregister(): Promise<void> {
 }
 
 beforeAll(async () => {
-  first = await startTestNode(db.url, { tasks: [fanout] });
+  first = await startTestNode(db.url, { tasks: [fanout, fanoutOnce] });
   second = await startTestNode(db.url, { tasks: [leaf, collect, flaky, noop], planner: false });
 });
 afterEach(unregister);
@@ -113,6 +119,24 @@ describe('tracing with an OpenTelemetry SDK', () => {
       expect(attr(run, 'outcome')).toBe('completed');
     }
     expect(all).toHaveLength(6);
+  });
+
+  it('puts the children an exactly-once task commits in its thread under its attempt', async () => {
+    register();
+    const id = await first.client.schedule(fanoutOnce, { message: { width: 1 } });
+    const { workflowId } = (await first.client.getTask(id))!;
+    await first.client.waitForWorkflow(workflowId, { timeoutMs: 30_000 });
+    const all = await spans();
+    const [run] = all.filter((s) => s.name === 'run fanout-once');
+    expect(attr(run, 'outcome')).toBe('completed');
+    for (const child of ['leaf', 'collect']) {
+      const [childRun] = all.filter((s) => s.name === `run ${child}`);
+      expect(parentOf(childRun)).toBe(run.spanContext().spanId);
+      expect(childRun.spanContext().traceId).toBe(run.spanContext().traceId);
+    }
+    expect(all.filter((s) => s.name.startsWith('schedule ')).map((s) => s.name)).toEqual([
+      'schedule fanout-once',
+    ]);
   });
 
   it('keeps every retry of a task under its schedule span, with each attempt and its outcome', async () => {
