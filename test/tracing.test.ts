@@ -3,6 +3,10 @@
  * over a 3-task workflow on two nodes, retries in the scheduler's trace, the caller's span as parent, the
  * traceparent column, and nothing recorded or stored without an SDK.
  */
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { pathToFileURL } from 'node:url';
 import { context, propagation, trace, SpanKind } from '@opentelemetry/api';
 import { InMemorySpanExporter, SimpleSpanProcessor, type ReadableSpan } from '@opentelemetry/sdk-trace-base';
 import { NodeTracerProvider } from '@opentelemetry/sdk-trace-node';
@@ -13,6 +17,7 @@ import { flaky, noop } from './fixtures/definitions.ts';
 import { collect, fanout, leaf } from './fixtures/workflow-definitions.ts';
 import { useTestDatabase } from './helpers/database.ts';
 import { startTestNode, stopAllNodes } from './helpers/nodes.ts';
+import { expectOk, run } from './helpers/package-project.ts';
 
 const db = useTestDatabase();
 /** `fanout` as an exactly-once task: its children are committed in its worker thread's transaction. */
@@ -170,6 +175,52 @@ describe('tracing with an OpenTelemetry SDK', () => {
       `00-${schedule.spanContext().traceId}-${schedule.spanContext().spanId}-01`,
     );
     await first.client.cancel(id);
+  });
+});
+
+describe('tracing without @opentelemetry/api', () => {
+  it('loads, and has no tracer, when the package cannot be resolved', async () => {
+    // npm installs the API with prom-client anyway; a strict layout (pnpm) may leave it out. A resolve
+    // hook plays that layout in a child process: the package is not found.
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'taskmill-no-otel-'));
+    try {
+      writeFileSync(
+        path.join(dir, 'hooks.mjs'),
+        `export async function resolve(specifier, context, next) {
+          if (specifier === '@opentelemetry/api')
+            throw Object.assign(new Error('not installed'), { code: 'ERR_MODULE_NOT_FOUND' });
+          return next(specifier, context);
+        }`,
+      );
+      writeFileSync(
+        path.join(dir, 'register.mjs'),
+        `import { register } from 'node:module';\nregister(${JSON.stringify(pathToFileURL(path.join(dir, 'hooks.mjs')).href)});`,
+      );
+      const tracing = pathToFileURL(path.resolve(import.meta.dirname, '../log/tracing.ts')).href;
+      const script = [
+        `console.log(await import('@opentelemetry/api').then(() => 'found', (e) => e.code));`,
+        `const t = await import(${JSON.stringify(tracing)});`,
+        `console.log(String(t.activeTracer()));`,
+      ].join('\n');
+      const result = expectOk(
+        await run(
+          process.execPath,
+          [
+            '--import',
+            'tsx',
+            '--import',
+            path.join(dir, 'register.mjs'),
+            '--input-type=module',
+            '-e',
+            script,
+          ],
+          { cwd: path.resolve(import.meta.dirname, '..') },
+        ),
+      );
+      expect(result.stdout).toBe('ERR_MODULE_NOT_FOUND\nundefined\n');
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
 
