@@ -169,6 +169,8 @@ function fakeTask(affinity?: { key: string; workflow: string }): FetchedTask {
     createdAt: new Date(),
     cancelRequested: false,
     joinInputs: [],
+    traceparent: null,
+    waitedMs: 0,
   };
 }
 

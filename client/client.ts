@@ -35,6 +35,7 @@ import { definitionOptions, retryOptionsAt } from '../store/task-defs.ts';
 import { Listener } from '../store/listener.ts';
 import { insertKeyedTasks } from '../store/task-keys.ts';
 import { readProgress } from '../store/progress.ts';
+import { ATTRIBUTES, activeTracer, endWithError, startSpan, traceparentOf } from '../log/tracing.ts';
 import { TaskWaiter, checkWaitOptions, type WaitForTaskOptions } from './task-waiter.ts';
 import { listFlowLimits, setConcurrencyLimit, setRateLimit, type FlowLimit } from '../store/flow.ts';
 import {
@@ -163,7 +164,9 @@ export class TaskmillClient {
           'Invalid schedule: idempotencyKey and debounce cannot be combined with dependsOn.',
         );
       }
-      const outcomes = await insertKeyedTasks(options.client ?? this.pool, rows).catch((error) => {
+      const outcomes = await this.traced(definition.name, rows, () =>
+        insertKeyedTasks(options.client ?? this.pool, rows),
+      ).catch((error) => {
         throw isUndefinedTable(error) ? notMigratedError(error) : error;
       });
       return outcomes.map((o) => o.taskId);
@@ -171,7 +174,7 @@ export class TaskmillClient {
     const waits: Wait[] = rows.flatMap((r) =>
       dependsOn.map((waitsFor) => ({ task: r.id, waitsFor, kind: 'd' as const })),
     );
-    await this.insert(rows, waits, options.client);
+    await this.traced(definition.name, rows, () => this.insert(rows, waits, options.client));
     return rows.map((r) => r.id);
   }
 
@@ -192,12 +195,39 @@ export class TaskmillClient {
     if (ids.length === 0)
       throw new TaskmillError('INVALID_ARGUMENT', 'scheduleJoin() needs at least one task id.');
     const row = newTask(definition, ctx ?? {});
-    await this.insert(
-      [row],
-      ids.map((waitsFor) => ({ task: row.id, waitsFor, kind: 'j' as const })),
-      options.client,
+    await this.traced(definition.name, [row], () =>
+      this.insert(
+        [row],
+        ids.map((waitsFor) => ({ task: row.id, waitsFor, kind: 'j' as const })),
+        options.client,
+      ),
     );
     return row.id;
+  }
+
+  /**
+   * Runs an insert of new tasks in a `schedule` span (log/tracing.ts) while an OpenTelemetry SDK is
+   * registered: a child of the caller's active span, and the parent the tasks carry (their traceparent)
+   * for their attempts on the nodes. Without an SDK, just the insert.
+   */
+  private async traced<T>(name: string, rows: NewTask[], insert: () => Promise<T>): Promise<T> {
+    const tracer = activeTracer();
+    if (!tracer) return insert();
+    const span = startSpan(tracer, 'schedule', name, {
+      [ATTRIBUTES.taskName]: name,
+      [ATTRIBUTES.taskCount]: rows.length,
+      ...(rows.length === 1 && { [ATTRIBUTES.taskId]: rows[0].id }),
+    });
+    const traceparent = traceparentOf(span);
+    for (const row of rows) row.traceparent = traceparent;
+    try {
+      const result = await insert();
+      span.end();
+      return result;
+    } catch (error) {
+      endWithError(span, error as Error);
+      throw error;
+    }
   }
 
   /** Inserts prepared rows (from newTask), with their waits, in one statement. */

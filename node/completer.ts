@@ -90,6 +90,10 @@ export interface FlushResult {
   stale: number;
   /** Every accepted outcome, with its task name (exactly-once ones too, committed by their thread). */
   accepted: Accepted[];
+  /** Outcomes this flush wrote to the database (not those exactly-once threads committed themselves). */
+  batchSize: number;
+  /** Time its statements took, ms (0 when it wrote nothing). */
+  durationMs: number;
 }
 
 /** A success waiting: its outcome, and what it becomes if the database refuses it. */
@@ -278,6 +282,8 @@ export class Completer {
       cancelled: 0,
       stale: 0,
       accepted: [],
+      batchSize: successes.length + failures.length,
+      durationMs: 0,
     };
     // Committed by their threads: reported now, whatever becomes of the statements below.
     const committed = this.committed.splice(0);
@@ -297,6 +303,7 @@ export class Completer {
     this.flushing = new Promise((resolve) => (flush = resolve));
     /** Entries neither committed nor turned into something else yet. */
     const left = new Set<Waiting<unknown>>([...successes, ...failures]);
+    const startedAt = performance.now();
     const write = async <T>(entries: Waiting<T>[], commit: (items: T[]) => Promise<Accepted[]>) => {
       const accepted = await commit(entries.map((e) => e.item));
       for (const e of entries) left.delete(e);
@@ -323,6 +330,7 @@ export class Completer {
       );
       this.retryDelayMs = 0;
       this.transientStreak = 0;
+      result.durationMs = performance.now() - startedAt;
       this.report(result, written);
       return result;
     } catch (error) {
@@ -337,6 +345,7 @@ export class Completer {
       back(failures, this.failures);
       if (isTransient(error)) this.transientStreak++;
       this.retryDelayMs = Math.min(this.maxRetryDelayMs, Math.max(50, this.retryDelayMs * 2));
+      result.durationMs = performance.now() - startedAt;
       if (written > 0) this.report(result, written);
       throw error;
     } finally {

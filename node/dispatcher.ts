@@ -40,6 +40,8 @@ import type {
 } from '../worker/protocol.ts';
 import type { Outcome } from '../task/outcome.ts';
 import type { FetchedTask } from '../store/tasks.ts';
+import { activeTracer, traceparentOf, type Span, type Tracer } from '../log/tracing.ts';
+import { endAttempt, endRerun, startAttempt } from './attempt-tracing.ts';
 
 export const DISPATCHER_DEFAULTS = {
   threads: availableParallelism(),
@@ -102,6 +104,9 @@ interface Running {
   timers: NodeJS.Timeout[];
   /** Process groups the task started and that may still be alive. */
   groups: Set<number>;
+  /** Its attempt span (attempt-tracing.ts) while an OpenTelemetry SDK is registered. */
+  span: Span | undefined;
+  tracer: Tracer | undefined;
 }
 
 /** Why the dispatcher terminated a thread: the task to charge, or none (a blocked thread, blame unknown). */
@@ -271,7 +276,10 @@ export class Dispatcher {
       }
       return { offset: at, length: bytes?.length ?? 0 };
     };
-    const envelopes: TaskEnvelope[] = tasks.map((t) => {
+    // Once per batch: without an SDK no span and no allocation per task.
+    const tracer = activeTracer();
+    const spans = tracer && tasks.map((t) => startAttempt(tracer, t, this.options.nodeId));
+    const envelopes: TaskEnvelope[] = tasks.map((t, i) => {
       const { offset: at, length } = put(t.message);
       const joinInputs = t.joinInputs.map((j) => ({ kind: j.kind, from: j.from, ...put(j.payload) }));
       return {
@@ -288,14 +296,15 @@ export class Dispatcher {
         assignment: t.assignment,
         exactlyOnce: this.options.exactlyOnce(t.name),
         joinInputs,
+        traceparent: spans ? traceparentOf(spans[i]) : null,
       } satisfies TaskEnvelope;
     });
 
     const { port1, port2 } = new MessageChannel();
     const batch: Batch = { tasks, isolated, port: port1 };
-    for (const task of tasks) {
-      this.running.set(task.id, { task, batch, timers: [], groups: new Set() });
-    }
+    tasks.forEach((task, i) => {
+      this.running.set(task.id, { task, batch, timers: [], groups: new Set(), span: spans?.[i], tracer });
+    });
     port1.on('message', (event: ThreadMessage) => {
       if (event.type === 'started') {
         batch.threadId = event.threadId;
@@ -362,6 +371,7 @@ export class Dispatcher {
   private report(event: OutcomeMessage): void {
     const running = this.finish(event.id);
     if (!running) return;
+    if (running.span) endAttempt(running.tracer!, running.span, event.outcome, event.runMs);
     this.options.onOutcome({
       ...event.outcome,
       task: running.task,
@@ -392,18 +402,24 @@ export class Dispatcher {
           this.distrust(task.id);
           this.died(running, error);
         } else if (termination.culprit === undefined) {
-          this.runBatch([task], true);
+          this.rerun(running, error, () => this.runBatch([task], true));
         } else {
-          this.dispatch([task]);
+          this.rerun(running, error, () => this.dispatch([task]));
         }
       } else if (batch.isolated && batch.threadId !== undefined) {
         // Alone on its thread, which died by itself: this task did it.
         this.distrust(task.id);
         this.died(running, error);
       } else {
-        this.runBatch([task], true);
+        this.rerun(running, error, () => this.runBatch([task], true));
       }
     }
+  }
+
+  /** Runs a task again, uncharged, after its thread died; its attempt span ends here, the rerun opens one. */
+  private rerun(running: Running, error: unknown, again: () => void): void {
+    if (running.span) endRerun(running.span, error);
+    again();
   }
 
   private distrust(id: string): void {
@@ -433,13 +449,13 @@ export class Dispatcher {
                   ? ' (the thread heap limit is the node option threadHeapLimitMb)'
                   : ''),
             );
-    this.options.onOutcome({
-      task: running.task,
-      kind: 'failed',
+    const outcome = {
+      kind: 'failed' as const,
       error: { name: failure.name, message: failure.message, code: failure.code, stack: failure.stack },
       stopRetry: false,
-      reason,
-    });
+    };
+    if (running.span) endAttempt(running.tracer!, running.span, outcome);
+    this.options.onOutcome({ ...outcome, task: running.task, reason });
   }
 
   /** Ends a task's presence here: its timers stop and the process groups it left behind are killed. */

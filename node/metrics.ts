@@ -7,6 +7,10 @@
  *    queue depth by task and state, live and dead nodes, per-node load, the leader, tasks created, and
  *    the latency (creation to end) of tasks that ended since this exporter started.
  * Counters of scheduled tasks count what this process scheduled through the HTTP API (`recordScheduled`).
+ * Also from node events: schedule-to-start times (from 'fetched'), completer batch sizes and flush times
+ * (from 'flush'); at scrape time: the connections of each node's pg pool; and, only in the process whose
+ * node leads the cluster, the tasks waiting per key for the keys with the most, read from the database
+ * at most every `keyStatsIntervalMs`. docs/observability.md lists every metric.
  *
  * Written by node event handlers and scrape collectors, both on the main thread.
  */
@@ -19,6 +23,9 @@ import type { PassResult } from '../planner/planner.ts';
 import { listNodes, queueDepths, type NodeInfo, type QueueDepth } from '../store/inspect.ts';
 import { endedLatencies, latencyWatermark } from '../store/history.ts';
 import { tasksCreated } from '../store/tasks.ts';
+import { topWaitingKeys, type WaitingKey } from '../store/key-stats.ts';
+import { TaskmillError } from '../task/errors.ts';
+import type { FetchedTask } from '../store/tasks.ts';
 import { DEPTH_STATES } from '../task/task-states.ts';
 import type { Logger } from '../log/logger.ts';
 
@@ -26,6 +33,14 @@ import type { Logger } from '../log/logger.ts';
 export const LATENCY_BUCKETS = [
   0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600,
 ];
+/** Upper bounds (seconds) of the schedule-to-start histogram: 1 ms .. 10 min. */
+export const SCHEDULE_TO_START_BUCKETS = [
+  0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 600,
+];
+/** Keys of each kind (affinity, concurrency) the per-key gauge exports. */
+export const TOP_KEYS = 10;
+/** The per-key gauge reads the database at most this often. */
+export const KEY_STATS_INTERVAL_MS = 15_000;
 /** History rows are counted once they are this old, so a transaction that commits late is not missed. */
 const LATENCY_SETTLE_MS = 2_000;
 /** Collectors of one scrape share one database snapshot younger than this. */
@@ -48,6 +63,10 @@ export interface MetricsOptions {
    * test that scrapes twice in a row and wants the second to read the database anew may use 0.
    */
   snapshotTtlMs?: number;
+  /** Keys of each kind (affinity, concurrency) in `taskmill_key_waiting_tasks` (default 10, 1..1000). */
+  topKeys?: number;
+  /** Least time between two reads of `taskmill_key_waiting_tasks` from the database (default 15 s). */
+  keyStatsIntervalMs?: number;
   log?: Logger;
 }
 
@@ -63,6 +82,9 @@ export class TaskmillMetrics {
   private readonly observed = new Set<TaskmillNode>();
   private snapshotAt = 0;
   private snapshotPromise: Promise<Snapshot | undefined> | undefined;
+  private keyStats: { at: number; keys: Promise<WaitingKey[]> } | undefined;
+  private readonly topKeys: number;
+  private readonly keyStatsIntervalMs: number;
 
   private readonly scheduled = this.counter(
     'taskmill_tasks_scheduled_total',
@@ -144,6 +166,25 @@ export class TaskmillMetrics {
     'taskmill_planner_free_slots',
     'Free slots across live nodes before the last pass.',
   );
+  private readonly scheduleToStart = new Histogram({
+    name: 'taskmill_task_schedule_to_start_seconds',
+    help: 'Time from when a task was due (created, or its delay, retry backoff or wait over) to when a node of this process took it to run, database time, by task.',
+    labelNames: ['task'],
+    buckets: SCHEDULE_TO_START_BUCKETS,
+    registers: [this.registry],
+  });
+  private readonly completerBatch = new Histogram({
+    name: 'taskmill_completer_batch_size',
+    help: 'Outcomes one completer flush wrote to the database (exactly-once tasks commit their own).',
+    buckets: [1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500],
+    registers: [this.registry],
+  });
+  private readonly completerFlush = new Histogram({
+    name: 'taskmill_completer_flush_seconds',
+    help: 'Time one completer flush took to write its outcomes.',
+    buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
+    registers: [this.registry],
+  });
   private readonly leaderChanges = this.counter(
     'taskmill_leader_changes_total',
     'Leadership gained or lost by nodes of this process.',
@@ -151,6 +192,20 @@ export class TaskmillMetrics {
   );
 
   constructor(private readonly options: MetricsOptions = {}) {
+    this.topKeys = options.topKeys ?? TOP_KEYS;
+    this.keyStatsIntervalMs = options.keyStatsIntervalMs ?? KEY_STATS_INTERVAL_MS;
+    if (!Number.isInteger(this.topKeys) || this.topKeys < 1 || this.topKeys > 1_000) {
+      throw new TaskmillError(
+        'INVALID_CONFIG',
+        `metrics topKeys must be an integer from 1 to 1000, got ${String(options.topKeys)}.`,
+      );
+    }
+    if (!Number.isFinite(this.keyStatsIntervalMs) || this.keyStatsIntervalMs < 0) {
+      throw new TaskmillError(
+        'INVALID_CONFIG',
+        `metrics keyStatsIntervalMs must be a number of milliseconds >= 0, got ${String(options.keyStatsIntervalMs)}.`,
+      );
+    }
     if (options.processMetrics ?? true) collectDefaultMetrics({ register: this.registry });
     this.gauge(
       'taskmill_node_leader',
@@ -187,7 +242,38 @@ export class TaskmillMetrics {
         }
       },
     );
+    this.gauge(
+      'taskmill_db_pool_connections',
+      "Connections of a pg pool by state: total (open) and idle; pool is node (a node of this process) or exporter (this exporter's own).",
+      ['node', 'pool', 'state'],
+      (g) => {
+        g.reset();
+        for (const { node, pool, stats } of this.pools()) {
+          g.set({ node, pool, state: 'total' }, stats.totalCount);
+          g.set({ node, pool, state: 'idle' }, stats.idleCount);
+        }
+      },
+    );
+    this.gauge(
+      'taskmill_db_pool_waiting_clients',
+      'Queries waiting for a connection of a pg pool (all its connections are busy).',
+      ['node', 'pool'],
+      (g) => {
+        g.reset();
+        for (const { node, pool, stats } of this.pools()) g.set({ node, pool }, stats.waitingCount);
+      },
+    );
     if (!options.db) return;
+    this.gauge(
+      'taskmill_key_waiting_tasks',
+      'Tasks due and waiting to start per key, for the keys of each kind (affinity, concurrency) with the most (topKeys); exported only by the process whose node leads the cluster, read at most every keyStatsIntervalMs.',
+      ['kind', 'group', 'key'],
+      async (g) => {
+        g.reset();
+        for (const k of await this.waitingKeys())
+          g.set({ kind: k.kind, group: k.group, key: k.key }, k.waiting);
+      },
+    );
     this.gauge(
       'taskmill_cluster_up',
       'Whether the last scrape could read the database (1) or not (0).',
@@ -266,6 +352,10 @@ export class TaskmillMetrics {
     const onFlush = (flush: FlushResult) => {
       for (const a of flush.accepted) this.outcomes[a.outcome as string]?.inc({ task: a.name });
       if (flush.stale) this.stale.inc(flush.stale);
+      if (flush.batchSize > 0) {
+        this.completerBatch.observe(flush.batchSize);
+        this.completerFlush.observe(flush.durationMs / 1000);
+      }
     };
     const onPass = (pass: PassResult) => {
       if (!pass.leader) return;
@@ -278,6 +368,9 @@ export class TaskmillMetrics {
       this.freeSlots.set(pass.freeSlots);
     };
     const onLeader = () => this.leaderChanges.inc({ node: node.name });
+    const onFetched = (tasks: FetchedTask[]) => {
+      for (const t of tasks) this.scheduleToStart.observe({ task: t.name }, Math.max(0, t.waitedMs) / 1000);
+    };
     const onTask = (run: Outcome) => {
       if (run.runMs !== undefined)
         this.runDuration.observe({ task: run.task.name, outcome: outcomeLabel(run) }, run.runMs / 1000);
@@ -286,12 +379,14 @@ export class TaskmillMetrics {
     node.on('flush', onFlush);
     node.on('pass', onPass);
     node.on('leader', onLeader);
+    node.on('fetched', onFetched);
     this.observed.add(node);
     const detach = () => {
       node.off('task', onTask);
       node.off('flush', onFlush);
       node.off('pass', onPass);
       node.off('leader', onLeader);
+      node.off('fetched', onFetched);
       this.observed.delete(node);
     };
     this.detachers.push(detach);
@@ -315,6 +410,39 @@ export class TaskmillMetrics {
   close(): void {
     for (const detach of this.detachers.splice(0)) detach();
     this.registry.clear();
+  }
+
+  /** The pg pools to report: each observed node's, and the exporter's own when it is another pool. */
+  private pools(): { node: string; pool: string; stats: PoolStats }[] {
+    const out = [...this.observed].map((n) => ({
+      node: n.name,
+      pool: 'node',
+      stats: n.client.pool as PoolStats,
+    }));
+    const own = this.options.db as Partial<PoolStats> | undefined;
+    if (own && typeof own.totalCount === 'number' && !out.some((p) => p.stats === own))
+      out.push({ node: '', pool: 'exporter', stats: own as PoolStats });
+    return out;
+  }
+
+  /**
+   * The keys with the most waiting tasks while a node of this process leads the cluster (one exporter
+   * reads them, not every one), read anew at most every keyStatsIntervalMs; none otherwise.
+   */
+  private waitingKeys(): Promise<WaitingKey[]> {
+    const db = this.options.db;
+    if (!db || ![...this.observed].some((n) => n.isLeader)) {
+      this.keyStats = undefined;
+      return Promise.resolve([]);
+    }
+    if (this.keyStats && Date.now() - this.keyStats.at < this.keyStatsIntervalMs) return this.keyStats.keys;
+    const keys = topWaitingKeys(db, this.topKeys).catch((error: unknown) => {
+      this.options.log?.warn({ err: error }, 'metrics: cannot read the waiting keys');
+      this.keyStats = undefined;
+      return [];
+    });
+    this.keyStats = { at: Date.now(), keys };
+    return keys;
   }
 
   private snapshot(): Promise<Snapshot | undefined> {
@@ -371,6 +499,9 @@ export class TaskmillMetrics {
     return gauge;
   }
 }
+
+/** What a pg.Pool says of its connections. */
+type PoolStats = Pick<pg.Pool, 'totalCount' | 'idleCount' | 'waitingCount'>;
 
 interface LatencySeries {
   labels: { task: string; outcome: string };

@@ -61,6 +61,11 @@ export interface TaskmillNodeEvents {
    * reported it (task/outcome.ts; `outcomeLabel()` names it), with its task and run time.
    */
   task: [Outcome<FetchedTask>];
+  /**
+   * Tasks this node took to run (fetched, or handed over by its own planner), each with `waitedMs`, its
+   * schedule-to-start time. Emitted once per batch, only while someone listens.
+   */
+  fetched: [FetchedTask[]];
   pass: [PassResult];
   flush: [FlushResult];
   leader: [boolean];
@@ -341,6 +346,7 @@ export class TaskmillNode extends EventEmitter<TaskmillNodeEvents> {
 
   /** Tasks now running on this node (fetched, or delivered by the local planner). */
   private accept(tasks: FetchedTask[]): void {
+    if (tasks.length > 0 && this.listenerCount('fetched') > 0) this.emit('fetched', tasks);
     for (const task of tasks) {
       if (task.cancelRequested) this.outcomes.cancelledBeforeStart(task);
       else this.mailboxes.push(task);

@@ -25,12 +25,13 @@ export async function insertTasks(db: Queryable, tasks: NewTask[], notify = true
   if (tasks.length === 0) return;
   await db.query(
     notify ? INSERT_TASKS_AND_WAKE_PLANNER : `select count(*)::int as inserted from ${INSERT_KEYED_TASKS}`,
-    [...insertParams(tasks), concurrencyKeys(tasks)],
+    [...insertParams(tasks), concurrencyKeys(tasks), traceparents(tasks)],
   );
 }
 
-/** tm_insert_tasks with the concurrency keys (migrations/007) as $15. */
-const INSERT_KEYED_TASKS = `tm_insert_tasks(${INSERT_TASKS_ARGS}, c_concurrency_key => $15::text[])`;
+/** tm_insert_tasks with the concurrency keys (migrations/007) as $15 and the trace context (010) as $16. */
+const INSERT_KEYED_TASKS = `tm_insert_tasks(${INSERT_TASKS_ARGS}, c_concurrency_key => $15::text[],
+  c_traceparent => $16::text[])`;
 
 const INSERT_TASKS_AND_WAKE_PLANNER = `select count(*)::int as inserted, tm_wake_planner()
   from ${INSERT_KEYED_TASKS}`;
@@ -47,6 +48,14 @@ export interface Wait {
   kind: 'j' | 'd';
 }
 
+/**
+ * The trace context (W3C traceparent) of new tasks, or null when none has one: tracing off costs one
+ * scan and no array.
+ */
+export function traceparents(tasks: NewTask[]): (string | null)[] | null {
+  return tasks.some((t) => t.traceparent) ? tasks.map((t) => t.traceparent ?? null) : null;
+}
+
 /** Inserts tasks that wait for others, checking the targets (tm_schedule_waiting); wakes the planner. */
 export async function insertWaitingTasks(db: Queryable, tasks: NewTask[], waits: Wait[]): Promise<void> {
   if (tasks.some((t) => t.concurrencyKey)) {
@@ -56,12 +65,13 @@ export async function insertWaitingTasks(db: Queryable, tasks: NewTask[], waits:
     );
   }
   await db.query(
-    `select tm_schedule_waiting($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)`,
+    `select tm_schedule_waiting($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)`,
     [
       ...insertParams(tasks),
       waits.map((w) => w.task),
       waits.map((w) => w.waitsFor),
       waits.map((w) => w.kind),
+      traceparents(tasks),
     ],
   );
 }
@@ -105,6 +115,13 @@ export interface FetchedTask {
   cancelRequested: boolean;
   /** For join tasks: what the joined branch delivered (kind 'r' result, 'm' message), in order. */
   joinInputs: { kind: 'r' | 'm'; from: string; payload: Buffer | null }[];
+  /** W3C traceparent of the span it was scheduled under (migrations/010); null: scheduled untraced. */
+  traceparent: string | null;
+  /**
+   * Schedule-to-start: ms from when it was due (its not-before time: creation, or the end of its delay,
+   * retry backoff or wait) to when its node took it, both database time.
+   */
+  waitedMs: number;
 }
 
 /** A row of FETCH_COLUMNS. */
@@ -125,6 +142,8 @@ export interface FetchedRow {
   join_kinds: string[] | null;
   join_from: string[] | null;
   join_payloads: (Buffer | null)[] | null;
+  traceparent: string | null;
+  waited_ms: number;
 }
 
 export function toFetchedTask(r: FetchedRow): FetchedTask {
@@ -147,6 +166,8 @@ export function toFetchedTask(r: FetchedRow): FetchedTask {
       from: r.join_from![i],
       payload: r.join_payloads![i],
     })),
+    traceparent: r.traceparent,
+    waitedMs: r.waited_ms,
   };
 }
 
@@ -156,8 +177,8 @@ const joinAgg = (column: string, as: string) =>
 
 /** What a node needs of a task it runs (RETURNING list over tm_tasks t). */
 export const FETCH_COLUMNS = `t.id, t.name, t.message, t.attempt, t.assignment, t.workflow_id, t.workflow_created_at,
-  t.affinity_group, t.affinity, t.strict_affinity, t.parent_id, t.created_at, t.cancel_requested,
-  ${joinAgg('kind', 'join_kinds')}, ${joinAgg('from_task', 'join_from')}, ${joinAgg('payload', 'join_payloads')}`;
+  t.affinity_group, t.affinity, t.strict_affinity, t.parent_id, t.created_at, t.cancel_requested, t.traceparent,
+  extract(epoch from now() - t.not_before)::float8 * 1000 as waited_ms, ${joinAgg('kind', 'join_kinds')}, ${joinAgg('from_task', 'join_from')}, ${joinAgg('payload', 'join_payloads')}`;
 
 /** Takes every task assigned to the node (assigned -> running), with what joins received. */
 export async function fetchAssignedTasks(db: Queryable, nodeId: string): Promise<FetchedTask[]> {
@@ -246,11 +267,12 @@ export function completeParams(nodeId: string, done: Completion[]): unknown[] {
     messages.map((m) => m[0]),
     messages.map((m) => m[1]),
     messages.map((m) => m[2]),
+    traceparents(children),
   ];
 }
 
 const COMPLETE_SQL = `select id, name, outcome from tm_complete($1, $2, $3, $4,
-  $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23)`;
+  $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24)`;
 
 /**
  * Completes tasks: fenced delete from the hot table, outcome into history, children inserted only for

@@ -73,6 +73,11 @@ export interface NewTask {
   key?: TaskKey;
   /** The schedule's concurrencyKey; absent or null: none. */
   concurrencyKey?: string | null;
+  /**
+   * W3C traceparent of the span it is scheduled under (log/tracing.ts): the scheduling client's span, or
+   * its parent's attempt span. Absent or null: untraced.
+   */
+  traceparent?: string | null;
 }
 
 /** Task names: 1-200 letters, digits or _ . : - (no spaces, markup or control characters). */
@@ -129,6 +134,8 @@ export interface Inherited {
   workflowCreatedAt: string;
   affinityGroup: string | null;
   affinity: string | null;
+  /** The parent's attempt span (W3C traceparent), which a child is scheduled under; null: untraced. */
+  traceparent?: string | null;
 }
 
 /** Validates a schedule context and builds the row; throws before anything is written. */
@@ -205,6 +212,7 @@ export function newTask(def: TaskDefinition, ctx: ScheduleContext = {}, inherite
     state: 'ready',
     ...(key && { key }),
     ...(concurrencyKey !== undefined && { concurrencyKey }),
+    ...(inherited?.traceparent && { traceparent: inherited.traceparent }),
   };
 }
 

@@ -54,6 +54,11 @@ export interface TaskEnvelope {
   assignment: number;
   exactlyOnce: boolean;
   joinInputs: JoinInput[];
+  /**
+   * W3C traceparent of the task's attempt span, which the main thread opened around this run (node/
+   * attempt-tracing.ts); the handler's children are scheduled under it. null: untraced.
+   */
+  traceparent: string | null;
 }
 
 export interface BatchRequest {

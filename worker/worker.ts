@@ -151,6 +151,7 @@ async function runOne(task: TaskEnvelope, bytes: Uint8Array, signal: AbortSignal
     workflowCreatedAt: task.workflowCreatedAt,
     affinityGroup: task.affinityGroup,
     affinity: task.affinity,
+    traceparent: task.traceparent,
   };
   const slice = (offset: number, length: number) => bytes.subarray(offset, offset + length);
   const ctx: TaskContext = {
