@@ -427,6 +427,7 @@ export const workflowSchema = {
           [
             'ready',
             'waiting',
+            'sleeping',
             'assigned',
             'running',
             'completed',

@@ -180,7 +180,7 @@ export type FailedAttemptOutcome = FailedOutcome & { task: Fence; settlement: Fa
 export interface Accepted {
   id: string;
   name: string;
-  outcome: 'completed' | 'retried' | 'dead' | 'failed' | 'cancelled';
+  outcome: 'completed' | 'retried' | 'dead' | 'failed' | 'cancelled' | 'suspended';
 }
 
 const bytes = (b: Uint8Array | null) => (b ? Buffer.from(b.buffer, b.byteOffset, b.byteLength) : null);
@@ -297,7 +297,7 @@ export async function releaseTasks(db: Queryable, nodeId: string, ids?: string[]
 }
 
 export type TaskState =
-  'ready' | 'assigned' | 'running' | 'waiting' | 'completed' | 'failed' | 'cancelled' | 'dead';
+  'ready' | 'assigned' | 'running' | 'waiting' | 'sleeping' | 'completed' | 'failed' | 'cancelled' | 'dead';
 
 export interface TaskRecord {
   id: string;
