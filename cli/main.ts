@@ -14,6 +14,7 @@ import { registerNodeCommand } from './commands/node.ts';
 import { registerServeCommand } from './commands/serve.ts';
 import { registerScheduleCommand } from './commands/schedule.ts';
 import { registerDltCommands } from './commands/dlt.ts';
+import { registerEventCommands } from './commands/event.ts';
 import { registerCronCommands } from './commands/cron.ts';
 import { registerBenchCommands } from './commands/bench.ts';
 import { EXIT, exitCodeOf, type CliIo } from './output.ts';
@@ -105,6 +106,7 @@ export function buildProgram(ctx: CommandContext): Command {
   lazy('task')(program, ctx);
   lazy('workflow')(program, ctx);
   registerDltCommands(program, ctx);
+  registerEventCommands(program, ctx);
   registerCronCommands(program, ctx);
   registerBenchCommands(program, ctx);
   return program;

@@ -8,6 +8,7 @@ import { SCHEDULE_LIMITS } from '../task/schedule-context.ts';
 import { TASK_NAME_PATTERN } from '../task/task-definition.ts';
 import { INSPECT_DEFAULTS } from '../store/inspect.ts';
 import { DEPTH_STATES, TASK_STATES } from '../task/task-states.ts';
+import { MAX_EVENT_NAME_LENGTH } from '../task/events.ts';
 
 export const MAX_TASKS_PER_REQUEST = 10_000;
 /** The longest wait of `GET /api/tasks/:id?wait=`: under the idle timeouts of common proxies. */
@@ -522,6 +523,39 @@ export const getDeadLetterSchema = {
 } as const;
 
 const ids = { type: 'array', minItems: 1, maxItems: 10_000, items: uuid } as const;
+
+export const sendEventSchema = {
+  summary: 'Send an event to the tasks waiting for it (ctx.waitForEvent): returns how many it woke',
+  description:
+    "Every task waiting for (name, key) gets the payload as its wait's result and becomes ready, in one " +
+    'transaction. An event reaches only tasks already waiting; 0 woken is not an error. docs/durable-waits.md.',
+  tags: ['events'],
+  body: {
+    type: 'object',
+    additionalProperties: false,
+    required: ['name', 'key'],
+    properties: {
+      name: {
+        type: 'string',
+        minLength: 1,
+        maxLength: MAX_EVENT_NAME_LENGTH,
+        description: 'The event name.',
+      },
+      key: {
+        type: 'string',
+        maxLength: MAX_EVENT_NAME_LENGTH,
+        description: "Which occurrence (an order id...): the waiters' `key`.",
+      },
+      payload: {
+        description: 'Any JSON value (default null); stored as msgpack and returned to the waiters.',
+      },
+    },
+  },
+  response: {
+    200: { type: 'object', properties: { woken: { type: 'integer' } } },
+    '4xx': errorSchema,
+  },
+} as const;
 
 export const requeueSchema = {
   summary: 'Requeue dead letters as ready tasks (same ids): exactly one of ids, name, all',

@@ -28,6 +28,7 @@ export { HTTP_DEFAULTS };
 import { registerClusterRoutes } from './cluster-routes.ts';
 import { registerCronRoutes } from './cron-routes.ts';
 import { registerDeadLetterRoutes } from './dead-letter-routes.ts';
+import { registerEventRoutes } from './event-routes.ts';
 import { parseQuery } from './schemas.ts';
 import { PlannerWaker } from './planner-waker.ts';
 import { SubmitBatcher } from './submit-batcher.ts';
@@ -222,6 +223,7 @@ export async function buildHttpApp(options: HttpServerOptions = {}): Promise<Fas
   registerClusterRoutes(app, { pool, nodeTimeoutMs: options.nodeTimeoutMs });
   registerWorkflowRoutes(app, { pool });
   registerDeadLetterRoutes(app, { pool });
+  registerEventRoutes(app, { client });
   registerCronRoutes(app, { pool, nodeTimeoutMs: options.nodeTimeoutMs });
   return app;
 }

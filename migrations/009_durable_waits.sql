@@ -4,11 +4,12 @@
 --   done     ctx.step(name, fn) finished; `result` is its msgpack value (null: undefined)
 --   sleep    ctx.sleep(ms) began; `wake_at` is when it ends (fixed by the first attempt that slept)
 --   wait     ctx.waitForEvent(name, { key, timeoutMs }) waits for (event_name, event_key) until
---            `wake_at` ('infinity' without a timeout)
+--            `wake_at` (null without a timeout)
 --   event    that wait received an event; `result` is its msgpack payload
 --   timeout  that wait's timeout passed first
 -- A task waiting (sleep or event) is a hot-table row in the new stored state 'sleeping', with no node
--- and `not_before` = when its wait ends. It holds no worker thread, no connection and no concurrency
+-- and `not_before` = when its wait ends (9999-12-31 for a wait without a timeout: a date every reader
+-- of not_before can show, unlike 'infinity'). It holds no worker thread, no connection and no concurrency
 -- slot. Everything is decided from rows, under the task row's lock, which every function here takes
 -- first (so they serialize per task):
 --   tm_suspend        the worker thread ends an attempt on a wait: fenced, records the wait, and puts
@@ -90,8 +91,7 @@ begin
   insert into tm_task_steps (task_id, name, kind, event_name, event_key, wake_at)
   values (p_task, p_step, case when p_event is null then 'sleep' else 'wait' end, p_event, p_key,
     case when p_event is null then now() + p_sleep_ms * interval '1 millisecond'
-      when p_timeout_ms is null then 'infinity'
-      else now() + p_timeout_ms * interval '1 millisecond' end)
+      when p_timeout_ms is not null then now() + p_timeout_ms * interval '1 millisecond' end)
   on conflict (task_id, name) do nothing;
   select s.kind, s.wake_at into v_kind, v_wake from tm_task_steps s where s.task_id = p_task and s.name = p_step;
 
@@ -100,7 +100,8 @@ begin
     perform tm_wake_planner();
     return 'ready';
   end if;
-  update tm_tasks set state = 'sleeping', node_id = null, not_before = v_wake where id = p_task;
+  update tm_tasks set state = 'sleeping', node_id = null,
+    not_before = coalesce(v_wake, timestamptz '9999-12-31 00:00:00+00') where id = p_task;
   perform tm_wake_planner();
   return 'sleeping';
 end $$;

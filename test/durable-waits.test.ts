@@ -10,6 +10,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { defineTask, type TaskmillNode } from '../index.ts';
+import { runCli } from '../cli/main.ts';
+import { EXIT } from '../cli/output.ts';
+import { startHttpServer, type HttpServer } from '../http/server.ts';
+import { createLogger } from '../log/logger.ts';
 import { encode } from '../task/codec.ts';
 import { saveStep, suspendTask } from '../store/steps.ts';
 import { count, until, useTestDatabase, waitForTasks } from './helpers/database.ts';
@@ -29,6 +33,7 @@ const db = useTestDatabase();
 const dir = mkdtempSync(join(tmpdir(), 'taskmill-durable-'));
 const log = join(dir, 'steps.log');
 let node: TaskmillNode;
+let server: HttpServer;
 let tags = 0;
 
 beforeAll(async () => {
@@ -38,10 +43,34 @@ beforeAll(async () => {
     maxParallelTasksInNode: 1,
     historyRetentionMs: 60_000,
   });
+  server = await startHttpServer({ connectionString: db.url, port: 0, log: createLogger('silent') });
 });
 afterAll(async () => {
+  await server?.close();
   await stopAllNodes();
 });
+
+async function cli(...args: string[]): Promise<{ code: number; out: string; err: string }> {
+  let out = '';
+  let err = '';
+  const code = await runCli(['--database-url', db.url, ...args], {
+    out: (s) => (out += s),
+    err: (s) => (err += s),
+    env: { PATH: process.env.PATH },
+    cwd: process.cwd(),
+    signal: new AbortController().signal,
+  });
+  return { code, out, err };
+}
+
+async function post(path: string, body: unknown): Promise<{ status: number; body: Record<string, unknown> }> {
+  const response = await fetch(server.url + path, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify(body),
+  });
+  return { status: response.status, body: (await response.json()) as Record<string, unknown> };
+}
 
 function schedule(plan: DurableItem[], catchErrors = false): Promise<{ id: string; tag: string }> {
   const tag = `t${++tags}`;
@@ -176,6 +205,39 @@ describe('ctx.waitForEvent and sendEvent', () => {
       code: 'INVALID_ARGUMENT',
     });
     await expect(node.client.sendEvent('e', 'k', () => 1)).rejects.toMatchObject({ code: 'ENCODE_FAILED' });
+  });
+});
+
+describe('events over HTTP and the CLI', () => {
+  it('POST /api/events and `taskmill event send` wake the waiters and say how many', async () => {
+    const a = await schedule([{ event: 'approved', key: 'doc-1' }]);
+    const b = await schedule([{ event: 'approved', key: 'doc-2' }]);
+    await until(async () => (await state(a.id)) === 'sleeping' && (await state(b.id)) === 'sleeping');
+    const listed = await cli('task', 'list', '--state', 'sleeping', '--json');
+    expect(listed.code).toBe(EXIT.OK);
+    expect((JSON.parse(listed.out) as { tasks: { id: string }[] }).tasks.map((t) => t.id)).toEqual(
+      expect.arrayContaining([a.id, b.id]),
+    );
+
+    expect(await post('/api/events', { name: 'approved', key: 'doc-1', payload: { by: 'ann' } })).toEqual({
+      status: 200,
+      body: { woken: 1 },
+    });
+    expect(await post('/api/events', { name: '', key: 'doc-1' })).toMatchObject({ status: 400 });
+    expect(await post('/api/events', { name: 'approved' })).toMatchObject({ status: 400 });
+
+    expect(await cli('event', 'send', 'approved', 'doc-2', '--payload', '{"by":"bob"}')).toMatchObject({
+      code: EXIT.OK,
+      out: 'woke 1 task\n',
+    });
+    expect(await cli('event', 'send', 'approved', 'doc-2', '--payload', '{bad', '--json')).toMatchObject({
+      code: EXIT.USAGE,
+    });
+    expect((await cli('event', 'send', 'approved', 'nobody', '--json')).out).toBe('{\n  "woken": 0\n}\n');
+
+    const [ta, tb] = await waitForTasks(node.client, [a.id, b.id]);
+    expect(ta.result).toEqual([{ timedOut: false, payload: { by: 'ann' } }]);
+    expect(tb.result).toEqual([{ timedOut: false, payload: { by: 'bob' } }]);
   });
 });
 
