@@ -58,7 +58,9 @@ const PURGE_SIDE_ROWS_LIMIT = 10_000;
 /**
  * Deletes what migration 008 keeps beside tasks once it is of no use: idempotency and debounce keys
  * taken before `before` that their task has let go (tm_task_key_free), and progress values last
- * written before `before` of tasks no longer pending. Returns how many rows went.
+ * written before `before` of tasks no longer pending; and what migration 009 keeps: the steps
+ * (tm_task_steps) recorded before `before` of tasks neither pending nor dead letters (a requeued dead
+ * letter keeps its finished steps). Returns how many rows went.
  */
 export async function purgeKeysAndProgress(client: Queryable, before: Date): Promise<number> {
   const { rows } = await client.query<{ n: number }>(
@@ -71,8 +73,14 @@ export async function purgeKeysAndProgress(client: Queryable, before: Date): Pro
        delete from tm_task_progress p where p.task_id in (
          select task_id from tm_task_progress g where g.updated_at < $1
            and not exists (select 1 from tm_tasks t where t.id = g.task_id) limit $2)
+       returning 1),
+     s as (
+       delete from tm_task_steps s where (s.task_id, s.name) in (
+         select task_id, name from tm_task_steps g where g.created_at < $1
+           and not exists (select 1 from tm_tasks t where t.id = g.task_id)
+           and not exists (select 1 from tm_dead_letters d where d.id = g.task_id) limit $2)
        returning 1)
-     select ((select count(*) from k) + (select count(*) from p))::int as n`,
+     select ((select count(*) from k) + (select count(*) from p) + (select count(*) from s))::int as n`,
     [before, PURGE_SIDE_ROWS_LIMIT],
   );
   return rows[0].n;

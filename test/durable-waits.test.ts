@@ -16,6 +16,7 @@ import { startHttpServer, type HttpServer } from '../http/server.ts';
 import { createLogger } from '../log/logger.ts';
 import { encode } from '../task/codec.ts';
 import { saveStep, suspendTask } from '../store/steps.ts';
+import { purgeKeysAndProgress } from '../store/history.ts';
 import { count, until, useTestDatabase, waitForTasks } from './helpers/database.ts';
 import { insertNode, insertTask } from './helpers/factory.ts';
 import { startTestNode, stopAllNodes } from './helpers/nodes.ts';
@@ -256,5 +257,32 @@ describe('fencing', () => {
     expect(await saveStep(db.pool, current, 'a', encode(1))).toBe(true);
     expect(await suspendTask(db.pool, current, { step: '#1 sleep', sleepMs: 60_000 })).toBe('sleeping');
     await node.client.cancel(task.id);
+  });
+});
+
+describe('retention', () => {
+  it('deletes the steps of ended tasks, and keeps those of pending tasks and dead letters', async () => {
+    const { id: ended } = await schedule([{ step: 'a' }]);
+    await waitForTasks(node.client, [ended]);
+    const pending = (
+      await insertTask(db.pool, { name: 'durable', state: 'sleeping', notBeforeInMs: 3_600_000 })
+    ).id;
+    const dead = '0190a5b2-0000-7000-8000-0000000000dd';
+    await db.pool.query(
+      `insert into tm_dead_letters (id, name, workflow_id, workflow_created_at, strict_affinity, message, priority,
+         attempts, error, created_at)
+       values ($1, 'durable', $1, now(), false, null, 0, 3, 'boom', now())`,
+      [dead],
+    );
+    await db.pool.query(
+      `insert into tm_task_steps (task_id, name, kind) select unnest($1::uuid[]), 'a', 'done'`,
+      [[pending, dead]],
+    );
+    const steps = (id: string) =>
+      count(db.pool, `select count(*) from tm_task_steps where task_id = $1`, [id]);
+    expect(await steps(ended)).toBe(1);
+    await purgeKeysAndProgress(db.pool, new Date(Date.now() + 60_000));
+    expect([await steps(ended), await steps(pending), await steps(dead)]).toEqual([0, 1, 1]);
+    await node.client.cancel(pending);
   });
 });
