@@ -49,19 +49,14 @@ export interface Wait {
 
 /** Inserts tasks that wait for others, checking the targets (tm_schedule_waiting); wakes the planner. */
 export async function insertWaitingTasks(db: Queryable, tasks: NewTask[], waits: Wait[]): Promise<void> {
-  if (tasks.some((t) => t.concurrencyKey)) {
-    throw new TaskmillError(
-      'INVALID_ARGUMENT',
-      'Invalid schedule: concurrencyKey cannot be combined with dependsOn or a join yet; schedule the keyed task without them.',
-    );
-  }
   await db.query(
-    `select tm_schedule_waiting($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)`,
+    `select tm_schedule_waiting($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)`,
     [
       ...insertParams(tasks),
       waits.map((w) => w.task),
       waits.map((w) => w.waitsFor),
       waits.map((w) => w.kind),
+      concurrencyKeys(tasks),
     ],
   );
 }
@@ -246,11 +241,12 @@ export function completeParams(nodeId: string, done: Completion[]): unknown[] {
     messages.map((m) => m[0]),
     messages.map((m) => m[1]),
     messages.map((m) => m[2]),
+    concurrencyKeys(children),
   ];
 }
 
 const COMPLETE_SQL = `select id, name, outcome from tm_complete($1, $2, $3, $4,
-  $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23)`;
+  $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24)`;
 
 /**
  * Completes tasks: fenced delete from the hot table, outcome into history, children inserted only for

@@ -8,6 +8,7 @@ import type { PlannerOptions } from '../planner/planner.ts';
 import { byPriority, planGroups, roundRobin } from '../planner/flow.ts';
 import { TaskmillClient, TaskmillError, defineTask } from '../index.ts';
 import { newTask } from '../task/schedule-context.ts';
+import { completeTasks } from '../store/tasks.ts';
 import { count, useTestDatabase } from './helpers/database.ts';
 import {
   heldIds,
@@ -321,12 +322,52 @@ describe('schedule', () => {
     } finally {
       await app.close();
     }
-    // Not yet with dependencies: refused before anything is written.
-    await expect(client().schedule(noop, { concurrencyKey: 'k' }, { dependsOn: [id] })).rejects.toMatchObject(
-      {
-        code: 'INVALID_ARGUMENT',
-      },
+    // With dependencies (tm_schedule_waiting) too; a bad key there is refused before anything is written.
+    const dependent = await client().schedule(noop, { concurrencyKey: 'tenant:3' }, { dependsOn: [id] });
+    const { rows: waiting } = await db.pool.query(
+      `select state, concurrency_key as k from tm_tasks where id = $1`,
+      [dependent],
     );
-    expect(await count(db.pool, `select count(*) from tm_tasks`)).toBe(2);
+    expect(waiting).toEqual([{ state: 'waiting', k: 'tenant:3' }]);
+    await expect(client().schedule(noop, { concurrencyKey: '' }, { dependsOn: [id] })).rejects.toMatchObject({
+      code: 'INVALID_ARGUMENT',
+    });
+    expect(await count(db.pool, `select count(*) from tm_tasks`)).toBe(3);
+  });
+
+  it('keeps the concurrency keys of children scheduled inside a handler, joins included (tm_complete)', async () => {
+    const nodeId = await insertNode(db.pool);
+    const [parent] = await insertTasks(db.pool, [{ state: 'running', nodeId, assignment: 1 }]);
+    const inherited = {
+      parentId: parent.id,
+      workflowId: parent.workflowId,
+      workflowCreatedAt: new Date().toISOString(),
+      affinityGroup: null,
+      affinity: null,
+    };
+    const child = newTask(noop, { concurrencyKey: 'tenant:c' }, inherited);
+    const plain = newTask(noop, {}, inherited);
+    const join = newTask(noop, { concurrencyKey: 'tenant:j' }, inherited);
+    join.state = 'waiting';
+    join.joinOf = [child.id, plain.id];
+    const accepted = await completeTasks(db.pool, nodeId, [
+      {
+        kind: 'done',
+        task: { id: parent.id, assignment: 1 },
+        result: null,
+        children: [child, plain, join],
+        joinMessages: [],
+      },
+    ]);
+    expect(accepted.map((a) => a.outcome)).toEqual(['completed']);
+    const { rows } = await db.pool.query<{ id: string; k: string }>(
+      `select id, concurrency_key as k from tm_tasks where parent_id = $1`,
+      [parent.id],
+    );
+    expect(Object.fromEntries(rows.map((r) => [r.id, r.k]))).toEqual({
+      [child.id]: 'tenant:c',
+      [plain.id]: '',
+      [join.id]: 'tenant:j',
+    });
   });
 });
