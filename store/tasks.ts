@@ -9,7 +9,6 @@
 import { errorText, type DoneOutcome, type FailedOutcome, type OutcomeTask } from '../task/outcome.ts';
 import type { NewTask } from '../task/schedule-context.ts';
 import type { FailedAttempt } from '../task/settle.ts';
-import { TaskmillError } from '../task/errors.ts';
 import { CANCEL_CHANNEL, wakePlanner } from './channels.ts';
 import type { Queryable } from './queryable.ts';
 
