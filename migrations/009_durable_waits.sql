@@ -343,3 +343,66 @@ begin
   where t.id = any(c_id) and not exists (select 1 from tm_task_waits w where w.task_id = t.id);
   perform tm_wake_planner();
 end $$;
+
+-- A dead letter keeps its task's concurrency key (migration 007), and a requeue gives it back
+-- (store/dead-letters.ts requeueDeadLetters): tm_fail is 005's with the column copied.
+alter table tm_dead_letters add column concurrency_key text not null default '';
+
+create or replace function tm_fail(
+  p_node uuid, p_ids uuid[], p_assignments integer[], p_errors text[], p_retry_ms float8[],
+  p_dead_letter boolean[], p_cancelled boolean[]
+) returns table (id uuid, name text, outcome text)
+language plpgsql set plan_cache_mode = force_custom_plan as $$
+#variable_conflict use_column
+declare
+  v_ids uuid[];
+  v_names text[];
+  v_outcomes text[];
+  v_errors text[];
+  v_retry_ms float8[];
+  v_ended uuid[];
+begin
+  -- The rows this node still holds, locked, with what becomes of each: retried (another attempt, not
+  -- cancelled), cancelled, dead (to the dead-letter table) or failed (to history).
+  with f as (
+    select * from unnest(p_ids, p_assignments, p_errors, p_retry_ms, p_dead_letter, p_cancelled)
+      as f(id, assignment, error, retry_ms, dead_letter, cancelled)),
+  fenced as (
+    select f.id, t.name, f.error, f.retry_ms, f.dead_letter, f.cancelled or t.cancel_requested as was_cancelled
+    from tm_tasks t join f on t.id = f.id
+    where tm_fenced(t, p_node, f.assignment)
+    for update of t)
+  select coalesce(array_agg(x.id), '{}'), coalesce(array_agg(x.name), '{}'), coalesce(array_agg(x.error), '{}'),
+    coalesce(array_agg(x.retry_ms), '{}'),
+    coalesce(array_agg(case when x.retry_ms is not null and not x.was_cancelled then 'retried'
+      when x.was_cancelled then 'cancelled' when x.dead_letter then 'dead' else 'failed' end), '{}')
+  into v_ids, v_names, v_errors, v_retry_ms, v_outcomes from fenced x;
+
+  update tm_tasks t set state = 'ready', node_id = null, attempt = t.attempt + 1, last_error = r.error,
+    not_before = now() + r.retry_ms * interval '1 millisecond'
+  from unnest(v_ids, v_errors, v_retry_ms, v_outcomes) as r(id, error, retry_ms, outcome)
+  where t.id = r.id and r.outcome = 'retried';
+
+  with d as (
+    select * from unnest(v_ids, v_errors, v_outcomes) as d(id, error, outcome) where d.outcome = 'dead'),
+  gone as (delete from tm_tasks t using d where t.id = d.id returning t.*, d.error as final_error)
+  insert into tm_dead_letters (id, name, workflow_id, workflow_created_at, parent_id, affinity_group, affinity,
+    strict_affinity, message, priority, attempts, error, created_at, concurrency_key)
+  select g.id, g.name, g.workflow_id, g.workflow_created_at, g.parent_id, g.affinity_group, g.affinity,
+    g.strict_affinity, g.message, g.priority, g.attempt + 1, g.final_error, g.created_at, g.concurrency_key
+  from gone g;
+
+  perform 1 from tm_move_to_history(
+    array(select o.id from unnest(v_ids, v_outcomes) as o(id, outcome) where o.outcome in ('cancelled', 'failed')),
+    array(select o.outcome from unnest(v_outcomes) as o(outcome) where o.outcome in ('cancelled', 'failed')),
+    null,
+    array(select o.error from unnest(v_errors, v_outcomes) as o(error, outcome)
+      where o.outcome in ('cancelled', 'failed')),
+    1);
+
+  select coalesce(array_agg(o.id), '{}') into v_ended
+  from unnest(v_ids, v_outcomes) as o(id, outcome) where o.outcome <> 'retried';
+  perform tm_after_end(v_ended, '{}');
+  perform tm_wake_planner();
+  return query select * from unnest(v_ids, v_names, v_outcomes);
+end $$;

@@ -8,7 +8,8 @@ import type { PlannerOptions } from '../planner/planner.ts';
 import { byPriority, planGroups, roundRobin } from '../planner/flow.ts';
 import { TaskmillClient, TaskmillError, defineTask } from '../index.ts';
 import { newTask } from '../task/schedule-context.ts';
-import { completeTasks } from '../store/tasks.ts';
+import { completeTasks, failTasks } from '../store/tasks.ts';
+import { requeueDeadLetters } from '../store/dead-letters.ts';
 import { count, useTestDatabase } from './helpers/database.ts';
 import {
   heldIds,
@@ -369,5 +370,26 @@ describe('schedule', () => {
       [plain.id]: '',
       [join.id]: 'tenant:j',
     });
+  });
+
+  it('a task keeps its concurrency key in the dead-letter table and when requeued', async () => {
+    const nodeId = await insertNode(db.pool);
+    const [task] = await insertTasks(db.pool, [{ state: 'running', nodeId, assignment: 1 }]);
+    await db.pool.query(`update tm_tasks set concurrency_key = 'tenant:d' where id = $1`, [task.id]);
+    const failed = await failTasks(db.pool, nodeId, [
+      {
+        kind: 'failed',
+        task: { id: task.id, assignment: 1 },
+        error: { name: 'Error', message: 'boom' },
+        stopRetry: true,
+        settlement: { retryDelayMs: null, deadLetter: true, cancelled: false },
+      },
+    ]);
+    expect(failed.map((f) => f.outcome)).toEqual(['dead']);
+    const key = async (table: string) =>
+      (await db.pool.query(`select concurrency_key as k from ${table} where id = $1`, [task.id])).rows[0]?.k;
+    expect(await key('tm_dead_letters')).toBe('tenant:d');
+    expect(await requeueDeadLetters(db.pool, { ids: [task.id] })).toEqual({ requeued: [task.id] });
+    expect(await key('tm_tasks')).toBe('tenant:d');
   });
 });
