@@ -40,6 +40,10 @@ export const LAZY_COMMANDS: Record<string, { summary: string; load: () => Promis
     summary: 'Look at or cancel one task',
     load: () => import('./commands/task.ts').then((m) => m.registerTaskCommands),
   },
+  limits: {
+    summary: 'List, set or remove the concurrency and rate limits of concurrency-key patterns',
+    load: () => import('./commands/limits.ts').then((m) => m.registerLimitsCommands),
+  },
   workflow: {
     summary: 'Look at, wait for or cancel a workflow',
     load: () => import('./commands/workflow.ts').then((m) => m.registerWorkflowCommands),
@@ -107,6 +111,7 @@ export function buildProgram(ctx: CommandContext): Command {
   lazy('workflow')(program, ctx);
   registerDltCommands(program, ctx);
   registerEventCommands(program, ctx);
+  lazy('limits')(program, ctx);
   registerCronCommands(program, ctx);
   registerBenchCommands(program, ctx);
   return program;

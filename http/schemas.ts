@@ -9,6 +9,7 @@ import { TASK_NAME_PATTERN } from '../task/task-definition.ts';
 import { INSPECT_DEFAULTS } from '../store/inspect.ts';
 import { DEPTH_STATES, TASK_STATES } from '../task/task-states.ts';
 import { MAX_EVENT_NAME_LENGTH } from '../task/events.ts';
+import { FLOW_LIMITS } from '../task/flow-options.ts';
 
 export const MAX_TASKS_PER_REQUEST = 10_000;
 /** The longest wait of `GET /api/tasks/:id?wait=`: under the idle timeouts of common proxies. */
@@ -555,6 +556,82 @@ export const sendEventSchema = {
     200: { type: 'object', properties: { woken: { type: 'integer' } } },
     '4xx': errorSchema,
   },
+} as const;
+
+const flowLimit = {
+  type: 'object',
+  properties: {
+    pattern: { type: 'string' },
+    concurrency: { type: 'integer', nullable: true },
+    rate: {
+      type: 'object',
+      nullable: true,
+      properties: { limit: { type: 'integer' }, windowMs: { type: 'integer' } },
+    },
+  },
+} as const;
+
+const flowLimitsResponse = {
+  200: { type: 'object', properties: { limits: { type: 'array', items: flowLimit } } },
+  '4xx': errorSchema,
+} as const;
+
+const flowPattern = {
+  type: 'string',
+  minLength: 1,
+  description: 'A concurrency key pattern: `*` matches any run of characters (docs/flow-control.md).',
+} as const;
+
+export const listFlowLimitsSchema = {
+  summary: 'The key-pattern concurrency and rate limits (client.setConcurrencyLimit / setRateLimit)',
+  tags: ['flow control'],
+  response: flowLimitsResponse,
+} as const;
+
+export const setFlowLimitSchema = {
+  summary: "Set a key pattern's concurrency and/or rate limit (null removes one); answers every limit",
+  tags: ['flow control'],
+  body: {
+    type: 'object',
+    additionalProperties: false,
+    required: ['pattern'],
+    anyOf: [{ required: ['concurrency'] }, { required: ['rate'] }],
+    properties: {
+      pattern: flowPattern,
+      concurrency: {
+        type: 'integer',
+        nullable: true,
+        minimum: 1,
+        maximum: FLOW_LIMITS.maxLimit,
+        description:
+          'Most tasks of the matching keys assigned or running at once, cluster-wide; null removes it.',
+      },
+      rate: {
+        type: 'object',
+        nullable: true,
+        additionalProperties: false,
+        required: ['limit', 'windowMs'],
+        properties: {
+          limit: { type: 'integer', minimum: 1, maximum: FLOW_LIMITS.maxLimit },
+          windowMs: { type: 'integer', minimum: 1, maximum: FLOW_LIMITS.maxWindowMs },
+        },
+        description: 'Most task starts of the matching keys in any window of windowMs; null removes it.',
+      },
+    },
+  },
+  response: flowLimitsResponse,
+} as const;
+
+export const removeFlowLimitSchema = {
+  summary: "Remove a key pattern's limits; answers every limit left",
+  tags: ['flow control'],
+  querystring: {
+    type: 'object',
+    additionalProperties: false,
+    required: ['pattern'],
+    properties: { pattern: flowPattern },
+  },
+  response: flowLimitsResponse,
 } as const;
 
 export const requeueSchema = {

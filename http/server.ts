@@ -29,6 +29,7 @@ import { registerClusterRoutes } from './cluster-routes.ts';
 import { registerCronRoutes } from './cron-routes.ts';
 import { registerDeadLetterRoutes } from './dead-letter-routes.ts';
 import { registerEventRoutes } from './event-routes.ts';
+import { registerFlowRoutes } from './flow-routes.ts';
 import { parseQuery } from './schemas.ts';
 import { PlannerWaker } from './planner-waker.ts';
 import { SubmitBatcher } from './submit-batcher.ts';
@@ -224,6 +225,7 @@ export async function buildHttpApp(options: HttpServerOptions = {}): Promise<Fas
   registerWorkflowRoutes(app, { pool });
   registerDeadLetterRoutes(app, { pool });
   registerEventRoutes(app, { client });
+  registerFlowRoutes(app, { client });
   registerCronRoutes(app, { pool, nodeTimeoutMs: options.nodeTimeoutMs });
   return app;
 }

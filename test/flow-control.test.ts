@@ -21,6 +21,8 @@ import {
 } from './helpers/factory.ts';
 import { databaseDigest, registerDefinitions } from './helpers/snapshot.ts';
 import { buildHttpApp } from '../http/server.ts';
+import { runCli } from '../cli/main.ts';
+import { EXIT } from '../cli/output.ts';
 import { createLogger } from '../log/logger.ts';
 import { noop } from './fixtures/definitions.ts';
 
@@ -391,5 +393,76 @@ describe('schedule', () => {
     expect(await key('tm_dead_letters')).toBe('tenant:d');
     expect(await requeueDeadLetters(db.pool, { ids: [task.id] })).toEqual({ requeued: [task.id] });
     expect(await key('tm_tasks')).toBe('tenant:d');
+  });
+});
+
+describe('pattern limits over HTTP and the CLI', () => {
+  it('PUT, GET and DELETE /api/flow-limits set, list and remove them; bad input is a 400 that changes nothing', async () => {
+    const app = await buildHttpApp({ pool: db.pool, log: createLogger('silent') });
+    try {
+      const call = async (method: 'GET' | 'PUT' | 'DELETE', url: string, payload?: object) => {
+        const response = await app.inject({ method, url, payload });
+        return { status: response.statusCode, body: response.json<{ limits?: unknown[] }>() };
+      };
+      const both = { pattern: 'tenant:*', concurrency: 3, rate: { limit: 10, windowMs: 1_000 } };
+      expect(await call('PUT', '/api/flow-limits', both)).toEqual({
+        status: 200,
+        body: { limits: [both] },
+      });
+      expect(
+        (await call('PUT', '/api/flow-limits', { pattern: 'tenant:*', rate: null })).body.limits,
+      ).toEqual([{ pattern: 'tenant:*', concurrency: 3, rate: null }]);
+      for (const bad of [
+        { pattern: 'x' },
+        { pattern: '', concurrency: 1 },
+        { pattern: 'x', concurrency: 0 },
+        { pattern: 'x', rate: { limit: 1 } },
+        { pattern: 'x', concurrency: 1, extra: true },
+      ]) {
+        expect((await call('PUT', '/api/flow-limits', bad)).status, JSON.stringify(bad)).toBe(400);
+      }
+      expect((await call('GET', '/api/flow-limits')).body.limits).toEqual([
+        { pattern: 'tenant:*', concurrency: 3, rate: null },
+      ]);
+      expect(await call('DELETE', '/api/flow-limits?pattern=tenant:*')).toEqual({
+        status: 200,
+        body: { limits: [] },
+      });
+      const doc = (await app.inject({ method: 'GET', url: '/openapi.json' })).json<{
+        paths: Record<string, object>;
+      }>();
+      expect(Object.keys(doc.paths['/api/flow-limits']).sort()).toEqual(['delete', 'get', 'put']);
+    } finally {
+      await app.close();
+    }
+  });
+
+  it('taskmill limits set|list|remove', async () => {
+    const cli = async (...args: string[]) => {
+      let out = '';
+      let err = '';
+      const code = await runCli(['--database-url', db.url, ...args], {
+        out: (s) => (out += s),
+        err: (s) => (err += s),
+        env: { PATH: process.env.PATH },
+        cwd: process.cwd(),
+        signal: new AbortController().signal,
+      });
+      return { code, out, err };
+    };
+    expect(
+      await cli('limits', 'set', 'api:*', '--concurrency', '2', '--rate', '5', '--window', '60000'),
+    ).toMatchObject({
+      code: EXIT.OK,
+      out: 'api:*  concurrency 2  rate 5 per 60000 ms\n',
+    });
+    expect((await cli('limits', 'set', 'api:*', '--rate', '5')).code).toBe(EXIT.USAGE);
+    expect((await cli('limits', 'set', 'api:*')).code).toBe(EXIT.USAGE);
+    expect((await cli('limits', 'set', 'api:*', '--concurrency', '0')).code).toBe(EXIT.USAGE);
+    expect(JSON.parse((await cli('limits', 'list', '--json')).out)).toEqual({
+      limits: [{ pattern: 'api:*', concurrency: 2, rate: { limit: 5, windowMs: 60_000 } }],
+    });
+    expect(await cli('limits', 'remove', 'api:*')).toMatchObject({ code: EXIT.OK, out: '(no limit)\n' });
+    expect(await client().flowLimits()).toEqual([]);
   });
 });
