@@ -11,7 +11,13 @@ export { DEFAULT_RETRY_POLICY } from './task/retry-policy.ts';
 export type { ScheduleContext } from './task/schedule-context.ts';
 export type { ConcurrencyOption, RateLimitOption } from './task/flow-options.ts';
 export type { FlowLimit } from './store/flow.ts';
-export type { TaskContext, TaskHandler, FailureHook } from './worker/task-context.ts';
+export type {
+  TaskContext,
+  TaskHandler,
+  FailureHook,
+  EventWaitOptions,
+  EventWaitResult,
+} from './worker/task-context.ts';
 export { TaskmillClient, type ClientOptions, type ScheduleOptions, type TaskInfo } from './client/client.ts';
 export { WAIT_FOR_TASK_DEFAULTS, type WaitForTaskOptions } from './client/task-waiter.ts';
 export type { ClusterOverview, ClusterNode } from './store/inspect.ts';

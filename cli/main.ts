@@ -14,6 +14,7 @@ import { registerNodeCommand } from './commands/node.ts';
 import { registerServeCommand } from './commands/serve.ts';
 import { registerScheduleCommand } from './commands/schedule.ts';
 import { registerDltCommands } from './commands/dlt.ts';
+import { registerEventCommands } from './commands/event.ts';
 import { registerCronCommands } from './commands/cron.ts';
 import { registerBenchCommands } from './commands/bench.ts';
 import { EXIT, exitCodeOf, type CliIo } from './output.ts';
@@ -38,6 +39,10 @@ export const LAZY_COMMANDS: Record<string, { summary: string; load: () => Promis
   task: {
     summary: 'Look at or cancel one task',
     load: () => import('./commands/task.ts').then((m) => m.registerTaskCommands),
+  },
+  limits: {
+    summary: 'List, set or remove the concurrency and rate limits of concurrency-key patterns',
+    load: () => import('./commands/limits.ts').then((m) => m.registerLimitsCommands),
   },
   workflow: {
     summary: 'Look at, wait for or cancel a workflow',
@@ -105,6 +110,8 @@ export function buildProgram(ctx: CommandContext): Command {
   lazy('task')(program, ctx);
   lazy('workflow')(program, ctx);
   registerDltCommands(program, ctx);
+  registerEventCommands(program, ctx);
+  lazy('limits')(program, ctx);
   registerCronCommands(program, ctx);
   registerBenchCommands(program, ctx);
   return program;

@@ -7,7 +7,13 @@ import pg from 'pg';
 import { TaskmillError, isUndefinedTable, notMigratedError } from '../task/errors.ts';
 import { FailureLog } from '../log/failure-log.ts';
 import { createLogger, type Logger } from '../log/logger.ts';
-import { newTask, isUuid, type NewTask, type ScheduleContext } from '../task/schedule-context.ts';
+import {
+  newTask,
+  isUuid,
+  SCHEDULE_LIMITS,
+  type NewTask,
+  type ScheduleContext,
+} from '../task/schedule-context.ts';
 import {
   cancelTasks,
   findTask,
@@ -19,7 +25,9 @@ import {
 } from '../store/tasks.ts';
 import { cancelWorkflow, waitForWorkflow, workflowStatus, type WorkflowStatus } from './workflows.ts';
 import { TASK_NAME_PATTERN, isTaskDefinition, type TaskDefinition } from '../task/task-definition.ts';
-import { decode } from '../task/codec.ts';
+import { decode, encode } from '../task/codec.ts';
+import { checkEventName } from '../task/events.ts';
+import { sendEvent } from '../store/steps.ts';
 import { retryPolicySchema } from '../task/retry-policy.ts';
 import {
   ENDED_STATES,
@@ -392,6 +400,18 @@ export class TaskmillClient {
     const valid =
       rate === null ? null : parseFlowOption(rateLimitOptionSchema, rate, `rate limit of ${pattern}`);
     await wrapSchemaErrors(() => setRateLimit(this.pool, pattern, valid));
+  }
+
+  /**
+   * Sends an event to the tasks waiting for it (ctx.waitForEvent(name, { key })): in one transaction,
+   * each gets `payload` (msgpack, at most SCHEDULE_LIMITS.maxMessageBytes) recorded as its wait's
+   * result and becomes ready. Returns how many tasks it woke; 0 when none waits (the event is not kept
+   * for later waiters). docs/durable-waits.md.
+   */
+  async sendEvent(name: string, key: string, payload?: unknown): Promise<number> {
+    checkEventName('sendEvent()', name, key);
+    const bytes = encode(payload ?? null, 'event payload', SCHEDULE_LIMITS.maxMessageBytes);
+    return wrapSchemaErrors(() => sendEvent(this.pool, name, key, bytes));
   }
 
   /** The key-pattern limits set by setConcurrencyLimit() and setRateLimit(). */

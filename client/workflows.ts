@@ -12,6 +12,8 @@ export interface WorkflowStatus {
   id: string;
   ready: number;
   waiting: number;
+  /** Waiting on ctx.sleep() or ctx.waitForEvent() (docs/durable-waits.md). */
+  sleeping: number;
   assigned: number;
   running: number;
   completed: number;
@@ -34,6 +36,7 @@ export async function workflowStatus(db: Queryable, id: string): Promise<Workflo
     id,
     ready: 0,
     waiting: 0,
+    sleeping: 0,
     assigned: 0,
     running: 0,
     completed: 0,
@@ -45,7 +48,7 @@ export async function workflowStatus(db: Queryable, id: string): Promise<Workflo
     done: false,
   };
   for (const { state, n } of rows) status[state as 'ready'] += n;
-  status.pending = status.ready + status.waiting + status.assigned + status.running;
+  status.pending = status.ready + status.waiting + status.sleeping + status.assigned + status.running;
   status.total = status.pending + status.completed + status.failed + status.cancelled + status.dead;
   status.done = status.pending === 0;
   return status;

@@ -10,6 +10,8 @@ import { INSPECT_DEFAULTS } from '../store/inspect.ts';
 import { KEY_VIEW_DEFAULTS } from '../store/key-views.ts';
 import { WORKFLOW_GRAPH_DEFAULTS } from '../store/workflow-graph.ts';
 import { DEPTH_STATES, TASK_STATES } from '../task/task-states.ts';
+import { MAX_EVENT_NAME_LENGTH } from '../task/events.ts';
+import { FLOW_LIMITS } from '../task/flow-options.ts';
 
 export const MAX_TASKS_PER_REQUEST = 10_000;
 /** The longest wait of `GET /api/tasks/:id?wait=`: under the idle timeouts of common proxies. */
@@ -443,6 +445,7 @@ export const workflowSchema = {
           [
             'ready',
             'waiting',
+            'sleeping',
             'assigned',
             'running',
             'completed',
@@ -537,6 +540,115 @@ export const getDeadLetterSchema = {
 } as const;
 
 const ids = { type: 'array', minItems: 1, maxItems: 10_000, items: uuid } as const;
+
+export const sendEventSchema = {
+  summary: 'Send an event to the tasks waiting for it (ctx.waitForEvent): returns how many it woke',
+  description:
+    "Every task waiting for (name, key) gets the payload as its wait's result and becomes ready, in one " +
+    'transaction. An event reaches only tasks already waiting; 0 woken is not an error. docs/durable-waits.md.',
+  tags: ['events'],
+  body: {
+    type: 'object',
+    additionalProperties: false,
+    required: ['name', 'key'],
+    properties: {
+      name: {
+        type: 'string',
+        minLength: 1,
+        maxLength: MAX_EVENT_NAME_LENGTH,
+        description: 'The event name.',
+      },
+      key: {
+        type: 'string',
+        maxLength: MAX_EVENT_NAME_LENGTH,
+        description: "Which occurrence (an order id...): the waiters' `key`.",
+      },
+      payload: {
+        description: 'Any JSON value (default null); stored as msgpack and returned to the waiters.',
+      },
+    },
+  },
+  response: {
+    200: { type: 'object', properties: { woken: { type: 'integer' } } },
+    '4xx': errorSchema,
+  },
+} as const;
+
+const flowLimit = {
+  type: 'object',
+  properties: {
+    pattern: { type: 'string' },
+    concurrency: { type: 'integer', nullable: true },
+    rate: {
+      type: 'object',
+      nullable: true,
+      properties: { limit: { type: 'integer' }, windowMs: { type: 'integer' } },
+    },
+  },
+} as const;
+
+const flowLimitsResponse = {
+  200: { type: 'object', properties: { limits: { type: 'array', items: flowLimit } } },
+  '4xx': errorSchema,
+} as const;
+
+const flowPattern = {
+  type: 'string',
+  minLength: 1,
+  description: 'A concurrency key pattern: `*` matches any run of characters (docs/flow-control.md).',
+} as const;
+
+export const listFlowLimitsSchema = {
+  summary: 'The key-pattern concurrency and rate limits (client.setConcurrencyLimit / setRateLimit)',
+  tags: ['flow control'],
+  response: flowLimitsResponse,
+} as const;
+
+export const setFlowLimitSchema = {
+  summary: "Set a key pattern's concurrency and/or rate limit (null removes one); answers every limit",
+  tags: ['flow control'],
+  body: {
+    type: 'object',
+    additionalProperties: false,
+    required: ['pattern'],
+    anyOf: [{ required: ['concurrency'] }, { required: ['rate'] }],
+    properties: {
+      pattern: flowPattern,
+      concurrency: {
+        type: 'integer',
+        nullable: true,
+        minimum: 1,
+        maximum: FLOW_LIMITS.maxLimit,
+        description:
+          'Most tasks of the matching keys assigned or running at once, cluster-wide; null removes it.',
+      },
+      rate: {
+        type: 'object',
+        nullable: true,
+        additionalProperties: false,
+        required: ['limit', 'windowMs'],
+        properties: {
+          limit: { type: 'integer', minimum: 1, maximum: FLOW_LIMITS.maxLimit },
+          windowMs: { type: 'integer', minimum: 1, maximum: FLOW_LIMITS.maxWindowMs },
+        },
+        description: 'Most task starts of the matching keys in any window of windowMs; null removes it.',
+      },
+    },
+  },
+  response: flowLimitsResponse,
+} as const;
+
+export const removeFlowLimitSchema = {
+  summary: "Remove a key pattern's limits; answers every limit left",
+  tags: ['flow control'],
+  querystring: {
+    type: 'object',
+    additionalProperties: false,
+    required: ['pattern'],
+    properties: { pattern: flowPattern },
+  },
+  response: flowLimitsResponse,
+} as const;
 
 export const requeueSchema = {
   summary: 'Requeue dead letters as ready tasks (same ids): exactly one of ids, name, all',

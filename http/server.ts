@@ -27,6 +27,8 @@ export { HTTP_DEFAULTS };
 import { registerClusterRoutes } from './cluster-routes.ts';
 import { registerCronRoutes } from './cron-routes.ts';
 import { registerDeadLetterRoutes } from './dead-letter-routes.ts';
+import { registerEventRoutes } from './event-routes.ts';
+import { registerFlowRoutes } from './flow-routes.ts';
 import { registerKeyRoutes } from './key-routes.ts';
 import { registerPageRoutes } from './page-routes.ts';
 import { parseQuery } from './schemas.ts';
@@ -212,6 +214,8 @@ export async function buildHttpApp(options: HttpServerOptions = {}): Promise<Fas
   registerClusterRoutes(app, { pool, nodeTimeoutMs: options.nodeTimeoutMs });
   registerWorkflowRoutes(app, { pool });
   registerDeadLetterRoutes(app, { pool });
+  registerEventRoutes(app, { client });
+  registerFlowRoutes(app, { client });
   registerCronRoutes(app, { pool, nodeTimeoutMs: options.nodeTimeoutMs });
   registerKeyRoutes(app, { pool });
   return app;

@@ -5,9 +5,9 @@
 alter table tm_tasks add column traceparent text;
 
 -- The functions that insert tasks take the trace context of the tasks they insert as one more, last,
--- defaulted parameter (null: none). Their bodies are those of 005 and 007 with the column passed on. The
--- old signatures are dropped first: an overload with one more defaulted parameter would make every
--- existing call ambiguous. tm_schedule_keyed (008) calls tm_insert_tasks with named trailing arguments
+-- defaulted parameter (null: none). Their bodies are those of 007 (tm_insert_tasks) and 009
+-- (tm_complete, tm_schedule_waiting) with the column passed on. The old signatures are dropped first:
+-- an overload with one more defaulted parameter would make every existing call ambiguous. tm_schedule_keyed (008) calls tm_insert_tasks with named trailing arguments
 -- and keeps working (its tasks get no trace context).
 drop function tm_insert_tasks(uuid[], text[], uuid[], timestamptz[], boolean[], uuid[], text[], text[], boolean[],
   bytea[], integer[], float8[], timestamptz[], text[], uuid[], uuid[], text[]);
@@ -38,8 +38,9 @@ begin
 end $$;
 
 drop function tm_complete(uuid, uuid[], integer[], bytea[], uuid[], text[], uuid[], timestamptz[], boolean[], uuid[],
-  text[], text[], boolean[], bytea[], integer[], float8[], timestamptz[], text[], uuid[], uuid[], uuid[], text[], bytea[]);
--- As in 005, with the children's trace context.
+  text[], text[], boolean[], bytea[], integer[], float8[], timestamptz[], text[], uuid[], uuid[], uuid[], text[], bytea[],
+  text[]);
+-- As in 009, with the children's trace context.
 create function tm_complete(
   p_node uuid, p_ids uuid[], p_assignments integer[], p_results bytea[],
   -- children (same columns as the schedule insert)
@@ -50,7 +51,9 @@ create function tm_complete(
   w_task uuid[], w_for uuid[],
   -- join messages: sender, join task name, payload
   m_from uuid[], m_join_name text[], m_payload bytea[],
-  -- children's trace context (W3C traceparent, parallel to c_id; null: none)
+  -- the children's concurrency keys (parallel to c_id; null: none)
+  c_concurrency_key text[] default null,
+  -- the children's trace context (W3C traceparent, parallel to c_id; null: none)
   c_traceparent text[] default null
 ) returns table (id uuid, name text, outcome text)
 language plpgsql set plan_cache_mode = force_custom_plan as $$
@@ -87,8 +90,8 @@ begin
   if coalesce(array_length(c_id, 1), 0) > 0 then
     select coalesce(array_agg(k), '{}') into v_children
     from tm_insert_tasks(c_id, c_name, c_workflow_id, c_wca, c_lookup, c_parent_id, c_affinity_group, c_affinity,
-      c_strict, c_message, c_priority, c_delay_ms, c_run_at, c_state, w_task, v_ids,
-      c_traceparent => c_traceparent) k;
+      c_strict, c_message, c_priority, c_delay_ms, c_run_at, c_state, w_task, v_ids, c_concurrency_key,
+      c_traceparent) k;
 
     insert into tm_task_waits (task_id, waits_for, kind, direct)
     select w.task, w.waits_for, 'j', true from unnest(w_task, w_for) as w(task, waits_for)
@@ -129,13 +132,14 @@ begin
 end $$;
 
 drop function tm_schedule_waiting(uuid[], text[], uuid[], timestamptz[], boolean[], uuid[], text[], text[], boolean[],
-  bytea[], integer[], float8[], timestamptz[], text[], uuid[], uuid[], text[]);
--- As in 005, with the new tasks' trace context.
+  bytea[], integer[], float8[], timestamptz[], text[], uuid[], uuid[], text[], text[]);
+-- As in 009, with the new tasks' trace context.
 create function tm_schedule_waiting(
   c_id uuid[], c_name text[], c_workflow_id uuid[], c_wca timestamptz[], c_lookup boolean[], c_parent_id uuid[],
   c_affinity_group text[], c_affinity text[], c_strict boolean[], c_message bytea[], c_priority integer[],
   c_delay_ms float8[], c_run_at timestamptz[], c_state text[],
-  w_task uuid[], w_for uuid[], w_kind text[], c_traceparent text[] default null
+  w_task uuid[], w_for uuid[], w_kind text[], c_concurrency_key text[] default null,
+  c_traceparent text[] default null
 ) returns void
 language plpgsql set plan_cache_mode = force_custom_plan as $$
 #variable_conflict use_column
@@ -184,8 +188,8 @@ begin
   perform 1 from tm_insert_tasks(c_id, c_name, c_workflow_id, c_wca, c_lookup, c_parent_id, c_affinity_group,
     c_affinity, c_strict, c_message, c_priority, c_delay_ms, c_run_at,
     array_fill('waiting'::text, array[cardinality(c_id)]),
-    array(select j.task from unnest(w_task, w_kind) as j(task, kind) where j.kind = 'j'),
-    c_traceparent => c_traceparent);
+    array(select j.task from unnest(w_task, w_kind) as j(task, kind) where j.kind = 'j'), null, c_concurrency_key,
+    c_traceparent);
 
   insert into tm_task_waits (task_id, waits_for, kind, direct)
   select distinct on (w.task, w.waits_for) w.task, w.waits_for, w.kind, true

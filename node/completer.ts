@@ -25,7 +25,8 @@
  *
  * Exactly-once tasks take the same path: their outcome arrives 'committed' (their worker thread wrote
  * it in the handler's own transaction, which is their guarantee), so a flush writes nothing for them
- * and only reports them, counted with the rest.
+ * and only reports them, counted with the rest. So does an attempt that ended on a durable wait: its
+ * thread committed the suspension (store/steps.ts suspendTask).
  *
  * States: idle -> pending (timer armed) -> flushing -> idle. Main thread only.
  */
@@ -86,6 +87,8 @@ export interface FlushResult {
   failed: number;
   /** Tasks whose cancellation arrived before their outcome: they ended cancelled. */
   cancelled: number;
+  /** Attempts that ended on a durable wait (their thread committed it): the tasks sleep, uncharged. */
+  suspended: number;
   /** Outcomes refused because the task was reassigned meanwhile (fenced out). */
   stale: number;
   /** Every accepted outcome, with its task name (exactly-once ones too, committed by their thread). */
@@ -280,6 +283,7 @@ export class Completer {
       deadLettered: 0,
       failed: 0,
       cancelled: 0,
+      suspended: 0,
       stale: 0,
       accepted: [],
       batchSize: successes.length + failures.length,
@@ -439,6 +443,7 @@ export class Completer {
       else if (a.outcome === 'retried') result.retried++;
       else if (a.outcome === 'dead') result.deadLettered++;
       else if (a.outcome === 'cancelled') result.cancelled++;
+      else if (a.outcome === 'suspended') result.suspended++;
       else result.failed++;
     }
     result.stale = written - result.accepted.length;

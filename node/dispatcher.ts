@@ -79,6 +79,8 @@ export interface DispatcherOptions {
   shell?: WorkerInit['shell'];
   /** Result and message size limits enforced in the threads. */
   limits?: WorkerInit['limits'];
+  /** Longest durable wait a handler may ask for (WorkerInit.maxWaitMs). */
+  maxWaitMs?: number;
   /** Concurrent batches one thread may hold (async handlers interleave on its event loop). */
   concurrentBatchesPerThread?: number;
   /** V8 heap limit of each worker thread, MiB (DISPATCHER_DEFAULTS.threadHeapLimitMb). */
@@ -143,6 +145,7 @@ export class Dispatcher {
     };
     if (options.shell) init.shell = options.shell;
     if (options.limits) init.limits = options.limits;
+    if (options.maxWaitMs !== undefined) init.maxWaitMs = options.maxWaitMs;
     const refused = options.execArgv ? refusedWorkerFlags(options.execArgv) : new Set<string>();
     if (refused.size > 0) {
       throw new TaskmillError(

@@ -158,6 +158,8 @@ export class TaskmillNode extends EventEmitter<TaskmillNodeEvents> {
       threadHeapLimitMb: config.threadHeapLimitMb,
       shell: workerShellPolicy(config.shell, config.abortGraceMs),
       limits: config.limits,
+      // A wait longer than the history retention is refused (docs/durable-waits.md).
+      maxWaitMs: config.historyRetentionMs,
     });
     this.completer = new Completer({
       db: this.pool,

@@ -61,6 +61,8 @@ export interface ClusterLimit {
  * Live nodes with the tasks each holds, and the task names with a cluster limit with their running
  * count (through the partial node index: only held rows are read), in one round trip; when asked ($2,
  * every PROMOTE_WAITING_EVERY_MS of planner.ts) it also promotes waiting tasks with nothing left to wait for.
+ * Every pass wakes the sleeping tasks whose wait ended by time (tm_wake_sleeping, migrations/009: an
+ * index probe when none is due), before the claim, so the claim that follows sees them ready.
  * Whether flow control is in play (a limit configured; a ready task with a concurrency key, through the
  * first entry of tm_tasks_ready_group past '') costs two index probes.
  */
@@ -73,6 +75,7 @@ const CLUSTER_STATE = `
         'held', (select count(*) from tm_tasks t where t.node_id is not null and t.name = d.name))), '[]')
       from tm_task_defs d where d.max_parallel_in_cluster is not null) as limits,
     case when $2 then tm_promote_waiting(1000) end as promoted,
+    tm_wake_sleeping(1000) as woken,
     exists (select 1 from tm_flow_limits)
       or exists (select 1 from tm_task_defs d
         where d.options->'concurrency' is not null or d.options->'rateLimit' is not null) as flow_limited,

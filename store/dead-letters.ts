@@ -113,7 +113,8 @@ export async function getDeadLetter<M = unknown>(db: Db, id: string): Promise<De
  * Moves dead letters back into tm_tasks as ready tasks (same id, attempt 0), atomically, and wakes
  * the planner. A task whose workflow still has pending tasks rejoins the workflow's place in its
  * affinity key's queue; otherwise its workflow queues behind those already waiting on the key (so a
- * requeue never makes two workflows active on one key). Returns the ids requeued.
+ * requeue never makes two workflows active on one key). It keeps its concurrency key. Returns the ids
+ * requeued.
  */
 export async function requeueDeadLetters(db: Db, selector: RequeueSelector): Promise<{ requeued: string[] }> {
   const where = requeueWhere(selector);
@@ -125,12 +126,13 @@ export async function requeueDeadLetters(db: Db, selector: RequeueSelector): Pro
          array_agg(m.workflow_id order by m.id) as workflow_id, array_agg(m.parent_id order by m.id) as parent_id,
          array_agg(m.affinity_group order by m.id) as affinity_group, array_agg(m.affinity order by m.id) as affinity,
          array_agg(m.strict_affinity order by m.id) as strict, array_agg(m.message order by m.id) as message,
-         array_agg(m.priority order by m.id) as priority, count(*)::int as n
+         array_agg(m.priority order by m.id) as priority,
+         array_agg(m.concurrency_key order by m.id) as concurrency_key, count(*)::int as n
          from moved m)
        select k.id from a, tm_insert_tasks(a.id, a.name, a.workflow_id, array_fill(null::timestamptz, array[a.n]),
          array_fill(true, array[a.n]), a.parent_id, a.affinity_group, a.affinity, a.strict, a.message, a.priority,
          array_fill(0::float8, array[a.n]), array_fill(null::timestamptz, array[a.n]),
-         array_fill('ready'::text, array[a.n])) as k(id)`,
+         array_fill('ready'::text, array[a.n]), c_concurrency_key => a.concurrency_key) as k(id)`,
       where.params,
     );
     if (rows.length > 0) await wakePlanner(client);

@@ -56,10 +56,11 @@ export async function purgeDefaultPartition(client: Queryable, before: Date): Pr
 const PURGE_SIDE_ROWS_LIMIT = 10_000;
 
 /**
- * Deletes what migrations 008 and 011 keep beside tasks once it is of no use: idempotency and debounce
- * keys taken before `before` that their task has let go (tm_task_key_free), progress values last
- * written before `before` and failed attempts that ended before `before`, of tasks no longer pending.
- * Returns how many rows went.
+ * Deletes what migrations 008, 009 and 011 keep beside tasks once it is of no use: idempotency and
+ * debounce keys taken before `before` that their task has let go (tm_task_key_free), progress values
+ * last written before `before` and failed attempts that ended before `before`, of tasks no longer
+ * pending; and the steps (tm_task_steps) recorded before `before` of tasks neither pending nor dead
+ * letters (a requeued dead letter keeps its finished steps). Returns how many rows went.
  */
 export async function purgeKeysAndProgress(client: Queryable, before: Date): Promise<number> {
   const { rows } = await client.query<{ n: number }>(
@@ -77,8 +78,15 @@ export async function purgeKeysAndProgress(client: Queryable, before: Date): Pro
        delete from tm_task_attempts a where a.ctid in (
          select g.ctid from tm_task_attempts g where g.ended_at < $1
            and not exists (select 1 from tm_tasks t where t.id = g.task_id) limit $2)
+       returning 1),
+     s as (
+       delete from tm_task_steps s where (s.task_id, s.name) in (
+         select task_id, name from tm_task_steps g where g.created_at < $1
+           and not exists (select 1 from tm_tasks t where t.id = g.task_id)
+           and not exists (select 1 from tm_dead_letters d where d.id = g.task_id) limit $2)
        returning 1)
-     select ((select count(*) from k) + (select count(*) from p) + (select count(*) from a))::int as n`,
+     select ((select count(*) from k) + (select count(*) from p) + (select count(*) from a)
+       + (select count(*) from s))::int as n`,
     [before, PURGE_SIDE_ROWS_LIMIT],
   );
   return rows[0].n;

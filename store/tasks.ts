@@ -9,7 +9,6 @@
 import { errorText, type DoneOutcome, type FailedOutcome, type OutcomeTask } from '../task/outcome.ts';
 import type { NewTask } from '../task/schedule-context.ts';
 import type { FailedAttempt } from '../task/settle.ts';
-import { TaskmillError } from '../task/errors.ts';
 import { CANCEL_CHANNEL, wakePlanner } from './channels.ts';
 import type { Queryable } from './queryable.ts';
 
@@ -58,19 +57,14 @@ export function traceparents(tasks: NewTask[]): (string | null)[] | null {
 
 /** Inserts tasks that wait for others, checking the targets (tm_schedule_waiting); wakes the planner. */
 export async function insertWaitingTasks(db: Queryable, tasks: NewTask[], waits: Wait[]): Promise<void> {
-  if (tasks.some((t) => t.concurrencyKey)) {
-    throw new TaskmillError(
-      'INVALID_ARGUMENT',
-      'Invalid schedule: concurrencyKey cannot be combined with dependsOn or a join yet; schedule the keyed task without them.',
-    );
-  }
   await db.query(
-    `select tm_schedule_waiting($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)`,
+    `select tm_schedule_waiting($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)`,
     [
       ...insertParams(tasks),
       waits.map((w) => w.task),
       waits.map((w) => w.waitsFor),
       waits.map((w) => w.kind),
+      concurrencyKeys(tasks),
       traceparents(tasks),
     ],
   );
@@ -201,7 +195,7 @@ export type FailedAttemptOutcome = FailedOutcome & { task: Fence; settlement: Fa
 export interface Accepted {
   id: string;
   name: string;
-  outcome: 'completed' | 'retried' | 'dead' | 'failed' | 'cancelled';
+  outcome: 'completed' | 'retried' | 'dead' | 'failed' | 'cancelled' | 'suspended';
 }
 
 const bytes = (b: Uint8Array | null) => (b ? Buffer.from(b.buffer, b.byteOffset, b.byteLength) : null);
@@ -267,12 +261,13 @@ export function completeParams(nodeId: string, done: Completion[]): unknown[] {
     messages.map((m) => m[0]),
     messages.map((m) => m[1]),
     messages.map((m) => m[2]),
+    concurrencyKeys(children),
     traceparents(children),
   ];
 }
 
 const COMPLETE_SQL = `select id, name, outcome from tm_complete($1, $2, $3, $4,
-  $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24)`;
+  $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25)`;
 
 /**
  * Completes tasks: fenced delete from the hot table, outcome into history, children inserted only for
@@ -319,7 +314,7 @@ export async function releaseTasks(db: Queryable, nodeId: string, ids?: string[]
 }
 
 export type TaskState =
-  'ready' | 'assigned' | 'running' | 'waiting' | 'completed' | 'failed' | 'cancelled' | 'dead';
+  'ready' | 'assigned' | 'running' | 'waiting' | 'sleeping' | 'completed' | 'failed' | 'cancelled' | 'dead';
 
 export interface TaskRecord {
   id: string;

@@ -31,11 +31,13 @@ export interface DoneOutcome {
 
 /**
  * An exactly-once task committed its completion itself, in its own transaction, or found itself
- * reassigned (fenced out: 'stale') and rolled it back.
+ * reassigned (fenced out: 'stale') and rolled it back. A durable wait (ctx.sleep, ctx.waitForEvent)
+ * ends an attempt the same way: its worker thread committed the task's suspension ('suspended': the
+ * task continues in a later attempt, uncharged), or found it cancelled or fenced out.
  */
 export interface CommittedOutcome {
   kind: 'committed';
-  outcome: 'completed' | 'cancelled' | 'stale';
+  outcome: 'completed' | 'cancelled' | 'stale' | 'suspended';
 }
 
 /** The attempt failed. `stopRetry`: the handler's onFailure hook asked for no more attempts. */
@@ -71,7 +73,9 @@ export type Outcome<T extends OutcomeTask = OutcomeTask> = TaskOutcome & {
 };
 
 /** What an ended run is called in the node's events and metrics. */
-export function outcomeLabel(outcome: TaskOutcome): 'completed' | 'failed' | 'cancelled' | 'stale' {
+export function outcomeLabel(
+  outcome: TaskOutcome,
+): 'completed' | 'failed' | 'cancelled' | 'stale' | 'suspended' {
   return outcome.kind === 'done' ? 'completed' : outcome.kind === 'committed' ? outcome.outcome : 'failed';
 }
 

@@ -179,11 +179,6 @@ export function newTask(def: TaskDefinition, ctx: ScheduleContext = {}, inherite
   if (affinityGroup !== undefined) checkKey('affinityGroup', affinityGroup, true, maxAffinityBytes);
   const key = taskKey(ctx, inherited !== undefined);
   if (concurrencyKey !== undefined) {
-    if (inherited) {
-      throw invalid(
-        'concurrencyKey can be given only to tasks scheduled by a client (not yet to children scheduled inside a handler)',
-      );
-    }
     checkKey('concurrencyKey', concurrencyKey, false, SCHEDULE_LIMITS.maxConcurrencyKeyBytes);
   }
   const message = encode(ctx.message);

@@ -2,7 +2,7 @@
  * The states a user sees, one vocabulary for every surface: the library (getTask, listTasks,
  * clusterStats), the CLI, the HTTP API and its OpenAPI document, the dashboard and the metrics.
  *
- * The hot table stores only `ready`, `waiting`, `assigned` and `running`; history stores `completed`,
+ * The hot table stores only `ready`, `waiting`, `sleeping`, `assigned` and `running`; history stores `completed`,
  * `failed` and `cancelled`; the dead-letter table holds `dead`. Two states are derived from a stored
  * `ready` row whose not-before time is still in the future (database time):
  * - `retrying`: it has failed attempts and waits for its next one (at `notBefore`);
@@ -14,6 +14,7 @@ import { DEFAULT_RETRY_POLICY, nextRetryDelay, type RetryPolicy } from './retry-
 /** Every state a task can be in, in the order of its life. */
 export const TASK_STATES = [
   'waiting',
+  'sleeping',
   'delayed',
   'ready',
   'retrying',
@@ -30,6 +31,7 @@ export type TaskStatus = (typeof TASK_STATES)[number];
 /** States of tasks still in the hot table. */
 export const PENDING_STATES = [
   'waiting',
+  'sleeping',
   'delayed',
   'ready',
   'retrying',
@@ -45,6 +47,8 @@ export type DepthState = (typeof DEPTH_STATES)[number];
 /** One line per state, for help texts and the docs. */
 export const STATE_DESCRIPTIONS: Record<TaskStatus, string> = {
   waiting: 'waits for the tasks it depends on or joins',
+  sleeping:
+    'ended an attempt on ctx.sleep() or ctx.waitForEvent(): continues when the wait ends (at notBefore) or the event arrives',
   delayed: 'not due yet (a delay or runAt): waits for its first attempt',
   ready: 'due: the planner hands it to a node on its next pass',
   retrying: 'failed, and waits for its next attempt (at notBefore) under its retry policy',

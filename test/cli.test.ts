@@ -294,7 +294,7 @@ describe('with a node running (in-process `taskmill node`)', () => {
     expect(text).toMatch(/^leader: cli-node/m);
     expect(text).toMatch(/^ {2}cli-node +alive +yes +\d+ +8 /m);
     expect(text).toMatch(
-      /^queue: waiting \d+, delayed \d+, ready \d+, retrying \d+, assigned \d+, running \d+, dead \d+$/m,
+      /^queue: waiting \d+, sleeping \d+, delayed \d+, ready \d+, retrying \d+, assigned \d+, running \d+, dead \d+$/m,
     );
     expect(text).toMatch(/^throughput, last 15 min \(60 s buckets\): [\d.]+ tasks\/s$/m);
   });

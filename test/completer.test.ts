@@ -145,6 +145,7 @@ describe('the completer', () => {
         deadLettered: 0,
         failed: 0,
         cancelled: 1,
+        suspended: 0,
         stale: 1,
         accepted: [
           { id: 'a', name: defs.noop.name, outcome: 'completed' },

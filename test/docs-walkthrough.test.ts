@@ -68,6 +68,7 @@ const DOCS = [
   'docs/awaiting-and-dedup.md',
   'docs/flow-control.md',
   'docs/observability.md',
+  'docs/durable-waits.md',
 ];
 // A whole document on a loaded 2-core machine: README took 144 s beside two other test files and
 // three builds, so the deadline leaves room for more.

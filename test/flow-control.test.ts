@@ -8,6 +8,8 @@ import type { PlannerOptions } from '../planner/planner.ts';
 import { byPriority, planGroups, roundRobin } from '../planner/flow.ts';
 import { TaskmillClient, TaskmillError, defineTask } from '../index.ts';
 import { newTask } from '../task/schedule-context.ts';
+import { completeTasks, failTasks } from '../store/tasks.ts';
+import { requeueDeadLetters } from '../store/dead-letters.ts';
 import { count, useTestDatabase } from './helpers/database.ts';
 import {
   heldIds,
@@ -19,6 +21,8 @@ import {
 } from './helpers/factory.ts';
 import { databaseDigest, registerDefinitions } from './helpers/snapshot.ts';
 import { buildHttpApp } from '../http/server.ts';
+import { runCli } from '../cli/main.ts';
+import { EXIT } from '../cli/output.ts';
 import { createLogger } from '../log/logger.ts';
 import { noop } from './fixtures/definitions.ts';
 
@@ -321,12 +325,144 @@ describe('schedule', () => {
     } finally {
       await app.close();
     }
-    // Not yet with dependencies: refused before anything is written.
-    await expect(client().schedule(noop, { concurrencyKey: 'k' }, { dependsOn: [id] })).rejects.toMatchObject(
-      {
-        code: 'INVALID_ARGUMENT',
-      },
+    // With dependencies (tm_schedule_waiting) too; a bad key there is refused before anything is written.
+    const dependent = await client().schedule(noop, { concurrencyKey: 'tenant:3' }, { dependsOn: [id] });
+    const { rows: waiting } = await db.pool.query(
+      `select state, concurrency_key as k from tm_tasks where id = $1`,
+      [dependent],
     );
-    expect(await count(db.pool, `select count(*) from tm_tasks`)).toBe(2);
+    expect(waiting).toEqual([{ state: 'waiting', k: 'tenant:3' }]);
+    await expect(client().schedule(noop, { concurrencyKey: '' }, { dependsOn: [id] })).rejects.toMatchObject({
+      code: 'INVALID_ARGUMENT',
+    });
+    expect(await count(db.pool, `select count(*) from tm_tasks`)).toBe(3);
+  });
+
+  it('keeps the concurrency keys of children scheduled inside a handler, joins included (tm_complete)', async () => {
+    const nodeId = await insertNode(db.pool);
+    const [parent] = await insertTasks(db.pool, [{ state: 'running', nodeId, assignment: 1 }]);
+    const inherited = {
+      parentId: parent.id,
+      workflowId: parent.workflowId,
+      workflowCreatedAt: new Date().toISOString(),
+      affinityGroup: null,
+      affinity: null,
+    };
+    const child = newTask(noop, { concurrencyKey: 'tenant:c' }, inherited);
+    const plain = newTask(noop, {}, inherited);
+    const join = newTask(noop, { concurrencyKey: 'tenant:j' }, inherited);
+    join.state = 'waiting';
+    join.joinOf = [child.id, plain.id];
+    const accepted = await completeTasks(db.pool, nodeId, [
+      {
+        kind: 'done',
+        task: { id: parent.id, assignment: 1 },
+        result: null,
+        children: [child, plain, join],
+        joinMessages: [],
+      },
+    ]);
+    expect(accepted.map((a) => a.outcome)).toEqual(['completed']);
+    const { rows } = await db.pool.query<{ id: string; k: string }>(
+      `select id, concurrency_key as k from tm_tasks where parent_id = $1`,
+      [parent.id],
+    );
+    expect(Object.fromEntries(rows.map((r) => [r.id, r.k]))).toEqual({
+      [child.id]: 'tenant:c',
+      [plain.id]: '',
+      [join.id]: 'tenant:j',
+    });
+  });
+
+  it('a task keeps its concurrency key in the dead-letter table and when requeued', async () => {
+    const nodeId = await insertNode(db.pool);
+    const [task] = await insertTasks(db.pool, [{ state: 'running', nodeId, assignment: 1 }]);
+    await db.pool.query(`update tm_tasks set concurrency_key = 'tenant:d' where id = $1`, [task.id]);
+    const failed = await failTasks(db.pool, nodeId, [
+      {
+        kind: 'failed',
+        task: { id: task.id, assignment: 1 },
+        error: { name: 'Error', message: 'boom' },
+        stopRetry: true,
+        settlement: { retryDelayMs: null, deadLetter: true, cancelled: false },
+      },
+    ]);
+    expect(failed.map((f) => f.outcome)).toEqual(['dead']);
+    const key = async (table: string) =>
+      (await db.pool.query(`select concurrency_key as k from ${table} where id = $1`, [task.id])).rows[0]?.k;
+    expect(await key('tm_dead_letters')).toBe('tenant:d');
+    expect(await requeueDeadLetters(db.pool, { ids: [task.id] })).toEqual({ requeued: [task.id] });
+    expect(await key('tm_tasks')).toBe('tenant:d');
+  });
+});
+
+describe('pattern limits over HTTP and the CLI', () => {
+  it('PUT, GET and DELETE /api/flow-limits set, list and remove them; bad input is a 400 that changes nothing', async () => {
+    const app = await buildHttpApp({ pool: db.pool, log: createLogger('silent') });
+    try {
+      const call = async (method: 'GET' | 'PUT' | 'DELETE', url: string, payload?: object) => {
+        const response = await app.inject({ method, url, payload });
+        return { status: response.statusCode, body: response.json<{ limits?: unknown[] }>() };
+      };
+      const both = { pattern: 'tenant:*', concurrency: 3, rate: { limit: 10, windowMs: 1_000 } };
+      expect(await call('PUT', '/api/flow-limits', both)).toEqual({
+        status: 200,
+        body: { limits: [both] },
+      });
+      expect(
+        (await call('PUT', '/api/flow-limits', { pattern: 'tenant:*', rate: null })).body.limits,
+      ).toEqual([{ pattern: 'tenant:*', concurrency: 3, rate: null }]);
+      for (const bad of [
+        { pattern: 'x' },
+        { pattern: '', concurrency: 1 },
+        { pattern: 'x', concurrency: 0 },
+        { pattern: 'x', rate: { limit: 1 } },
+        { pattern: 'x', concurrency: 1, extra: true },
+      ]) {
+        expect((await call('PUT', '/api/flow-limits', bad)).status, JSON.stringify(bad)).toBe(400);
+      }
+      expect((await call('GET', '/api/flow-limits')).body.limits).toEqual([
+        { pattern: 'tenant:*', concurrency: 3, rate: null },
+      ]);
+      expect(await call('DELETE', '/api/flow-limits?pattern=tenant:*')).toEqual({
+        status: 200,
+        body: { limits: [] },
+      });
+      const doc = (await app.inject({ method: 'GET', url: '/openapi.json' })).json<{
+        paths: Record<string, object>;
+      }>();
+      expect(Object.keys(doc.paths['/api/flow-limits']).sort()).toEqual(['delete', 'get', 'put']);
+    } finally {
+      await app.close();
+    }
+  });
+
+  it('taskmill limits set|list|remove', async () => {
+    const cli = async (...args: string[]) => {
+      let out = '';
+      let err = '';
+      const code = await runCli(['--database-url', db.url, ...args], {
+        out: (s) => (out += s),
+        err: (s) => (err += s),
+        env: { PATH: process.env.PATH },
+        cwd: process.cwd(),
+        signal: new AbortController().signal,
+      });
+      return { code, out, err };
+    };
+    expect(
+      await cli('limits', 'set', 'api:*', '--concurrency', '2', '--rate', '5', '--window', '60000'),
+    ).toMatchObject({
+      code: EXIT.OK,
+      out: 'api:*  concurrency 2  rate 5 per 60000 ms\n',
+    });
+    expect((await cli('limits', 'set', 'api:*', '--rate', '5')).code).toBe(EXIT.USAGE);
+    expect((await cli('limits', 'set', 'api:*')).code).toBe(EXIT.USAGE);
+    expect((await cli('limits', 'set', 'api:*', '--concurrency', '0')).code).toBe(EXIT.USAGE);
+    expect(JSON.parse((await cli('limits', 'list', '--json')).out)).toEqual({
+      limits: [{ pattern: 'api:*', concurrency: 2, rate: { limit: 5, windowMs: 60_000 } }],
+    });
+    expect(await cli('limits', 'remove', 'api:*')).toMatchObject({ code: EXIT.OK, out: '(no limit)\n' });
+    expect(await client().flowLimits()).toEqual([]);
   });
 });

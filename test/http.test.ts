@@ -422,7 +422,7 @@ describe('reading tasks', () => {
   it.each([
     ['GET', '/api/tasks/not-a-uuid', 400],
     ['GET', '/api/tasks/0190a5b2-0000-7000-8000-0000000000ff', 404],
-    ['GET', '/api/tasks?state=sleeping', 400],
+    ['GET', '/api/tasks?state=snoozing', 400],
     ['GET', '/api/tasks?limit=0', 400],
     ['GET', '/api/tasks?cursor=abc', 400],
     ['GET', '/api/tasks?colour=blue', 400],

@@ -33,7 +33,7 @@ let client: TaskmillClient;
 let app: FastifyInstance;
 /** Task id by the state its row was written to show. */
 const ids = {} as Record<
-  'waiting' | 'delayed' | 'ready' | 'retrying' | 'dueRetry' | 'assigned' | 'running',
+  'waiting' | 'sleeping' | 'delayed' | 'ready' | 'retrying' | 'dueRetry' | 'assigned' | 'running',
   string
 >;
 let dead: string;
@@ -41,6 +41,8 @@ let dead: string;
 beforeAll(async () => {
   client = new TaskmillClient({ pool: db.pool });
   ids.waiting = (await insertTask(db.pool, { state: 'waiting' })).id;
+  // Sleeping (a durable wait): stored as such, whatever its not-before time.
+  ids.sleeping = (await insertTask(db.pool, { state: 'sleeping', notBeforeInMs: HOUR, attempt: 1 })).id;
   ids.delayed = (await insertTask(db.pool, { notBeforeInMs: HOUR })).id;
   ids.ready = (await insertTask(db.pool, { notBeforeInMs: -1_000, affinity: 'k' })).id;
   ids.retrying = (await insertTask(db.pool, { attempt: 2, notBeforeInMs: HOUR, affinity: 'k' })).id;
@@ -70,6 +72,7 @@ afterAll(async () => {
 
 const expected: Record<keyof typeof ids, TaskStatus> = {
   waiting: 'waiting',
+  sleeping: 'sleeping',
   delayed: 'delayed',
   ready: 'ready',
   retrying: 'retrying',
@@ -107,6 +110,7 @@ describe('the list of states', () => {
       ['ready', 3, now, 'ready'],
       ['ready', 0, null, 'ready'],
       ['waiting', 0, later, 'waiting'],
+      ['sleeping', 2, later, 'sleeping'],
       ['running', 2, later, 'running'],
     ];
     for (const [stored, attempts, notBefore, state] of cases)
@@ -145,6 +149,7 @@ describe('every surface uses it', () => {
     expect(Object.keys(stats.totals)).toEqual([...DEPTH_STATES]);
     expect(stats.totals).toEqual({
       waiting: 1,
+      sleeping: 1,
       delayed: 1,
       ready: 2,
       retrying: 1,

@@ -29,6 +29,8 @@ export interface WorkerInit {
   nodeId: string;
   /** Size limits of what handlers produce (node option `limits`); absent: unbounded. */
   limits?: { maxResultBytes: number; maxMessageBytes: number };
+  /** Longest ctx.sleep() or waitForEvent() timeout, ms (the node's history retention); absent: unbounded. */
+  maxWaitMs?: number;
 }
 
 /** One input of a join task, its bytes in BatchRequest.messages. */

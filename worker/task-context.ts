@@ -2,6 +2,9 @@
 import type pg from 'pg';
 import type { ScheduleContext } from '../task/schedule-context.ts';
 import type { TaskDefinition } from '../task/task-definition.ts';
+import type { EventWaitOptions, EventWaitResult } from './durable-run.ts';
+
+export type { EventWaitOptions, EventWaitResult } from './durable-run.ts';
 
 export interface TaskContext {
   taskId: string;
@@ -36,6 +39,22 @@ export interface TaskContext {
    * waitForTask()'s onProgress.
    */
   progress(value: unknown): void;
+  /**
+   * Runs `fn` once for this task: its value (msgpack) is recorded in the database when it returns, and
+   * every later attempt (after a crash, a failure or a wait) gets the recorded value without running it
+   * again. Names are unique within a run. At-least-once tasks only (docs/durable-waits.md).
+   */
+  step<T>(name: string, fn: () => T | Promise<T>): Promise<T>;
+  /**
+   * Sleeps `ms` without holding a thread or a connection: this attempt ends, and the task continues in
+   * a later one (not a retry) once the time has passed; finished ctx.step() calls are not redone.
+   */
+  sleep(ms: number): Promise<void>;
+  /**
+   * Waits for sendEvent(name, key, payload) like ctx.sleep(): resolves with `{ timedOut: false,
+   * payload }`, or `{ timedOut: true }` once `timeoutMs` has passed without the event.
+   */
+  waitForEvent<T = unknown>(name: string, options: EventWaitOptions): Promise<EventWaitResult<T>>;
   /** For a join task: messages sent to it by its branch, in the order they were committed. */
   joinMessages: unknown[];
   /** For a join task: results of the tasks it listed that returned one. */

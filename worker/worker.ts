@@ -30,6 +30,7 @@ import { completeTasks, lockHeldTask } from '../store/tasks.ts';
 import type { JoinMessage } from '../task/outcome.ts';
 import { ConnectionClient } from '../store/connections.ts';
 import { ProgressReporter } from './progress-channel.ts';
+import { DurableRun } from './durable-run.ts';
 
 interface LoadedModule {
   handler: TaskHandler;
@@ -154,6 +155,13 @@ async function runOne(task: TaskEnvelope, bytes: Uint8Array, signal: AbortSignal
     traceparent: task.traceparent,
   };
   const slice = (offset: number, length: number) => bytes.subarray(offset, offset + length);
+  const durable = new DurableRun({
+    db: pool,
+    fence: { taskId: task.id, nodeId: init.nodeId, assignment: task.assignment },
+    exactlyOnce: task.exactlyOnce,
+    maxWaitMs: init.maxWaitMs ?? Infinity,
+    maxResultBytes,
+  });
   const ctx: TaskContext = {
     taskId: task.id,
     name: task.name,
@@ -194,6 +202,9 @@ async function runOne(task: TaskEnvelope, bytes: Uint8Array, signal: AbortSignal
     progress(value) {
       progress.report(task.id, value);
     },
+    step: (name, fn) => durable.step(name, fn),
+    sleep: (ms) => durable.sleep(ms),
+    waitForEvent: (name, options) => durable.waitForEvent(name, options),
     sendToJoin(def, message) {
       joinMessages.push({
         joinName: definition(def, 'sendToJoin').name,
@@ -212,7 +223,13 @@ async function runOne(task: TaskEnvelope, bytes: Uint8Array, signal: AbortSignal
     message = decode(slice(task.offset, task.length));
     mod = await load(task.name);
     if (task.exactlyOnce) return await runExactlyOnce(task, mod, message, ctx, children, joinMessages);
-    const value = await mod.handler(message, ctx);
+    // A durable wait ends the run with its suspension; the handler's promise then never settles.
+    const ran = await Promise.race([
+      Promise.resolve(mod.handler(message, ctx)).then((value) => ({ value })),
+      durable.suspended,
+    ]);
+    if (!('value' in ran)) return ran;
+    const { value } = ran;
     throwIfAbortedForGood(signal);
     const result = value === undefined ? null : encode(value, 'result', maxResultBytes);
     return { kind: 'done', result, children, joinMessages };

@@ -151,7 +151,9 @@ export function renderPage(page: TaskPage): string {
     t.name,
     t.state,
     t.attempts,
-    t.state === 'delayed' || t.state === 'retrying' ? (t.notBefore?.toISOString() ?? '') : '',
+    t.state === 'delayed' || t.state === 'retrying' || t.state === 'sleeping'
+      ? (t.notBefore?.toISOString() ?? '')
+      : '',
     t.createdAt.toISOString(),
     (t.error ?? '').split('\n')[0].slice(0, 60),
   ]);

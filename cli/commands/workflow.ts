@@ -15,6 +15,7 @@ import type { CommandContext } from '../main.ts';
 const COUNTS = [
   'ready',
   'waiting',
+  'sleeping',
   'assigned',
   'running',
   'completed',

@@ -10,7 +10,7 @@ import { Planner, type PlannerOptions } from '../../planner/planner.ts';
 
 type Db = Pick<pg.Pool, 'query'>;
 
-export type TaskRowState = 'ready' | 'assigned' | 'running' | 'waiting';
+export type TaskRowState = 'ready' | 'assigned' | 'running' | 'waiting' | 'sleeping';
 
 export interface TaskRow {
   id?: string;
