@@ -3,7 +3,7 @@
  * its filters and keyset pages, a task page, the graph of a workflow of 100+ tasks, the key pages; links
  * between them; refreshes that update the page in place. Screenshots go to .taskmill/test-output/.
  */
-import { mkdirSync } from 'node:fs';
+import { mkdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import type { Browser, Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -17,6 +17,7 @@ import { launchChromium } from './helpers/browser.ts';
 import { useTestDatabase, waitForTasks } from './helpers/database.ts';
 import { insertTasks } from './helpers/factory.ts';
 import { purgeKeysAndProgress } from '../store/history.ts';
+import { TASK_STATES } from '../task/task-states.ts';
 import { startTestNode, stopAllNodes } from './helpers/nodes.ts';
 
 const OUTPUT = path.resolve(import.meta.dirname, '../.taskmill/test-output');
@@ -484,4 +485,10 @@ describe('the API behind the pages', () => {
       await guarded.close();
     }
   });
+});
+
+it('gives every task state a color of its own on the pages', () => {
+  const html = readFileSync(new URL('../http/pages.html', import.meta.url), 'utf8');
+  const missing = [...TASK_STATES, 'delayed', 'retrying'].filter((s) => !html.includes(`--s-${s}:`));
+  expect(missing).toEqual([]);
 });
