@@ -5,59 +5,31 @@
  * test's own writes every assignment (a start) into `starts` with its time, independently of the
  * planner's log of starts.
  */
-import { afterAll, describe, expect, it } from 'vitest';
-import { TaskmillClient } from '../index.ts';
+import { describe, expect, it } from 'vitest';
 import { record } from './fixtures/definitions.ts';
 import type { RecordMessage } from './fixtures/record.ts';
-import { count, until, useTestDatabase, type TestDatabase } from './helpers/database.ts';
-import { killAllNodes, spawnNode, type SpawnedNode } from './helpers/spawn.ts';
+import { count, until, useTestDatabase } from './helpers/database.ts';
+import { useNodeClusters, type NodeCluster } from './helpers/node-clusters.ts';
+import type { SpawnedNode } from './helpers/spawn.ts';
 
 const DONE_TIMEOUT_MS = 60_000;
 const databases = useTestDatabase();
 
-interface Cluster {
-  db: TestDatabase;
-  client: TaskmillClient;
-  nodes: SpawnedNode[];
-}
+type Cluster = NodeCluster;
+const clusters = useNodeClusters(databases);
+const stopCluster = clusters.stop;
 
-const clusters = new Set<Cluster>();
-
-async function startCluster(nodes: number): Promise<Cluster> {
-  const db = await databases.another();
-  const client = new TaskmillClient({ connectionString: db.url });
-  const cluster: Cluster = { db, client, nodes: [] };
-  clusters.add(cluster);
-  await db.pool.query(
-    `create table runs (task_id uuid, key text, workflow_id uuid, seq int, started_at timestamptz,
-       ended_at timestamptz, pid int);
-     create table starts (task_id uuid, at timestamptz);
+/** Two nodes; a trigger writes every assignment (a start) into `starts` with its time. */
+function startCluster(nodes: number): Promise<Cluster> {
+  return clusters.start(
+    Array.from({ length: nodes }, () => ({ maxParallelTasksInNode: 8 })),
+    `create table starts (task_id uuid, at timestamptz);
      create function record_start() returns trigger language plpgsql as $$
      begin insert into starts values (new.id, clock_timestamp()); return null; end $$;
      create trigger record_start after update of assignment on tm_tasks for each row
        when (new.assignment <> old.assignment) execute function record_start();`,
   );
-  cluster.nodes = await Promise.all(
-    Array.from({ length: nodes }, () => spawnNode(db.url, { maxParallelTasksInNode: 8 })),
-  );
-  return cluster;
 }
-
-async function stopCluster(c: Cluster): Promise<void> {
-  clusters.delete(c);
-  await Promise.all(
-    c.nodes.map((n) => {
-      n.kill('SIGKILL');
-      return n.stopped;
-    }),
-  );
-  await c.client.close();
-}
-
-afterAll(async () => {
-  await killAllNodes();
-  await Promise.all([...clusters].map(stopCluster));
-});
 
 /**
  * The node holding the planner lease, other than `not` (a killed leader's lease stays in the table

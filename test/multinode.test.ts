@@ -7,55 +7,22 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { v7 as uuidv7 } from 'uuid';
 import { PLANNER_DEFAULTS } from '../planner/planner.ts';
-import { TaskmillClient, type TaskDefinition } from '../index.ts';
+import type { TaskDefinition } from '../index.ts';
 import { recordStrictParent } from './fixtures/affinity-definitions.ts';
 import * as defs from './fixtures/definitions.ts';
 import type { RecordMessage } from './fixtures/record.ts';
-import { count, until, waitForTasks, useTestDatabase, type TestDatabase } from './helpers/database.ts';
-import { killAllNodes, spawnNode, type SpawnOptions, type SpawnedNode } from './helpers/spawn.ts';
+import { count, until, waitForTasks, useTestDatabase } from './helpers/database.ts';
+import { useNodeClusters, type NodeCluster } from './helpers/node-clusters.ts';
+import type { SpawnOptions, SpawnedNode } from './helpers/spawn.ts';
 
 const DONE_TIMEOUT_MS = 45_000;
 /** Each cluster gets a database of its own (kept with the file's when a test failed). */
 const databases = useTestDatabase();
 
-interface Cluster {
-  db: TestDatabase;
-  client: TaskmillClient;
-  nodes: SpawnedNode[];
-}
-
-const clusters = new Set<Cluster>();
-
-async function startCluster(options: SpawnOptions[]): Promise<Cluster> {
-  const db = await databases.another();
-  const client = new TaskmillClient({ connectionString: db.url });
-  const cluster: Cluster = { db, client, nodes: [] };
-  clusters.add(cluster);
-  await db.pool.query(
-    `create table runs (task_id uuid, key text, workflow_id uuid, seq int, started_at timestamptz,
-       ended_at timestamptz, pid int)`,
-  );
-  cluster.nodes = await Promise.all(options.map((o) => spawnNode(db.url, o)));
-  return cluster;
-}
-
-/** Kills the cluster's node processes (the ones still alive); its database goes with the file's. */
-async function stopCluster(c: Cluster): Promise<void> {
-  clusters.delete(c);
-  await Promise.all(
-    c.nodes.map((n) => {
-      n.kill('SIGKILL');
-      return n.stopped;
-    }),
-  );
-  await c.client.close();
-}
-
-afterAll(async () => {
-  // Also the nodes of a cluster whose start failed half-way.
-  await killAllNodes();
-  await Promise.all([...clusters].map(stopCluster));
-});
+type Cluster = NodeCluster;
+const clusters = useNodeClusters(databases);
+const startCluster = (options: SpawnOptions[]) => clusters.start(options);
+const stopCluster = clusters.stop;
 
 /** Tasks of one affinity key, scheduled workflow after workflow. */
 interface KeyPlan {
