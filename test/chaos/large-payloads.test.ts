@@ -70,7 +70,7 @@ describe('the codec', () => {
 });
 
 describe('large results', () => {
-  it('runs 100 results of 5 MiB with bounded memory, and tiny tasks stay fast on the same threads', async () => {
+  it('runs 40 results of 5 MiB with bounded memory, and tiny tasks stay fast on the same threads', async () => {
     const node = await startTestNode(db.url, { tasks, ...LIVENESS });
     await tinyTasks(node, 200); // threads started, handler modules loaded
     const baseline = await tinyTasks(node, 200);
@@ -80,11 +80,11 @@ describe('large results', () => {
     try {
       const large = await node.client.scheduleMany(
         largePayload,
-        Array.from({ length: 100 }, () => ({ message: { resultBytes: 5 * MiB } })),
+        Array.from({ length: 40 }, () => ({ message: { resultBytes: 5 * MiB } })),
       );
       // About 2.5 s per 5 MiB result on a loaded 2-core machine (written to history, WAL included).
       await ended(large, 800_000);
-      expect(await outcomes(large)).toEqual([{ state: 'completed', error: null, n: 100 }]);
+      expect(await outcomes(large)).toEqual([{ state: 'completed', error: null, n: 40 }]);
       expect(
         await count(
           db.pool,
@@ -92,17 +92,19 @@ describe('large results', () => {
              and octet_length(result) > 5 * 1024 * 1024`,
           [large],
         ),
-      ).toBe(100);
+      ).toBe(40);
       const after = await tinyTasks(node, 200);
       const rssAfter = process.memoryUsage().rss;
       console.log(
-        `large payloads: tiny task ${baseline.toFixed(2)} ms before, ${after.toFixed(2)} ms after 100 x 5 MiB results; ` +
+        `large payloads: tiny task ${baseline.toFixed(2)} ms before, ${after.toFixed(2)} ms after 40 x 5 MiB results; ` +
           `RSS ${mb(rssBefore)} before, peak ${mb(peak)}, ${mb(rssAfter)} after`,
       );
       // When outcomes were views onto their thread's grown packer buffer (each posted outcome copied it
       // whole), measured on a loaded 2-core machine: tiny tasks took 518 ms each after the large results
       // (4.3 ms before them), RSS peaked 4.3 GB above the start and stayed 3.4 GB above. Owning their
-      // buffers: about 1.3 ms, +1.2 GB at the peak, +0.5 GB after.
+      // buffers: about 1.3 ms, +1.2 GB at the peak, +0.5 GB after. (Those figures are of 100 results; 40
+      // keep the suite's time down, and the latency check alone fails on the per-post copy, whatever
+      // the count.)
       expect(after).toBeLessThan(baseline * 5 + 20);
       expect(peak - rssBefore).toBeLessThan(2_500 * MiB);
       expect(rssAfter - rssBefore).toBeLessThan(1_500 * MiB);

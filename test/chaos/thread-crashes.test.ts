@@ -91,12 +91,12 @@ describe('thread crashes charge only the task that caused them', () => {
     await node.stop();
   }, 180_000);
 
-  it('50 poison tasks among 500 healthy ones: the healthy run once, the poison end in the dead letters', async () => {
+  it('25 poison tasks among 250 healthy ones: the healthy run once, the poison end in the dead letters', async () => {
     const node = await start(2);
     const healthy: string[] = [];
     const poison: string[] = [];
     // Interleaved, so poison tasks share batches and threads with healthy ones.
-    for (let round = 0; round < 10; round++) {
+    for (let round = 0; round < 5; round++) {
       healthy.push(...(await node.client.scheduleMany(chaos.healthy, empties(30))));
       healthy.push(...(await node.client.scheduleMany(chaos.sleepWithTimeout, sleepers(20, 20))));
       poison.push(...(await node.client.scheduleMany(chaos.poisonOnce.exit, empties(2))));
@@ -104,14 +104,14 @@ describe('thread crashes charge only the task that caused them', () => {
       poison.push(...(await node.client.scheduleMany(chaos.poisonOnce.spin, empties(1))));
       poison.push(...(await node.client.scheduleMany(chaos.poisonOnce.hang, empties(1))));
     }
-    expect(healthy).toHaveLength(500);
-    expect(poison).toHaveLength(50);
+    expect(healthy).toHaveLength(250);
+    expect(poison).toHaveLength(25);
     await ended(node, [...healthy, ...poison], 540_000);
 
     expect(await charged(healthy)).toEqual([]);
-    expect(await count(db.pool, `select count(*) from tm_history where id = any($1)`, [healthy])).toBe(500);
+    expect(await count(db.pool, `select count(*) from tm_history where id = any($1)`, [healthy])).toBe(250);
     const dead = await deadLetters(poison);
-    expect(dead).toHaveLength(50);
+    expect(dead).toHaveLength(25);
     for (const d of dead) {
       expect(d.attempts).toBe(1);
       expect(d.error).toMatch(/WORKER_EXITED|TASK_TIMEOUT/);
