@@ -1,14 +1,18 @@
--- Trace context (docs/observability.md): the W3C traceparent of the span a task was scheduled under
--- (the scheduling client's span, or the attempt span of the parent task that scheduled it), so its
--- attempts, retries, children and joins join the scheduler's trace across processes. Nullable without a
--- default: adding it rewrites nothing, and a task scheduled without tracing stores only a null bit.
+-- Concurrency keys on children and waiting tasks (docs/flow-control.md), and the trace context
+-- (docs/observability.md): the W3C traceparent of the span a task was scheduled under (the scheduling
+-- client's span, or the attempt span of the parent task that scheduled it), so its attempts, retries,
+-- children and joins join the scheduler's trace across processes. Nullable without a default: adding
+-- it rewrites nothing, and a task scheduled without tracing stores only a null bit.
 alter table tm_tasks add column traceparent text;
 
 -- The functions that insert tasks take the trace context of the tasks they insert as one more, last,
--- defaulted parameter (null: none). Their bodies are those of 007 (tm_insert_tasks) and 009
--- (tm_complete, tm_schedule_waiting) with the column passed on. The old signatures are dropped first:
--- an overload with one more defaulted parameter would make every existing call ambiguous. tm_schedule_keyed (008) calls tm_insert_tasks with named trailing arguments
--- and keeps working (its tasks get no trace context).
+-- defaulted parameter (null: none), and so do tm_complete (children scheduled inside a handler) and
+-- tm_schedule_waiting (tasks with dependsOn, joins), which before it also take the new tasks'
+-- concurrency keys (c_concurrency_key, docs/flow-control.md), passed on to tm_insert_tasks (007).
+-- Their bodies are those of 007 (tm_insert_tasks) and 005 otherwise. The old signatures are dropped
+-- first: an overload with more defaulted parameters would make every existing call ambiguous.
+-- tm_schedule_keyed (008) calls tm_insert_tasks with named trailing arguments and keeps working (its
+-- tasks get no trace context).
 drop function tm_insert_tasks(uuid[], text[], uuid[], timestamptz[], boolean[], uuid[], text[], text[], boolean[],
   bytea[], integer[], float8[], timestamptz[], text[], uuid[], uuid[], text[]);
 -- As in 007, with the trace context of the new tasks (c_traceparent, parallel to c_id).
@@ -38,9 +42,8 @@ begin
 end $$;
 
 drop function tm_complete(uuid, uuid[], integer[], bytea[], uuid[], text[], uuid[], timestamptz[], boolean[], uuid[],
-  text[], text[], boolean[], bytea[], integer[], float8[], timestamptz[], text[], uuid[], uuid[], uuid[], text[], bytea[],
-  text[]);
--- As in 009, with the children's trace context.
+  text[], text[], boolean[], bytea[], integer[], float8[], timestamptz[], text[], uuid[], uuid[], uuid[], text[], bytea[]);
+-- As in 005, with the children's concurrency keys and trace context.
 create function tm_complete(
   p_node uuid, p_ids uuid[], p_assignments integer[], p_results bytea[],
   -- children (same columns as the schedule insert)
@@ -132,8 +135,8 @@ begin
 end $$;
 
 drop function tm_schedule_waiting(uuid[], text[], uuid[], timestamptz[], boolean[], uuid[], text[], text[], boolean[],
-  bytea[], integer[], float8[], timestamptz[], text[], uuid[], uuid[], text[], text[]);
--- As in 009, with the new tasks' trace context.
+  bytea[], integer[], float8[], timestamptz[], text[], uuid[], uuid[], text[]);
+-- As in 005, with the new tasks' concurrency keys and trace context.
 create function tm_schedule_waiting(
   c_id uuid[], c_name text[], c_workflow_id uuid[], c_wca timestamptz[], c_lookup boolean[], c_parent_id uuid[],
   c_affinity_group text[], c_affinity text[], c_strict boolean[], c_message bytea[], c_priority integer[],
