@@ -14,6 +14,7 @@ const ASSETS = [
   'cli/taskmill.mjs',
   'http/dashboard.html',
   'http/pages.html',
+  'http/pages.css',
   ...readdirSync(path.join(root, 'migrations'))
     .filter((file) => file.endsWith('.sql'))
     .map((file) => `migrations/${file}`),

@@ -90,6 +90,8 @@ describe('the npm package', () => {
         'dist/worker/shell-handler.js',
         'dist/cli/taskmill.mjs',
         'dist/http/dashboard.html',
+        'dist/http/pages.html',
+        'dist/http/pages.css',
         'dist/migrations/001_core.sql',
       ]),
     );

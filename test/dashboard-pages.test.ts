@@ -449,6 +449,10 @@ describe('the API behind the pages', () => {
       expect(response.status).toBe(200);
       expect(response.headers.get('content-type')).toMatch(/javascript/);
     }
+    const css = await fetch(`${server.url}/assets/pages.css`);
+    expect(css.status).toBe(200);
+    expect(css.headers.get('content-type')).toMatch(/text\/css/);
+    expect(await css.text()).toContain('#notice.error');
     expect((await fetch(`${server.url}/assets/other.js`)).status).toBe(404);
     const response = await fetch(`${server.url}/tasks`);
     expect(response.headers.get('content-security-policy')).toMatch(/script-src 'self' 'unsafe-inline'/);
