@@ -10,7 +10,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { defineTask, type TaskmillNode } from '../index.ts';
-import { runCli } from '../cli/main.ts';
+import { runCliCaptured } from './helpers/cli.ts';
 import { EXIT } from '../cli/output.ts';
 import { startHttpServer, type HttpServer } from '../http/server.ts';
 import { createLogger } from '../log/logger.ts';
@@ -51,18 +51,7 @@ afterAll(async () => {
   await stopAllNodes();
 });
 
-async function cli(...args: string[]): Promise<{ code: number; out: string; err: string }> {
-  let out = '';
-  let err = '';
-  const code = await runCli(['--database-url', db.url, ...args], {
-    out: (s) => (out += s),
-    err: (s) => (err += s),
-    env: { PATH: process.env.PATH },
-    cwd: process.cwd(),
-    signal: new AbortController().signal,
-  });
-  return { code, out, err };
-}
+const cli = (...args: string[]) => runCliCaptured(args, { url: db.url });
 
 async function post(path: string, body: unknown): Promise<{ status: number; body: Record<string, unknown> }> {
   const response = await fetch(server.url + path, {

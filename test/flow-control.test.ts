@@ -21,7 +21,7 @@ import {
 } from './helpers/factory.ts';
 import { databaseDigest, registerDefinitions } from './helpers/snapshot.ts';
 import { buildHttpApp } from '../http/server.ts';
-import { runCli } from '../cli/main.ts';
+import { runCliCaptured } from './helpers/cli.ts';
 import { EXIT } from '../cli/output.ts';
 import { createLogger } from '../log/logger.ts';
 import { noop } from './fixtures/definitions.ts';
@@ -438,18 +438,7 @@ describe('pattern limits over HTTP and the CLI', () => {
   });
 
   it('taskmill limits set|list|remove', async () => {
-    const cli = async (...args: string[]) => {
-      let out = '';
-      let err = '';
-      const code = await runCli(['--database-url', db.url, ...args], {
-        out: (s) => (out += s),
-        err: (s) => (err += s),
-        env: { PATH: process.env.PATH },
-        cwd: process.cwd(),
-        signal: new AbortController().signal,
-      });
-      return { code, out, err };
-    };
+    const cli = (...args: string[]) => runCliCaptured(args, { url: db.url });
     expect(
       await cli('limits', 'set', 'api:*', '--concurrency', '2', '--rate', '5', '--window', '60000'),
     ).toMatchObject({

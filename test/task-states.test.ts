@@ -7,7 +7,7 @@ import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import type { FastifyInstance } from 'fastify';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { runCli } from '../cli/main.ts';
+import { runCliCaptured } from './helpers/cli.ts';
 import { renderStatus } from '../cli/commands/status.ts';
 import { buildHttpApp } from '../http/server.ts';
 import { TaskmillClient } from '../client/client.ts';
@@ -81,18 +81,8 @@ const expected: Record<keyof typeof ids, TaskStatus> = {
   running: 'running',
 };
 
-async function cli(args: string[]): Promise<{ code: number; out: string; err: string }> {
-  let out = '';
-  let err = '';
-  const code = await runCli(['--database-url', db.url, ...args], {
-    out: (s) => (out += s),
-    err: (s) => (err += s),
-    env: { PATH: process.env.PATH, HOME: process.env.HOME },
-    cwd: ROOT,
-    signal: new AbortController().signal,
-  });
-  return { code, out, err };
-}
+const cli = (args: string[]) =>
+  runCliCaptured(args, { url: db.url, env: { PATH: process.env.PATH, HOME: process.env.HOME }, cwd: ROOT });
 
 describe('the list of states', () => {
   it('is made of the pending states, the ended ones and dead, each once', () => {
