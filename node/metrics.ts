@@ -139,25 +139,22 @@ export class TaskmillMetrics {
     'taskmill_planner_assigned_total',
     'Tasks assigned to nodes by planning passes.',
   );
-  private readonly passDuration = new Histogram({
-    name: 'taskmill_planner_pass_duration_seconds',
-    help: 'Duration of one planning pass (claim, choose nodes, assign).',
-    buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5],
-    registers: [this.registry],
-  });
-  private readonly runDuration = new Histogram({
-    name: 'taskmill_task_run_seconds',
-    help: 'Time one run of a task took in its worker thread (handler, decode, encode), by task.',
-    labelNames: ['task', 'outcome'],
-    buckets: [0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30, 120],
-    registers: [this.registry],
-  });
-  private readonly batchSize = new Histogram({
-    name: 'taskmill_planner_batch_size',
-    help: 'Tasks claimed by one planning pass.',
-    buckets: [0, 1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000],
-    registers: [this.registry],
-  });
+  private readonly passDuration = this.histogram(
+    'taskmill_planner_pass_duration_seconds',
+    'Duration of one planning pass (claim, choose nodes, assign).',
+    [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5],
+  );
+  private readonly runDuration = this.histogram(
+    'taskmill_task_run_seconds',
+    'Time one run of a task took in its worker thread (handler, decode, encode), by task.',
+    [0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30, 120],
+    ['task', 'outcome'],
+  );
+  private readonly batchSize = this.histogram(
+    'taskmill_planner_batch_size',
+    'Tasks claimed by one planning pass.',
+    [0, 1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000],
+  );
   private readonly pollingDelay = this.gauge(
     'taskmill_planner_polling_delay_seconds',
     'Sleep the planner chose after its last pass.',
@@ -166,25 +163,22 @@ export class TaskmillMetrics {
     'taskmill_planner_free_slots',
     'Free slots across live nodes before the last pass.',
   );
-  private readonly scheduleToStart = new Histogram({
-    name: 'taskmill_task_schedule_to_start_seconds',
-    help: 'Time from when a task was due (created, or its delay, retry backoff or wait over) to when a node of this process took it to run, database time, by task.',
-    labelNames: ['task'],
-    buckets: SCHEDULE_TO_START_BUCKETS,
-    registers: [this.registry],
-  });
-  private readonly completerBatch = new Histogram({
-    name: 'taskmill_completer_batch_size',
-    help: 'Outcomes one completer flush wrote to the database (exactly-once tasks commit their own).',
-    buckets: [1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500],
-    registers: [this.registry],
-  });
-  private readonly completerFlush = new Histogram({
-    name: 'taskmill_completer_flush_seconds',
-    help: 'Time one completer flush took to write its outcomes.',
-    buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
-    registers: [this.registry],
-  });
+  private readonly scheduleToStart = this.histogram(
+    'taskmill_task_schedule_to_start_seconds',
+    'Time from when a task was due (created, or its delay, retry backoff or wait over) to when a node of this process took it to run, database time, by task.',
+    SCHEDULE_TO_START_BUCKETS,
+    ['task'],
+  );
+  private readonly completerBatch = this.histogram(
+    'taskmill_completer_batch_size',
+    'Outcomes one completer flush wrote to the database (exactly-once tasks commit their own).',
+    [1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500],
+  );
+  private readonly completerFlush = this.histogram(
+    'taskmill_completer_flush_seconds',
+    'Time one completer flush took to write its outcomes.',
+    [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
+  );
   private readonly leaderChanges = this.counter(
     'taskmill_leader_changes_total',
     'Leadership gained or lost by nodes of this process.',
@@ -483,6 +477,10 @@ export class TaskmillMetrics {
   }
 
   /** A gauge; `collect` (if any) sets it at scrape time. */
+  private histogram(name: string, help: string, buckets: number[], labelNames: string[] = []): Histogram {
+    return new Histogram({ name, help, labelNames, buckets, registers: [this.registry] });
+  }
+
   private gauge(
     name: string,
     help: string,
