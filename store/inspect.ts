@@ -5,8 +5,8 @@
  */
 import pg from 'pg';
 import { inTransaction } from './checkout.ts';
-import type { Queryable } from './tasks.ts';
-import { TaskmillError, isUndefinedTable, notMigratedError } from '../task/errors.ts';
+import { readQuery, type Queryable } from './queryable.ts';
+import { TaskmillError } from '../task/errors.ts';
 import { isUuid, TASK_NAME_PATTERN } from '../task/schedule-context.ts';
 import { DEFAULT_NODE_TIMEOUT_MS } from './nodes.ts';
 import {
@@ -152,7 +152,7 @@ export async function listTasks(db: Queryable, filter: TaskFilter = {}): Promise
     wants(ENDED_STATES) && filter.affinity === undefined ? 'history' : undefined,
     wants(['dead']) ? 'dead_letters' : undefined,
   ].filter((b) => b !== undefined);
-  const { rows } = await query<RawTask>(db, LIST_TASKS, [
+  const { rows } = await readQuery<RawTask>(db, LIST_TASKS, [
     states ?? null,
     filter.name ?? null,
     filter.workflowId ?? null,
@@ -214,7 +214,7 @@ export interface QueueDepth {
 }
 
 export async function queueDepths(db: Queryable): Promise<QueueDepth[]> {
-  const { rows } = await query<QueueDepth>(
+  const { rows } = await readQuery<QueueDepth>(
     db,
     `select name, ${visibleStateSql()} as state, count(*)::int as count
      from tm_tasks group by 1, 2
@@ -243,7 +243,7 @@ export interface NodeInfo {
 }
 
 export async function listNodes(db: Queryable, nodeTimeoutMs = DEFAULT_NODE_TIMEOUT_MS): Promise<NodeInfo[]> {
-  const { rows } = await query<NodeInfo>(
+  const { rows } = await readQuery<NodeInfo>(
     db,
     `select n.id, n.name, n.capacity, n.task_names as "taskNames", n.in_flight as "inFlight",
        coalesce(h.held, 0)::int as held, n.cpu, n.started_at as "startedAt", n.heartbeat_at as "heartbeatAt",
@@ -268,7 +268,7 @@ export interface LeaderInfo {
 
 /** The current planner leader; undefined when no unexpired lease exists. */
 export async function currentLeader(db: Queryable): Promise<LeaderInfo | undefined> {
-  const { rows } = await query<LeaderInfo>(
+  const { rows } = await readQuery<LeaderInfo>(
     db,
     `select l.node_id as "nodeId", n.name as "nodeName", l.acquired_at as "acquiredAt", l.expires_at as "expiresAt"
      from tm_leader l left join tm_nodes n on n.id = l.node_id where l.expires_at > now()`,
@@ -330,7 +330,7 @@ export async function throughput(
   }
   // Buckets are aligned on the epoch so consecutive calls agree; the range scans of tm_history and
   // tm_dead_letters use their finished_at / failed_at indexes.
-  const { rows } = await query<ThroughputBucket>(
+  const { rows } = await readQuery<ThroughputBucket>(
     db,
     `with bounds as (
        select date_bin(make_interval(secs => $1), now(), timestamptz 'epoch') as last_start,
@@ -373,7 +373,7 @@ export async function recentFailures(
   db: Queryable,
   limit = INSPECT_DEFAULTS.recentFailures,
 ): Promise<FailureInfo[]> {
-  const { rows } = await query<FailureInfo>(
+  const { rows } = await readQuery<FailureInfo>(
     db,
     `select * from (
        (select id, name, workflow_id as "workflowId", 'dead' as state, attempts, error, failed_at as "failedAt"
@@ -430,14 +430,6 @@ export async function clusterStats(
   };
 }
 
-async function query<R extends object>(db: Queryable, sql: string, params: unknown[] = []) {
-  try {
-    return await db.query<R>(sql, params);
-  } catch (error) {
-    throw isUndefinedTable(error) ? notMigratedError(error) : error;
-  }
-}
-
 function invalid(message: string): TaskmillError {
   return new TaskmillError('INVALID_ARGUMENT', `Invalid query: ${message}.`);
 }
@@ -480,7 +472,7 @@ export async function clusterOverview(
   if (!(Number.isInteger(nodeTimeoutMs) && nodeTimeoutMs > 0)) {
     throw invalid(`node timeout must be a positive whole number of milliseconds, got ${nodeTimeoutMs}`);
   }
-  const { rows } = await query<{ at: Date; leader: RawLeader | null; nodes: RawNode[] }>(
+  const { rows } = await readQuery<{ at: Date; leader: RawLeader | null; nodes: RawNode[] }>(
     db,
     `select now() as at,
        (select json_build_object('nodeId', l.node_id, 'nodeName', n.name, 'since', l.acquired_at,

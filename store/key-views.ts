@@ -4,8 +4,8 @@
  * from the moment the planner hands it to a node (it has a node: assigned or running) until it ends.
  * Read-only; each view is one statement over the indexes the planner's own checks use.
  */
-import type { Queryable } from './queryable.ts';
-import { TaskmillError, isUndefinedTable, notMigratedError } from '../task/errors.ts';
+import { readQuery, type Queryable } from './queryable.ts';
+import { TaskmillError } from '../task/errors.ts';
 import { visibleStateSql, type TaskStatus } from '../task/task-states.ts';
 
 export const KEY_VIEW_DEFAULTS = { limit: 100, maxLimit: 1000 };
@@ -147,19 +147,11 @@ export async function busiestKeys(
       : `select concurrency_key as key,
            count(*) filter (where node_id is not null)::int as held, count(*) filter (where node_id is null)::int as waiting
          from tm_tasks where concurrency_key <> '' group by 1 order by count(*) desc, 1 limit $1`;
-  try {
-    return (await db.query<BusyKey>(sql, [limit])).rows;
-  } catch (error) {
-    throw isUndefinedTable(error) ? notMigratedError(error) : error;
-  }
+  return (await readQuery<BusyKey>(db, sql, [limit])).rows;
 }
 
 async function one(db: Queryable, sql: string, params: unknown[]): Promise<RawView> {
-  try {
-    return (await db.query<RawView>(sql, params)).rows[0];
-  } catch (error) {
-    throw isUndefinedTable(error) ? notMigratedError(error) : error;
-  }
+  return (await readQuery<RawView>(db, sql, params)).rows[0];
 }
 
 function view(row: RawView): KeyView {

@@ -8,9 +8,9 @@
  * (tm_tasks.node_id, assigned_at); the end and error of the last one once the task ended (history,
  * dead letters). Not recorded: the node and start of an attempt that ended the task.
  */
-import type { Queryable } from './queryable.ts';
+import { readQuery, type Queryable } from './queryable.ts';
 import { isUuid } from '../task/schedule-context.ts';
-import { TaskmillError, isUndefinedTable, notMigratedError } from '../task/errors.ts';
+import { TaskmillError } from '../task/errors.ts';
 import { visibleStateSql, type TaskStatus } from '../task/task-states.ts';
 
 export const TASK_DETAIL_LIMITS = {
@@ -154,12 +154,7 @@ export async function taskDetail(db: Queryable, id: string): Promise<TaskDetail 
   if (!isUuid(id)) {
     throw new TaskmillError('INVALID_ARGUMENT', `Task id must be a UUID, got ${JSON.stringify(id)}.`);
   }
-  let rows: RawDetail[];
-  try {
-    ({ rows } = await db.query<RawDetail>(TASK_DETAIL, [id, TASK_DETAIL_LIMITS.listed]));
-  } catch (error) {
-    throw isUndefinedTable(error) ? notMigratedError(error) : error;
-  }
+  const { rows } = await readQuery<RawDetail>(db, TASK_DETAIL, [id, TASK_DETAIL_LIMITS.listed]);
   const r = rows[0];
   if (!r) return undefined;
   const waitLink = (w: RawDetail['waits_for'][number]): WaitLink => ({

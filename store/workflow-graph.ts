@@ -4,9 +4,9 @@
  * every table), and the joins and dependencies still pending (tm_task_waits keeps a wait only until
  * the task waited for ends). Read-only, one statement.
  */
-import type { Queryable } from './queryable.ts';
+import { readQuery, type Queryable } from './queryable.ts';
 import { isUuid } from '../task/schedule-context.ts';
-import { TaskmillError, isUndefinedTable, notMigratedError } from '../task/errors.ts';
+import { TaskmillError } from '../task/errors.ts';
 import { visibleStateSql, type TaskStatus } from '../task/task-states.ts';
 
 export const WORKFLOW_GRAPH_DEFAULTS = { limit: 1000, maxLimit: 5000 };
@@ -68,17 +68,12 @@ export async function workflowGraph(
       `Invalid query: limit must be an integer between 1 and ${WORKFLOW_GRAPH_DEFAULTS.maxLimit}, got ${limit}.`,
     );
   }
-  let row: { total: number; tasks: GraphTask[]; waits: GraphEdge[] };
-  try {
-    ({
-      rows: [row],
-    } = await db.query<{ total: number; tasks: GraphTask[]; waits: GraphEdge[] }>(WORKFLOW_GRAPH, [
-      id,
-      limit,
-    ]));
-  } catch (error) {
-    throw isUndefinedTable(error) ? notMigratedError(error) : error;
-  }
+  const {
+    rows: [row],
+  } = await readQuery<{ total: number; tasks: GraphTask[]; waits: GraphEdge[] }>(db, WORKFLOW_GRAPH, [
+    id,
+    limit,
+  ]);
   if (row.total === 0) return undefined;
   const listed = new Set(row.tasks.map((t) => t.id));
   const children: GraphEdge[] = row.tasks
