@@ -59,39 +59,34 @@ const TASK_COLUMNS = `t.id, t.name, ${visibleStateSql('t.')} as state, t.workflo
   t.node_id as "nodeId", n.name as "nodeName", t.assigned_at as "assignedAt", t.not_before as "notBefore",
   t.created_at as "createdAt"`;
 
+/**
+ * The holders (a node: assigned or running, oldest assignment first) and the waiting tasks (no node,
+ * in `waitingOrder`) of the rows `key` selects, at most `limit` each, with both counts.
+ */
+function keyViewSql(key: string, waitingOrder: string, limit: string): string {
+  const tasks = (nodeIs: string, order: string) => `(select coalesce(json_agg(x), '[]') from (
+       select ${TASK_COLUMNS} from tm_tasks t left join tm_nodes n on n.id = t.node_id
+       where ${key} and t.node_id ${nodeIs} order by ${order} limit ${limit}) x)`;
+  const count = (nodeIs: string) =>
+    `(select count(*)::int from tm_tasks t where ${key} and t.node_id ${nodeIs})`;
+  return `select ${tasks('is not null', 't.assigned_at, t.id')} as holders,
+    ${tasks('is null', waitingOrder)} as waiting,
+    ${count('is not null')} as held_count, ${count('is null')} as waiting_count`;
+}
+
 // $1 group, $2 affinity, $3 limit: the holders through tm_tasks_affinity_held, the others through
 // tm_tasks_affinity in the order of the planner's affinity rule (oldest workflow first).
-const AFFINITY_KEY_VIEW = `
-  select
-    (select coalesce(json_agg(x), '[]') from (
-       select ${TASK_COLUMNS} from tm_tasks t left join tm_nodes n on n.id = t.node_id
-       where t.affinity_group = $1 and t.affinity = $2 and t.node_id is not null
-       order by t.assigned_at, t.id limit $3) x) as holders,
-    (select coalesce(json_agg(x), '[]') from (
-       select ${TASK_COLUMNS} from tm_tasks t left join tm_nodes n on n.id = t.node_id
-       where t.affinity_group = $1 and t.affinity = $2 and t.node_id is null
-       order by t.workflow_created_at, t.workflow_id, t.seq limit $3) x) as waiting,
-    (select count(*)::int from tm_tasks t
-     where t.affinity_group = $1 and t.affinity = $2 and t.node_id is not null) as held_count,
-    (select count(*)::int from tm_tasks t
-     where t.affinity_group = $1 and t.affinity = $2 and t.node_id is null) as waiting_count,
+const AFFINITY_KEY_VIEW = `${keyViewSql(
+  't.affinity_group = $1 and t.affinity = $2',
+  't.workflow_created_at, t.workflow_id, t.seq',
+  '$3',
+)},
     (select t.workflow_id from tm_tasks t where t.affinity_group = $1 and t.affinity = $2
      order by t.workflow_created_at, t.workflow_id limit 1) as active_workflow_id`;
 
 // $1 key, $2 limit: the holders through tm_tasks_group_held, the ready ones in the claim's order
 // (priority, then age).
-const CONCURRENCY_KEY_VIEW = `
-  select
-    (select coalesce(json_agg(x), '[]') from (
-       select ${TASK_COLUMNS} from tm_tasks t left join tm_nodes n on n.id = t.node_id
-       where t.concurrency_key = $1 and t.node_id is not null
-       order by t.assigned_at, t.id limit $2) x) as holders,
-    (select coalesce(json_agg(x), '[]') from (
-       select ${TASK_COLUMNS} from tm_tasks t left join tm_nodes n on n.id = t.node_id
-       where t.concurrency_key = $1 and t.node_id is null
-       order by t.priority desc, t.seq limit $2) x) as waiting,
-    (select count(*)::int from tm_tasks t where t.concurrency_key = $1 and t.node_id is not null) as held_count,
-    (select count(*)::int from tm_tasks t where t.concurrency_key = $1 and t.node_id is null) as waiting_count`;
+const CONCURRENCY_KEY_VIEW = keyViewSql('t.concurrency_key = $1', 't.priority desc, t.seq', '$2');
 
 interface RawView {
   holders: RawKeyTask[];
