@@ -220,6 +220,55 @@ describe('history retention', () => {
     }
   }, 20_000);
 
+  it('hides no row from a read that runs while rows move out of the default partition', async () => {
+    const db = await database();
+    const ids = await Promise.all(
+      [30, 20, 10].map((ago) =>
+        db.pool
+          .query<{ id: string }>(
+            `insert into tm_history (id, name, workflow_id, state, attempts, created_at, finished_at)
+             values (gen_random_uuid(), 'noop', gen_random_uuid(), 'completed', 1, now(), now() - $1 * interval '1 minute')
+             returning id`,
+            [ago],
+          )
+          .then((r) => r.rows[0].id),
+      ),
+    );
+    const mover = await db.pool.connect();
+    const reader = await db.pool.connect();
+    try {
+      const { rows } = await mover.query<{ pid: number }>(`select pg_backend_pid() as pid`);
+      await mover.query('begin');
+      // The move holds its locks until commit; a read of the whole table starts meanwhile and waits.
+      await mover.query(
+        `select tm_history_add_partition(now() - interval '1 hour', now() - interval '1 minute', 5000, null)`,
+      );
+      const readerPid = (await reader.query<{ pid: number }>(`select pg_backend_pid() as pid`)).rows[0].pid;
+      const read = reader.query<{ n: string }>(`select count(*) as n from tm_history where id = any($1)`, [
+        ids,
+      ]);
+      await until(
+        async () =>
+          (
+            await db.pool.query(
+              `select 1 from pg_stat_activity where pid = $1 and wait_event_type = 'Lock'`,
+              [readerPid],
+            )
+          ).rowCount === 1,
+        10_000,
+      );
+      expect(rows[0].pid).not.toBe(readerPid);
+      await mover.query('commit');
+      expect(Number((await read).rows[0].n)).toBe(3);
+    } finally {
+      mover.release();
+      reader.release();
+    }
+    expect([...(await partitionOf(db.pool, ids)).values()].every((p) => p !== 'tm_history_default')).toBe(
+      true,
+    );
+  }, 20_000);
+
   it('does not attach a range that an open transaction may still write into, and moves its row afterwards', async () => {
     const db = await database();
     const retention = new HistoryRetention({ db: db.pool, retentionMs: 60 * SECOND, periodMs: SECOND });
