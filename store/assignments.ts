@@ -59,20 +59,26 @@ export interface ClusterLimit {
 
 /**
  * Live nodes with the tasks each holds, and the task names with a cluster limit with their running
- * count (through the partial node index: only held rows are read), in one round trip; when asked ($2,
+ * count (one pass over the partial node index: only held rows are read), in one round trip; when asked ($2,
  * every PROMOTE_WAITING_EVERY_MS of planner.ts) it also promotes waiting tasks with nothing left to wait for.
  * Every pass wakes the sleeping tasks whose wait ended by time (tm_wake_sleeping, migrations/009: an
  * index probe when none is due), before the claim, so the claim that follows sees them ready.
  * Whether flow control is in play (a limit configured; a ready task with a concurrency key, through the
  * first entry of tm_tasks_ready_group past '') costs two index probes.
+ * Held tasks are counted once (the `held` CTE), not by a subquery per node and per definition: with
+ * tm_nodes and tm_task_defs not yet analyzed the planner costed those subqueries at 200 nodes x 100 and
+ * 780 definitions x 100, past jit_above_cost, and JIT compilation then took 16-32 ms of every pass
+ * (auto_explain on PostgreSQL 15, bench:workflow; results/pg-statements-2026-12-03.md).
  */
 const CLUSTER_STATE = `
+  with held as (
+    select t.node_id, t.name, count(*)::int as n from tm_tasks t where t.node_id is not null group by 1, 2)
   select
     (select coalesce(json_agg(json_build_object('id', n.id, 'capacity', n.capacity, 'task_names', n.task_names,
-        'cpu', n.cpu, 'held', (select count(*) from tm_tasks t where t.node_id = n.id))), '[]')
+        'cpu', n.cpu, 'held', coalesce((select sum(h.n) from held h where h.node_id = n.id), 0))), '[]')
       from tm_nodes n where n.heartbeat_at > now() - $1 * interval '1 millisecond') as nodes,
     (select coalesce(json_agg(json_build_object('name', d.name, 'max', d.max_parallel_in_cluster,
-        'held', (select count(*) from tm_tasks t where t.node_id is not null and t.name = d.name))), '[]')
+        'held', coalesce((select sum(h.n) from held h where h.name = d.name), 0))), '[]')
       from tm_task_defs d where d.max_parallel_in_cluster is not null) as limits,
     case when $2 then tm_promote_waiting(1000) end as promoted,
     tm_wake_sleeping(1000) as woken,
