@@ -42,6 +42,7 @@ import type { Outcome } from '../task/outcome.ts';
 import type { FetchedTask } from '../store/tasks.ts';
 import { activeTracer, traceparentOf, type Span, type Tracer } from '../log/tracing.ts';
 import { endAttempt, endRerun, startAttempt } from './attempt-tracing.ts';
+import type { ConnectionSlots } from '../worker/connection-slots.ts';
 
 export const DISPATCHER_DEFAULTS = {
   threads: availableParallelism(),
@@ -67,6 +68,8 @@ export interface DispatcherOptions {
   handlers: Record<string, string>;
   exactlyOnce: (name: string) => boolean;
   connectionString: string;
+  /** The threads' share of the node's connection budget (worker/connection-slots.ts). */
+  connectionSlots: ConnectionSlots;
   nodeId: string;
   timeoutOf: (name: string) => number | undefined;
   /** Each task's outcome (task/outcome.ts), with the task and why it was aborted, if it was. */
@@ -141,6 +144,7 @@ export class Dispatcher {
     const init: WorkerInit = {
       handlers: options.handlers,
       connectionString: options.connectionString,
+      connectionSlots: options.connectionSlots.buffer,
       nodeId: options.nodeId,
     };
     if (options.shell) init.shell = options.shell;
@@ -172,6 +176,12 @@ export class Dispatcher {
       concurrentTasksPerWorker:
         options.concurrentBatchesPerThread ?? DISPATCHER_DEFAULTS.concurrentBatchesPerThread,
     });
+    this.reclaimSlotsOf(this.pool);
+  }
+
+  /** A thread that ended (terminated, crashed, idle) never releases its connection slots: take them back. */
+  private reclaimSlotsOf(pool: Pool): void {
+    pool.on('workerDestroy', (worker: { id: number }) => this.options.connectionSlots.reclaim(worker.id));
   }
 
   /** Tasks started and not yet reported. */
@@ -246,6 +256,7 @@ export class Dispatcher {
       idleTimeout: ISOLATION_IDLE_MS,
       concurrentTasksPerWorker: 1,
     });
+    this.reclaimSlotsOf(this.isolationPool);
     return this.isolationPool;
   }
 
