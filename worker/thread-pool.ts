@@ -5,9 +5,11 @@
  * Each connection the thread opens holds one slot of the shared semaphore until it closes, idle or not.
  * A checkout takes an idle connection of this thread, else waits for a slot and opens one; with every
  * slot taken it waits (the work waits for a connection, it does not fail). So that a thread never keeps
- * idle connections while another thread waits: a connection released while another thread waits is
- * closed instead of kept, and a thread with idle connections watches the semaphore's waiter count and
- * closes them when someone waits. Idle connections also close after `idleTimeoutMs`.
+ * connections another thread waits for: a connection released while another thread waits goes on to
+ * this thread's next waiter only within its time slice (`sliceMs` since it opened: opening one costs a
+ * round trip and authentication), else it is closed and its slot goes to whoever takes it first; a
+ * thread with idle connections watches the semaphore's waiter count and closes them when someone
+ * waits. Idle connections also close after `idleTimeoutMs`.
  *
  * A connection that breaks while checked out (server restart, terminated backend) fails the query in
  * flight, is closed on release, and gives its slot back when it ends.
@@ -23,6 +25,8 @@ import type { ConnectionSlots } from './connection-slots.ts';
 export const THREAD_POOL_DEFAULTS = {
   /** An idle connection closes after this long (its slot goes back to the other threads). */
   idleTimeoutMs: 10_000,
+  /** While other threads wait, a connection serves this thread's waiters this long, then is given up. */
+  sliceMs: 100,
 };
 /** How long one watch for waiting threads lasts before it is renewed (while connections are idle). */
 const WATCH_MS = 5_000;
@@ -33,6 +37,7 @@ export interface ThreadPoolOptions {
   /** This thread's id (its seat in the semaphore). */
   threadId: number;
   idleTimeoutMs?: number;
+  sliceMs?: number;
 }
 
 /** A checked-out connection; release it exactly once. */
@@ -49,6 +54,8 @@ interface Idle {
 
 interface Connection extends pg.Client {
   broken?: Error;
+  /** performance.now() when it opened. */
+  openedAt?: number;
 }
 
 interface Waiter {
@@ -112,7 +119,11 @@ export class ThreadPool {
   }
 
   private release(client: Connection, destroy: boolean): void {
-    if (destroy || client.broken || this.ended || this.othersWait()) {
+    const othersWait = this.othersWait();
+    const sliceOver =
+      performance.now() - (client.openedAt ?? 0) > (this.options.sliceMs ?? THREAD_POOL_DEFAULTS.sliceMs);
+    const keep = this.waiters.length > 0 ? !othersWait || !sliceOver : !othersWait;
+    if (destroy || client.broken || this.ended || !keep) {
       void this.close(client);
       this.pump();
       return;
@@ -171,6 +182,7 @@ export class ThreadPool {
     this.open.add(client);
     try {
       await client.connect();
+      client.openedAt = performance.now();
     } catch (error) {
       await client.end().catch(() => {});
       onEnd();
