@@ -179,9 +179,20 @@ export class Dispatcher {
     this.reclaimSlotsOf(this.pool);
   }
 
-  /** A thread that ended (terminated, crashed, idle) never releases its connection slots: take them back. */
+  /**
+   * A thread that ended (terminated, crashed, idle) never releases its connection slots: take them back
+   * when it exits. (Piscina's workerDestroy comes too late: an exited thread's threadId is -1 by then.)
+   */
   private reclaimSlotsOf(pool: Pool): void {
-    pool.on('workerDestroy', (worker: { id: number }) => this.options.connectionSlots.reclaim(worker.id));
+    const watched = new WeakSet<Worker>();
+    pool.on('workerCreate', () => {
+      for (const thread of pool.threads) {
+        if (watched.has(thread)) continue;
+        watched.add(thread);
+        const id = thread.threadId;
+        thread.once('exit', () => this.options.connectionSlots.reclaim(id));
+      }
+    });
   }
 
   /** Tasks started and not yet reported. */

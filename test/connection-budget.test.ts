@@ -11,12 +11,19 @@ import { TaskmillMetrics } from '../node/metrics.ts';
 import { splitConnectionBudget } from '../node/connection-budget.ts';
 import { ConnectionSlots } from '../worker/connection-slots.ts';
 import { deposit } from './fixtures/workflow-definitions.ts';
+import { defineTask } from '../index.ts';
 import { durable } from './fixtures/definitions.ts';
 import { runCliCaptured } from './helpers/cli.ts';
 import { count, until, useTestDatabase } from './helpers/database.ts';
 import { startTestNode, stopAllNodes } from './helpers/nodes.ts';
 
 const db = useTestDatabase();
+const exitInTransaction = defineTask({
+  name: 'exit-in-transaction',
+  handler: new URL('./fixtures/exit-in-transaction.ts', import.meta.url),
+  guarantee: 'exactly-once',
+  retry: { mode: 'OFF' },
+});
 const stepLog = path.join(mkdtempSync(path.join(tmpdir(), 'taskmill-budget-')), 'steps.log');
 
 beforeAll(async () => {
@@ -131,6 +138,20 @@ describe('a node on a small budget', () => {
     expect(mostWorker).toBe(2);
     expect(most).toBeGreaterThanOrEqual(3);
     expect(most).toBeLessThanOrEqual(5);
+  });
+
+  it('takes back the connection slots of a worker thread that died holding one', async () => {
+    // A share of one: were the dead thread's slot lost, no exactly-once task could run again.
+    node = await startTestNode(db.url, { tasks: [deposit, exitInTransaction], maxConnections: 4 });
+    expect(node.connectionBudget.worker).toBe(1);
+    const died = await node.client.schedule(exitInTransaction);
+    expect(await node.client.waitForTask(died, { timeoutMs: 60_000 })).toMatchObject({
+      state: 'dead',
+      error: expect.stringContaining('WORKER_EXITED'),
+    });
+    const id = await node.client.schedule(deposit, { message: { account: 'after-exit', amount: 2 } });
+    expect(await node.client.waitForTask(id, { timeoutMs: 60_000 })).toMatchObject({ state: 'completed' });
+    expect(node.connections().worker).toBeLessThanOrEqual(1);
   });
 
   it('reports connections in use and the budget with its heartbeat: status and /metrics show them', async () => {

@@ -12,7 +12,7 @@
  *            connections watches it and closes them so the waiter gets a slot (thread-pool.ts).
  *   SEATS    pairs [threadId, slots held] per thread that ever took a slot: when a thread dies (a
  *            terminated or crashed thread never releases), the main thread gives its slots back
- *            (reclaim, on Piscina's workerDestroy). A seat is claimed with a compare-exchange on its
+ *            (reclaim, on the thread's exit event). A seat is claimed with a compare-exchange on its
  *            threadId cell (0: free) and freed by reclaim.
  */
 /** Atomics.waitAsync (Node 16+; newer than this project's TypeScript lib). */
