@@ -15,6 +15,7 @@ import { Bench, type Task } from 'tinybench';
 import { Planner } from '../planner/planner.ts';
 import { decode, encode } from '../task/codec.ts';
 import { Dispatcher } from '../node/dispatcher.ts';
+import { ConnectionSlots } from '../worker/connection-slots.ts';
 import type { Outcome } from '../task/outcome.ts';
 import { Mailboxes } from '../node/mailboxes.ts';
 import type { FetchedTask } from '../store/tasks.ts';
@@ -201,6 +202,8 @@ function addDispatcher(add: Add, threads: number): Dispatcher {
     handlers: { [benchNoop.name]: benchNoop.handler },
     exactlyOnce: () => false,
     connectionString: '',
+    // No-op tasks open no connection: the share is never used.
+    connectionSlots: ConnectionSlots.create(1, 2 * threads + 16),
     nodeId: randomUUID(),
     timeoutOf: () => undefined,
     threads,

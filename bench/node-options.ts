@@ -97,7 +97,11 @@ export function addNodeOptions(command: Command): Command {
       'node: fetch assignments at least this often',
       intArg('--fetch-interval-ms', 1),
     )
-    .option('--pool-size <n>', 'node: database connections', intArg('--pool-size', 1))
+    .option(
+      '--max-connections <n>',
+      'node: connection budget, every connection it opens (maxConnections)',
+      intArg('--max-connections', 1),
+    )
     .addOption(
       new Option('--notifications <on|off>', 'LISTEN/NOTIFY wake-ups').choices(['on', 'off']).default('on'),
     )
@@ -123,7 +127,7 @@ export interface NodeCliOptions {
   completerBatchSize?: number;
   completerFlushMs?: number;
   fetchIntervalMs?: number;
-  poolSize?: number;
+  maxConnections?: number;
   notifications: 'on' | 'off';
   logLevel: NonNullable<NodeOptions['logLevel']>;
 }
@@ -144,7 +148,7 @@ export function knobsFromCli(o: NodeCliOptions): NodeKnobs {
   if (o.threads !== undefined) knobs.threads = o.threads;
   if (o.microBatchSize !== undefined) knobs.maxBatchSize = o.microBatchSize;
   if (o.fetchIntervalMs !== undefined) knobs.fetchIntervalMs = o.fetchIntervalMs;
-  if (o.poolSize !== undefined) knobs.poolSize = o.poolSize;
+  if (o.maxConnections !== undefined) knobs.maxConnections = o.maxConnections;
   return knobs;
 }
 
@@ -173,7 +177,7 @@ export interface KnobsRecord {
   completerBatchSize: number;
   completerFlushMs: number;
   fetchIntervalMs: number;
-  poolSize: number;
+  maxConnections: number;
   notifications: boolean;
   logLevel: string;
 }
@@ -194,7 +198,7 @@ export function describeKnobs(knobs: NodeKnobs): KnobsRecord {
     fetchIntervalMs:
       c.fetchIntervalMs ??
       (c.notifications ? NODE_DEFAULTS.fetchIntervalMs : NODE_DEFAULTS.fetchIntervalWithoutNotifyMs),
-    poolSize: c.poolSize,
+    maxConnections: c.maxConnections,
     notifications: c.notifications,
     logLevel: c.logLevel ?? 'default',
   };

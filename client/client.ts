@@ -60,6 +60,13 @@ export interface ClientOptions {
   pool?: pg.Pool;
   /** NOTIFY the planner when tasks are scheduled (default true). */
   notify?: boolean;
+  /**
+   * How waitForTask() and waitForWorkflow() hear of ended tasks: by default a LISTEN session opened with
+   * the pool's settings; a connection string: the LISTEN session's server (a direct one, when the pool
+   * goes through PgBouncer in transaction mode, which cannot carry LISTEN); a Listener: a session to
+   * share (a node's; never closed by the client); false: no LISTEN, waits poll (docs/connections.md).
+   */
+  listen?: string | Listener | false;
   /** Where the client's own pool reports lost connections (default: a pino logger, level TASKMILL_LOG_LEVEL). */
   log?: Logger;
 }
@@ -132,9 +139,14 @@ export class TaskmillClient {
       this.pool.on('error', (error) => failures.failure('pool', error));
       this.pool.on('connect', () => failures.recovered('pool'));
     }
-    // waitForTask()'s LISTEN session: the pool's connection settings, a session of its own.
+    // waitForTask()'s LISTEN session: by default the pool's connection settings, a session of its own.
+    const listen = options.listen;
     this.waiter = new TaskWaiter(
-      () => new Listener(this.pool.options, (error) => failures.failure('listener', error)),
+      listen === false
+        ? 'poll'
+        : listen instanceof Listener
+          ? { shared: listen }
+          : { open: () => new Listener(listen ?? this.pool.options, (e) => failures.failure('listener', e)) },
       async (id) => {
         const task = await this.getTask(id);
         return task && { task, state: task.state, ended: isEnded(task.state), progress: task.progress };

@@ -11,6 +11,11 @@
  * Progress is best effort in between: the callback gets the latest value read, each distinct value
  * at most once in a row, never after the wait has ended.
  *
+ * Where LISTEN cannot work (a pooler in transaction mode between the client and PostgreSQL, with no
+ * direct server to listen on), the waiter polls instead: every `pollIntervalMs` each wait reads its task
+ * again, as after a reconnection. A LISTEN session may also be shared (a node's, store/listener.ts):
+ * the waiter then only subscribes and unsubscribes, and never closes it.
+ *
  * States of one wait: pending -> ended (resolved with the task) | timed out | aborted | not found
  * (rejected). Main thread only: `waits` is written by wait() and by the notification handlers.
  */
@@ -23,7 +28,15 @@ export const WAIT_FOR_TASK_DEFAULTS = {
   timeoutMs: 60_000,
   /** The longest timeoutMs accepted: a day (a wait holds a timer and a place in the waiter). */
   maxTimeoutMs: 86_400_000,
+  /** Without a LISTEN session, waits read their task this often. */
+  pollIntervalMs: 250,
 };
+
+/**
+ * How the waiter hears of ended tasks: a LISTEN session it opens and closes itself, one it shares
+ * (subscribes to, never closes), or none (it polls).
+ */
+export type WaiterSource = { open: () => Listener } | { shared: Listener } | 'poll';
 
 export interface WaitForTaskOptions {
   /** Reject with a TIMEOUT error after this long (default 60 s, at most a day). */
@@ -56,6 +69,9 @@ interface Wait {
 export class TaskWaiter<T> {
   private listener: Listener | undefined;
   private subscribed: Promise<unknown> | undefined;
+  /** Unsubscribes this waiter's handlers from a shared listener. */
+  private readonly unsubscribes: Promise<() => void>[] = [];
+  private pollTimer: NodeJS.Timeout | undefined;
   private progressSubscribed: Promise<unknown> | undefined;
   /** Task id -> the waits on it (each re-reads the task). */
   private readonly waits = new Map<string, Set<Wait>>();
@@ -63,7 +79,7 @@ export class TaskWaiter<T> {
   private readonly watchers = new Set<() => void>();
 
   constructor(
-    private readonly openListener: () => Listener,
+    private readonly source: WaiterSource,
     private readonly lookup: TaskLookup<T>,
     private readonly readProgress?: ProgressLookup,
   ) {}
@@ -186,19 +202,37 @@ export class TaskWaiter<T> {
     return () => this.watchers.delete(onEnd);
   }
 
-  /** Closes the listening session; waits still pending then end by their timeout. */
+  /** Closes the listening session (or leaves a shared one); waits still pending then end by their timeout. */
   async close(): Promise<void> {
     const listener = this.listener;
     this.listener = undefined;
     this.subscribed = undefined;
     this.progressSubscribed = undefined;
+    clearInterval(this.pollTimer);
+    this.pollTimer = undefined;
+    if (typeof this.source === 'object' && 'shared' in this.source) {
+      for (const unsubscribe of this.unsubscribes.splice(0)) (await unsubscribe.catch(() => () => {}))();
+      return;
+    }
     await listener?.close();
   }
 
+  /** Every wait reads its task again (polling, or notifications may have been lost). */
+  private checkAll(): void {
+    for (const onEnd of this.watchers) onEnd();
+    for (const set of this.waits.values()) for (const wait of set) wait.check();
+  }
+
   private subscribe(progress = false): Promise<unknown> {
+    if (this.source === 'poll') {
+      // Progress is read with each poll: check() reads it with the task.
+      this.pollTimer ??= setInterval(() => this.checkAll(), WAIT_FOR_TASK_DEFAULTS.pollIntervalMs).unref();
+      return Promise.resolve();
+    }
+    const shared = 'shared' in this.source;
     if (!this.subscribed) {
-      const listener = (this.listener = this.openListener());
-      this.subscribed = listener.subscribe(TASK_ENDED_CHANNEL, (payload, reconnected) => {
+      const listener = (this.listener = 'shared' in this.source ? this.source.shared : this.source.open());
+      const subscribed = listener.subscribe(TASK_ENDED_CHANNEL, (payload, reconnected) => {
         for (const onEnd of this.watchers) onEnd();
         if (reconnected) {
           for (const set of this.waits.values()) for (const wait of set) wait.check();
@@ -206,6 +240,8 @@ export class TaskWaiter<T> {
         }
         for (const id of payload.split(',')) for (const wait of this.waits.get(id) ?? []) wait.check();
       });
+      if (shared) this.unsubscribes.push(subscribed);
+      this.subscribed = subscribed;
       // A failed subscription is closed and tried again by the next wait.
       this.subscribed.catch(() => {
         if (this.listener === listener) {
@@ -213,19 +249,21 @@ export class TaskWaiter<T> {
           this.subscribed = undefined;
           this.progressSubscribed = undefined;
         }
-        void listener.close();
+        if (!shared) void listener.close();
       });
     }
     if (!progress) return this.subscribed;
     if (!this.progressSubscribed) {
       const listener = this.listener!;
-      this.progressSubscribed = this.subscribed.then(() =>
-        listener.subscribe(TASK_PROGRESS_CHANNEL, (payload, reconnected) => {
+      this.progressSubscribed = this.subscribed.then(() => {
+        const unsubscribe = listener.subscribe(TASK_PROGRESS_CHANNEL, (payload, reconnected) => {
           // After a reconnection the ended channel's handler re-reads every wait (progress included).
           if (reconnected) return;
           for (const id of payload.split(',')) for (const wait of this.waits.get(id) ?? []) wait.progress?.();
-        }),
-      );
+        });
+        if (shared) this.unsubscribes.push(unsubscribe);
+        return unsubscribe;
+      });
       this.progressSubscribed.catch(() => {
         if (this.listener === listener) this.progressSubscribed = undefined;
       });

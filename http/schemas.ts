@@ -329,6 +329,16 @@ const node = {
     inFlight: { type: 'integer' },
     held: { type: 'integer' },
     cpu: { type: 'number' },
+    connections: {
+      type: 'integer',
+      nullable: true,
+      description: 'Connections the node had open at its last heartbeat; null: not reported.',
+    },
+    maxConnections: {
+      type: 'integer',
+      nullable: true,
+      description: 'Its connection budget (maxConnections); null: not reported.',
+    },
     startedAt: { type: 'string', format: 'date-time' },
     heartbeatAt: { type: 'string', format: 'date-time' },
     alive: { type: 'boolean' },

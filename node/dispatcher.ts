@@ -42,6 +42,7 @@ import type { Outcome } from '../task/outcome.ts';
 import type { FetchedTask } from '../store/tasks.ts';
 import { activeTracer, traceparentOf, type Span, type Tracer } from '../log/tracing.ts';
 import { endAttempt, endRerun, startAttempt } from './attempt-tracing.ts';
+import type { ConnectionSlots } from '../worker/connection-slots.ts';
 
 export const DISPATCHER_DEFAULTS = {
   threads: availableParallelism(),
@@ -67,6 +68,8 @@ export interface DispatcherOptions {
   handlers: Record<string, string>;
   exactlyOnce: (name: string) => boolean;
   connectionString: string;
+  /** The threads' share of the node's connection budget (worker/connection-slots.ts). */
+  connectionSlots: ConnectionSlots;
   nodeId: string;
   timeoutOf: (name: string) => number | undefined;
   /** Each task's outcome (task/outcome.ts), with the task and why it was aborted, if it was. */
@@ -141,6 +144,7 @@ export class Dispatcher {
     const init: WorkerInit = {
       handlers: options.handlers,
       connectionString: options.connectionString,
+      connectionSlots: options.connectionSlots.buffer,
       nodeId: options.nodeId,
     };
     if (options.shell) init.shell = options.shell;
@@ -171,6 +175,23 @@ export class Dispatcher {
       idleTimeout: 60_000,
       concurrentTasksPerWorker:
         options.concurrentBatchesPerThread ?? DISPATCHER_DEFAULTS.concurrentBatchesPerThread,
+    });
+    this.reclaimSlotsOf(this.pool);
+  }
+
+  /**
+   * A thread that ended (terminated, crashed, idle) never releases its connection slots: take them back
+   * when it exits. (Piscina's workerDestroy comes too late: an exited thread's threadId is -1 by then.)
+   */
+  private reclaimSlotsOf(pool: Pool): void {
+    const watched = new WeakSet<Worker>();
+    pool.on('workerCreate', () => {
+      for (const thread of pool.threads) {
+        if (watched.has(thread)) continue;
+        watched.add(thread);
+        const id = thread.threadId;
+        thread.once('exit', () => this.options.connectionSlots.reclaim(id));
+      }
     });
   }
 
@@ -246,6 +267,7 @@ export class Dispatcher {
       idleTimeout: ISOLATION_IDLE_MS,
       concurrentTasksPerWorker: 1,
     });
+    this.reclaimSlotsOf(this.isolationPool);
     return this.isolationPool;
   }
 

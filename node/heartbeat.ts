@@ -1,6 +1,6 @@
 /**
- * The node's registration and heartbeat: upserts its tm_nodes row (capacity, task names, load, CPU)
- * every `intervalMs`, stamped with database time. If the row had disappeared (the planner declared the
+ * The node's registration and heartbeat: upserts its tm_nodes row (capacity, task names, load, CPU,
+ * connections in use and budget) every `intervalMs`, stamped with database time. If the row had disappeared (the planner declared the
  * node dead and took its tasks back), the upsert re-creates it and `onReregistered` tells the node to
  * drop the tasks it had queued: they belong to someone else now.
  *
@@ -25,6 +25,8 @@ export interface HeartbeatOptions {
   node: NodeRegistration;
   intervalMs?: number;
   inFlight: () => number;
+  /** Connections the node has open now and its budget (connection-budget.ts); reported with each beat. */
+  connections?: () => { inUse: number; max: number };
   onReregistered: () => void;
   onError: (error: unknown) => void;
   /** Called after each beat that reached the database. */
@@ -58,7 +60,11 @@ export class Heartbeat {
 
   async runOnce(): Promise<{ inserted: boolean }> {
     const { node } = this.options;
-    const { inserted } = await beat(this.options.db, node, this.options.inFlight(), this.cpu());
+    const { inserted } = await beat(this.options.db, node, {
+      inFlight: this.options.inFlight(),
+      cpu: this.cpu(),
+      connections: this.options.connections?.(),
+    });
     if (inserted && this.beats > 0) this.options.onReregistered();
     this.beats++;
     return { inserted };

@@ -237,6 +237,20 @@ export class TaskmillMetrics {
       },
     );
     this.gauge(
+      'taskmill_node_connections',
+      'Connections a node of this process has open now, by part of its budget: main (its pool), listener (its LISTEN session), worker (its worker threads); budget: its maxConnections.',
+      ['node', 'part'],
+      (g) => {
+        g.reset();
+        for (const node of this.observed) {
+          const use = node.connections();
+          for (const part of ['main', 'listener', 'worker'] as const)
+            g.set({ node: node.name, part }, use[part]);
+          g.set({ node: node.name, part: 'budget' }, node.connectionBudget.total);
+        }
+      },
+    );
+    this.gauge(
       'taskmill_db_pool_connections',
       "Connections of a pg pool by state: total (open) and idle; pool is node (a node of this process) or exporter (this exporter's own).",
       ['node', 'pool', 'state'],
@@ -323,6 +337,26 @@ export class TaskmillMetrics {
         g.reset();
         for (const n of (await this.snapshot())?.nodes ?? [])
           if (n.alive) g.set({ node: n.name }, n.capacity);
+      },
+    );
+    this.gauge(
+      'taskmill_cluster_node_connections',
+      'Connections open per live node, as of its last heartbeat (nodes that report them).',
+      ['node'],
+      async (g) => {
+        g.reset();
+        for (const n of (await this.snapshot())?.nodes ?? [])
+          if (n.alive && n.connections !== null) g.set({ node: n.name }, n.connections);
+      },
+    );
+    this.gauge(
+      'taskmill_cluster_node_max_connections',
+      'Connection budget (maxConnections) per live node (nodes that report it).',
+      ['node'],
+      async (g) => {
+        g.reset();
+        for (const n of (await this.snapshot())?.nodes ?? [])
+          if (n.alive && n.maxConnections !== null) g.set({ node: n.name }, n.maxConnections);
       },
     );
     this.counter(

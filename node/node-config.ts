@@ -18,6 +18,7 @@ import { COMPLETER_DEFAULTS } from './completer.ts';
 import { DISPATCHER_DEFAULTS } from './dispatcher.ts';
 import { TaskmillError } from '../task/errors.ts';
 import { DEFAULT_HEARTBEAT_INTERVAL_MS } from './heartbeat.ts';
+import { DEFAULT_MAX_CONNECTIONS, splitConnectionBudget, type ConnectionSplit } from './connection-budget.ts';
 import { isTaskDefinition, type TaskDefinition } from '../task/task-definition.ts';
 import { assertShellConfig, shellOptionsSchema } from '../task/shell-task.ts';
 
@@ -30,7 +31,8 @@ export const NODE_DEFAULTS = {
   /** Without notifications, nodes poll for assignments this often. */
   fetchIntervalWithoutNotifyMs: 50,
   shutdownGraceMs: 10_000,
-  poolSize: 10,
+  /** Every connection the node opens (connection-budget.ts, docs/connections.md). */
+  maxConnections: DEFAULT_MAX_CONNECTIONS,
 };
 
 const positiveInt = z.number().int().positive();
@@ -82,6 +84,11 @@ const completerSchema = z
 const schema = z
   .object({
     connectionString: z.string().min(1).optional(),
+    /**
+     * The LISTEN session's server, when `connectionString` goes through a pooler in transaction mode
+     * (PgBouncer), which cannot carry LISTEN: a direct connection string (docs/connections.md).
+     */
+    listenUrl: z.string().min(1).optional(),
     pool: z.any().optional(),
     tasks: z.array(z.custom<TaskDefinition>(isTaskDefinition, 'expected definitions made by defineTask()')),
     name: z.string().min(1).max(200).default(`${hostname()}-${process.pid}`),
@@ -99,7 +106,7 @@ const schema = z
     abortGraceMs: ms.default(DISPATCHER_DEFAULTS.abortGraceMs),
     historyRetentionMs: positiveInt.default(MAINTENANCE_DEFAULTS.historyRetentionMs),
     migrate: z.boolean().default(true),
-    poolSize: positiveInt.max(1000).default(NODE_DEFAULTS.poolSize),
+    maxConnections: positiveInt.max(10_000).default(NODE_DEFAULTS.maxConnections),
     logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).optional(),
     handleSignals: z.boolean().default(false),
     workerExecArgv: z.array(z.string()).optional(),
@@ -111,14 +118,29 @@ const schema = z
   .strict();
 
 export type NodeOptions = z.input<typeof schema> & { tasks: TaskDefinition[] };
-export type NodeConfig = z.output<typeof schema>;
+export type NodeConfig = z.output<typeof schema> & { connections: ConnectionSplit };
 
 export function parseNodeConfig(options: NodeOptions): NodeConfig {
   const parsed = schema.safeParse(options);
   if (!parsed.success) {
     throw new TaskmillError('INVALID_CONFIG', `Invalid node configuration: ${z.prettifyError(parsed.error)}`);
   }
-  const config = parsed.data;
+  const parsedConfig = parsed.data;
+  if (parsedConfig.listenUrl && !parsedConfig.notifications) {
+    throw new TaskmillError(
+      'INVALID_CONFIG',
+      'listenUrl is the server of the LISTEN session, which a node without notifications does not open: ' +
+        'drop listenUrl, or set notifications to true.',
+    );
+  }
+  const config: NodeConfig = {
+    ...parsedConfig,
+    connections: splitConnectionBudget({
+      maxConnections: parsedConfig.maxConnections,
+      notifications: parsedConfig.notifications,
+      threads: parsedConfig.threads,
+    }),
+  };
   if (!config.pool && !config.connectionString && !process.env.DATABASE_URL) {
     throw new TaskmillError(
       'INVALID_CONFIG',

@@ -39,6 +39,8 @@ import { closeNodeToNewTasks } from '../store/nodes.ts';
 import { releaseTasks, type FetchedTask } from '../store/tasks.ts';
 import { ConnectionClient } from '../store/connections.ts';
 import { ProgressRecorder } from './progress-recorder.ts';
+import { ConnectionSlots } from '../worker/connection-slots.ts';
+import { connectionsInUse, type ConnectionSplit, type ConnectionUse } from './connection-budget.ts';
 
 export type { NodeOptions } from './node-config.ts';
 
@@ -99,6 +101,8 @@ export class TaskmillNode extends EventEmitter<TaskmillNodeEvents> {
   private readonly cancels: Cancellations;
   private readonly planning: Planning;
   private readonly listener: Listener | undefined;
+  /** The worker threads' share of the connection budget (connection-budget.ts). */
+  private readonly connectionSlots: ConnectionSlots;
   private readonly progress: ProgressRecorder;
   private stopping: Promise<void> | undefined;
   private readonly counters = { completed: 0, retried: 0, failed: 0, stale: 0 };
@@ -130,7 +134,7 @@ export class TaskmillNode extends EventEmitter<TaskmillNodeEvents> {
       (config.pool as pg.Pool | undefined) ??
       new pg.Pool({
         connectionString,
-        max: config.poolSize,
+        max: config.connections.main,
         application_name: `taskmill-node`,
         Client: ConnectionClient,
       });
@@ -139,7 +143,19 @@ export class TaskmillNode extends EventEmitter<TaskmillNodeEvents> {
     // Once the node stopped, a connection the server closes (say, while it shuts down after the node)
     // is no longer the node's failure: a caller's pool outlives the node, and is the caller's to watch.
     this.pool.on('error', (error) => this.phase !== 'stopped' && this.fail(error, 'pool'));
-    this.client = new TaskmillClient({ pool: this.pool, notify: config.notifications });
+    // The LISTEN session is the budget's one listener connection: node.client's waits share it, and poll
+    // when the node has none (notifications off).
+    if (config.notifications)
+      this.listener = new Listener(config.listenUrl ?? connectionString ?? '', (e) =>
+        this.fail(e, 'listener'),
+      );
+    this.client = new TaskmillClient({
+      pool: this.pool,
+      notify: config.notifications,
+      listen: this.listener ?? false,
+    });
+    // Seats: every thread of the dispatcher's two pools (threads each) alive at once, with replacements.
+    this.connectionSlots = ConnectionSlots.create(config.connections.worker, 2 * config.threads + 16);
     this.defs = new Map(config.tasks.map((d) => [d.name, d]));
     const onError = (source: string) => (error: unknown) => this.fail(error, source);
 
@@ -150,6 +166,7 @@ export class TaskmillNode extends EventEmitter<TaskmillNodeEvents> {
       onOutcome: (outcome) => this.onOutcome(outcome),
       exactlyOnce: (name) => this.defs.get(name)?.guarantee === 'exactly-once',
       connectionString: connectionString ?? '',
+      connectionSlots: this.connectionSlots,
       nodeId: this.id,
       threads: config.threads,
       maxBatchSize: config.maxBatchSize,
@@ -191,6 +208,7 @@ export class TaskmillNode extends EventEmitter<TaskmillNodeEvents> {
       },
       intervalMs: config.heartbeatIntervalMs,
       inFlight: () => this.dispatcher.inFlight + this.mailboxes.size,
+      connections: () => ({ inUse: this.connections().total, max: config.maxConnections }),
       onReregistered: () => {
         const dropped = this.mailboxes.drain();
         this.log.warn(
@@ -221,7 +239,6 @@ export class TaskmillNode extends EventEmitter<TaskmillNodeEvents> {
       onError: onError('cancellations'),
       onSuccess: () => this.recovered('cancellations'),
     });
-    if (config.notifications) this.listener = new Listener(connectionString ?? '', onError('listener'));
 
     this.planning = new Planning({
       db: this.pool,
@@ -273,6 +290,20 @@ export class TaskmillNode extends EventEmitter<TaskmillNodeEvents> {
   /** False while this node's loops cannot reach the database (from the first failure until a success). */
   get databaseAvailable(): boolean {
     return !this.failures.databaseDown;
+  }
+
+  /** Connections this node has open now, by part of its budget (`config.maxConnections`). */
+  connections(): ConnectionUse {
+    return connectionsInUse({
+      pool: this.pool,
+      listening: this.listener?.open ?? false,
+      slots: this.connectionSlots,
+    });
+  }
+
+  /** The connection budget and its split (docs/connections.md). */
+  get connectionBudget(): ConnectionSplit {
+    return this.config.connections;
   }
 
   get isLeader(): boolean {

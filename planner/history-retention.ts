@@ -8,11 +8,15 @@
  * docs/history.md explains the period, the lock levels, and why a range is attached only while no
  * transaction can still insert into it.
  *
- * Stateless between passes: the catalog is the state. A pass runs on one pooled connection holding a
- * session advisory lock, so two nodes that both believe they lead never manage partitions at once.
+ * Stateless between passes: the catalog is the state. A pass holds the `history` lease of tm_locks
+ * (store/locks.ts), so two nodes that both believe they lead never manage partitions at once. It is a
+ * row, not a session advisory lock, because a pooler in transaction mode (PgBouncer) may run the
+ * pass's statements, and an unlock, on different server sessions (docs/connections.md).
  */
 import type pg from 'pg';
+import { randomUUID } from 'node:crypto';
 import { checkout } from '../store/checkout.ts';
+import { releaseLock, takeLock } from '../store/locks.ts';
 import {
   addPartition,
   defaultPartitionSlots,
@@ -63,8 +67,13 @@ const ATTACH_TIMING = {
   pastMarginMs: 1_000,
 };
 
-/** Arbitrary constant: the session advisory lock of partition management (migrations use ...001). */
-const HISTORY_LOCK_KEY = 7_300_416_004;
+/** The tm_locks lease of partition management. */
+const HISTORY_LOCK = 'history';
+/**
+ * Time to live of the lease: far longer than a pass (each of its statements gives up after
+ * lockTimeoutMs), so it only matters when its holder died mid-pass: management resumes after it.
+ */
+export const HISTORY_LOCK_TTL_MS = 10 * 60_000;
 const LOCK_NOT_AVAILABLE = '55P03';
 
 /** The partition period for a retention: rows live between the retention and 1.25 × it. */
@@ -76,7 +85,7 @@ export function historyPeriodMs(retentionMs: number): number {
 export { listPartitions, type HistoryPartition } from '../store/history.ts';
 
 export interface HistoryRetentionResult {
-  /** Another session held the partition lock, so this pass did nothing. */
+  /** Another pass held the partition lease, so this pass did nothing. */
   skipped: boolean;
   /** Partitions attached, with the rows moved into each from the default partition. */
   created: (Omit<HistoryPartition, 'name'> & { moved: number })[];
@@ -91,7 +100,7 @@ export interface HistoryRetentionResult {
 }
 
 export interface HistoryRetentionOptions {
-  db: Pick<pg.Pool, 'connect'>;
+  db: Pick<pg.Pool, 'connect' | 'query'>;
   retentionMs: number;
   /** Partition period; default historyPeriodMs(retentionMs). A whole number of seconds. */
   periodMs?: number;
@@ -134,23 +143,22 @@ export class HistoryRetention {
       purgedKeysAndProgress: 0,
       deferred: [],
     };
-    let unlockFailed = false;
-    const { client, release } = await checkout(this.options.db);
+    const holder = randomUUID();
+    if (!(await takeLock(this.options.db, HISTORY_LOCK, holder, HISTORY_LOCK_TTL_MS))) {
+      return { ...result, skipped: true };
+    }
     try {
-      const { rows } = await client.query<{ locked: boolean }>(`select pg_try_advisory_lock($1) as locked`, [
-        HISTORY_LOCK_KEY,
-      ]);
-      if (!rows[0].locked) return { ...result, skipped: true };
+      // One connection for the pass (its statements commit one by one); checkout() keeps a connection
+      // that breaks meanwhile from ending the process.
+      const { client, release } = await checkout(this.options.db);
       try {
         await this.manage(client, result);
       } finally {
-        // A session lock dies with its session: a connection that broke meanwhile is destroyed below.
-        await client
-          .query(`select pg_advisory_unlock($1)`, [HISTORY_LOCK_KEY])
-          .catch(() => (unlockFailed = true));
+        release();
       }
     } finally {
-      release(unlockFailed);
+      // A lease left behind (the database went away) frees itself when it expires.
+      await releaseLock(this.options.db, HISTORY_LOCK, holder).catch(() => {});
     }
     return result;
   }

@@ -39,7 +39,7 @@ const GRID_OPTIONS = [
   'completer-batch-size',
   'completer-flush-ms',
   'fetch-interval-ms',
-  'pool-size',
+  'max-connections',
   'new-batch-size',
   'manage-delay',
   'max-parallel-tasks-in-cluster-default',

@@ -17,7 +17,7 @@ export function connectError(error: unknown): unknown {
     'TOO_MANY_CONNECTIONS',
     `PostgreSQL refused a connection: ${(error as Error).message}. The server's max_connections ` +
       '(or the connection limit of this role or database) is reached: raise max_connections, or lower ' +
-      'what taskmill opens (poolSize per node, fewer nodes or test workers against this server).',
+      'what taskmill opens (maxConnections per node, fewer nodes or test workers against this server).',
     { cause: error },
   );
 }

@@ -235,6 +235,10 @@ export interface NodeInfo {
   /** Tasks the hot table holds for the node (assigned or running) right now. */
   held: number;
   cpu: number;
+  /** Connections the node had open, as of its last heartbeat (null: a node that does not report them). */
+  connections: number | null;
+  /** The node's connection budget (maxConnections); null: not reported. */
+  maxConnections: number | null;
   startedAt: Date;
   heartbeatAt: Date;
   /** Heartbeat younger than the node timeout (database time). */
@@ -246,7 +250,8 @@ export async function listNodes(db: Queryable, nodeTimeoutMs = DEFAULT_NODE_TIME
   const { rows } = await readQuery<NodeInfo>(
     db,
     `select n.id, n.name, n.capacity, n.task_names as "taskNames", n.in_flight as "inFlight",
-       coalesce(h.held, 0)::int as held, n.cpu, n.started_at as "startedAt", n.heartbeat_at as "heartbeatAt",
+       coalesce(h.held, 0)::int as held, n.cpu, n.connections, n.max_connections as "maxConnections",
+       n.started_at as "startedAt", n.heartbeat_at as "heartbeatAt",
        n.heartbeat_at > now() - $1 * interval '1 millisecond' as alive,
        coalesce(l.node_id = n.id and l.expires_at > now(), false) as leader
      from tm_nodes n
@@ -451,6 +456,10 @@ export interface ClusterNode {
   held: number;
   /** Share of its machine's CPU the node used (0..1), as of its last heartbeat. */
   cpu: number;
+  /** Connections it had open, as of its last heartbeat (null: a node that does not report them). */
+  connections: number | null;
+  /** Its connection budget (maxConnections); null: not reported. */
+  maxConnections: number | null;
   taskNames: string[];
 }
 
@@ -482,7 +491,8 @@ export async function clusterOverview(
            'alive', n.heartbeat_at > now() - $1 * interval '1 millisecond',
            'leader', coalesce(l.node_id = n.id and l.expires_at > now(), false),
            'startedAt', n.started_at, 'lastHeartbeatAt', n.heartbeat_at, 'capacity', n.capacity,
-           'inFlight', n.in_flight, 'cpu', n.cpu, 'taskNames', n.task_names,
+           'inFlight', n.in_flight, 'cpu', n.cpu, 'connections', n.connections,
+           'maxConnections', n.max_connections, 'taskNames', n.task_names,
            'held', (select count(*) from tm_tasks t where t.node_id = n.id))
            order by n.started_at, n.name), '[]')
         from tm_nodes n left join tm_leader l on l.node_id = n.id) as nodes`,

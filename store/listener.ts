@@ -24,6 +24,11 @@ export class Listener {
     private readonly onError: (error: unknown) => void,
   ) {}
 
+  /** Whether the session is open or opening (one connection of the node's budget). */
+  get open(): boolean {
+    return !this.closed && (this.client !== undefined || this.connecting !== undefined);
+  }
+
   async subscribe(channel: string, handler: NotificationHandler): Promise<() => void> {
     let set = this.handlers.get(channel);
     if (!set) {

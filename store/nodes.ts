@@ -14,6 +14,15 @@ export interface NodeRegistration {
   taskNames: string[];
 }
 
+/** What a node reports with each beat. */
+export interface NodeLoad {
+  inFlight: number;
+  /** Share of the machine's CPU, 0..1. */
+  cpu: number;
+  /** Connections open now and the node's budget (maxConnections); absent: not reported. */
+  connections?: { inUse: number; max: number };
+}
+
 /**
  * Upserts the node's row with database time (heartbeat_at) and its load; returns whether the row was
  * inserted (the first beat, or the row was removed meanwhile as expired).
@@ -21,14 +30,24 @@ export interface NodeRegistration {
 export async function beat(
   db: Queryable,
   node: NodeRegistration,
-  inFlight: number,
-  cpu: number,
+  load: NodeLoad,
 ): Promise<{ inserted: boolean }> {
   const { rows } = await db.query<{ inserted: boolean }>(
-    `insert into tm_nodes (id, name, capacity, task_names, in_flight, cpu) values ($1, $2, $3, $4, $5, $6)
-     on conflict (id) do update set heartbeat_at = now(), in_flight = excluded.in_flight, cpu = excluded.cpu
+    `insert into tm_nodes (id, name, capacity, task_names, in_flight, cpu, connections, max_connections)
+     values ($1, $2, $3, $4, $5, $6, $7, $8)
+     on conflict (id) do update set heartbeat_at = now(), in_flight = excluded.in_flight, cpu = excluded.cpu,
+       connections = excluded.connections, max_connections = excluded.max_connections
      returning (xmax = 0) as inserted`,
-    [node.id, node.name, node.capacity, node.taskNames, inFlight, cpu],
+    [
+      node.id,
+      node.name,
+      node.capacity,
+      node.taskNames,
+      load.inFlight,
+      load.cpu,
+      load.connections?.inUse ?? null,
+      load.connections?.max ?? null,
+    ],
   );
   return rows[0];
 }

@@ -176,6 +176,12 @@ const FRAGMENT_CONTEXTS: FragmentContext[] = [
     run: true,
   },
   {
+    // Through a PgBouncer and a server the walk-through does not have: type-checked only.
+    doc: 'docs/connections.md',
+    first: 'const node = await startNode({',
+    before: "import { startNode, type TaskDefinition } from 'taskmill';\nconst tasks: TaskDefinition[] = [];",
+  },
+  {
     doc: 'docs/flow-control.md',
     first: "await client.setConcurrencyLimit('tenant:*', 5);",
     before: "import { TaskmillClient } from 'taskmill';\nconst client = new TaskmillClient();",

@@ -24,8 +24,13 @@ export interface WorkerInit {
   handlers: Record<string, string>;
   /** Shell task policy (shell-task.ts); absent: shell tasks are refused in this thread. */
   shell?: import('../task/shell-task.ts').ShellPolicy;
-  /** For exactly-once tasks, which open their own transaction in the thread. */
+  /** For exactly-once tasks, which open their own transaction in the thread, and durable steps. */
   connectionString: string;
+  /**
+   * The threads' share of the node's connection budget: a ConnectionSlots semaphore
+   * (connection-slots.ts) every thread of the node shares.
+   */
+  connectionSlots: SharedArrayBuffer;
   nodeId: string;
   /** Size limits of what handlers produce (node option `limits`); absent: unbounded. */
   limits?: { maxResultBytes: number; maxMessageBytes: number };

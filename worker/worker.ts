@@ -6,8 +6,6 @@
  * Owned by one worker thread; the main thread talks to it only through protocol.ts messages.
  */
 import { threadId, workerData } from 'node:worker_threads';
-import pg from 'pg';
-import { checkout } from '../store/checkout.ts';
 import { assertWithinLimit, decode, encode } from '../task/codec.ts';
 import { TaskmillError } from '../task/errors.ts';
 import {
@@ -28,7 +26,8 @@ import type { FailureHook, TaskContext, TaskHandler } from './task-context.ts';
 import { isTaskDefinition, type TaskDefinition } from '../task/task-definition.ts';
 import { completeTasks, lockHeldTask } from '../store/tasks.ts';
 import type { JoinMessage } from '../task/outcome.ts';
-import { ConnectionClient } from '../store/connections.ts';
+import { ConnectionSlots } from './connection-slots.ts';
+import { ThreadPool } from './thread-pool.ts';
 import { ProgressReporter } from './progress-channel.ts';
 import { DurableRun } from './durable-run.ts';
 
@@ -127,19 +126,14 @@ export default async function runBatch({ tasks, messages, port }: BatchRequest):
   return tasks.length;
 }
 
-let dbPool: pg.Pool | undefined;
-function pool(): pg.Pool {
-  if (!dbPool) {
-    dbPool = new pg.Pool({
-      connectionString: init.connectionString,
-      max: 8,
-      application_name: 'taskmill-worker',
-      Client: ConnectionClient,
-    });
-    // An idle connection that dies (server restart, terminated backend) is dropped by the pool and
-    // replaced on next use; without a listener the 'error' event would end the worker thread.
-    dbPool.on('error', () => {});
-  }
+let dbPool: ThreadPool | undefined;
+/** This thread's connections, within the worker threads' share of the node's connection budget. */
+function pool(): ThreadPool {
+  dbPool ??= new ThreadPool({
+    connectionString: init.connectionString,
+    slots: ConnectionSlots.from(init.connectionSlots),
+    threadId,
+  });
   return dbPool;
 }
 
@@ -260,9 +254,9 @@ async function runExactlyOnce(
   children: NewTask[],
   joinMessages: JoinMessage[],
 ): Promise<TaskOutcome> {
-  // checkout(): a connection that breaks while the handler holds it fails this task (its query rejects)
-  // instead of ending the thread, and is destroyed rather than returned to the pool.
-  const { client, release } = await checkout(pool());
+  // A connection that breaks while the handler holds it fails this task (its query rejects) instead of
+  // ending the thread, and is closed rather than kept (thread-pool.ts).
+  const { client, release } = await pool().connect();
   let open = false;
   try {
     await client.query('begin');
@@ -284,7 +278,8 @@ async function runExactlyOnce(
     if (done[0].outcome === 'cancelled') {
       await client.query('rollback');
       open = false;
-      await completeTasks(pool(), init.nodeId, [
+      // On the same connection: a second one could wait for ever on a budget of one.
+      await completeTasks(client, init.nodeId, [
         { kind: 'done', task, result: null, children: [], joinMessages: [] },
       ]);
       return { kind: 'committed', outcome: 'cancelled' };

@@ -1,7 +1,7 @@
 /**
  * `taskmill node`: runs a node in this process until SIGINT/SIGTERM, then stops it gracefully (running
  * tasks get the shutdown grace period, queued ones are handed back). With --http the node also serves
- * the HTTP API, the dashboard and its own metrics. Without a database configured or running, it starts
+ * the HTTP API, the dashboard and its own metrics, on the node's own pool (within its connection budget). Without a database configured or running, it starts
  * the embedded server itself and stops it on exit.
  */
 import type { Command } from 'commander';
@@ -24,6 +24,9 @@ interface NodeCommandOptions {
   token?: string;
   logLevel?: NodeOptions['logLevel'];
   databaseUrl?: string;
+  maxConnections?: number;
+  listenUrl?: string;
+  notifications: boolean;
 }
 
 export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
@@ -49,6 +52,16 @@ export function registerNodeCommand(program: Command, ctx: CommandContext): void
       intOption('--batch-size', 1, 100_000),
     )
     .option('--no-planner', 'never plan; only run tasks')
+    .option(
+      '--max-connections <n>',
+      'connection budget: every connection the node opens, HTTP included (default 10; docs/connections.md)',
+      intOption('--max-connections', 1, 10_000),
+    )
+    .option(
+      '--listen-url <url>',
+      'server of the LISTEN session when the database URL goes through PgBouncer in transaction mode',
+    )
+    .option('--no-notifications', 'no LISTEN/NOTIFY: poll for work (a pooler with no direct server)')
     .option('--http [address]', 'also serve the HTTP API, dashboard and metrics (default 127.0.0.1:8080)')
     .option(
       '--token <token>',
@@ -86,14 +99,18 @@ async function runNode(ctx: CommandContext, opts: NodeCommandOptions): Promise<v
       name: opts.name,
       maxParallelTasksInNode: opts.maxParallel,
       threads: opts.threads,
+      maxConnections: opts.maxConnections,
+      listenUrl: opts.listenUrl,
+      notifications: opts.notifications,
       planner: opts.planner ? (opts.batchSize ? { batchSize: opts.batchSize } : undefined) : false,
       logLevel: opts.logLevel ?? (io.env.TASKMILL_LOG_LEVEL as NodeOptions['logLevel']),
     });
     try {
       if (opts.http !== undefined) {
         const { host, port } = parseAddress(opts.http);
+        // The API shares the node's pool: its connections are within the node's budget.
         http = await startHttpServer({
-          connectionString: url,
+          pool: node.client.pool,
           host,
           port,
           token: opts.token ?? (io.env.TASKMILL_HTTP_TOKEN || undefined),

@@ -107,7 +107,17 @@ export function renderStatus(s: ClusterStats): string {
       ? '  (none registered)'
       : indent(
           table(
-            ['name', 'status', 'leader', 'in flight', 'capacity', 'held', 'cpu %', 'heartbeat'],
+            [
+              'name',
+              'status',
+              'leader',
+              'in flight',
+              'capacity',
+              'held',
+              'cpu %',
+              'connections',
+              'heartbeat',
+            ],
             s.nodes.map((n) => [
               n.name,
               n.alive ? 'alive' : 'dead',
@@ -116,6 +126,8 @@ export function renderStatus(s: ClusterStats): string {
               n.capacity,
               n.held,
               Math.round(n.cpu * 100),
+              // In use of the budget, as of the last heartbeat; '-' for a node that does not report them.
+              n.maxConnections === null ? '-' : `${n.connections}/${n.maxConnections}`,
               `${Math.max(0, Math.round((s.at.getTime() - n.heartbeatAt.getTime()) / 1000))} s ago`,
             ]),
           ),

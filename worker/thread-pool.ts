@@ -1,0 +1,213 @@
+/**
+ * A worker thread's database connections (exactly-once transactions, durable steps and waits), within
+ * the threads' share of the node's connection budget (connection-slots.ts, docs/connections.md).
+ *
+ * Each connection the thread opens holds one slot of the shared semaphore until it closes, idle or not.
+ * A checkout takes an idle connection of this thread, else waits for a slot and opens one; with every
+ * slot taken it waits (the work waits for a connection, it does not fail). So that a thread never keeps
+ * connections another thread waits for: a connection released while another thread waits goes on to
+ * this thread's next waiter only within its time slice (`sliceMs` since it opened: opening one costs a
+ * round trip and authentication), else it is closed and its slot goes to whoever takes it first; a
+ * thread with idle connections watches the semaphore's waiter count and closes them when someone
+ * waits. Idle connections also close after `idleTimeoutMs`.
+ *
+ * A connection that breaks while checked out (server restart, terminated backend) fails the query in
+ * flight, is closed on release, and gives its slot back when it ends.
+ *
+ * States of a connection: connecting -> busy <-> idle -> closed (slot released). Owned by one worker
+ * thread.
+ */
+import type pg from 'pg';
+import { ConnectionClient } from '../store/connections.ts';
+import type { Queryable } from '../store/queryable.ts';
+import type { ConnectionSlots } from './connection-slots.ts';
+
+export const THREAD_POOL_DEFAULTS = {
+  /** An idle connection closes after this long (its slot goes back to the other threads). */
+  idleTimeoutMs: 10_000,
+  /** While other threads wait, a connection serves this thread's waiters this long, then is given up. */
+  sliceMs: 100,
+};
+/** How long one watch for waiting threads lasts before it is renewed (while connections are idle). */
+const WATCH_MS = 5_000;
+
+export interface ThreadPoolOptions {
+  connectionString: string;
+  slots: ConnectionSlots;
+  /** This thread's id (its seat in the semaphore). */
+  threadId: number;
+  idleTimeoutMs?: number;
+  sliceMs?: number;
+}
+
+/** A checked-out connection; release it exactly once. */
+export interface ThreadCheckout {
+  client: pg.Client;
+  /** Back to the thread's idle connections, or closed when it broke, `destroy` is set or others wait. */
+  release(destroy?: boolean): void;
+}
+
+interface Idle {
+  client: Connection;
+  timer: NodeJS.Timeout;
+}
+
+interface Connection extends pg.Client {
+  broken?: Error;
+  /** performance.now() when it opened. */
+  openedAt?: number;
+}
+
+interface Waiter {
+  resolve: (client: Connection) => void;
+  reject: (error: unknown) => void;
+}
+
+export class ThreadPool {
+  private readonly idle: Idle[] = [];
+  private readonly waiters: Waiter[] = [];
+  private readonly open = new Set<Connection>();
+  /** Slot acquisitions under way for this thread's waiters. */
+  private acquiring = 0;
+  private watching = false;
+  private ended = false;
+
+  constructor(private readonly options: ThreadPoolOptions) {}
+
+  /** Connections this thread has open (busy and idle). */
+  get size(): number {
+    return this.open.size;
+  }
+
+  async connect(): Promise<ThreadCheckout> {
+    if (this.ended) throw new Error('the thread pool has ended');
+    const idle = this.idle.pop();
+    const client = idle
+      ? (clearTimeout(idle.timer), idle.client)
+      : await new Promise<Connection>((resolve, reject) => {
+          this.waiters.push({ resolve, reject });
+          this.pump();
+        });
+    let released = false;
+    return {
+      client,
+      release: (destroy = false) => {
+        if (released) return;
+        released = true;
+        this.release(client, destroy);
+      },
+    };
+  }
+
+  /** One statement on a connection of the pool (durable steps and waits). */
+  readonly query = (async (...args: unknown[]) => {
+    const { client, release } = await this.connect();
+    try {
+      return await (client.query as (...a: unknown[]) => Promise<unknown>).apply(client, args);
+    } finally {
+      release();
+    }
+  }) as Queryable['query'];
+
+  /** Closes every idle connection; busy ones close when released. */
+  async end(): Promise<void> {
+    this.ended = true;
+    for (const waiter of this.waiters.splice(0)) waiter.reject(new Error('the thread pool has ended'));
+    await Promise.all(
+      this.idle.splice(0).map(({ client, timer }) => (clearTimeout(timer), this.close(client))),
+    );
+  }
+
+  private release(client: Connection, destroy: boolean): void {
+    const othersWait = this.othersWait();
+    const sliceOver =
+      performance.now() - (client.openedAt ?? 0) > (this.options.sliceMs ?? THREAD_POOL_DEFAULTS.sliceMs);
+    const keep = this.waiters.length > 0 ? !othersWait || !sliceOver : !othersWait;
+    if (destroy || client.broken || this.ended || !keep) {
+      void this.close(client);
+      this.pump();
+      return;
+    }
+    const waiter = this.waiters.shift();
+    if (waiter) return waiter.resolve(client);
+    const timer = setTimeout(() => {
+      const at = this.idle.findIndex((i) => i.client === client);
+      if (at >= 0) void this.close(this.idle.splice(at, 1)[0].client);
+    }, this.options.idleTimeoutMs ?? THREAD_POOL_DEFAULTS.idleTimeoutMs);
+    timer.unref();
+    this.idle.push({ client, timer });
+    this.watch();
+  }
+
+  /** Another thread waits for a slot (this thread's own acquisitions count among the waiters). */
+  private othersWait(): boolean {
+    return this.options.slots.waiting > this.acquiring;
+  }
+
+  /** Starts one slot acquisition per waiter not yet served by one. */
+  private pump(): void {
+    while (this.waiters.length > this.acquiring && !this.ended) {
+      this.acquiring++;
+      void this.options.slots.acquire(this.options.threadId).then(async () => {
+        this.acquiring--;
+        // Served meanwhile by a released connection: the slot is not needed.
+        const waiter = this.waiters.shift();
+        if (!waiter) return this.options.slots.release(this.options.threadId);
+        try {
+          waiter.resolve(await this.openConnection());
+        } catch (error) {
+          waiter.reject(error);
+        }
+      });
+    }
+  }
+
+  /** A new connection, on a slot already taken; the slot goes back when the connection ends. */
+  private async openConnection(): Promise<Connection> {
+    const client: Connection = new ConnectionClient({
+      connectionString: this.options.connectionString,
+      application_name: 'taskmill-worker',
+    });
+    let closed = false;
+    const onEnd = () => {
+      if (closed) return;
+      closed = true;
+      this.open.delete(client);
+      const at = this.idle.findIndex((i) => i.client === client);
+      if (at >= 0) clearTimeout(this.idle.splice(at, 1)[0].timer);
+      this.options.slots.release(this.options.threadId);
+    };
+    client.on('error', (error: Error) => (client.broken ??= error));
+    client.once('end', onEnd);
+    this.open.add(client);
+    try {
+      await client.connect();
+      client.openedAt = performance.now();
+    } catch (error) {
+      await client.end().catch(() => {});
+      onEnd();
+      throw error;
+    }
+    return client;
+  }
+
+  private async close(client: Connection): Promise<void> {
+    await client.end().catch(() => {});
+  }
+
+  /** While connections are idle here, close them as soon as some thread waits for a slot. */
+  private watch(): void {
+    if (this.watching) return;
+    this.watching = true;
+    void (async () => {
+      while (this.idle.length > 0 && !this.ended) {
+        if (!(await this.options.slots.wanted(WATCH_MS, this.acquiring))) continue;
+        for (const { client, timer } of this.idle.splice(0)) {
+          clearTimeout(timer);
+          void this.close(client);
+        }
+      }
+      this.watching = false;
+    })();
+  }
+}
