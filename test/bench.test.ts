@@ -257,6 +257,32 @@ describe('benchmarks at a tiny size', { timeout: TEST_TIMEOUT_MS }, () => {
     },
   );
 
+  it('shards: one and two embedded servers behind a ShardedClient, every task run once on its shard', async () => {
+    const serversDir = path.join(ROOT, '.taskmill', 'bench-shards');
+    const folders = () => (existsSync(serversDir) ? readdirSync(serversDir) : []);
+    const before = folders();
+    const r = await bench('bench/shards.ts', ['--shards', '1,2', '--tasks', '300', '--warmup', '20']);
+    type Shard = { shard: string; tasks: number; seconds: number; nodeReports: Reports };
+    type Row = { shards: number; tasks: number; seconds: number; tasksPerSec: number; perShard: Shard[] };
+    const rows = (r.figures as { rows: Row[] }).rows;
+    expect(r.bench).toBe('shards');
+    expect(rows.map((x) => x.shards)).toEqual([1, 2]);
+    for (const row of rows) {
+      expect(row.perShard).toHaveLength(row.shards);
+      // Keyless tasks go to the shards in turn: an even split, each run by its shard's node process.
+      expect(row.perShard.map((s) => s.tasks)).toEqual(row.shards === 1 ? [300] : [150, 150]);
+      for (const s of row.perShard) {
+        expect(s.nodeReports.reduce((n, x) => n + x.completed, 0)).toBe(s.tasks + 20);
+        expect(s.seconds).toBeLessThanOrEqual(row.seconds);
+      }
+      expect(row.tasksPerSec).toBeCloseTo(300 / row.seconds, 3);
+    }
+    expect(r.rows).toHaveLength(2);
+    expect(r.headline.value).toBe(Math.round(rows[1].tasksPerSec));
+    // The servers it started are stopped and their data folders removed.
+    expect(folders()).toEqual(before);
+  });
+
   it('micro-benchmarks: every piece measured', async () => {
     const r = await bench('bench/micro.ts', [
       '--time-ms',
