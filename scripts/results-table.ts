@@ -70,6 +70,15 @@ const SECTIONS: { bench: string; title: string; intro: string; multiRow?: boolea
     multiRow: true,
   },
   {
+    bench: 'hosts',
+    title: 'Nodes on simulated hosts: 1 to 8 node processes behind per-node proxies (latest run)',
+    intro:
+      'Flat burn-down and the workflow workload, each node process reaching PostgreSQL through its own ' +
+      'TCP proxy with added latency; PostgreSQL CPU per task and the connections the server saw ' +
+      '(docs/scaling.md). `npm run bench:hosts -- --latency-ms 2`',
+    multiRow: true,
+  },
+  {
     bench: 'micro',
     title: 'Micro-benchmarks (latest run)',
     intro: '`npm run bench:micro`',

@@ -283,6 +283,41 @@ describe('benchmarks at a tiny size', { timeout: TEST_TIMEOUT_MS }, () => {
     expect(folders()).toEqual(before);
   });
 
+  it('hosts: node processes behind their own proxies, flat and workflow, with the connections the server saw', async () => {
+    const r = await bench('bench/hosts.ts', [
+      ...['--nodes-list', '1,2', '--latency-ms', '1', '--tasks', '200'],
+      ...['--pipelines', '2', '--affinities', '1', '--l1', '2', '--l2', '2'],
+    ]);
+    type Row = {
+      bench: string;
+      nodes: number;
+      tasks: number;
+      seconds: number;
+      tasksPerSec: number;
+      postgresCpuMicrosPerTask: number | null;
+      connections: { peak: number; samples: number; atPeak: Record<string, number> };
+      proxyBytes: number;
+    };
+    const rows = (r.figures as { rows: Row[] }).rows;
+    expect(r.bench).toBe('hosts');
+    expect(rows.map((x) => [x.bench, x.nodes])).toEqual([
+      ['flat', 1],
+      ['flat', 2],
+      ['workflow', 1],
+      ['workflow', 2],
+    ]);
+    for (const row of rows) {
+      expect(row.tasks).toBe(row.bench === 'flat' ? 200 : 2 * (2 + 2 * 2 + 2 * 2) + 1);
+      expect(row.tasksPerSec).toBeCloseTo(row.tasks / row.seconds, 3);
+      // Every node went through its proxy, and the server saw at least one session per node.
+      expect(row.proxyBytes).toBeGreaterThan(0);
+      expect(row.connections.samples).toBeGreaterThan(0);
+      expect(row.connections.peak).toBeGreaterThanOrEqual(row.nodes);
+      expect(Object.values(row.connections.atPeak).reduce((a, b) => a + b, 0)).toBe(row.connections.peak);
+    }
+    expect(r.rows).toHaveLength(4);
+  });
+
   it('micro-benchmarks: every piece measured', async () => {
     const r = await bench('bench/micro.ts', [
       '--time-ms',
