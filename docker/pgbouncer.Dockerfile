@@ -1,6 +1,6 @@
-# PgBouncer in transaction mode in front of the compose file's PostgreSQL (docker/pgbouncer.ini).
-# Debian trixie's package (PgBouncer 1.24) forwards named prepared statements (max_prepared_statements).
-FROM debian:trixie-slim
+# PgBouncer in transaction mode in front of the compose file's PostgreSQL (docker/pgbouncer.ini), from
+# Debian's package; pg_isready (postgresql-client) is the compose file's health check.
+FROM debian:bookworm-slim
 RUN apt-get update \
   && apt-get install -y --no-install-recommends pgbouncer postgresql-client \
   && rm -rf /var/lib/apt/lists/*
