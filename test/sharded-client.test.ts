@@ -194,6 +194,23 @@ describe('ShardedClient over two databases', () => {
     expect(shard.name).toBe(NAMES[rendezvousShard('acme', NAMES)]);
   });
 
+  it('sets limits on every shard, sends events to every shard, and reports every shard', async () => {
+    await client.setConcurrencyLimit('tenant:*', 3);
+    await client.setRateLimit('api:*', { limit: 10, windowMs: 1_000 });
+    for (const pool of [dbA.pool, dbB.pool]) {
+      expect(
+        await count(pool, `select count(*) from tm_flow_limits where pattern in ('tenant:*', 'api:*')`),
+      ).toBe(2);
+    }
+    await client.setConcurrencyLimit('tenant:*', null);
+    await client.setRateLimit('api:*', null);
+    expect(await count(dbB.pool, `select count(*) from tm_flow_limits`)).toBe(0);
+    expect(await client.sendEvent('nobody-waits', 'k')).toBe(0);
+    const clusters = await client.cluster();
+    expect(clusters.map((c) => c.shard)).toEqual(NAMES);
+    expect(clusters.map((c) => c.overview.nodes.map((n) => n.name))).toEqual([['shard-a'], ['shard-b']]);
+  });
+
   it('validates its configuration', () => {
     const bad = (options: unknown) => () => new ShardedClient(options as never);
     expect(bad({ shards: [] })).toThrow(/needs `shards`/);
