@@ -152,24 +152,7 @@ export class ShardedClient {
   ): Promise<string[]> {
     refuseTransaction(options);
     if (!Array.isArray(ctxs)) throw invalid('scheduleMany() takes an array of contexts.');
-    const name = taskName(def);
-    const dependencies = dependencyRefs(options.dependsOn);
-    const workflows = new Map<string, Pin | undefined>();
-    for (const ctx of ctxs) for (const ref of workflowRefs(ctx)) workflows.set(ref.id, undefined);
-    await Promise.all(
-      [...workflows.keys()].map(async (id) => {
-        const shard = await this.locate({ id, kind: 'workflow', why: '' });
-        if (shard) workflows.set(id, { shard, why: `its workflow ${id}` });
-      }),
-    );
-    const dependencyPin = await this.pin(dependencies);
-    const groups = new Map<Shard, number[]>();
-    ctxs.forEach((ctx, i) => {
-      const wf = routingContext(ctx).workflowId;
-      const pins = [dependencyPin, wf === undefined ? undefined : workflows.get(wf)];
-      const shard = this.place(name, routingContext(ctx), samePin(pins.filter((p) => p !== undefined)));
-      groups.set(shard, [...(groups.get(shard) ?? []), i]);
-    });
+    const groups = await this.route(taskName(def), ctxs, options.dependsOn);
     const ids: string[] = new Array<string>(ctxs.length);
     const outcomes = await Promise.allSettled(
       [...groups].map(async ([shard, indexes]) => {
@@ -303,6 +286,33 @@ export class ShardedClient {
   close(): Promise<void> {
     this.closing ??= Promise.all(this.shards.map((s) => s.client.close())).then(() => {});
     return this.closing;
+  }
+
+  /** Each context's shard, as indexes into `ctxs` per shard; throws (CROSS_SHARD) before any write. */
+  private async route<M>(
+    name: string,
+    ctxs: ScheduleContext<M>[],
+    dependsOn: unknown,
+  ): Promise<Map<Shard, number[]>> {
+    const dependencyPin = await this.pin(dependencyRefs(dependsOn));
+    const workflows = new Map<string, Pin | undefined>();
+    for (const ctx of ctxs) for (const ref of workflowRefs(ctx)) workflows.set(ref.id, undefined);
+    await Promise.all(
+      [...workflows.keys()].map(async (id) => {
+        const shard = await this.locate({ id, kind: 'workflow', why: '' });
+        if (shard) workflows.set(id, { shard, why: `its workflow ${id}` });
+      }),
+    );
+    const groups = new Map<Shard, number[]>();
+    ctxs.forEach((raw, i) => {
+      const ctx = routingContext(raw);
+      const pins = [dependencyPin, ctx.workflowId === undefined ? undefined : workflows.get(ctx.workflowId)];
+      const shard = this.place(name, ctx, samePin(pins.filter((p) => p !== undefined)));
+      const group = groups.get(shard);
+      if (group) group.push(i);
+      else groups.set(shard, [i]);
+    });
+    return groups;
   }
 
   /** The shard for a task: its pin, checked against its key; else its key; else a named workflow or the turn. */
