@@ -19,6 +19,21 @@ export type {
   EventWaitResult,
 } from './worker/task-context.ts';
 export { TaskmillClient, type ClientOptions, type ScheduleOptions, type TaskInfo } from './client/client.ts';
+export {
+  ShardedClient,
+  PartialScheduleError,
+  DEFAULT_LOCATE_CACHE_SIZE,
+  type Shard,
+  type ShardSpec,
+  type ShardedClientOptions,
+  type ShardedScheduleOptions,
+} from './client/sharded-client.ts';
+export {
+  defaultShardKey,
+  rendezvousShard,
+  workflowKey,
+  type ShardKeyFunction,
+} from './client/shard-routing.ts';
 export { WAIT_FOR_TASK_DEFAULTS, type WaitForTaskOptions } from './client/task-waiter.ts';
 export type { ClusterOverview, ClusterNode } from './store/inspect.ts';
 export { TaskmillNode, startNode, type NodeOptions, type NodeStats } from './node/node.ts';

@@ -27,6 +27,10 @@ export interface ClusterOptions {
   tasks: TaskSource;
   /** Node names are `${namePrefix}-${i}`. */
   namePrefix?: string;
+  /** Node i's connection string, when the nodes do not all use `url` (e.g. each behind its own proxy). */
+  nodeUrl?: (i: number) => string;
+  /** Extra environment of node process i (spawned nodes only: in-process nodes share this process's). */
+  nodeEnv?: (i: number) => NodeJS.ProcessEnv;
 }
 
 /** Outcome counts of one flush, by kind and per completed task name. */
@@ -118,6 +122,11 @@ export class BenchCluster extends EventEmitter<ClusterEvents> {
   }
 
   static async start(options: ClusterOptions): Promise<BenchCluster> {
+    if (options.nodeEnv && !options.spawn) {
+      throw new Error(
+        'nodeEnv applies to spawned nodes only: in-process nodes share the harness environment',
+      );
+    }
     const cluster = new BenchCluster(options);
     try {
       if (options.spawn) await cluster.spawnAll();
@@ -171,7 +180,7 @@ export class BenchCluster extends EventEmitter<ClusterEvents> {
       const node = await startNode({
         ...this.options.knobs,
         name: `${this.options.namePrefix ?? 'bench'}-${i}`,
-        connectionString: this.options.url,
+        connectionString: this.options.nodeUrl?.(i) ?? this.options.url,
         tasks,
       });
       node.on('flush', (result) => this.record(flushCounts(result)));
@@ -186,7 +195,7 @@ export class BenchCluster extends EventEmitter<ClusterEvents> {
 
   private async spawnOne(i: number): Promise<void> {
     const spec = {
-      url: this.options.url,
+      url: this.options.nodeUrl?.(i) ?? this.options.url,
       name: `${this.options.namePrefix ?? 'bench'}-${i}`,
       knobs: this.options.knobs,
       tasks: this.options.tasks,
@@ -195,6 +204,7 @@ export class BenchCluster extends EventEmitter<ClusterEvents> {
       entry: new URL('./node-process.ts', import.meta.url),
       args: [JSON.stringify(spec)],
       execArgv: process.execArgv,
+      env: { ...process.env, ...this.options.nodeEnv?.(i) },
       name: `node process ${spec.name}`,
       // The harness's stdout carries only its summary line: node output goes to stderr.
       onLine: (line) => process.stderr.write(`${line}\n`),

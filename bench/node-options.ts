@@ -55,11 +55,18 @@ export function formatPollingDelay(map: Record<number, number>): string {
   return entries.map(([k, v]) => `${k}:${v}`).join(',');
 }
 
-/** Adds the node knobs to a command. */
+/** Adds the number of nodes, where they run, and the node knobs to a command. */
 export function addNodeOptions(command: Command): Command {
+  return addNodeKnobOptions(
+    command
+      .option('--nodes <n>', 'number of nodes', intArg('--nodes', 1), 1)
+      .option('--spawn', 'run each node in its own process instead of all in this one', false),
+  );
+}
+
+/** Adds the node knobs alone, for benches that decide the nodes themselves (shards.ts, hosts.ts). */
+export function addNodeKnobOptions(command: Command): Command {
   return command
-    .option('--nodes <n>', 'number of nodes', intArg('--nodes', 1), 1)
-    .option('--spawn', 'run each node in its own process instead of all in this one', false)
     .option('--batch-size <n>', 'planner: most tasks claimed per pass', intArg('--batch-size', 1))
     .option(
       '--plan-factor <x>',
@@ -115,9 +122,12 @@ export function addNodeOptions(command: Command): Command {
     );
 }
 
-export interface NodeCliOptions {
+export interface NodeCliOptions extends NodeKnobCliOptions {
   nodes: number;
   spawn: boolean;
+}
+
+export interface NodeKnobCliOptions {
   batchSize?: number;
   planFactor?: number;
   pollingDelay?: Record<number, number>;
@@ -133,7 +143,7 @@ export interface NodeCliOptions {
 }
 
 /** Only what was given; the runtime's defaults fill the rest. */
-export function knobsFromCli(o: NodeCliOptions): NodeKnobs {
+export function knobsFromCli(o: NodeKnobCliOptions): NodeKnobs {
   const planner: Record<string, unknown> = {};
   if (o.batchSize !== undefined) planner.batchSize = o.batchSize;
   if (o.planFactor !== undefined) planner.planFactor = o.planFactor;

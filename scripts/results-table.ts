@@ -62,6 +62,23 @@ const SECTIONS: { bench: string; title: string; intro: string; multiRow?: boolea
     intro: 'autocannon POSTs tasks to the HTTP API; accepted tasks per second. `npm run bench:http`',
   },
   {
+    bench: 'shards',
+    title: 'Shards: several PostgreSQL servers behind one ShardedClient (latest run)',
+    intro:
+      'The flat burn-down scheduled through a ShardedClient over 1, 2 and 3 shards, each its own PostgreSQL and ' +
+      'node process, on one machine (docs/scaling.md). `npm run bench:shards -- --tasks 30000`',
+    multiRow: true,
+  },
+  {
+    bench: 'hosts',
+    title: 'Nodes on simulated hosts: 1 to 8 node processes behind per-node proxies (latest run)',
+    intro:
+      'Flat burn-down and the workflow workload, each node process reaching PostgreSQL through its own ' +
+      'TCP proxy with added latency; PostgreSQL CPU per task and the connections the server saw ' +
+      '(docs/scaling.md). `npm run bench:hosts -- --latency-ms 2`',
+    multiRow: true,
+  },
+  {
     bench: 'micro',
     title: 'Micro-benchmarks (latest run)',
     intro: '`npm run bench:micro`',

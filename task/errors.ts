@@ -20,7 +20,9 @@ export type TaskmillErrorCode =
   | 'WORKER_EXITED'
   | 'TIMEOUT'
   | 'ABORTED'
-  | 'TOO_MANY_CONNECTIONS';
+  | 'TOO_MANY_CONNECTIONS'
+  | 'CROSS_SHARD'
+  | 'PARTIALLY_SCHEDULED';
 
 export class TaskmillError extends Error {
   readonly code: TaskmillErrorCode;

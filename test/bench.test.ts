@@ -257,6 +257,67 @@ describe('benchmarks at a tiny size', { timeout: TEST_TIMEOUT_MS }, () => {
     },
   );
 
+  it('shards: one and two embedded servers behind a ShardedClient, every task run once on its shard', async () => {
+    const serversDir = path.join(ROOT, '.taskmill', 'bench-shards');
+    const folders = () => (existsSync(serversDir) ? readdirSync(serversDir) : []);
+    const before = folders();
+    const r = await bench('bench/shards.ts', ['--shards', '1,2', '--tasks', '300', '--warmup', '20']);
+    type Shard = { shard: string; tasks: number; seconds: number; nodeReports: Reports };
+    type Row = { shards: number; tasks: number; seconds: number; tasksPerSec: number; perShard: Shard[] };
+    const rows = (r.figures as { rows: Row[] }).rows;
+    expect(r.bench).toBe('shards');
+    expect(rows.map((x) => x.shards)).toEqual([1, 2]);
+    for (const row of rows) {
+      expect(row.perShard).toHaveLength(row.shards);
+      // Keyless tasks go to the shards in turn: an even split, each run by its shard's node process.
+      expect(row.perShard.map((s) => s.tasks)).toEqual(row.shards === 1 ? [300] : [150, 150]);
+      for (const s of row.perShard) {
+        expect(s.nodeReports.reduce((n, x) => n + x.completed, 0)).toBe(s.tasks + 20);
+        expect(s.seconds).toBeLessThanOrEqual(row.seconds);
+      }
+      expect(row.tasksPerSec).toBeCloseTo(300 / row.seconds, 3);
+    }
+    expect(r.rows).toHaveLength(2);
+    expect(r.headline.value).toBe(Math.round(rows[1].tasksPerSec));
+    // The servers it started are stopped and their data folders removed.
+    expect(folders()).toEqual(before);
+  });
+
+  it('hosts: node processes behind their own proxies, flat and workflow, with the connections the server saw', async () => {
+    const r = await bench('bench/hosts.ts', [
+      ...['--nodes-list', '1,2', '--latency-ms', '1', '--tasks', '200'],
+      ...['--pipelines', '2', '--affinities', '1', '--l1', '2', '--l2', '2'],
+    ]);
+    type Row = {
+      bench: string;
+      nodes: number;
+      tasks: number;
+      seconds: number;
+      tasksPerSec: number;
+      postgresCpuMicrosPerTask: number | null;
+      connections: { peak: number; samples: number; atPeak: Record<string, number> };
+      proxyBytes: number;
+    };
+    const rows = (r.figures as { rows: Row[] }).rows;
+    expect(r.bench).toBe('hosts');
+    expect(rows.map((x) => [x.bench, x.nodes])).toEqual([
+      ['flat', 1],
+      ['flat', 2],
+      ['workflow', 1],
+      ['workflow', 2],
+    ]);
+    for (const row of rows) {
+      expect(row.tasks).toBe(row.bench === 'flat' ? 200 : 2 * (2 + 2 * 2 + 2 * 2) + 1);
+      expect(row.tasksPerSec).toBeCloseTo(row.tasks / row.seconds, 3);
+      // Every node went through its proxy, and the server saw at least one session per node.
+      expect(row.proxyBytes).toBeGreaterThan(0);
+      expect(row.connections.samples).toBeGreaterThan(0);
+      expect(row.connections.peak).toBeGreaterThanOrEqual(row.nodes);
+      expect(Object.values(row.connections.atPeak).reduce((a, b) => a + b, 0)).toBe(row.connections.peak);
+    }
+    expect(r.rows).toHaveLength(4);
+  });
+
   it('micro-benchmarks: every piece measured', async () => {
     const r = await bench('bench/micro.ts', [
       '--time-ms',

@@ -69,6 +69,7 @@ const DOCS = [
   'docs/flow-control.md',
   'docs/observability.md',
   'docs/durable-waits.md',
+  'docs/scaling.md',
 ];
 // A whole document on a loaded 2-core machine: README took 144 s beside two other test files and
 // three builds, so the deadline leaves room for more.
@@ -180,6 +181,13 @@ const FRAGMENT_CONTEXTS: FragmentContext[] = [
     doc: 'docs/connections.md',
     first: 'const node = await startNode({',
     before: "import { startNode, type TaskDefinition } from 'taskmill';\nconst tasks: TaskDefinition[] = [];",
+  },
+  {
+    doc: 'docs/scaling.md',
+    first: "import { ShardedClient } from 'taskmill';",
+    before:
+      "import { defineTask } from 'taskmill';\n" +
+      "const sendInvoice = defineTask<{ invoice: string }>({ name: 'send-invoice', handler: new URL('./send-invoice.ts', import.meta.url) });",
   },
   {
     doc: 'docs/flow-control.md',

@@ -28,6 +28,8 @@ export interface BurnDownOptions {
   /** Tasks run before the measured window (default: 10 % of the run, 100 to 2,000). */
   warmup?: number;
   progressLabel?: string;
+  /** Node i's connection string, when not `url` (bench/hosts.ts: each node behind its own proxy). */
+  nodeUrl?: (i: number) => string;
 }
 
 export interface BurnDownFigures {
@@ -62,6 +64,7 @@ export async function runBurnDown(o: BurnDownOptions): Promise<BurnDownFigures> 
     spawn: o.spawn,
     knobs: o.knobs,
     tasks: FLAT_TASKS,
+    nodeUrl: o.nodeUrl,
   });
   let reports: NodeReport[] | undefined;
   try {

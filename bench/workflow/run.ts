@@ -38,6 +38,11 @@ export interface WorkflowOptions {
   breakAffinity?: boolean;
   /** Handlers that do no SQL of their own (Shape.runtimeOnly). */
   runtimeOnly?: boolean;
+  /**
+   * Node i's connection string, when not `url` (bench/hosts.ts: each node behind its own proxy); spawned
+   * nodes' handlers then reach the workload's tables through it too.
+   */
+  nodeUrl?: (i: number) => string;
 }
 
 export interface WorkflowFigures {
@@ -73,6 +78,8 @@ export async function runWorkflow(o: WorkflowOptions): Promise<WorkflowFigures> 
       args: { maxParallelInCluster: o.maxParallelInCluster, warmup: true },
     },
     namePrefix: 'workflow',
+    nodeUrl: o.nodeUrl,
+    nodeEnv: o.nodeUrl && o.spawn ? (i) => ({ [WORKFLOW_DB_ENV]: o.nodeUrl!(i) }) : undefined,
   });
   let reports: NodeReport[] | undefined;
   try {
