@@ -50,7 +50,10 @@ const STATUS_OF: Partial<Record<TaskmillErrorCode, number>> = {
 };
 
 export interface HttpServerOptions {
-  /** Database: a pool (not closed by the server) or a connection string (default DATABASE_URL). */
+  /**
+   * Database: a pool (not closed by the server), else the pool of `node` (the API's connections are then
+   * within the node's connection budget), else a connection string (default DATABASE_URL).
+   */
   pool?: pg.Pool;
   connectionString?: string;
   host?: string;
@@ -85,16 +88,17 @@ export async function buildHttpApp(options: HttpServerOptions = {}): Promise<Fas
   const allowedHosts = parseAllowedHosts(options.allowedHosts ?? process.env.TASKMILL_HTTP_ALLOWED_HOSTS);
   const log = options.log ?? createLogger(undefined, { component: 'http' });
   const connectionString = options.connectionString ?? process.env.DATABASE_URL;
-  if (!options.pool && !connectionString) {
+  const shared = options.pool ?? options.node?.client.pool;
+  if (!shared && !connectionString) {
     throw new TaskmillError(
       'INVALID_CONFIG',
       'No database: pass a pool or connection string, or set DATABASE_URL.',
     );
   }
   const pool =
-    options.pool ??
+    shared ??
     new pg.Pool({ connectionString, max: 10, application_name: 'taskmill-http', Client: ConnectionClient });
-  const ownsPool = !options.pool;
+  const ownsPool = !shared;
   if (ownsPool) {
     // An idle connection that dies is dropped by the pool: one line per outage, one when it is back.
     const failures = new FailureLog(log);

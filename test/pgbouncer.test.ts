@@ -7,7 +7,7 @@
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { TaskmillNode } from '../index.ts';
-import { HistoryRetention } from '../planner/history-retention.ts';
+import { HistoryRetention, type HistoryRetentionResult } from '../planner/history-retention.ts';
 import { ConnectionClient } from '../store/connections.ts';
 import { releaseLock, takeLock } from '../store/locks.ts';
 import { all, flaky, sleep } from './fixtures/definitions.ts';
@@ -92,12 +92,14 @@ describe('two nodes through PgBouncer in transaction mode', () => {
 
   it('run history retention one pass at a time, with no session lock left on any server session', async () => {
     const retention = () => new HistoryRetention({ db: bounced, retentionMs: 60 * 60_000 });
-    // Another pass holds the lease: this one does nothing.
-    expect(await takeLock(bounced, 'history', '00000000-0000-4000-8000-000000000001', 60_000)).toBe(true);
+    // Another pass holds the lease (taken between two of the leader's passes): this one does nothing.
+    await until(() => takeLock(bounced, 'history', '00000000-0000-4000-8000-000000000001', 60_000), TIMEOUT);
     expect(await retention().runOnce()).toMatchObject({ skipped: true });
     await releaseLock(bounced, 'history', '00000000-0000-4000-8000-000000000001');
 
-    const pass = await retention().runOnce();
+    // The leader's own passes (every 100 ms here) hold the lease for moments: one of ours gets its turn.
+    let pass: HistoryRetentionResult | undefined;
+    await until(async () => !(pass = await retention().runOnce()).skipped, TIMEOUT);
     expect(pass).toMatchObject({ skipped: false });
     // The partitions of the current period and those ahead exist (made by this pass or the leader's).
     const { rows } = await db.pool.query<{ n: number }>(
@@ -105,7 +107,6 @@ describe('two nodes through PgBouncer in transaction mode', () => {
        where i.inhparent = 'tm_history'::regclass and c.relname <> 'tm_history_default'`,
     );
     expect(rows[0].n).toBeGreaterThanOrEqual(2);
-    expect(await count(db.pool, `select count(*) from tm_locks`)).toBe(0);
     // An advisory lock held by a session outside any transaction is a session lock left behind (the
     // planner's pass lock is transaction-scoped, and ends with its transaction).
     expect(

@@ -66,21 +66,13 @@ interface Waiter {
 export class ThreadPool {
   private readonly idle: Idle[] = [];
   private readonly waiters: Waiter[] = [];
-  private readonly open = new Set<Connection>();
   /** Slot acquisitions under way for this thread's waiters. */
   private acquiring = 0;
   private watching = false;
-  private ended = false;
 
   constructor(private readonly options: ThreadPoolOptions) {}
 
-  /** Connections this thread has open (busy and idle). */
-  get size(): number {
-    return this.open.size;
-  }
-
   async connect(): Promise<ThreadCheckout> {
-    if (this.ended) throw new Error('the thread pool has ended');
     const idle = this.idle.pop();
     const client = idle
       ? (clearTimeout(idle.timer), idle.client)
@@ -109,21 +101,12 @@ export class ThreadPool {
     }
   }) as Queryable['query'];
 
-  /** Closes every idle connection; busy ones close when released. */
-  async end(): Promise<void> {
-    this.ended = true;
-    for (const waiter of this.waiters.splice(0)) waiter.reject(new Error('the thread pool has ended'));
-    await Promise.all(
-      this.idle.splice(0).map(({ client, timer }) => (clearTimeout(timer), this.close(client))),
-    );
-  }
-
   private release(client: Connection, destroy: boolean): void {
     const othersWait = this.othersWait();
     const sliceOver =
       performance.now() - (client.openedAt ?? 0) > (this.options.sliceMs ?? THREAD_POOL_DEFAULTS.sliceMs);
     const keep = this.waiters.length > 0 ? !othersWait || !sliceOver : !othersWait;
-    if (destroy || client.broken || this.ended || !keep) {
+    if (destroy || client.broken || !keep) {
       void this.close(client);
       this.pump();
       return;
@@ -146,7 +129,7 @@ export class ThreadPool {
 
   /** Starts one slot acquisition per waiter not yet served by one. */
   private pump(): void {
-    while (this.waiters.length > this.acquiring && !this.ended) {
+    while (this.waiters.length > this.acquiring) {
       this.acquiring++;
       void this.options.slots.acquire(this.options.threadId).then(async () => {
         this.acquiring--;
@@ -172,14 +155,12 @@ export class ThreadPool {
     const onEnd = () => {
       if (closed) return;
       closed = true;
-      this.open.delete(client);
       const at = this.idle.findIndex((i) => i.client === client);
       if (at >= 0) clearTimeout(this.idle.splice(at, 1)[0].timer);
       this.options.slots.release(this.options.threadId);
     };
     client.on('error', (error: Error) => (client.broken ??= error));
     client.once('end', onEnd);
-    this.open.add(client);
     try {
       await client.connect();
       client.openedAt = performance.now();
@@ -200,7 +181,7 @@ export class ThreadPool {
     if (this.watching) return;
     this.watching = true;
     void (async () => {
-      while (this.idle.length > 0 && !this.ended) {
+      while (this.idle.length > 0) {
         if (!(await this.options.slots.wanted(WATCH_MS, this.acquiring))) continue;
         for (const { client, timer } of this.idle.splice(0)) {
           clearTimeout(timer);

@@ -110,7 +110,6 @@ async function runNode(ctx: CommandContext, opts: NodeCommandOptions): Promise<v
         const { host, port } = parseAddress(opts.http);
         // The API shares the node's pool: its connections are within the node's budget.
         http = await startHttpServer({
-          pool: node.client.pool,
           host,
           port,
           token: opts.token ?? (io.env.TASKMILL_HTTP_TOKEN || undefined),
