@@ -2,7 +2,7 @@
  * The node's registration and heartbeat: upserts its tm_nodes row (capacity, task names, load, CPU)
  * every `intervalMs`, stamped with database time. If the row had disappeared (the planner declared the
  * node dead and took its tasks back), the upsert re-creates it and `onReregistered` tells the node to
- * drop the tasks it had queued: they belong to someone else now.
+ * drop the tasks it had queued and abort those it was running: they belong to someone else now.
  *
  * States: unregistered -> registered (first beat) -> (lost -> registered)* -> removed (stop).
  */
@@ -25,6 +25,11 @@ export interface HeartbeatOptions {
   node: NodeRegistration;
   intervalMs?: number;
   inFlight: () => number;
+  /**
+   * The node's row was re-created: the planner had declared the node dead and taken back the tasks
+   * it held. Seen by the row's started_at changing, since the statement that re-created the row may be
+   * an earlier beat the client gave up on and the network delivered late.
+   */
   onReregistered: () => void;
   onError: (error: unknown) => void;
   /** Called after each beat that reached the database. */
@@ -35,6 +40,8 @@ export interface HeartbeatOptions {
 export class Heartbeat {
   private readonly loop: Loop<{ inserted: boolean }>;
   private beats = 0;
+  /** started_at of the node's row as the last beat saw it (database time, epoch ms). */
+  private registeredAt: number | undefined;
   private lastCpu = process.cpuUsage();
   private lastWall = performance.now();
 
@@ -58,8 +65,10 @@ export class Heartbeat {
 
   async runOnce(): Promise<{ inserted: boolean }> {
     const { node } = this.options;
-    const { inserted } = await beat(this.options.db, node, this.options.inFlight(), this.cpu());
-    if (inserted && this.beats > 0) this.options.onReregistered();
+    const { inserted, startedAt } = await beat(this.options.db, node, this.options.inFlight(), this.cpu());
+    const registered = startedAt.getTime();
+    if (this.registeredAt !== undefined && registered !== this.registeredAt) this.options.onReregistered();
+    this.registeredAt = registered;
     this.beats++;
     return { inserted };
   }

@@ -20,6 +20,7 @@ import { TaskmillError } from '../task/errors.ts';
 import { DEFAULT_HEARTBEAT_INTERVAL_MS } from './heartbeat.ts';
 import { isTaskDefinition, type TaskDefinition } from '../task/task-definition.ts';
 import { assertShellConfig, shellOptionsSchema } from '../task/shell-task.ts';
+import { networkOptions, networkSchema, type NetworkOptions } from '../store/network.ts';
 
 export const NODE_DEFAULTS = {
   /** distributed-task-framework `max-parallel-tasks-in-node`. */
@@ -107,18 +108,27 @@ const schema = z
     threadHeapLimitMb: positiveInt.min(16).max(1_048_576).default(DISPATCHER_DEFAULTS.threadHeapLimitMb),
     /** Shell tasks (shell-task.ts): disabled unless enabled here, with an allowlist of executables. */
     shell: shellOptionsSchema.default(shellOptionsSchema.parse({})),
+    /** Timeouts and keepalive of the node's connections (store/network.ts, docs/network-faults.md). */
+    network: networkSchema.default({}),
   })
   .strict();
 
 export type NodeOptions = z.input<typeof schema> & { tasks: TaskDefinition[] };
-export type NodeConfig = z.output<typeof schema>;
+/** The parsed options; `network` with its defaults filled in from the node's timing. */
+export type NodeConfig = Omit<z.output<typeof schema>, 'network'> & { network: NetworkOptions };
 
 export function parseNodeConfig(options: NodeOptions): NodeConfig {
   const parsed = schema.safeParse(options);
   if (!parsed.success) {
     throw new TaskmillError('INVALID_CONFIG', `Invalid node configuration: ${z.prettifyError(parsed.error)}`);
   }
-  const config = parsed.data;
+  const config = {
+    ...parsed.data,
+    network: networkOptions(parsed.data.network, {
+      nodeTimeoutMs: parsed.data.nodeTimeoutMs,
+      leaseTtlMs: parsed.data.planner ? parsed.data.planner.leaseTtlMs : DEFAULT_LEASE_TTL_MS,
+    }),
+  };
   if (!config.pool && !config.connectionString && !process.env.DATABASE_URL) {
     throw new TaskmillError(
       'INVALID_CONFIG',

@@ -16,21 +16,22 @@ export interface NodeRegistration {
 
 /**
  * Upserts the node's row with database time (heartbeat_at) and its load; returns whether the row was
- * inserted (the first beat, or the row was removed meanwhile as expired).
+ * inserted (the first beat, or the row was removed meanwhile as expired) and when the row was made
+ * (started_at: a change means it was removed and made again).
  */
 export async function beat(
   db: Queryable,
   node: NodeRegistration,
   inFlight: number,
   cpu: number,
-): Promise<{ inserted: boolean }> {
-  const { rows } = await db.query<{ inserted: boolean }>(
+): Promise<{ inserted: boolean; startedAt: Date }> {
+  const { rows } = await db.query<{ inserted: boolean; started_at: Date }>(
     `insert into tm_nodes (id, name, capacity, task_names, in_flight, cpu) values ($1, $2, $3, $4, $5, $6)
      on conflict (id) do update set heartbeat_at = now(), in_flight = excluded.in_flight, cpu = excluded.cpu
-     returning (xmax = 0) as inserted`,
+     returning (xmax = 0) as inserted, started_at`,
     [node.id, node.name, node.capacity, node.taskNames, inFlight, cpu],
   );
-  return rows[0];
+  return { inserted: rows[0].inserted, startedAt: rows[0].started_at };
 }
 
 /** Removes the node's row (a stopped node). */

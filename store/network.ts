@@ -1,0 +1,104 @@
+/**
+ * How the node's connections to PostgreSQL behave when the network between them fails (the `network`
+ * node option group, docs/network-faults.md). A refused or reset connection fails at once and every
+ * loop retries with backoff; these settings bound the two failures that give no signal at all:
+ * - a black hole (packets dropped, no RST): a statement's answer never comes, so each of the runtime's
+ *   statements gives up after `queryTimeoutMs` (client side; the connection is then dropped by its
+ *   pool), and a connection attempt after `connectTimeoutMs`;
+ * - a node that vanishes in the middle of a transaction: the server would keep its locks (the
+ *   planner's advisory lock and the task rows a pass claimed) until its own TCP gave up, which takes
+ *   minutes; `idleInTransactionTimeoutMs` makes PostgreSQL end such a session and roll it back.
+ * TCP keepalive (`keepAliveMs`) finds dead idle connections (the LISTEN session) on a real network.
+ *
+ * Defaults derive from the node timeout and the lease TTL, so that detection stays within a bound of
+ * the times the cluster already uses to judge a node dead or a leader gone.
+ */
+import type pg from 'pg';
+import { z } from 'zod';
+
+export interface NetworkOptions {
+  /** Most time to open a connection (TCP, TLS, startup and authentication); 0: no limit. */
+  connectTimeoutMs: number;
+  /**
+   * Most time the runtime waits for the answer to one of its statements on the node's pool (the
+   * planner, fetcher, completer, heartbeat, lease and operator reads, and node.client); then the
+   * statement fails and its connection is dropped. 0: no limit.
+   */
+  queryTimeoutMs: number;
+  /**
+   * PostgreSQL's idle_in_transaction_session_timeout for the node's sessions: the server ends a
+   * session that sits inside a transaction this long without a statement, releasing its locks. Sent
+   * as a startup parameter; 0 sends nothing (needed behind PgBouncer, which refuses startup
+   * parameters it does not know: use its own idle_transaction_timeout there).
+   */
+  idleInTransactionTimeoutMs: number;
+  /** TCP keepalive on every connection, first probe after this much idle time; 0: off. */
+  keepAliveMs: number;
+}
+
+/** What the defaults derive from: the node's own timing options. */
+export interface NetworkTiming {
+  /** A node whose heartbeat is older than this is declared dead (nodeTimeoutMs). */
+  nodeTimeoutMs: number;
+  /** The planner lease's time to live (planner.leaseTtlMs). */
+  leaseTtlMs: number;
+}
+
+/**
+ * The defaults: connect within the node timeout; give up on a statement after three node timeouts
+ * (runtime statements take milliseconds; the margin is for node.client's large batches and
+ * migrations on a loaded server); end a stuck transaction after one lease TTL, so a black-holed
+ * leader's pass holds the planner's lock at most that long after its last statement; keepalive
+ * probes after one node timeout of silence.
+ */
+export function defaultNetworkOptions(timing: NetworkTiming): NetworkOptions {
+  return {
+    connectTimeoutMs: timing.nodeTimeoutMs,
+    queryTimeoutMs: 3 * timing.nodeTimeoutMs,
+    idleInTransactionTimeoutMs: timing.leaseTtlMs,
+    keepAliveMs: timing.nodeTimeoutMs,
+  };
+}
+
+const ms = z.number().int().min(0);
+
+/** The `network` node option group: each setting optional, defaults from defaultNetworkOptions(). */
+export const networkSchema = z
+  .object({
+    connectTimeoutMs: ms.max(600_000).optional(),
+    // Below 100 ms an ordinary round trip to a loaded server would fail.
+    queryTimeoutMs: z.union([z.literal(0), z.number().int().min(100)]).optional(),
+    idleInTransactionTimeoutMs: ms.optional(),
+    keepAliveMs: ms.optional(),
+  })
+  .strict();
+
+export type NetworkOptionsInput = z.input<typeof networkSchema>;
+
+/** The settings in force: what the node was given over the defaults for its timing. */
+export function networkOptions(
+  given: NetworkOptionsInput | undefined,
+  timing: NetworkTiming,
+): NetworkOptions {
+  const defaults = defaultNetworkOptions(timing);
+  const defined = Object.fromEntries(Object.entries(given ?? {}).filter(([, v]) => v !== undefined));
+  return { ...defaults, ...defined };
+}
+
+/**
+ * The settings as pg client options, to spread into a pool's or a client's config (pg-pool hands a
+ * pool's options to each client it opens).
+ */
+export function connectionConfig(network: NetworkOptions): pg.ClientConfig {
+  const config: pg.ClientConfig = {};
+  if (network.connectTimeoutMs > 0) config.connectionTimeoutMillis = network.connectTimeoutMs;
+  if (network.queryTimeoutMs > 0) config.query_timeout = network.queryTimeoutMs;
+  if (network.keepAliveMs > 0) {
+    config.keepAlive = true;
+    config.keepAliveInitialDelayMillis = network.keepAliveMs;
+  }
+  if (network.idleInTransactionTimeoutMs > 0) {
+    config.idle_in_transaction_session_timeout = network.idleInTransactionTimeoutMs;
+  }
+  return config;
+}
