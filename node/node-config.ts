@@ -124,10 +124,7 @@ export function parseNodeConfig(options: NodeOptions): NodeConfig {
   }
   const config = {
     ...parsed.data,
-    network: networkOptions(parsed.data.network, {
-      nodeTimeoutMs: parsed.data.nodeTimeoutMs,
-      leaseTtlMs: parsed.data.planner ? parsed.data.planner.leaseTtlMs : DEFAULT_LEASE_TTL_MS,
-    }),
+    network: networkOptions(parsed.data.network, { nodeTimeoutMs: parsed.data.nodeTimeoutMs }),
   };
   if (!config.pool && !config.connectionString && !process.env.DATABASE_URL) {
     throw new TaskmillError(

@@ -10,8 +10,8 @@
  *   minutes; `idleInTransactionTimeoutMs` makes PostgreSQL end such a session and roll it back.
  * TCP keepalive (`keepAliveMs`) finds dead idle connections (the LISTEN session) on a real network.
  *
- * Defaults derive from the node timeout and the lease TTL, so that detection stays within a bound of
- * the times the cluster already uses to judge a node dead or a leader gone.
+ * Defaults derive from the node timeout, so that detection stays within a bound of the time the
+ * cluster already uses to judge a node dead.
  */
 import type pg from 'pg';
 import { z } from 'zod';
@@ -27,7 +27,8 @@ export interface NetworkOptions {
   queryTimeoutMs: number;
   /**
    * PostgreSQL's idle_in_transaction_session_timeout for the node's sessions: the server ends a
-   * session that sits inside a transaction this long without a statement, releasing its locks. Sent
+   * session that sits inside a transaction this long without a statement, rolling it back and releasing
+   * its locks (a black-holed leader's pass holds the planner's advisory lock until then). Sent
    * as a startup parameter; 0 sends nothing (needed behind PgBouncer, which refuses startup
    * parameters it does not know: use its own idle_transaction_timeout there).
    */
@@ -40,22 +41,21 @@ export interface NetworkOptions {
 export interface NetworkTiming {
   /** A node whose heartbeat is older than this is declared dead (nodeTimeoutMs). */
   nodeTimeoutMs: number;
-  /** The planner lease's time to live (planner.leaseTtlMs). */
-  leaseTtlMs: number;
 }
 
 /**
  * The defaults: connect within the node timeout; give up on a statement after three node timeouts
  * (runtime statements take milliseconds; the margin is for node.client's large batches and
- * migrations on a loaded server); end a stuck transaction after one lease TTL, so a black-holed
- * leader's pass holds the planner's lock at most that long after its last statement; keepalive
- * probes after one node timeout of silence.
+ * migrations on a loaded server); end a transaction stuck for one node timeout, the silence after
+ * which the node itself is declared dead (a planner pass black-holed mid-way then holds the planner's
+ * lock at most that long after its last statement, so planning resumes within lease TTL + node
+ * timeout); keepalive probes after one node timeout of silence.
  */
 export function defaultNetworkOptions(timing: NetworkTiming): NetworkOptions {
   return {
     connectTimeoutMs: timing.nodeTimeoutMs,
     queryTimeoutMs: 3 * timing.nodeTimeoutMs,
-    idleInTransactionTimeoutMs: timing.leaseTtlMs,
+    idleInTransactionTimeoutMs: timing.nodeTimeoutMs,
     keepAliveMs: timing.nodeTimeoutMs,
   };
 }

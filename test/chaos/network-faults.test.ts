@@ -7,12 +7,19 @@
  *   counted), it stops the runs it lost, registers again and takes new work; its process never dies.
  * - A black-holed leader stops planning (its local view of the lease lapses) before the other node
  *   becomes leader: the leadership intervals, from both nodes' logs on one clock, do not overlap.
+ * - Added latency: the flat bench's `--latency-ms` mode at a tiny size, loopback and 30 ms each way.
  */
-import type { ChildProcess } from 'node:child_process';
-import { afterAll, afterEach, describe, expect, it } from 'vitest';
+import { execFile, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
+import { afterAll, afterEach, describe, expect, inject, it } from 'vitest';
+import type { BenchResult } from '../../bench/result-file.ts';
 import { proxyForUrl, type TcpProxy } from '../../bench/tcp-proxy.ts';
 import { TaskmillClient } from '../../index.ts';
-import { record } from '../fixtures/definitions.ts';
+import { record, sleep } from '../fixtures/definitions.ts';
 import { deposit } from '../fixtures/workflow-definitions.ts';
 import { count, until, useTestDatabase, type TestDatabase } from '../helpers/database.ts';
 import { killAllNodes, spawnNode, type SpawnOptions, type SpawnedNode } from '../helpers/spawn.ts';
@@ -205,4 +212,153 @@ describe.each(['cut', 'blackhole'] as const)('a node %s off longer than the node
     );
     expect(victim.node.process.exitCode).toBeNull();
   });
+});
+
+/** [from, to] epoch ms intervals of one node, from its log. */
+interface Intervals {
+  leading: [number, number][];
+  /** Passes that held the planner's lock (leader: true), from their start to their log line. */
+  passes: [number, number][];
+}
+
+/** Leadership intervals (a lease already held when the log began starts at -Infinity) and passes. */
+function intervalsOf(log: Record<string, unknown>[], until: number): Intervals {
+  const leading: [number, number][] = [];
+  const passes: [number, number][] = [];
+  let since: number | undefined;
+  let first = true;
+  for (const line of log) {
+    // A lapsed lease ended at `at`, maybe before the line was written.
+    const time = Number(line.at ?? line.time);
+    if (line.msg === 'became planner leader') since = time;
+    else if (line.msg === 'lost planner leadership') {
+      leading.push([since ?? (first ? -Infinity : time), time]);
+      since = undefined;
+    } else if (line.msg === 'planner pass' && line.leader === true) {
+      passes.push([time - Number(line.durationMs), time]);
+      if (first && since === undefined) since = -Infinity;
+    } else continue;
+    first = false;
+  }
+  if (since !== undefined) leading.push([since, until]);
+  return { leading, passes };
+}
+
+const overlap = (a: [number, number], b: [number, number]) => a[0] < b[1] && b[0] < a[1];
+const within = (p: [number, number], intervals: [number, number][]) =>
+  intervals.some(([from, to]) => p[0] >= from && p[0] <= to);
+
+describe('a leader black-holed', () => {
+  it('loses the lease and stops planning before the other node leads: no two planners act at once', async () => {
+    const db = await database();
+    const leader = await nodeBehindProxy(db, { name: 'leader', logLevel: 'debug' });
+    await until(() => leaderIs(db, leader.node.id), 30_000);
+    const follower = await nodeBehindProxy(db, { name: 'follower', logLevel: 'debug' });
+    const client = new TaskmillClient({ connectionString: db.url });
+    clients.push(client);
+    const scheduleSome = (n: number) =>
+      Promise.all(Array.from({ length: n }, () => client.schedule(sleep, { message: { ms: 20 } })));
+    const ids = await scheduleSome(100);
+    const assigning = (log: () => Record<string, unknown>[], after = 0) =>
+      log().some((l) => l.msg === 'planner pass' && Number(l.assigned) > 0 && Number(l.time) > after);
+    await until(() => assigning(leader.log), 30_000);
+
+    leader.proxy.blackhole();
+    const holeAt = Date.now();
+    await until(() => follower.log().some((l) => l.msg === 'became planner leader'), 30_000);
+    const tookOver = Number(follower.log().find((l) => l.msg === 'became planner leader')!.at);
+    // The follower plans while the leader is still in the hole, long enough for the server to end any
+    // transaction the leader left open (the idle-in-transaction timeout, one node timeout).
+    ids.push(...(await scheduleSome(100)));
+    await until(() => assigning(follower.log, tookOver), 30_000);
+    await until(() => Date.now() - holeAt > 3 * NODE_TIMEOUT_MS, 30_000, 100);
+    expect(leader.node.process.exitCode).toBeNull();
+    leader.proxy.restore();
+
+    await until(
+      async () =>
+        (await count(db.pool, `select count(*) from tm_history where id = any($1::uuid[])`, [ids])) ===
+        ids.length,
+      60_000,
+    );
+    // The old leader is back in touch and stays a follower while the lease is held.
+    await until(
+      () =>
+        count(db.pool, `select count(*) from tm_nodes where id = $1`, [leader.node.id]).then((n) => n === 1),
+      30_000,
+    );
+    const end = Date.now();
+    const a = intervalsOf(leader.log(), end);
+    const b = intervalsOf(follower.log(), end);
+    const lostAt = a.leading.find(([, to]) => to >= holeAt - 1)?.[1];
+    expect(lostAt).toBeDefined();
+    // It stopped leading before the follower started: within the lease's local view of 0.9 TTL.
+    expect(lostAt!).toBeLessThan(tookOver);
+    for (const x of a.leading) for (const y of b.leading) expect(overlap(x, y), `${x} / ${y}`).toBe(false);
+    // Every pass ran while its node led, and no two passes of the two nodes overlap.
+    for (const p of a.passes) expect(within(p, a.leading), `leader pass ${p}`).toBe(true);
+    for (const p of b.passes) expect(within(p, b.leading), `follower pass ${p}`).toBe(true);
+    for (const x of a.passes) for (const y of b.passes) expect(overlap(x, y), `${x} / ${y}`).toBe(false);
+    const lastLeaderPass = Math.max(...a.passes.filter((p) => p[0] < tookOver).map((p) => p[1]));
+    console.info(
+      `leader black-holed at ${holeAt}: its last pass ended ${lastLeaderPass - holeAt} ms after, it stopped ` +
+        `leading ${lostAt! - holeAt} ms after, the follower took over ${tookOver - holeAt} ms after; ` +
+        `${a.passes.length} + ${b.passes.length} passes, none overlapping`,
+    );
+  });
+});
+
+describe('added latency', () => {
+  const root = fileURLToPath(new URL('../..', import.meta.url));
+  const out = mkdtempSync(path.join(tmpdir(), 'taskmill-latency-bench-'));
+  afterAll(() => rmSync(out, { recursive: true, force: true }));
+
+  /** bench/flat.ts burn-down at a tiny size, its nodes behind a proxy adding `latencyMs` each way. */
+  async function burnDown(latencyMs: number): Promise<BenchResult> {
+    const args = [
+      '--tasks',
+      '1500',
+      '--warmup',
+      '200',
+      '--plan-factor',
+      '10',
+      '--latency-ms',
+      String(latencyMs),
+    ];
+    const { stdout } = await promisify(execFile)(
+      process.execPath,
+      ['--import', import.meta.resolve('tsx'), path.join(root, 'bench/flat.ts'), ...args],
+      {
+        cwd: root,
+        env: { ...process.env, DATABASE_URL: inject('serverUrl'), TASKMILL_RESULTS_DIR: out },
+        timeout: 120_000,
+      },
+    );
+    const file = /; result: (.+\.json)$/.exec(stdout.trim())?.[1];
+    if (!file) throw new Error(`no result file in: ${stdout}`);
+    return JSON.parse(readFileSync(file, 'utf8')) as BenchResult;
+  }
+
+  it(
+    'the flat bench runs through the proxy, and 30 ms each way keeps most of the throughput',
+    { timeout: 300_000 },
+    async () => {
+      const loopback = await burnDown(0);
+      const far = await burnDown(30);
+      for (const r of [loopback, far]) {
+        const proxy = r.figures.proxy as { forwarded: number; bytesUp: number; bytesDown: number };
+        expect(proxy.forwarded).toBeGreaterThan(0);
+        expect(proxy.bytesUp).toBeGreaterThan(0);
+        expect(proxy.bytesDown).toBeGreaterThan(0);
+      }
+      expect(far.params.latencyMs).toBe(30);
+      const ratio = Number(loopback.figures.tasksPerSec) / Number(far.figures.tasksPerSec);
+      console.info(
+        `burn-down at 1500 tasks, plan factor 10: 30 ms each way is ${ratio.toFixed(2)}x slower than 0 ms`,
+      );
+      // The 2x of docs/network-faults.md is measured at a real size on a quiet machine; a tiny run on a
+      // loaded one only has to stay in the same range.
+      expect(ratio).toBeLessThan(8);
+    },
+  );
 });
