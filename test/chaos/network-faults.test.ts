@@ -251,9 +251,9 @@ const within = (p: [number, number], intervals: [number, number][]) =>
 describe('a leader black-holed', () => {
   it('loses the lease and stops planning before the other node leads: no two planners act at once', async () => {
     const db = await database();
-    const leader = await nodeBehindProxy(db, { name: 'leader', logLevel: 'debug' });
-    await until(() => leaderIs(db, leader.node.id), 30_000);
-    const follower = await nodeBehindProxy(db, { name: 'follower', logLevel: 'debug' });
+    const first = await nodeBehindProxy(db, { name: 'first', logLevel: 'debug' });
+    await until(() => leaderIs(db, first.node.id), 30_000);
+    const second = await nodeBehindProxy(db, { name: 'second', logLevel: 'debug' });
     const client = new TaskmillClient({ connectionString: db.url });
     clients.push(client);
     const scheduleSome = (n: number) =>
@@ -261,12 +261,24 @@ describe('a leader black-holed', () => {
     const ids = await scheduleSome(100);
     const assigning = (log: () => Record<string, unknown>[], after = 0) =>
       log().some((l) => l.msg === 'planner pass' && Number(l.assigned) > 0 && Number(l.time) > after);
-    await until(() => assigning(leader.log), 30_000);
+    await until(() => assigning(first.log) || assigning(second.log), 30_000);
+    // On a loaded machine the short test lease may have changed hands already: the hole takes whoever
+    // leads now.
+    let leader = first;
+    let follower = second;
+    await until(async () => {
+      if (await leaderIs(db, first.node.id)) return true;
+      if (!(await leaderIs(db, second.node.id))) return false;
+      [leader, follower] = [second, first];
+      return true;
+    }, 30_000);
 
     leader.proxy.blackhole();
     const holeAt = Date.now();
-    await until(() => follower.log().some((l) => l.msg === 'became planner leader'), 30_000);
-    const tookOver = Number(follower.log().find((l) => l.msg === 'became planner leader')!.at);
+    const tookOverLine = () =>
+      follower.log().find((l) => l.msg === 'became planner leader' && Number(l.at) > holeAt);
+    await until(() => tookOverLine() !== undefined, 30_000);
+    const tookOver = Number(tookOverLine()!.at);
     // The follower plans while the leader is still in the hole, long enough for the server to end any
     // transaction the leader left open (the idle-in-transaction timeout, one node timeout).
     ids.push(...(await scheduleSome(100)));
@@ -281,7 +293,7 @@ describe('a leader black-holed', () => {
         ids.length,
       60_000,
     );
-    // The old leader is back in touch and stays a follower while the lease is held.
+    // The old leader is back in touch.
     await until(
       () =>
         count(db.pool, `select count(*) from tm_nodes where id = $1`, [leader.node.id]).then((n) => n === 1),
@@ -290,7 +302,8 @@ describe('a leader black-holed', () => {
     const end = Date.now();
     const a = intervalsOf(leader.log(), end);
     const b = intervalsOf(follower.log(), end);
-    const lostAt = a.leading.find(([, to]) => to >= holeAt - 1)?.[1];
+    // The interval the hole ended: the last that began before it.
+    const lostAt = a.leading.filter(([from]) => from < holeAt).at(-1)?.[1];
     expect(lostAt).toBeDefined();
     // It stopped leading before the follower started: within the lease's local view of 0.9 TTL.
     expect(lostAt!).toBeLessThan(tookOver);
@@ -354,7 +367,7 @@ describe('added latency', () => {
       expect(far.params.latencyMs).toBe(30);
       const ratio = Number(loopback.figures.tasksPerSec) / Number(far.figures.tasksPerSec);
       console.info(
-        `burn-down at 1500 tasks, plan factor 10: 30 ms each way is ${ratio.toFixed(2)}x slower than 0 ms`,
+        `burn-down at 1500 tasks, plan factor 20: 30 ms each way is ${ratio.toFixed(2)}x slower than 0 ms`,
       );
       // The 2x of docs/network-faults.md is measured at a real size on a quiet machine; a tiny run on a
       // loaded one only has to stay in the same range.
