@@ -44,19 +44,32 @@ export interface NetworkTiming {
 }
 
 /**
+ * Floors of the defaults: below them a loaded machine or server fails healthy work (a connection's
+ * authentication, a pause of the event loop between two statements of a transaction) more often than
+ * it finds a fault sooner. They matter only for node timeouts of a few seconds (tests).
+ */
+export const NETWORK_DEFAULT_FLOORS = {
+  connectTimeoutMs: 5_000,
+  queryTimeoutMs: 10_000,
+  idleInTransactionTimeoutMs: 5_000,
+  keepAliveMs: 5_000,
+};
+
+/**
  * The defaults: connect within the node timeout; give up on a statement after three node timeouts
  * (runtime statements take milliseconds; the margin is for node.client's large batches and
  * migrations on a loaded server); end a transaction stuck for one node timeout, the silence after
  * which the node itself is declared dead (a planner pass black-holed mid-way then holds the planner's
  * lock at most that long after its last statement, so planning resumes within lease TTL + node
- * timeout); keepalive probes after one node timeout of silence.
+ * timeout); keepalive probes after one node timeout of silence. Each at least its floor.
  */
 export function defaultNetworkOptions(timing: NetworkTiming): NetworkOptions {
+  const f = NETWORK_DEFAULT_FLOORS;
   return {
-    connectTimeoutMs: timing.nodeTimeoutMs,
-    queryTimeoutMs: 3 * timing.nodeTimeoutMs,
-    idleInTransactionTimeoutMs: timing.nodeTimeoutMs,
-    keepAliveMs: timing.nodeTimeoutMs,
+    connectTimeoutMs: Math.max(f.connectTimeoutMs, timing.nodeTimeoutMs),
+    queryTimeoutMs: Math.max(f.queryTimeoutMs, 3 * timing.nodeTimeoutMs),
+    idleInTransactionTimeoutMs: Math.max(f.idleInTransactionTimeoutMs, timing.nodeTimeoutMs),
+    keepAliveMs: Math.max(f.keepAliveMs, timing.nodeTimeoutMs),
   };
 }
 

@@ -279,8 +279,8 @@ describe('a leader black-holed', () => {
       follower.log().find((l) => l.msg === 'became planner leader' && Number(l.at) > holeAt);
     await until(() => tookOverLine() !== undefined, 30_000);
     const tookOver = Number(tookOverLine()!.at);
-    // The follower plans while the leader is still in the hole, long enough for the server to end any
-    // transaction the leader left open (the idle-in-transaction timeout, one node timeout).
+    // The follower plans while the leader is still in the hole: a pass the leader left open has ended
+    // by then (its advisory lock would stop the follower's passes), by the idle-in-transaction timeout.
     ids.push(...(await scheduleSome(100)));
     await until(() => assigning(follower.log, tookOver), 30_000);
     await until(() => Date.now() - holeAt > 3 * NODE_TIMEOUT_MS, 30_000, 100);
