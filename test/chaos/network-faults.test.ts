@@ -89,11 +89,21 @@ describe.each(['cut', 'blackhole'] as const)('a node %s off longer than the node
   it('loses its tasks to the other node, is fenced, stops what it lost and rejoins, alive', async () => {
     const db = await database();
     // The victim has most of the slots, so it holds tasks of both kinds when the fault comes.
-    const other = await nodeBehindProxy(db, { name: 'other', maxParallelTasksInNode: 4 });
+    // One task per worker-thread run and a thread per slot: a task the database shows running is
+    // running, not waiting behind another in a micro-batch.
+    const oneByOne = { maxBatchSize: 1 };
+    const other = await nodeBehindProxy(db, {
+      name: 'other',
+      maxParallelTasksInNode: 4,
+      threads: 4,
+      ...oneByOne,
+    });
     await until(() => leaderIs(db, other.node.id), 30_000);
     const victim = await nodeBehindProxy(db, {
       name: 'victim',
       maxParallelTasksInNode: 8,
+      threads: 8,
+      ...oneByOne,
       planner: false,
       logLevel: 'warn',
     });
@@ -139,7 +149,9 @@ describe.each(['cut', 'blackhole'] as const)('a node %s off longer than the node
         (await count(db.pool, `select count(*) from tm_tasks where node_id = $1`, [victim.node.id])) === 0,
       30_000,
     );
-    expect(Date.now() - faultAt).toBeGreaterThanOrEqual(NODE_TIMEOUT_MS);
+    // Not before its heartbeats went stale: the node timeout counts from its last beat, up to one
+    // heartbeat interval (100 ms) before the fault.
+    expect(Date.now() - faultAt).toBeGreaterThanOrEqual(NODE_TIMEOUT_MS - 2 * 100);
     // The victim's short runs end meanwhile (the fixture writes `runs` directly, not through the
     // proxy), and the other node runs those tasks again.
     const ranBy = (pid: number) =>
