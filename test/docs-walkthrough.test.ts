@@ -69,6 +69,7 @@ const DOCS = [
   'docs/flow-control.md',
   'docs/observability.md',
   'docs/durable-waits.md',
+  'docs/network-faults.md',
 ];
 // A whole document on a loaded 2-core machine: README took 144 s beside two other test files and
 // three builds, so the deadline leaves room for more.
