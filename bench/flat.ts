@@ -8,11 +8,14 @@
  *               planner's fairness on and off (docs/flow-control.md)
  * Every node knob is an option (see --help). Prints one summary line on stdout and writes the full
  * result to results/flat-<mode>-<time>.json. Uses DATABASE_URL, else the embedded server; each run
- * gets a fresh database, dropped afterwards.
+ * gets a fresh database, dropped afterwards. `--latency-ms <ms>` puts the nodes behind a loopback TCP
+ * proxy (bench/tcp-proxy.ts) that delays every chunk by that much each way, as a network between the
+ * nodes and PostgreSQL would (the harness's own connection, which seeds and measures, stays direct).
  */
 import { availableParallelism } from 'node:os';
 import { Command, Option } from 'commander';
 import { createBenchDatabase, openBenchServer, type BenchDatabase } from './bench-database.ts';
+import { proxyForUrl, type TcpProxy } from './tcp-proxy.ts';
 import { runBurnDown } from './flat/burn-down.ts';
 import { runContinuous } from './flat/continuous.ts';
 import { runLatency } from './flat/latency.ts';
@@ -54,6 +57,7 @@ interface FlatCli extends NodeCliOptions {
   trickleIntervalMs: number;
   outDir?: string;
   save: boolean;
+  latencyMs?: number;
 }
 
 const DEFAULT_TASKS: Record<Mode, number> = {
@@ -94,6 +98,11 @@ function command(): Command {
       intArg('--trickle-interval-ms', 1),
       10,
     )
+    .option(
+      '--latency-ms <ms>',
+      'nodes reach PostgreSQL through a loopback proxy adding this delay each way (docs/network-faults.md)',
+      intArg('--latency-ms', 0),
+    )
     .option('--out-dir <dir>', 'where the result file goes (default: results/, or TASKMILL_RESULTS_DIR)')
     .option('--no-save', 'do not write a result file');
   return addNodeOptions(cmd);
@@ -104,25 +113,34 @@ async function main(): Promise<void> {
   const run = startRun(`flat-${o.mode}`);
   const server = await openBenchServer();
   let db: BenchDatabase | undefined;
+  let proxy: TcpProxy | undefined;
   try {
     db = await createBenchDatabase(server.url, `flat_${o.mode}`);
-    const result = await runMode(o, run, db);
+    if (o.latencyMs !== undefined) proxy = await proxyForUrl(db.url, { latencyMs: o.latencyMs });
+    const result = await runMode(o, run, db, proxy);
+    // Evidence the nodes' traffic went through the proxy: its connections and bytes.
+    if (proxy) result.figures.proxy = proxy.stats();
     const file = o.save ? writeResult(result, o.outDir) : undefined;
     console.log(`${result.summary}${file ? `; result: ${file}` : ''}`);
   } finally {
+    await proxy?.close();
     await db?.drop().catch((error) => console.error('could not drop the bench database:', error));
     await server.stop();
   }
 }
 
-async function runMode(o: FlatCli, run: RunStart, db: BenchDatabase): Promise<BenchResult> {
+async function runMode(o: FlatCli, run: RunStart, db: BenchDatabase, proxy?: TcpProxy): Promise<BenchResult> {
   const knobs = knobsFromCli(o);
-  const where = { url: db.url, pool: db.pool, nodes: o.nodes, spawn: o.spawn, knobs };
-  const nodesText = `${o.nodes} node${o.nodes > 1 ? 's' : ''} (${o.spawn ? 'processes' : 'in-process'})`;
+  const url = proxy ? proxy.url(db.url) : db.url;
+  const where = { url, pool: db.pool, nodes: o.nodes, spawn: o.spawn, knobs };
+  const nodesText =
+    `${o.nodes} node${o.nodes > 1 ? 's' : ''} (${o.spawn ? 'processes' : 'in-process'})` +
+    (proxy ? ` behind ${o.latencyMs} ms of added latency each way` : '');
   const common = {
     nodes: o.nodes,
     spawn: o.spawn,
     ...describeKnobs(knobs),
+    ...(proxy ? { latencyMs: o.latencyMs } : {}),
   };
   const postgres = await postgresInfo(db.pool);
   const cores = availableParallelism();

@@ -200,6 +200,11 @@ export class Dispatcher {
     return this.running.size;
   }
 
+  /** The tasks started and not yet reported. */
+  runningTasks(): FetchedTask[] {
+    return [...this.running.values()].map((r) => r.task);
+  }
+
   /** Ids of the tasks started and not yet reported. */
   runningIds(): string[] {
     return [...this.running.keys()];
@@ -419,7 +424,8 @@ export class Dispatcher {
         this.destroyed ||
         reruns > MAX_RERUNS ||
         running.reason === 'cancel' ||
-        running.reason === 'shutdown'
+        running.reason === 'shutdown' ||
+        running.reason === 'lost'
       ) {
         this.died(running, error);
       } else if (termination) {

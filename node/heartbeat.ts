@@ -1,8 +1,9 @@
 /**
  * The node's registration and heartbeat: upserts its tm_nodes row (capacity, task names, load, CPU,
- * connections in use and budget) every `intervalMs`, stamped with database time. If the row had disappeared (the planner declared the
- * node dead and took its tasks back), the upsert re-creates it and `onReregistered` tells the node to
- * drop the tasks it had queued: they belong to someone else now.
+ * connections in use and budget) every `intervalMs`, stamped with database time. If the row had
+ * disappeared (the planner declared the node dead and took its tasks back), the upsert re-creates it
+ * and `onReregistered` tells the node to drop the tasks it had queued and abort those it was running:
+ * they belong to someone else now.
  *
  * States: unregistered -> registered (first beat) -> (lost -> registered)* -> removed (stop).
  */
@@ -27,6 +28,11 @@ export interface HeartbeatOptions {
   inFlight: () => number;
   /** Connections the node has open now and its budget (connection-budget.ts); reported with each beat. */
   connections?: () => { inUse: number; max: number };
+  /**
+   * The node's row was re-created: the planner had declared the node dead and taken back the tasks
+   * it held. Seen by the row's started_at changing, since the statement that re-created the row may be
+   * an earlier beat the client gave up on and the network delivered late.
+   */
   onReregistered: () => void;
   onError: (error: unknown) => void;
   /** Called after each beat that reached the database. */
@@ -37,6 +43,8 @@ export interface HeartbeatOptions {
 export class Heartbeat {
   private readonly loop: Loop<{ inserted: boolean }>;
   private beats = 0;
+  /** started_at of the node's row as the last beat saw it (database time, epoch ms). */
+  private registeredAt: number | undefined;
   private lastCpu = process.cpuUsage();
   private lastWall = performance.now();
 
@@ -60,12 +68,14 @@ export class Heartbeat {
 
   async runOnce(): Promise<{ inserted: boolean }> {
     const { node } = this.options;
-    const { inserted } = await beat(this.options.db, node, {
+    const { inserted, startedAt } = await beat(this.options.db, node, {
       inFlight: this.options.inFlight(),
       cpu: this.cpu(),
       connections: this.options.connections?.(),
     });
-    if (inserted && this.beats > 0) this.options.onReregistered();
+    const registered = startedAt.getTime();
+    if (this.registeredAt !== undefined && registered !== this.registeredAt) this.options.onReregistered();
+    this.registeredAt = registered;
     this.beats++;
     return { inserted };
   }

@@ -107,7 +107,12 @@ export class Mailboxes<T extends MailboxTask> {
     else if (box.inFlight === 0) this.boxes.delete(key);
   }
 
-  /** Removes and returns every waiting task (shutdown, or registration lost). */
+  /** Every waiting task. */
+  waiting(): T[] {
+    return [...[...this.free.values()].flat(), ...[...this.boxes.values()].flatMap((b) => b.queue)];
+  }
+
+  /** Removes and returns every waiting task (shutdown). */
   drain(): T[] {
     const all = [...[...this.free.values()].flat(), ...[...this.boxes.values()].flatMap((b) => b.queue)];
     this.free.clear();

@@ -21,6 +21,7 @@ import { DEFAULT_HEARTBEAT_INTERVAL_MS } from './heartbeat.ts';
 import { DEFAULT_MAX_CONNECTIONS, splitConnectionBudget, type ConnectionSplit } from './connection-budget.ts';
 import { isTaskDefinition, type TaskDefinition } from '../task/task-definition.ts';
 import { assertShellConfig, shellOptionsSchema } from '../task/shell-task.ts';
+import { networkOptions, networkSchema, type NetworkOptions } from '../store/network.ts';
 
 export const NODE_DEFAULTS = {
   /** distributed-task-framework `max-parallel-tasks-in-node`. */
@@ -114,11 +115,17 @@ const schema = z
     threadHeapLimitMb: positiveInt.min(16).max(1_048_576).default(DISPATCHER_DEFAULTS.threadHeapLimitMb),
     /** Shell tasks (shell-task.ts): disabled unless enabled here, with an allowlist of executables. */
     shell: shellOptionsSchema.default(shellOptionsSchema.parse({})),
+    /** Timeouts and keepalive of the node's connections (store/network.ts, docs/network-faults.md). */
+    network: networkSchema.default({}),
   })
   .strict();
 
 export type NodeOptions = z.input<typeof schema> & { tasks: TaskDefinition[] };
-export type NodeConfig = z.output<typeof schema> & { connections: ConnectionSplit };
+/** The parsed options; `network` with its defaults filled in from the node's timing, and the budget's split. */
+export type NodeConfig = Omit<z.output<typeof schema>, 'network'> & {
+  network: NetworkOptions;
+  connections: ConnectionSplit;
+};
 
 export function parseNodeConfig(options: NodeOptions): NodeConfig {
   const parsed = schema.safeParse(options);
@@ -140,6 +147,7 @@ export function parseNodeConfig(options: NodeOptions): NodeConfig {
       notifications: parsedConfig.notifications,
       threads: parsedConfig.threads,
     }),
+    network: networkOptions(parsedConfig.network, { nodeTimeoutMs: parsedConfig.nodeTimeoutMs }),
   };
   if (!config.pool && !config.connectionString && !process.env.DATABASE_URL) {
     throw new TaskmillError(

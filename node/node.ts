@@ -36,8 +36,9 @@ import { workerShellPolicy } from '../task/shell-task.ts';
 import { assertHandlerExists, type TaskDefinition } from '../task/task-definition.ts';
 import { CANCEL_CHANNEL, NODE_CHANNEL } from '../store/channels.ts';
 import { closeNodeToNewTasks } from '../store/nodes.ts';
-import { releaseTasks, type FetchedTask } from '../store/tasks.ts';
+import { releaseTasks, tasksNoLongerHeld, type FetchedTask } from '../store/tasks.ts';
 import { ConnectionClient } from '../store/connections.ts';
+import { connectionConfig } from '../store/network.ts';
 import { ProgressRecorder } from './progress-recorder.ts';
 import { ConnectionSlots } from '../worker/connection-slots.ts';
 import { connectionsInUse, type ConnectionSplit, type ConnectionUse } from './connection-budget.ts';
@@ -137,6 +138,7 @@ export class TaskmillNode extends EventEmitter<TaskmillNodeEvents> {
         max: config.connections.main,
         application_name: `taskmill-node`,
         Client: ConnectionClient,
+        ...connectionConfig(config.network),
       });
     this.ownsPool = !config.pool;
     // An idle pooled connection that dies (server restart, terminated backend) is dropped by the pool.
@@ -146,8 +148,9 @@ export class TaskmillNode extends EventEmitter<TaskmillNodeEvents> {
     // The LISTEN session is the budget's one listener connection: node.client's waits share it, and poll
     // when the node has none (notifications off).
     if (config.notifications)
-      this.listener = new Listener(config.listenUrl ?? connectionString ?? '', (e) =>
-        this.fail(e, 'listener'),
+      this.listener = new Listener(
+        { connectionString: config.listenUrl ?? connectionString ?? '', ...connectionConfig(config.network) },
+        (e) => this.fail(e, 'listener'),
       );
     this.client = new TaskmillClient({
       pool: this.pool,
@@ -209,13 +212,7 @@ export class TaskmillNode extends EventEmitter<TaskmillNodeEvents> {
       intervalMs: config.heartbeatIntervalMs,
       inFlight: () => this.dispatcher.inFlight + this.mailboxes.size,
       connections: () => ({ inUse: this.connections().total, max: config.maxConnections }),
-      onReregistered: () => {
-        const dropped = this.mailboxes.drain();
-        this.log.warn(
-          { dropped: dropped.length },
-          'node was declared dead and re-registered; queued tasks dropped',
-        );
-      },
+      onReregistered: () => void this.dropLostTasks(),
       onError: onError('heartbeat'),
       onBeat: () => this.recovered('heartbeat'),
     });
@@ -402,6 +399,31 @@ export class TaskmillNode extends EventEmitter<TaskmillNodeEvents> {
     if (result.stale > 0)
       this.log.warn({ stale: result.stale }, 'outcomes fenced out: tasks were reassigned');
     this.emit('flush', result);
+  }
+
+  /**
+   * The node was declared dead (cut off from the database longer than the node timeout) and has
+   * registered again: the tasks it held then were taken back and may run elsewhere. Those the
+   * database says it no longer holds are dropped if queued and aborted if running, their outcome
+   * written nowhere (one already waiting in the completer is fenced out at commit); tasks assigned to
+   * it since it came back are kept.
+   */
+  private async dropLostTasks(): Promise<void> {
+    const held = [...this.mailboxes.waiting(), ...this.dispatcher.runningTasks()];
+    const lost =
+      held.length === 0
+        ? []
+        : await tasksNoLongerHeld(this.pool, this.id, held).catch((error) => {
+            this.fail(error, 'heartbeat');
+            return [];
+          });
+    let dropped = 0;
+    let aborted = 0;
+    for (const id of lost) {
+      if (this.mailboxes.remove(id)) dropped++;
+      else if (this.dispatcher.abort(id, 'lost')) aborted++;
+    }
+    this.log.warn({ dropped, aborted }, 'node was declared dead and registered again; tasks it lost stopped');
   }
 
   /** Cancels a task this node holds: dropped if still queued, aborted if running. */

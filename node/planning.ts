@@ -64,8 +64,8 @@ export class Planning {
       db,
       nodeId: options.nodeId,
       ttlMs: p.leaseTtlMs,
-      onChange: (leader) => {
-        log.info({ leader }, leader ? 'became planner leader' : 'lost planner leadership');
+      onChange: (leader, at) => {
+        log.info({ leader, at }, leader ? 'became planner leader' : 'lost planner leadership');
         if (leader) this.planner?.wake();
         if (leader) this.cron?.wake();
         options.onLeader(leader);
@@ -85,6 +85,8 @@ export class Planning {
       fairness: p.fairness,
       localNodeId: options.nodeId,
       onPass: (pass) => {
+        const { leader, claimed, assigned, durationMs } = pass;
+        log.debug({ leader, claimed, assigned, durationMs }, 'planner pass');
         if (pass.startedLocally.length > 0) options.startedLocally(pass.startedLocally);
         options.onPass(pass);
       },

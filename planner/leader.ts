@@ -4,6 +4,9 @@
  * once when the holder releases it on stop (it notifies LEADER_CHANNEL so others retry immediately).
  *
  * States: follower -> leader (acquired) -> follower (lost, released, or renewal overdue by local clock).
+ * The overdue case is noticed when `isLeader` is read and, at the latest, by a timer set for the end of
+ * the local view, so `onChange(false)` is on time even when every loop is stuck in a statement (a
+ * black-holed connection): the leadership intervals the node reports are the ones it acted on.
  * `isLeader` is written by this loop only and read by the planner and maintenance (main thread).
  */
 import type pg from 'pg';
@@ -18,7 +21,11 @@ export interface LeaderLeaseOptions {
   db: pg.Pool;
   nodeId: string;
   ttlMs?: number;
-  onChange?: (leader: boolean) => void;
+  /**
+   * Leadership began or ended `at` (epoch ms by `now`): when the lease was taken or lost, or, for a
+   * local view that lapsed, the moment it lapsed (which may be before the change is noticed).
+   */
+  onChange?: (leader: boolean, at: number) => void;
   onError: (error: unknown) => void;
   timers?: Timers;
   now?: () => number;
@@ -32,6 +39,7 @@ export class LeaderLease {
   private readonly loop: Loop<{ leader: boolean }>;
   readonly ttlMs: number;
   private readonly now: () => number;
+  private lapseTimer: NodeJS.Timeout | undefined;
 
   constructor(private readonly options: LeaderLeaseOptions) {
     this.ttlMs = options.ttlMs ?? DEFAULT_LEASE_TTL_MS;
@@ -67,13 +75,19 @@ export class LeaderLease {
     const leader = await takeOrRenewLease(this.options.db, this.options.nodeId, this.ttlMs);
     this.mayHold = leader;
     // Counted from before the query was sent, so a slow round trip shortens our view of the lease.
-    if (leader) this.validUntil = started + this.ttlMs * 0.9;
+    if (leader) {
+      this.validUntil = started + this.ttlMs * 0.9;
+      clearTimeout(this.lapseTimer);
+      this.lapseTimer = setTimeout(() => this.checkOverdue(), Math.max(0, this.validUntil - this.now()) + 1);
+      this.lapseTimer.unref();
+    }
     this.set(leader);
     return { leader };
   }
 
   async stop(): Promise<void> {
     await this.loop.stop();
+    clearTimeout(this.lapseTimer);
     // Released even when our own view of the lease has lapsed (renewals stalled): the row may still be
     // ours, and leaving it would make the next leader wait for it to expire.
     if (!this.mayHold) return;
@@ -84,12 +98,12 @@ export class LeaderLease {
   }
 
   private checkOverdue(): void {
-    if (this.leader && this.now() > this.validUntil) this.set(false);
+    if (this.leader && this.now() > this.validUntil) this.set(false, this.validUntil);
   }
 
-  private set(leader: boolean): void {
+  private set(leader: boolean, at = this.now()): void {
     if (leader === this.leader) return;
     this.leader = leader;
-    this.options.onChange?.(leader);
+    this.options.onChange?.(leader, at);
   }
 }

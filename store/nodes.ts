@@ -25,19 +25,20 @@ export interface NodeLoad {
 
 /**
  * Upserts the node's row with database time (heartbeat_at) and its load; returns whether the row was
- * inserted (the first beat, or the row was removed meanwhile as expired).
+ * inserted (the first beat, or the row was removed meanwhile as expired) and when the row was made
+ * (started_at: a change means it was removed and made again).
  */
 export async function beat(
   db: Queryable,
   node: NodeRegistration,
   load: NodeLoad,
-): Promise<{ inserted: boolean }> {
-  const { rows } = await db.query<{ inserted: boolean }>(
+): Promise<{ inserted: boolean; startedAt: Date }> {
+  const { rows } = await db.query<{ inserted: boolean; started_at: Date }>(
     `insert into tm_nodes (id, name, capacity, task_names, in_flight, cpu, connections, max_connections)
      values ($1, $2, $3, $4, $5, $6, $7, $8)
      on conflict (id) do update set heartbeat_at = now(), in_flight = excluded.in_flight, cpu = excluded.cpu,
        connections = excluded.connections, max_connections = excluded.max_connections
-     returning (xmax = 0) as inserted`,
+     returning (xmax = 0) as inserted, started_at`,
     [
       node.id,
       node.name,
@@ -49,7 +50,7 @@ export async function beat(
       load.connections?.max ?? null,
     ],
   );
-  return rows[0];
+  return { inserted: rows[0].inserted, startedAt: rows[0].started_at };
 }
 
 /** Removes the node's row (a stopped node). */

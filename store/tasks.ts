@@ -380,6 +380,24 @@ export async function cancelRequested(db: Queryable, nodeId: string): Promise<st
 }
 
 /**
+ * Of the tasks a node holds (queued or running, each under its assignment), the ids of those it no
+ * longer holds in the database (tm_fenced fails): taken back after the node was declared dead, or
+ * ended meanwhile.
+ */
+export async function tasksNoLongerHeld(
+  db: Queryable,
+  nodeId: string,
+  tasks: { id: string; assignment: number }[],
+): Promise<string[]> {
+  const { rows } = await db.query<{ id: string }>(
+    `select h.id from unnest($2::uuid[], $3::int[]) h(id, assignment)
+     where not exists (select 1 from tm_tasks t where t.id = h.id and tm_fenced(t, $1, h.assignment))`,
+    [nodeId, tasks.map((t) => t.id), tasks.map((t) => t.assignment)],
+  );
+  return rows.map((r) => r.id);
+}
+
+/**
  * Exactly-once: locks the task for the caller's transaction if it is still running on the node under
  * this assignment (tm_fenced), and says whether it is. KEY SHARE does not block cancellation requests
  * or dead-node recovery (plain updates); a task taken back meanwhile fails tm_complete's fence at commit.

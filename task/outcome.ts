@@ -49,8 +49,12 @@ export interface FailedOutcome {
 
 export type TaskOutcome = DoneOutcome | CommittedOutcome | FailedOutcome;
 
-/** Why an attempt was aborted from outside its handler (node-died: its node stopped heartbeating). */
-export type AbortReason = 'timeout' | 'cancel' | 'shutdown' | 'node-died';
+/**
+ * Why an attempt was aborted from outside its handler (node-died: its node stopped heartbeating; lost:
+ * its node was declared dead while the attempt ran, the task was taken back, and the node, back in
+ * touch with the database, stops the run it no longer owns).
+ */
+export type AbortReason = 'timeout' | 'cancel' | 'shutdown' | 'node-died' | 'lost';
 
 /** What an outcome carries of its task: which one, under which assignment (the fence), and its age. */
 export interface OutcomeTask {

@@ -46,7 +46,10 @@ export type Settlement =
   | { action: 'complete'; ifRejected: FailedAttempt }
   /** Nothing left to write: committed in the worker thread's own transaction, or fenced out there. */
   | { action: 'committed' }
-  /** Back to the planner, uncharged: the node stopped while it ran. */
+  /**
+   * Back to the planner, uncharged: the node stopped while it ran, or (lost) the planner had already
+   * taken it back from a node it declared dead. Nothing is written for it either way.
+   */
   | { action: 'hand-back' }
   /** Charge the failed attempt. */
   | ({ action: 'fail' } & FailedAttempt);
@@ -63,7 +66,7 @@ export function settle(
     case 'committed':
       return { action: 'committed' };
     case 'failed': {
-      if (end.reason === 'shutdown') return { action: 'hand-back' };
+      if (end.reason === 'shutdown' || end.reason === 'lost') return { action: 'hand-back' };
       const cancelled = end.reason === 'cancel';
       const stop =
         cancelled ||

@@ -71,6 +71,7 @@ const DOCS = [
   'docs/durable-waits.md',
   'docs/connections.md',
   'docs/scaling.md',
+  'docs/network-faults.md',
 ];
 // A whole document on a loaded 2-core machine: README took 144 s beside two other test files and
 // three builds, so the deadline leaves room for more.

@@ -105,6 +105,8 @@ const cases: [string, AttemptEnd, SettleDefinition | undefined, typeof first, Se
   ],
   ['node stopping', failed({ reason: 'shutdown' }), FIXED_3, first, { action: 'hand-back' }],
   ['node stopping, last attempt', failed({ reason: 'shutdown' }), FIXED_3, last, { action: 'hand-back' }],
+  // Its node was declared dead meanwhile and the task taken back: nothing to write, nothing charged.
+  ['lost by its node', failed({ reason: 'lost' }), FIXED_3, last, { action: 'hand-back' }],
   // Dead-node recovery: another attempt at once when the policy allows one.
   ['node died, retries left', failed({ reason: 'node-died' }), FIXED_3, first, retry(0)],
   [

@@ -88,7 +88,7 @@ export interface OutcomeMessage {
   runMs: number;
 }
 
-export type AbortReason = 'timeout' | 'cancel' | 'shutdown';
+export type AbortReason = 'timeout' | 'cancel' | 'shutdown' | 'lost';
 
 export interface AbortMessage {
   type: 'abort';
