@@ -190,6 +190,8 @@ class Proxy implements TcpProxy {
       host: this.options.targetHost,
       port: this.options.targetPort,
       allowHalfOpen: true,
+      // Nagle off on both legs, as pg sets it on its own socket: the proxy adds only the delay asked for.
+      noDelay: true,
     });
     connection.target = target;
     this.counters.forwarded++;
