@@ -84,6 +84,7 @@ export class Planning {
       wakeDebounceMs: p.wakeDebounceMs,
       fairness: p.fairness,
       localNodeId: options.nodeId,
+      leaseHolderId: options.nodeId,
       onPass: (pass) => {
         const { leader, claimed, assigned, durationMs } = pass;
         log.debug({ leader, claimed, assigned, durationMs }, 'planner pass');

@@ -78,6 +78,11 @@ export interface PlannerOptions {
    * in `PassResult.startedLocally`, sparing that node the fetch round trip and a second write per task.
    */
   localNodeId?: string;
+  /**
+   * The node whose leader lease (tm_leader) a pass must hold, checked inside the pass's transaction by
+   * database time; unset, passes rely on `isLeader` and the planner's lock alone.
+   */
+  leaseHolderId?: string;
 }
 
 export interface PassResult {
@@ -101,7 +106,10 @@ export class Planner {
   private readonly delays: [number, number][];
   private readonly busyDelayMs: number;
   private readonly cfg: Required<
-    Omit<PlannerOptions, 'timers' | 'onPass' | 'db' | 'isLeader' | 'onError' | 'localNodeId'>
+    Omit<
+      PlannerOptions,
+      'timers' | 'onPass' | 'db' | 'isLeader' | 'onError' | 'localNodeId' | 'leaseHolderId'
+    >
   >;
   private wakeTimer: NodeJS.Timeout | undefined;
   private lastPromotion = 0;
@@ -209,7 +217,7 @@ export class Planner {
    */
   private async pass(client: pg.PoolClient) {
     const none = { leader: true, claimed: 0, assigned: 0, freeSlots: 0, capacityLimited: false };
-    if (!(await beginPass(client))) return { ...none, leader: false };
+    if (!(await beginPass(client, this.options.leaseHolderId))) return { ...none, leader: false };
 
     const promote = performance.now() - this.lastPromotion >= PROMOTE_WAITING_EVERY_MS;
     if (promote) this.lastPromotion = performance.now();

@@ -24,12 +24,25 @@ export const PLANNER_LOCK_KEY = 7_300_416_002;
  * estimate PostgreSQL would instead check the affinity rules of every ready row and sort them (175 ms
  * against 14 ms for 400 of 6,573 ready tasks in the workflow bench).
  */
-export async function beginPass(client: Queryable): Promise<boolean> {
+export async function beginPass(client: Queryable, leaseHolder?: string): Promise<boolean> {
+  // The lease is checked in the pass's own transaction, by database time: a pass whose statements were
+  // held up in the network (a black hole) and reach the server after its node's lease ran out plans
+  // nothing. One that checked in time holds the lock, so the next leader's passes wait for it to end.
+  // The node id is a UUID, inlined so begin, lock and check stay one round trip.
+  if (leaseHolder !== undefined && !UUID.test(leaseHolder)) {
+    throw new TypeError(`lease holder must be a UUID, got ${JSON.stringify(leaseHolder)}`);
+  }
+  const lease =
+    leaseHolder === undefined
+      ? ''
+      : ` and exists (select 1 from tm_leader where node_id = '${leaseHolder}' and expires_at > now())`;
   const results = (await client.query(
-    `begin; set local enable_sort = off; select pg_try_advisory_xact_lock(${PLANNER_LOCK_KEY}) as ok`,
+    `begin; set local enable_sort = off; select pg_try_advisory_xact_lock(${PLANNER_LOCK_KEY})${lease} as ok`,
   )) as unknown as { rows: { ok: boolean }[] }[];
   return results[2].rows[0].ok;
 }
+
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
 /** A ready task a claim locked, in priority order. */
 export interface Candidate {

@@ -61,6 +61,25 @@ describe('batched claim', () => {
     expect(pass).toMatchObject({ leader: false, claimed: 0, assigned: 0 });
     expect(await heldIds(db.pool)).toEqual([]);
   });
+
+  it('plans nothing in a pass whose node no longer holds the lease by database time', async () => {
+    // Like a leader's pass that sat in a black-holed connection and reaches the server late: the node
+    // still believes it leads (isLeader), the database says its lease ran out.
+    const node = await insertNode(db.pool);
+    await insertTask(db.pool);
+    await db.pool.query(
+      `insert into tm_leader (id, node_id, expires_at) values (1, $1, now() - interval '1 second')
+       on conflict (id) do update set node_id = excluded.node_id, expires_at = excluded.expires_at`,
+      [node],
+    );
+    const stale = await planner({ leaseHolderId: node }).runOnce();
+    expect(stale).toMatchObject({ leader: false, claimed: 0, assigned: 0 });
+    expect(await heldIds(db.pool)).toEqual([]);
+
+    await db.pool.query(`update tm_leader set expires_at = now() + interval '1 minute'`);
+    expect(await planner({ leaseHolderId: node }).runOnce()).toMatchObject({ leader: true, assigned: 1 });
+    await db.pool.query(`delete from tm_leader`);
+  });
 });
 
 describe('workflow affinity', () => {
