@@ -10,6 +10,7 @@ import type { TaskmillNode } from '../index.ts';
 import { TaskmillMetrics } from '../node/metrics.ts';
 import { splitConnectionBudget } from '../node/connection-budget.ts';
 import { ConnectionSlots } from '../worker/connection-slots.ts';
+import { ThreadPool } from '../worker/thread-pool.ts';
 import { deposit } from './fixtures/workflow-definitions.ts';
 import { defineTask } from '../index.ts';
 import { durable } from './fixtures/definitions.ts';
@@ -82,6 +83,32 @@ describe('the worker threads semaphore', () => {
     expect(slots.reclaim(11)).toBe(1);
     expect(slots.open).toBe(1);
     expect(slots.reclaim(11)).toBe(0);
+  });
+});
+
+describe("a worker thread's connections", () => {
+  it('does not hand out again a connection whose backend was terminated during a query', async () => {
+    const pool = new ThreadPool({
+      connectionString: db.url,
+      slots: ConnectionSlots.create(1, 2),
+      threadId: 1,
+    });
+    const pid = (await pool.query<{ pid: number }>('select pg_backend_pid() as pid')).rows[0].pid;
+    // The server's FATAL error rejects the query before the socket closes: the client still looks usable.
+    const running = pool.query('select pg_sleep(30)');
+    await until(
+      async () =>
+        (await count(db.pool, `select count(*) from pg_stat_activity where pid = $1 and state = 'active'`, [
+          pid,
+        ])) === 1,
+      10_000,
+    );
+    await db.pool.query('select pg_terminate_backend($1)', [pid]);
+    await expect(running).rejects.toThrow(/terminating connection/);
+    expect((await pool.query<{ one: number }>('select 1 as one')).rows).toEqual([{ one: 1 }]);
+    const { client, release } = await pool.connect();
+    release(true);
+    expect(client).toBeDefined();
   });
 });
 

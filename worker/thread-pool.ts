@@ -18,6 +18,7 @@
  * thread.
  */
 import type pg from 'pg';
+import { isConnectionError } from '../log/failure-log.ts';
 import { ConnectionClient } from '../store/connections.ts';
 import type { Queryable } from '../store/queryable.ts';
 import type { ConnectionSlots } from './connection-slots.ts';
@@ -73,7 +74,12 @@ export class ThreadPool {
   constructor(private readonly options: ThreadPoolOptions) {}
 
   async connect(): Promise<ThreadCheckout> {
-    const idle = this.idle.pop();
+    let idle = this.idle.pop();
+    while (idle && isBroken(idle.client)) {
+      clearTimeout(idle.timer);
+      void this.close(idle.client);
+      idle = this.idle.pop();
+    }
     const client = idle
       ? (clearTimeout(idle.timer), idle.client)
       : await new Promise<Connection>((resolve, reject) => {
@@ -95,9 +101,13 @@ export class ThreadPool {
   readonly query = (async (...args: unknown[]) => {
     const { client, release } = await this.connect();
     try {
-      return await (client.query as (...a: unknown[]) => Promise<unknown>).apply(client, args);
-    } finally {
+      const result = await (client.query as (...a: unknown[]) => Promise<unknown>).apply(client, args);
       release();
+      return result;
+    } catch (error) {
+      // A terminated backend rejects the query before its socket closes: the client still looks usable.
+      release(isConnectionError(error));
+      throw error;
     }
   }) as Queryable['query'];
 
@@ -106,7 +116,7 @@ export class ThreadPool {
     const sliceOver =
       performance.now() - (client.openedAt ?? 0) > (this.options.sliceMs ?? THREAD_POOL_DEFAULTS.sliceMs);
     const keep = this.waiters.length > 0 ? !othersWait || !sliceOver : !othersWait;
-    if (destroy || client.broken || !keep) {
+    if (destroy || isBroken(client) || !keep) {
       void this.close(client);
       this.pump();
       return;
@@ -191,4 +201,14 @@ export class ThreadPool {
       this.watching = false;
     })();
   }
+}
+
+/**
+ * A connection that may not serve another query: it reported an error, or pg marked it unusable (a
+ * connection lost during a query rejects that query without an 'error' event; the next one fails with
+ * "Client has encountered a connection error and is not queryable"). The same test as pg-pool's.
+ */
+function isBroken(client: Connection): boolean {
+  const internal = client as unknown as { _queryable?: boolean; _ending?: boolean };
+  return client.broken !== undefined || internal._queryable === false || internal._ending === true;
 }

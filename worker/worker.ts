@@ -258,6 +258,7 @@ async function runExactlyOnce(
   // ending the thread, and is closed rather than kept (thread-pool.ts).
   const { client, release } = await pool().connect();
   let open = false;
+  let broken = false;
   try {
     await client.query('begin');
     open = true;
@@ -287,9 +288,14 @@ async function runExactlyOnce(
     await client.query('commit');
     open = false;
     return { kind: 'committed', outcome: 'completed' };
+  } catch (error) {
+    // Outside a transaction (its begin or commit failed) the connection's state is unknown: a terminated
+    // backend rejects the statement before its socket closes, so the client still looks usable.
+    if (!open) broken = true;
+    throw error;
   } finally {
     ctx.db = undefined;
-    let destroy = false;
+    let destroy = broken;
     if (open) await client.query('rollback').catch(() => (destroy = true));
     release(destroy);
   }
