@@ -25,6 +25,7 @@
  * States per task: dispatched -> started (its clock runs) -> reported | thread died -> (charged |
  * run again, uncharged). Main thread only.
  */
+import type { WorkerNetworkOptions } from '../store/network.ts';
 import { availableParallelism } from 'node:os';
 import { MessageChannel, Worker } from 'node:worker_threads';
 import { Piscina } from 'piscina';
@@ -68,6 +69,8 @@ export interface DispatcherOptions {
   handlers: Record<string, string>;
   exactlyOnce: (name: string) => boolean;
   connectionString: string;
+  /** Timeouts and keepalive of the threads' connections (store/network.ts). */
+  network?: WorkerNetworkOptions;
   /** The threads' share of the node's connection budget (worker/connection-slots.ts). */
   connectionSlots: ConnectionSlots;
   nodeId: string;
@@ -150,6 +153,7 @@ export class Dispatcher {
     if (options.shell) init.shell = options.shell;
     if (options.limits) init.limits = options.limits;
     if (options.maxWaitMs !== undefined) init.maxWaitMs = options.maxWaitMs;
+    if (options.network) init.network = options.network;
     const refused = options.execArgv ? refusedWorkerFlags(options.execArgv) : new Set<string>();
     if (refused.size > 0) {
       throw new TaskmillError(

@@ -38,7 +38,7 @@ import { CANCEL_CHANNEL, NODE_CHANNEL } from '../store/channels.ts';
 import { closeNodeToNewTasks } from '../store/nodes.ts';
 import { releaseTasks, tasksNoLongerHeld, type FetchedTask } from '../store/tasks.ts';
 import { ConnectionClient } from '../store/connections.ts';
-import { connectionConfig } from '../store/network.ts';
+import { connectionConfig, workerNetworkOptions } from '../store/network.ts';
 import { ProgressRecorder } from './progress-recorder.ts';
 import { ConnectionSlots } from '../worker/connection-slots.ts';
 import { connectionsInUse, type ConnectionSplit, type ConnectionUse } from './connection-budget.ts';
@@ -169,6 +169,7 @@ export class TaskmillNode extends EventEmitter<TaskmillNodeEvents> {
       onOutcome: (outcome) => this.onOutcome(outcome),
       exactlyOnce: (name) => this.defs.get(name)?.guarantee === 'exactly-once',
       connectionString: connectionString ?? '',
+      network: workerNetworkOptions(config.network),
       connectionSlots: this.connectionSlots,
       nodeId: this.id,
       threads: config.threads,

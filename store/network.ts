@@ -10,6 +10,12 @@
  *   minutes; `idleInTransactionTimeoutMs` makes PostgreSQL end such a session and roll it back.
  * TCP keepalive (`keepAliveMs`) finds dead idle connections (the LISTEN session) on a real network.
  *
+ * The worker threads' connections (exactly-once transactions, durable steps) get the connect timeout
+ * and keepalive, not the query timeout (a handler's statement may take as long as it needs); an
+ * exactly-once task's transaction gets its own idle bound, `exactlyOnceIdleTimeoutMs`, set inside the
+ * transaction: a node cut off while a handler holds its task's lock (which dead-node recovery waits
+ * for) releases it on the server after that long.
+ *
  * Defaults derive from the node timeout, so that detection stays within a bound of the time the
  * cluster already uses to judge a node dead.
  */
@@ -35,6 +41,14 @@ export interface NetworkOptions {
   idleInTransactionTimeoutMs: number;
   /** TCP keepalive on every connection, first probe after this much idle time; 0: off. */
   keepAliveMs: number;
+  /**
+   * idle_in_transaction_session_timeout of an exactly-once task's transaction (SET LOCAL, so it also
+   * works behind PgBouncer): the longest pause of a handler between two of its statements there. The
+   * server then ends the session and rolls the task's work back (the attempt fails and is retried).
+   * It bounds how long a node cut off mid-task keeps the task's row locked, which keeps the task from
+   * being taken back. 0: no bound.
+   */
+  exactlyOnceIdleTimeoutMs: number;
 }
 
 /** What the defaults derive from: the node's own timing options. */
@@ -53,6 +67,7 @@ export const NETWORK_DEFAULT_FLOORS = {
   queryTimeoutMs: 10_000,
   idleInTransactionTimeoutMs: 5_000,
   keepAliveMs: 5_000,
+  exactlyOnceIdleTimeoutMs: 60_000,
 };
 
 /**
@@ -61,7 +76,9 @@ export const NETWORK_DEFAULT_FLOORS = {
  * migrations on a loaded server); end a transaction stuck for one node timeout, the silence after
  * which the node itself is declared dead (a planner pass black-holed mid-way then holds the planner's
  * lock at most that long after its last statement, so planning resumes within lease TTL + node
- * timeout); keepalive probes after one node timeout of silence. Each at least its floor.
+ * timeout); keepalive probes after one node timeout of silence; a handler may pause six node timeouts
+ * inside an exactly-once transaction (at least a minute: its own work, not the runtime's, sets the
+ * pace). Each at least its floor.
  */
 export function defaultNetworkOptions(timing: NetworkTiming): NetworkOptions {
   const f = NETWORK_DEFAULT_FLOORS;
@@ -70,6 +87,7 @@ export function defaultNetworkOptions(timing: NetworkTiming): NetworkOptions {
     queryTimeoutMs: Math.max(f.queryTimeoutMs, 3 * timing.nodeTimeoutMs),
     idleInTransactionTimeoutMs: Math.max(f.idleInTransactionTimeoutMs, timing.nodeTimeoutMs),
     keepAliveMs: Math.max(f.keepAliveMs, timing.nodeTimeoutMs),
+    exactlyOnceIdleTimeoutMs: Math.max(f.exactlyOnceIdleTimeoutMs, 6 * timing.nodeTimeoutMs),
   };
 }
 
@@ -83,6 +101,7 @@ export const networkSchema = z
     queryTimeoutMs: z.union([z.literal(0), z.number().int().min(100)]).optional(),
     idleInTransactionTimeoutMs: ms.optional(),
     keepAliveMs: ms.optional(),
+    exactlyOnceIdleTimeoutMs: ms.optional(),
   })
   .strict();
 
@@ -114,4 +133,30 @@ export function connectionConfig(network: NetworkOptions): pg.ClientConfig {
     config.idle_in_transaction_session_timeout = network.idleInTransactionTimeoutMs;
   }
   return config;
+}
+
+/** What a worker thread's connections take of the settings (plain values: they cross to the thread). */
+export interface WorkerNetworkOptions {
+  connectTimeoutMs: number;
+  keepAliveMs: number;
+  exactlyOnceIdleTimeoutMs: number;
+}
+
+export function workerNetworkOptions(network: NetworkOptions): WorkerNetworkOptions {
+  const { connectTimeoutMs, keepAliveMs, exactlyOnceIdleTimeoutMs } = network;
+  return { connectTimeoutMs, keepAliveMs, exactlyOnceIdleTimeoutMs };
+}
+
+/** A worker thread connection's pg options: connect timeout and keepalive only. */
+export function workerConnectionConfig(network: WorkerNetworkOptions): pg.ClientConfig {
+  const { connectionTimeoutMillis, keepAlive, keepAliveInitialDelayMillis } = connectionConfig({
+    ...network,
+    queryTimeoutMs: 0,
+    idleInTransactionTimeoutMs: 0,
+  });
+  return Object.fromEntries(
+    Object.entries({ connectionTimeoutMillis, keepAlive, keepAliveInitialDelayMillis }).filter(
+      ([, v]) => v !== undefined,
+    ),
+  );
 }

@@ -19,7 +19,11 @@ export interface HeldTask {
 
 /**
  * Locks the tasks held by the given (just removed) nodes or by any node without a row, with their
- * definition's options (null for a definition unknown to the database).
+ * definition's options (null for a definition unknown to the database). A row locked elsewhere is
+ * skipped, not waited for: an exactly-once task's own transaction holds its row until it commits or
+ * rolls back, and from a node cut off mid-task that takes until the server ends the session
+ * (network.exactlyOnceIdleTimeoutMs); recovery of everything else goes on, and a later pass takes the
+ * task back (its node has no row by then) unless that transaction committed it.
  */
 export async function lockTasksOfDeadNodes(client: Queryable, deadNodeIds: string[]): Promise<HeldTask[]> {
   const { rows } = await client.query<HeldTask>(
@@ -29,7 +33,7 @@ export async function lockTasksOfDeadNodes(client: Queryable, deadNodeIds: strin
      where t.node_id is not null
        and (t.node_id = any($1) or not exists (select 1 from tm_nodes n where n.id = t.node_id))
      order by t.id
-     for update of t`,
+     for update of t skip locked`,
     [deadNodeIds],
   );
   return rows;

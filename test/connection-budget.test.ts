@@ -95,7 +95,8 @@ describe("a worker thread's connections", () => {
     });
     const pid = (await pool.query<{ pid: number }>('select pg_backend_pid() as pid')).rows[0].pid;
     // The server's FATAL error rejects the query before the socket closes: the client still looks usable.
-    const running = pool.query('select pg_sleep(30)');
+    // Handled from the start: it rejects while the terminating statement below is still in flight.
+    const rejected = expect(pool.query('select pg_sleep(30)')).rejects.toThrow(/terminating connection/);
     await until(
       async () =>
         (await count(db.pool, `select count(*) from pg_stat_activity where pid = $1 and state = 'active'`, [
@@ -104,7 +105,7 @@ describe("a worker thread's connections", () => {
       10_000,
     );
     await db.pool.query('select pg_terminate_backend($1)', [pid]);
-    await expect(running).rejects.toThrow(/terminating connection/);
+    await rejected;
     expect((await pool.query<{ one: number }>('select 1 as one')).rows).toEqual([{ one: 1 }]);
     const { client, release } = await pool.connect();
     release(true);

@@ -4,7 +4,13 @@
  */
 import { describe, expect, it } from 'vitest';
 import { parseNodeConfig } from '../node/node-config.ts';
-import { connectionConfig, defaultNetworkOptions, networkOptions } from '../store/network.ts';
+import {
+  connectionConfig,
+  defaultNetworkOptions,
+  networkOptions,
+  workerConnectionConfig,
+  workerNetworkOptions,
+} from '../store/network.ts';
 
 const config = (network: Record<string, unknown>, nodeTimeoutMs?: number) =>
   parseNodeConfig({
@@ -24,6 +30,7 @@ describe('network settings', () => {
         queryTimeoutMs: 30_000,
         idleInTransactionTimeoutMs: 10_000,
         keepAliveMs: 10_000,
+        exactlyOnceIdleTimeoutMs: 60_000,
       },
     ],
     [
@@ -33,6 +40,7 @@ describe('network settings', () => {
         queryTimeoutMs: 180_000,
         idleInTransactionTimeoutMs: 60_000,
         keepAliveMs: 60_000,
+        exactlyOnceIdleTimeoutMs: 360_000,
       },
     ],
     // Floors: a node timeout of a second (tests) does not make connections fail under load.
@@ -43,6 +51,7 @@ describe('network settings', () => {
         queryTimeoutMs: 10_000,
         idleInTransactionTimeoutMs: 5_000,
         keepAliveMs: 5_000,
+        exactlyOnceIdleTimeoutMs: 60_000,
       },
     ],
   ])('defaults for a node timeout of %i ms', (nodeTimeoutMs, expected) => {
@@ -56,6 +65,7 @@ describe('network settings', () => {
       queryTimeoutMs: 2_000,
       idleInTransactionTimeoutMs: 10_000,
       keepAliveMs: 0,
+      exactlyOnceIdleTimeoutMs: 60_000,
     });
   });
 
@@ -74,6 +84,7 @@ describe('network settings', () => {
         queryTimeoutMs: 2_000,
         idleInTransactionTimeoutMs: 3_000,
         keepAliveMs: 4_000,
+        exactlyOnceIdleTimeoutMs: 5_000,
       }),
     ).toEqual({
       connectionTimeoutMillis: 1_000,
@@ -88,7 +99,25 @@ describe('network settings', () => {
         queryTimeoutMs: 0,
         idleInTransactionTimeoutMs: 0,
         keepAliveMs: 0,
+        exactlyOnceIdleTimeoutMs: 0,
       }),
+    ).toEqual({});
+  });
+
+  it("gives a worker thread's connections the connect timeout and keepalive, not the query timeout", () => {
+    const network = networkOptions({ queryTimeoutMs: 2_000 }, { nodeTimeoutMs: 10_000 });
+    expect(workerNetworkOptions(network)).toEqual({
+      connectTimeoutMs: 10_000,
+      keepAliveMs: 10_000,
+      exactlyOnceIdleTimeoutMs: 60_000,
+    });
+    expect(workerConnectionConfig(workerNetworkOptions(network))).toEqual({
+      connectionTimeoutMillis: 10_000,
+      keepAlive: true,
+      keepAliveInitialDelayMillis: 10_000,
+    });
+    expect(
+      workerConnectionConfig({ connectTimeoutMs: 0, keepAliveMs: 0, exactlyOnceIdleTimeoutMs: 0 }),
     ).toEqual({});
   });
 });

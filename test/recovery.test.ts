@@ -60,6 +60,31 @@ describe('dead-node recovery', () => {
     expect(await recoverDeadNodes(db.pool, NODE_TIMEOUT_MS)).toEqual({ deadNodes: 0, recovered: 0 });
   });
 
+  it('does not wait for a task whose exactly-once transaction still holds its row: the rest is recovered, that one later', async () => {
+    const dead = await insertNode(db.pool, { heartbeatAgoMs: 60_000 });
+    const [locked, free] = await insertTasks(db.pool, [
+      { state: 'running', nodeId: dead },
+      { state: 'running', nodeId: dead },
+    ]);
+    // What the dead node's handler transaction holds (worker.ts, lockHeldTask) until the server ends it.
+    const holder = await db.pool.connect();
+    try {
+      await holder.query('begin');
+      await holder.query(`select 1 from tm_tasks where id = $1 for key share`, [locked.id]);
+      const recovering = recoverDeadNodes(db.pool, NODE_TIMEOUT_MS);
+      const blocked = new Promise((resolve) => setTimeout(() => resolve('blocked'), 15_000).unref());
+      expect(await Promise.race([recovering, blocked])).toEqual({ deadNodes: 1, recovered: 1 });
+      expect((await taskStates(db.pool)).get(free.id)).toMatchObject({ state: 'ready', nodeId: null });
+      expect((await taskStates(db.pool)).get(locked.id)).toMatchObject({ state: 'running', nodeId: dead });
+      expect(await count(db.pool, `select count(*) from tm_nodes where id = $1`, [dead])).toBe(0);
+    } finally {
+      await holder.query('rollback');
+      holder.release();
+    }
+    expect(await recoverDeadNodes(db.pool, NODE_TIMEOUT_MS)).toEqual({ deadNodes: 0, recovered: 1 });
+    expect((await taskStates(db.pool)).get(locked.id)).toMatchObject({ state: 'ready', nodeId: null });
+  });
+
   it('takes back tasks held by a node that has no row at all', async () => {
     const task = await insertTask(db.pool, {
       state: 'running',

@@ -209,6 +209,31 @@ describe('exactly-once tasks', () => {
   });
 });
 
+describe('an exactly-once handler that pauses in its transaction longer than network.exactlyOnceIdleTimeoutMs', () => {
+  it('loses its transaction: the server ends it and rolls it back, the attempt fails; quick ones commit', async () => {
+    const other = await db.another();
+    await other.pool.query(`create table ledger (account text primary key, balance int not null);
+      create table ledger_writes (task_id uuid, attempt int)`);
+    const strict = await startTestNode(other.url, {
+      tasks: workflowDefs,
+      network: { exactlyOnceIdleTimeoutMs: 300 },
+    });
+    const slow = await strict.client.schedule(deposit, {
+      message: { account: 's', amount: 1, sleepMs: 1_500 },
+    });
+    const quick = await strict.client.schedule(deposit, { message: { account: 'q', amount: 1 } });
+    const waited = (id: string) => strict.client.waitForTask(id, { timeoutMs: 60_000 });
+    expect(await waited(quick)).toMatchObject({ state: 'completed' });
+    const ended = await waited(slow);
+    // Every attempt (1 + maxRetries 3) paused 1.5 s between its writes and its completion.
+    expect(ended).toMatchObject({ state: 'dead', attempts: 4 });
+    expect(ended.error).toMatch(/exactlyOnceIdleTimeoutMs \(300 ms\).*idle-in-transaction timeout/s);
+    const balances = await other.pool.query(`select account, balance from ledger order by account`);
+    expect(balances.rows).toEqual([{ account: 'q', balance: 1 }]);
+    expect(await count(other.pool, `select count(*) from ledger_writes where task_id = $1`, [slow])).toBe(0);
+  });
+});
+
 describe('waitForWorkflow', () => {
   it('resolves when its last task ends, woken by the task-ended notification', async () => {
     const first = await node.client.schedule(noop);

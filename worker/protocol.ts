@@ -36,6 +36,8 @@ export interface WorkerInit {
   limits?: { maxResultBytes: number; maxMessageBytes: number };
   /** Longest ctx.sleep() or waitForEvent() timeout, ms (the node's history retention); absent: unbounded. */
   maxWaitMs?: number;
+  /** The node's network settings for the threads' connections (store/network.ts); absent: none. */
+  network?: import('../store/network.ts').WorkerNetworkOptions;
 }
 
 /** One input of a join task, its bytes in BatchRequest.messages. */

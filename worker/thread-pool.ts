@@ -34,6 +34,8 @@ const WATCH_MS = 5_000;
 
 export interface ThreadPoolOptions {
   connectionString: string;
+  /** More pg client options of each connection (the node's connect timeout and keepalive). */
+  clientConfig?: pg.ClientConfig;
   slots: ConnectionSlots;
   /** This thread's id (its seat in the semaphore). */
   threadId: number;
@@ -46,6 +48,8 @@ export interface ThreadCheckout {
   client: pg.Client;
   /** Back to the thread's idle connections, or closed when it broke, `destroy` is set or others wait. */
   release(destroy?: boolean): void;
+  /** What broke the connection (the server's error when it ended the session), if it broke. */
+  brokenBy(): Error | undefined;
 }
 
 interface Idle {
@@ -94,6 +98,7 @@ export class ThreadPool {
         released = true;
         this.release(client, destroy);
       },
+      brokenBy: () => client.broken,
     };
   }
 
@@ -158,6 +163,7 @@ export class ThreadPool {
   /** A new connection, on a slot already taken; the slot goes back when the connection ends. */
   private async openConnection(): Promise<Connection> {
     const client: Connection = new ConnectionClient({
+      ...this.options.clientConfig,
       connectionString: this.options.connectionString,
       application_name: 'taskmill-worker',
     });

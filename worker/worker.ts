@@ -25,6 +25,7 @@ import { newTask, type NewTask } from '../task/schedule-context.ts';
 import type { FailureHook, TaskContext, TaskHandler } from './task-context.ts';
 import { isTaskDefinition, type TaskDefinition } from '../task/task-definition.ts';
 import { completeTasks, lockHeldTask } from '../store/tasks.ts';
+import { workerConnectionConfig } from '../store/network.ts';
 import type { JoinMessage } from '../task/outcome.ts';
 import { ConnectionSlots } from './connection-slots.ts';
 import { ThreadPool } from './thread-pool.ts';
@@ -131,6 +132,7 @@ let dbPool: ThreadPool | undefined;
 function pool(): ThreadPool {
   dbPool ??= new ThreadPool({
     connectionString: init.connectionString,
+    clientConfig: init.network ? workerConnectionConfig(init.network) : {},
     slots: ConnectionSlots.from(init.connectionSlots),
     threadId,
   });
@@ -256,11 +258,15 @@ async function runExactlyOnce(
 ): Promise<TaskOutcome> {
   // A connection that breaks while the handler holds it fails this task (its query rejects) instead of
   // ending the thread, and is closed rather than kept (thread-pool.ts).
-  const { client, release } = await pool().connect();
+  const { client, release, brokenBy } = await pool().connect();
   let open = false;
   let broken = false;
+  const idleMs = init.network?.exactlyOnceIdleTimeoutMs ?? 0;
   try {
-    await client.query('begin');
+    // One round trip; SET LOCAL ends with the transaction (and passes through PgBouncer).
+    await client.query(
+      idleMs > 0 ? `begin; set local idle_in_transaction_session_timeout = ${Math.trunc(idleMs)}` : 'begin',
+    );
     open = true;
     if (!(await lockHeldTask(client, init.nodeId, task.id, task.assignment))) {
       await client.query('rollback');
@@ -292,13 +298,28 @@ async function runExactlyOnce(
     // Outside a transaction (its begin or commit failed) the connection's state is unknown: a terminated
     // backend rejects the statement before its socket closes, so the client still looks usable.
     if (!open) broken = true;
-    throw error;
+    throw whyBroken(brokenBy(), idleMs) ?? error;
   } finally {
     ctx.db = undefined;
     let destroy = broken;
     if (open) await client.query('rollback').catch(() => (destroy = true));
     release(destroy);
   }
+}
+
+/**
+ * The server's own error when it ended the session under the handler (pg's later "not queryable" says
+ * nothing of why), explained when it was the idle bound of the transaction.
+ */
+function whyBroken(cause: Error | undefined, idleMs: number): Error | undefined {
+  if (!cause) return undefined;
+  // 25P03: idle_in_transaction_session_timeout.
+  if ((cause as { code?: string }).code !== '25P03') return cause;
+  return new Error(
+    `the handler paused longer than network.exactlyOnceIdleTimeoutMs (${idleMs} ms) between two statements ` +
+      `of its exactly-once transaction; the server ended it and rolled its writes back (${cause.message})`,
+    { cause },
+  );
 }
 
 /**

@@ -43,7 +43,8 @@ async function database(): Promise<TestDatabase> {
   await db.pool.query(`create table ledger (account text primary key, balance int not null);
     create table ledger_writes (task_id uuid, attempt int);
     create table runs (task_id uuid, key text, workflow_id uuid, seq int, started_at timestamptz,
-      ended_at timestamptz, pid int)`);
+      ended_at timestamptz, pid int);
+    create table starts (task_id uuid, pid int)`);
   return db;
 }
 
@@ -99,6 +100,8 @@ describe.each(['cut', 'blackhole'] as const)('a node %s off longer than the node
       ...oneByOne,
     });
     await until(() => leaderIs(db, other.node.id), 30_000);
+    // A black hole leaves the victim's exactly-once transactions open on the server, their task rows
+    // locked, until the server ends them: here after 4 s of silence (a deposit pauses 2 s inside).
     const victim = await nodeBehindProxy(db, {
       name: 'victim',
       maxParallelTasksInNode: 8,
@@ -106,6 +109,7 @@ describe.each(['cut', 'blackhole'] as const)('a node %s off longer than the node
       ...oneByOne,
       planner: false,
       logLevel: 'warn',
+      network: { exactlyOnceIdleTimeoutMs: 4_000 },
     });
     const client = new TaskmillClient({ connectionString: db.url });
     clients.push(client);
@@ -114,34 +118,51 @@ describe.each(['cut', 'blackhole'] as const)('a node %s off longer than the node
     // fenced); long ones are still running when it ends (to be stopped as lost).
     const SHORT_MS = 1_500;
     const LONG_MS = 5_000;
+    // Exactly-once deposits pause this long inside their transaction.
+    const DEPOSIT_MS = 2_000;
     const ids: string[] = [];
     const short = new Set<string>();
     for (let i = 0; i < 4; i++) {
-      const id = await client.schedule(record, { message: { url: db.url, key: `short${i}`, ms: SHORT_MS } });
+      const id = await client.schedule(record, {
+        message: { url: db.url, key: `short${i}`, ms: SHORT_MS, announce: true },
+      });
       short.add(id);
       ids.push(id);
       ids.push(
-        await client.schedule(deposit, { message: { account: `a${i}`, amount: 1, sleepMs: LONG_MS } }),
+        await client.schedule(deposit, { message: { account: `a${i}`, amount: 1, sleepMs: DEPOSIT_MS } }),
       );
-      ids.push(await client.schedule(record, { message: { url: db.url, key: `long${i}`, ms: LONG_MS } }));
+      ids.push(
+        await client.schedule(record, {
+          message: { url: db.url, key: `long${i}`, ms: LONG_MS, announce: true },
+        }),
+      );
     }
-    const held = async () =>
+    // What the database shows running on the victim may not have reached it yet (the fetch's reply can
+    // be in the proxy when it cuts): the runs it holds are those it started, which the fixture records
+    // directly, not through the proxy.
+    const started = async () =>
       (
-        await db.pool.query<{ id: string }>(
-          `select id from tm_tasks where node_id = $1 and state = 'running'`,
-          [victim.node.id],
-        )
-      ).rows.map((r) => r.id);
+        await db.pool.query<{ task_id: string }>(`select task_id from starts where pid = $1`, [
+          victim.node.pid,
+        ])
+      ).rows.map((r) => r.task_id);
     await until(async () => {
-      const running = await held();
+      const running = await started();
       return running.some((id) => short.has(id)) && running.some((id) => !short.has(id));
     }, 30_000);
 
     if (fault === 'cut') victim.proxy.cut();
     else victim.proxy.blackhole();
     const faultAt = Date.now();
-    const victimHad = await held();
+    // A run received before the fault may start after this read, and one may have ended and committed
+    // before it: the lost short runs are at least those started and not ended in the database.
+    const victimHad = (
+      await db.pool.query<{ id: string }>(`select id from tm_tasks where id = any($1::uuid[])`, [
+        await started(),
+      ])
+    ).rows.map((r) => r.id);
     const shortLost = victimHad.filter((id) => short.has(id));
+    expect(shortLost.length).toBeGreaterThanOrEqual(1);
     // Declared dead by the other node's planner, and its tasks taken back.
     await until(
       async () =>
@@ -324,7 +345,11 @@ describe('a leader black-holed', () => {
     // test's 600 ms lease: a loaded machine can lapse that view for a moment between renewals while the
     // lease row stays the node's, and a pass plans only after the database's own check of the lease
     // (test/planner.test.ts), which is what keeps a stale leader from planning.
-    for (const x of a.passes) for (const y of b.passes) expect(overlap(x, y), `${x} / ${y}`).toBe(false);
+    // A pass of the leader under way when the hole came is left out: its end is when its node heard the
+    // reply to its commit, which the hole may have held until it healed, long after the server committed
+    // and released the planner's lock (its transaction's true end is not in any log).
+    const settled = a.passes.filter(([from, to]) => !(from < holeAt && to > holeAt));
+    for (const x of settled) for (const y of b.passes) expect(overlap(x, y), `${x} / ${y}`).toBe(false);
     const lastLeaderPass = Math.max(...a.passes.filter((p) => p[0] < tookOver).map((p) => p[1]));
     console.info(
       `leader black-holed at ${holeAt}: its last pass ended ${lastLeaderPass - holeAt} ms after, it stopped ` +
