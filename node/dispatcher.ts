@@ -209,6 +209,11 @@ export class Dispatcher {
     return [...this.running.values()].map((r) => r.task);
   }
 
+  /** The task started under this id and not yet reported, if any. */
+  runningTask(id: string): FetchedTask | undefined {
+    return this.running.get(id)?.task;
+  }
+
   /** Ids of the tasks started and not yet reported. */
   runningIds(): string[] {
     return [...this.running.keys()];

@@ -125,10 +125,13 @@ export class Mailboxes<T extends MailboxTask> {
     return all;
   }
 
-  /** Removes one waiting task by id (cancellation); undefined when it is not waiting here. */
-  remove(id: string): T | undefined {
+  /**
+   * Removes one waiting task by id (cancellation), if `which` accepts it; undefined when no such task
+   * waits here.
+   */
+  remove(id: string, which: (task: T) => boolean = () => true): T | undefined {
     for (const [name, queue] of this.free) {
-      const i = queue.findIndex((t) => t.id === id);
+      const i = queue.findIndex((t) => t.id === id && which(t));
       if (i >= 0) {
         this.queued--;
         const [task] = queue.splice(i, 1);
@@ -137,7 +140,7 @@ export class Mailboxes<T extends MailboxTask> {
       }
     }
     for (const box of this.boxes.values()) {
-      const i = box.queue.findIndex((t) => t.id === id);
+      const i = box.queue.findIndex((t) => t.id === id && which(t));
       if (i >= 0) {
         this.queued--;
         return box.queue.splice(i, 1)[0];

@@ -38,7 +38,7 @@ import { CANCEL_CHANNEL, NODE_CHANNEL } from '../store/channels.ts';
 import { closeNodeToNewTasks } from '../store/nodes.ts';
 import { releaseTasks, tasksNoLongerHeld, type FetchedTask } from '../store/tasks.ts';
 import { ConnectionClient } from '../store/connections.ts';
-import { connectionConfig, workerNetworkOptions } from '../store/network.ts';
+import { connectionConfig, poolConnectionConfig, workerNetworkOptions } from '../store/network.ts';
 import { ProgressRecorder } from './progress-recorder.ts';
 import { ConnectionSlots } from '../worker/connection-slots.ts';
 import { connectionsInUse, type ConnectionSplit, type ConnectionUse } from './connection-budget.ts';
@@ -92,6 +92,12 @@ export class TaskmillNode extends EventEmitter<TaskmillNodeEvents> {
   private readonly ownsPool: boolean;
   private readonly defs: Map<string, TaskDefinition>;
   private readonly mailboxes: Mailboxes<FetchedTask>;
+  /**
+   * Tasks fetched again while an older assignment of them still runs here (the node was declared dead
+   * and the task came back to it): each waits for that run, now aborted as lost, to end. Runs here are
+   * known by task id, so two runs of one task never overlap on a node.
+   */
+  private readonly afterLostRun = new Map<string, FetchedTask>();
   private readonly dispatcher: Dispatcher;
   private readonly completer: Completer;
   private readonly outcomes: OutcomeRouter;
@@ -138,7 +144,7 @@ export class TaskmillNode extends EventEmitter<TaskmillNodeEvents> {
         max: config.connections.main,
         application_name: `taskmill-node`,
         Client: ConnectionClient,
-        ...connectionConfig(config.network),
+        ...poolConnectionConfig(config.network),
       });
     this.ownsPool = !config.pool;
     // An idle pooled connection that dies (server restart, terminated backend) is dropped by the pool.
@@ -345,7 +351,8 @@ export class TaskmillNode extends EventEmitter<TaskmillNodeEvents> {
     await this.cancels.stop();
 
     // Queued tasks go back now, not after the grace period: another node can run them meanwhile.
-    const queued = this.mailboxes.drain().map((t) => t.id);
+    const queued = [...this.mailboxes.drain(), ...this.afterLostRun.values()].map((t) => t.id);
+    this.afterLostRun.clear();
     if (queued.length > 0)
       await releaseTasks(this.pool, this.id, queued).catch((error) => this.fail(error, 'shutdown'));
     await this.waitForInFlight(deadline);
@@ -379,10 +386,31 @@ export class TaskmillNode extends EventEmitter<TaskmillNodeEvents> {
   private accept(tasks: FetchedTask[]): void {
     if (tasks.length > 0 && this.listenerCount('fetched') > 0) this.emit('fetched', tasks);
     for (const task of tasks) {
+      if (this.supersedes(task)) continue;
       if (task.cancelRequested) this.outcomes.cancelledBeforeStart(task);
       else this.mailboxes.push(task);
     }
     if (tasks.length > 0) this.pump.pump();
+  }
+
+  /**
+   * A newer assignment of a task this node still holds under an older one: the older one was lost (the
+   * task was taken back and given to this node again). Dropped if queued; if running, aborted as lost,
+   * and the new one waits for it to end (true).
+   */
+  private supersedes(task: FetchedTask): boolean {
+    const queued = this.mailboxes.remove(task.id, (t) => t.assignment !== task.assignment);
+    const running = this.dispatcher.runningTask(task.id);
+    if (queued || (running && running.assignment !== task.assignment)) {
+      this.log.warn(
+        { task: task.id, assignment: task.assignment, lost: (queued ?? running)!.assignment },
+        'task given back to this node while it still held an older assignment; that one is stopped',
+      );
+    }
+    if (!running || running.assignment === task.assignment) return false;
+    this.dispatcher.abort(task.id, 'lost');
+    this.afterLostRun.set(task.id, task);
+    return true;
   }
 
   private onOutcome(outcome: Outcome<FetchedTask>): void {
@@ -390,6 +418,11 @@ export class TaskmillNode extends EventEmitter<TaskmillNodeEvents> {
     this.mailboxes.release(outcome.task);
     this.pump.pump();
     this.outcomes.route(outcome);
+    const next = this.afterLostRun.get(outcome.task.id);
+    if (next && next.assignment !== outcome.task.assignment) {
+      this.afterLostRun.delete(next.id);
+      this.accept([next]);
+    }
   }
 
   private onFlush(result: FlushResult): void {
@@ -410,7 +443,11 @@ export class TaskmillNode extends EventEmitter<TaskmillNodeEvents> {
    * it since it came back are kept.
    */
   private async dropLostTasks(): Promise<void> {
-    const held = [...this.mailboxes.waiting(), ...this.dispatcher.runningTasks()];
+    const held = [
+      ...this.mailboxes.waiting(),
+      ...this.dispatcher.runningTasks(),
+      ...this.afterLostRun.values(),
+    ];
     const lost =
       held.length === 0
         ? []
@@ -420,9 +457,18 @@ export class TaskmillNode extends EventEmitter<TaskmillNodeEvents> {
           });
     let dropped = 0;
     let aborted = 0;
-    for (const id of lost) {
-      if (this.mailboxes.remove(id)) dropped++;
-      else if (this.dispatcher.abort(id, 'lost')) aborted++;
+    // Each under the assignment it was lost with: a newer one of the same task given since is kept.
+    for (const { id, assignment } of lost) {
+      const mine = (t: { assignment: number }) => t.assignment === assignment;
+      if (this.mailboxes.remove(id, mine)) dropped++;
+      else if (this.afterLostRun.has(id) && mine(this.afterLostRun.get(id)!)) {
+        this.afterLostRun.delete(id);
+        dropped++;
+      } else if (
+        mine(this.dispatcher.runningTask(id) ?? { assignment: -1 }) &&
+        this.dispatcher.abort(id, 'lost')
+      )
+        aborted++;
     }
     this.log.warn({ dropped, aborted }, 'node was declared dead and registered again; tasks it lost stopped');
   }

@@ -30,7 +30,8 @@ export class OutcomeRouter {
     const now = this.options.now?.() ?? Date.now();
     const settlement = settle(outcome, this.options.definitionOf(task.name), task, now);
     if (settlement.action === 'hand-back') {
-      this.handedBack.push(task.id);
+      // A run lost with its task (taken back from this node) has nothing to hand back.
+      if (outcome.reason !== 'lost') this.handedBack.push(task.id);
       return;
     }
     if (settlement.action === 'fail' && outcome.kind === 'failed') {

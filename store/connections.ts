@@ -31,8 +31,13 @@ export function connectError(error: unknown): unknown {
  * client on release (it is no longer queryable).
  */
 export class ConnectionClient extends pg.Client {
-  constructor(config?: string | pg.ClientConfig) {
-    super(config);
+  /** `connectTimeoutMs`: bounds this client's connect (poolConnectionConfig in network.ts says why). */
+  constructor(config?: string | (pg.ClientConfig & { connectTimeoutMs?: number })) {
+    super(
+      typeof config === 'object' && config.connectTimeoutMs
+        ? { ...config, connectionTimeoutMillis: config.connectTimeoutMs }
+        : config,
+    );
     this.on('error', () => {});
   }
 

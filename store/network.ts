@@ -135,6 +135,17 @@ export function connectionConfig(network: NetworkOptions): pg.ClientConfig {
   return config;
 }
 
+/**
+ * The settings as options of a pg.Pool of ConnectionClients. pg-pool applies its own
+ * `connectionTimeoutMillis` to a checkout waiting for a busy pool too, which would fail the node's work
+ * whenever it queues for a connection longer than that (thousands of waits on a loaded machine): the
+ * pool gets none, and each ConnectionClient applies `connectTimeoutMs` to its own connect only.
+ */
+export function poolConnectionConfig(network: NetworkOptions): pg.PoolConfig & { connectTimeoutMs?: number } {
+  const { connectionTimeoutMillis, ...rest } = connectionConfig(network);
+  return connectionTimeoutMillis ? { ...rest, connectTimeoutMs: connectionTimeoutMillis } : rest;
+}
+
 /** What a worker thread's connections take of the settings (plain values: they cross to the thread). */
 export interface WorkerNetworkOptions {
   connectTimeoutMs: number;

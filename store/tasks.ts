@@ -380,21 +380,21 @@ export async function cancelRequested(db: Queryable, nodeId: string): Promise<st
 }
 
 /**
- * Of the tasks a node holds (queued or running, each under its assignment), the ids of those it no
- * longer holds in the database (tm_fenced fails): taken back after the node was declared dead, or
- * ended meanwhile.
+ * Of the tasks a node holds (queued or running, each under its assignment), those it no longer holds
+ * under that assignment in the database (tm_fenced fails): taken back after the node was declared
+ * dead (and maybe given to it again, under a newer assignment), or ended meanwhile.
  */
 export async function tasksNoLongerHeld(
   db: Queryable,
   nodeId: string,
   tasks: { id: string; assignment: number }[],
-): Promise<string[]> {
-  const { rows } = await db.query<{ id: string }>(
-    `select h.id from unnest($2::uuid[], $3::int[]) h(id, assignment)
+): Promise<{ id: string; assignment: number }[]> {
+  const { rows } = await db.query<{ id: string; assignment: number }>(
+    `select h.id, h.assignment from unnest($2::uuid[], $3::int[]) h(id, assignment)
      where not exists (select 1 from tm_tasks t where t.id = h.id and tm_fenced(t, $1, h.assignment))`,
     [nodeId, tasks.map((t) => t.id), tasks.map((t) => t.assignment)],
   );
-  return rows.map((r) => r.id);
+  return rows;
 }
 
 /**

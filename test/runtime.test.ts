@@ -1,7 +1,7 @@
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
 import { TaskmillClient, type TaskmillNode } from '../index.ts';
 import * as defs from './fixtures/definitions.ts';
-import { count, useTestDatabase } from './helpers/database.ts';
+import { count, until, useTestDatabase } from './helpers/database.ts';
 import { startTestNode, stopAllNodes } from './helpers/nodes.ts';
 
 const db = useTestDatabase();
@@ -170,5 +170,35 @@ describe('client.waitForTask()', () => {
       message: expect.stringContaining('delayed'),
     });
     await client.cancel(id);
+  });
+});
+
+describe('a task given back to the node that lost it', () => {
+  it('stops the lost run, then runs the new assignment once that run ended; the task completes', async () => {
+    const outcomes: { assignment: number; kind: string; reason?: string }[] = [];
+    const onTask = (o: { task: { id: string; assignment: number }; kind: string; reason?: string }) => {
+      if (o.task.id === id) outcomes.push({ assignment: o.task.assignment, kind: o.kind, reason: o.reason });
+    };
+    let id = '';
+    node.on('task', onTask);
+    try {
+      id = await node.client.schedule(defs.sleep, { message: { ms: 3_000 } });
+      await until(() => node.stats().inFlight === 1, 30_000);
+      // What dead-node recovery and a planning pass do when the node comes back: the task, taken back
+      // while its run went on, is assigned to this node again under a newer assignment.
+      const { rows } = await db.pool.query<{ assignment: number }>(
+        `update tm_tasks set state = 'assigned', assignment = assignment + 1 where id = $1 returning assignment`,
+        [id],
+      );
+      const task = await waitEnded(id);
+      expect(task).toMatchObject({ state: 'completed' });
+      expect(outcomes).toEqual([
+        { assignment: rows[0].assignment - 1, kind: 'failed', reason: 'lost' },
+        { assignment: rows[0].assignment, kind: 'done', reason: undefined },
+      ]);
+      expect(await count(db.pool, `select count(*) from tm_dead_letters where id = $1`, [id])).toBe(0);
+    } finally {
+      node.off('task', onTask);
+    }
   });
 });

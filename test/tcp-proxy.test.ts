@@ -8,6 +8,8 @@ import net from 'node:net';
 import pg from 'pg';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { proxyForUrl, startTcpProxy, type TcpProxy } from '../bench/tcp-proxy.ts';
+import { ConnectionClient } from '../store/connections.ts';
+import { defaultNetworkOptions, poolConnectionConfig } from '../store/network.ts';
 import { useTestDatabase } from './helpers/database.ts';
 
 const db = useTestDatabase();
@@ -181,5 +183,42 @@ describe('PostgreSQL through the proxy', () => {
       await client.end().catch(() => {});
     }
     expect(proxy.stats().reset).toBeGreaterThanOrEqual(1);
+  });
+});
+
+describe("a node's pool with the network settings (store/network.ts poolConnectionConfig)", () => {
+  const network = { ...defaultNetworkOptions({ nodeTimeoutMs: 1_000 }), connectTimeoutMs: 300 };
+
+  it('gives up on a connect into a black hole after connectTimeoutMs', async () => {
+    const proxy = await proxyForUrl(db.url);
+    proxies.push(proxy);
+    proxy.blackhole();
+    const pool = new pg.Pool({
+      connectionString: proxy.url(db.url),
+      Client: ConnectionClient,
+      ...poolConnectionConfig(network),
+    });
+    pool.on('error', () => {});
+    const started = performance.now();
+    await expect(pool.query('select 1')).rejects.toThrow(/timeout/i);
+    expect(performance.now() - started).toBeLessThan(10_000);
+    await pool.end();
+  });
+
+  it('lets a checkout wait for a busy pool longer than connectTimeoutMs: work queues, it does not fail', async () => {
+    const pool = new pg.Pool({
+      connectionString: db.url,
+      max: 1,
+      Client: ConnectionClient,
+      ...poolConnectionConfig(network),
+    });
+    try {
+      const busy = pool.query('select pg_sleep(1)');
+      const queued = pool.query<{ n: number }>('select 2 as n');
+      await busy;
+      expect((await queued).rows).toEqual([{ n: 2 }]);
+    } finally {
+      await pool.end();
+    }
   });
 });
