@@ -10,7 +10,6 @@
 import { Command } from 'commander';
 import { createBenchDatabase, openBenchServer } from './bench-database.ts';
 import type { LatencySummary } from './latency-histogram.ts';
-import { markdownTable } from './markdown-table.ts';
 import { progressWanted } from '../log/progress.ts';
 import { addNodeOptions, intArg, knobsFromCli, type NodeCliOptions } from './node-options.ts';
 import { bareSqlPeer } from './peers/bare-sql.ts';
@@ -24,9 +23,9 @@ import {
   postgresInfo,
   round,
   startRun,
-  writeResult,
   type PostgresInfo,
   type Target,
+  reportResult,
 } from './result-file.ts';
 import { TARGETS } from './targets.ts';
 
@@ -169,9 +168,7 @@ async function main(): Promise<void> {
     rows,
     targets,
   });
-  process.stderr.write(`${markdownTable(rows)}\n`);
-  const file = o.save ? writeResult(result, o.outDir) : undefined;
-  console.log(`${result.summary}${file ? `; result: ${file}` : ''}`);
+  reportResult(result, o, rows);
   if (failed.length > 0) {
     console.error(`failed: ${failed.map((p) => `${p.id}: ${p.error}`).join('; ')}`);
     process.exitCode = 1;

@@ -16,7 +16,6 @@ import { Command, InvalidArgumentError, Option } from 'commander';
 import { createBenchDatabase, openBenchServer, type BenchDatabase } from './bench-database.ts';
 import { runBurnDown } from './flat/burn-down.ts';
 import { ConnectionSampler, type ConnectionSummary } from './hosts/connection-sampler.ts';
-import { markdownTable } from './markdown-table.ts';
 import {
   addNodeKnobOptions,
   describeKnobs,
@@ -26,26 +25,20 @@ import {
   type NodeKnobCliOptions,
   type NodeKnobs,
 } from './node-options.ts';
-import { finishRun, postgresInfo, round, startRun, writeResult, type BenchResult } from './result-file.ts';
+import { finishRun, postgresInfo, round, startRun, type BenchResult, reportResult } from './result-file.ts';
 import { proxyForUrl, type TcpProxy } from './tcp-proxy.ts';
 import { calibrate } from './tasks/cpu-work.ts';
 import { runWorkflow } from './workflow/run.ts';
-import type { Work } from './workflow/work.ts';
+import type { Work, WorkflowShapeCli } from './workflow/work.ts';
 import type { ServerUsage } from './bench-database.ts';
 
 type BenchName = 'flat' | 'workflow';
 
-interface HostsCli extends NodeKnobCliOptions {
+interface HostsCli extends NodeKnobCliOptions, WorkflowShapeCli {
   nodesList: number[];
   benches: BenchName[];
   latencyMs: number;
   tasks: number;
-  pipelines: number;
-  affinities?: number;
-  l1: number;
-  l2: number;
-  taskDurationMs: number;
-  taskWork: 'cpu' | 'sleep';
   sampleMs: number;
   outDir?: string;
   save: boolean;
@@ -149,9 +142,7 @@ async function main(): Promise<void> {
     await server.stop();
   }
   const result = buildResult(run, o, knobs, rows, postgres);
-  process.stderr.write(`${markdownTable(result.rows!)}\n`);
-  const file = o.save ? writeResult(result, o.outDir) : undefined;
-  console.log(`${result.summary}${file ? `; result: ${file}` : ''}`);
+  reportResult(result, o);
 }
 
 /** One bench at one node count: a fresh database, one proxy per node, the sampler around the run. */

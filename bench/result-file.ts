@@ -12,6 +12,7 @@ import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 
 import { availableParallelism, cpus, loadavg, release, totalmem } from 'node:os';
 import path from 'node:path';
 import type pg from 'pg';
+import { markdownTable } from './markdown-table.ts';
 
 export const REPO_ROOT = path.resolve(import.meta.dirname, '..');
 export const DEFAULT_RESULTS_DIR = path.join(REPO_ROOT, 'results');
@@ -108,6 +109,20 @@ export function resultsDir(outDir?: string): string {
 /** `flat-burn-down-2025-01-31T10-20-30-123Z.json`: sortable by name, unique per millisecond. */
 export function resultFileName(bench: string, startedAt: string): string {
   return `${bench}-${startedAt.replace(/[:.]/g, '-')}.json`;
+}
+
+/**
+ * The end of a bench run: its rows as a table on stderr, the result file (unless `save` is off) and the
+ * summary line on stdout, with the file's path.
+ */
+export function reportResult(
+  result: BenchResult,
+  o: { save: boolean; outDir?: string },
+  rows = result.rows ?? [],
+): void {
+  process.stderr.write(`${markdownTable(rows)}\n`);
+  const file = o.save ? writeResult(result, o.outDir) : undefined;
+  console.log(`${result.summary}${file ? `; result: ${file}` : ''}`);
 }
 
 /** Writes the record and returns its path. */

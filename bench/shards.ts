@@ -21,8 +21,7 @@ import {
   knobsFromCli,
   type NodeKnobCliOptions,
 } from './node-options.ts';
-import { finishRun, postgresInfo, round, startRun, writeResult, type BenchResult } from './result-file.ts';
-import { markdownTable } from './markdown-table.ts';
+import { finishRun, postgresInfo, round, startRun, type BenchResult, reportResult } from './result-file.ts';
 import { runShardsRow, type ShardsRow } from './shards/run.ts';
 import { startShardServers } from './shards/servers.ts';
 
@@ -89,9 +88,7 @@ async function main(): Promise<void> {
     await servers.stop();
   }
   const result = buildResult(run, o, knobs, rows, postgres);
-  process.stderr.write(`${markdownTable(result.rows!)}\n`);
-  const file = o.save ? writeResult(result, o.outDir) : undefined;
-  console.log(`${result.summary}${file ? `; result: ${file}` : ''}`);
+  reportResult(result, o);
 }
 
 function describeRow(row: ShardsRow, first: ShardsRow): string {

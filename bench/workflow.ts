@@ -38,15 +38,9 @@ import { TARGETS } from './targets.ts';
 import { calibrate } from './tasks/cpu-work.ts';
 import { PUBLISHED_COLUMNS } from './workflow/columns.ts';
 import { runWorkflow, type WorkflowFigures } from './workflow/run.ts';
-import type { Work } from './workflow/work.ts';
+import type { Work, WorkflowShapeCli } from './workflow/work.ts';
 
-interface WorkflowCli extends NodeCliOptions {
-  pipelines: number;
-  affinities?: number;
-  l1: number;
-  l2: number;
-  taskDurationMs: number;
-  taskWork: 'cpu' | 'sleep';
+interface WorkflowCli extends NodeCliOptions, WorkflowShapeCli {
   maxParallelTasksInClusterDefault?: number;
   newBatchSize?: number;
   manageDelay?: number;
