@@ -272,7 +272,8 @@ export class Dispatcher {
   }
 
   private isolation(): Pool {
-    this.isolationPool ??= new Piscina({
+    if (this.isolationPool) return this.isolationPool;
+    this.isolationPool = new Piscina({
       ...this.poolOptions,
       // At least one thread: Piscina replaces a thread that died only to keep minThreads, and a run
       // queued while none is left would otherwise wait for ever.
@@ -281,6 +282,7 @@ export class Dispatcher {
       idleTimeout: ISOLATION_IDLE_MS,
       concurrentTasksPerWorker: 1,
     });
+    // Once per pool: a watch added on every isolated run would pile up listeners without bound.
     this.reclaimSlotsOf(this.isolationPool);
     return this.isolationPool;
   }

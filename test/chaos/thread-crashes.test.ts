@@ -4,7 +4,7 @@
  * measure their own runs. Poison definitions retry once, healthy ones too: a healthy task charged for a
  * neighbour would show two attempts or an error.
  */
-import { afterAll, describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it, onTestFinished } from 'vitest';
 import { workerExecArgv } from '../../node/dispatcher.ts';
 import type { TaskmillNode } from '../../index.ts';
 import * as chaos from '../fixtures/chaos-definitions.ts';
@@ -92,6 +92,11 @@ describe('thread crashes charge only the task that caused them', () => {
   }, 180_000);
 
   it('25 poison tasks among 250 healthy ones: the healthy run once, the poison end in the dead letters', async () => {
+    // Retries after a crash run alone on the isolation threads: many of them add no listeners each.
+    const leaks: string[] = [];
+    const onWarning = (w: Error) => w.name === 'MaxListenersExceededWarning' && leaks.push(w.message);
+    process.on('warning', onWarning);
+    onTestFinished(() => void process.off('warning', onWarning));
     const node = await start(2);
     const healthy: string[] = [];
     const poison: string[] = [];
@@ -117,6 +122,7 @@ describe('thread crashes charge only the task that caused them', () => {
       expect(d.error).toMatch(/WORKER_EXITED|TASK_TIMEOUT/);
     }
     expect(node.state).toBe('running');
+    expect(leaks).toEqual([]);
     await node.stop();
   }, 600_000);
 });
