@@ -33,6 +33,8 @@ export class Mailboxes<T extends MailboxTask> {
   /** Keys whose head may be dispatchable, in round-robin order. */
   private readonly ready = new Set<string>();
   private readonly running = new Map<string, number>();
+  /** Every waiting task by id: remove() answers "not here" without scanning the queues. */
+  private readonly byId = new Map<string, T>();
   private queued = 0;
 
   constructor(private readonly limitOf: (name: string) => number | undefined = () => undefined) {}
@@ -44,6 +46,7 @@ export class Mailboxes<T extends MailboxTask> {
 
   push(task: T): void {
     this.queued++;
+    this.byId.set(task.id, task);
     const key = keyOf(task);
     if (key === undefined) {
       let queue = this.free.get(task.name);
@@ -121,6 +124,7 @@ export class Mailboxes<T extends MailboxTask> {
       if (box.inFlight === 0) this.boxes.delete(key);
     }
     this.ready.clear();
+    this.byId.clear();
     this.queued = 0;
     return all;
   }
@@ -130,6 +134,9 @@ export class Mailboxes<T extends MailboxTask> {
    * waits here.
    */
   remove(id: string, which: (task: T) => boolean = () => true): T | undefined {
+    const waiting = this.byId.get(id);
+    if (!waiting || !which(waiting)) return undefined;
+    this.byId.delete(id);
     for (const [name, queue] of this.free) {
       const i = queue.findIndex((t) => t.id === id && which(t));
       if (i >= 0) {
@@ -158,6 +165,7 @@ export class Mailboxes<T extends MailboxTask> {
 
   private started(task: T, out: T[]): void {
     this.queued--;
+    this.byId.delete(task.id);
     this.running.set(task.name, (this.running.get(task.name) ?? 0) + 1);
     out.push(task);
   }

@@ -122,6 +122,8 @@ describe('Mailboxes', () => {
     expect(boxes.remove(free[1].id)?.id).toBe(free[1].id);
     expect(boxes.remove(free[1].id)).toBeUndefined();
     expect(boxes.remove(running.id)).toBeUndefined(); // taken, not waiting
+    // Only the one `which` accepts (a node drops a task's older assignment, never a newer one).
+    expect(boxes.remove(queued.id, () => false)).toBeUndefined();
     expect(boxes.size).toBe(2);
 
     expect(ids(boxes.drain()).sort()).toEqual(ids([queued, free[0]]).sort());
