@@ -399,15 +399,18 @@ export class TaskmillNode extends EventEmitter<TaskmillNodeEvents> {
    * and the new one waits for it to end (true).
    */
   private supersedes(task: FetchedTask): boolean {
-    const queued = this.mailboxes.remove(task.id, (t) => t.assignment !== task.assignment);
+    const older = (t: FetchedTask) => t.assignment !== task.assignment;
+    const queued = this.mailboxes.remove(task.id, older);
     const running = this.dispatcher.runningTask(task.id);
-    if (queued || (running && running.assignment !== task.assignment)) {
+    const lostRun = running && older(running) ? running : undefined;
+    const lost = queued ?? lostRun;
+    if (lost) {
       this.log.warn(
-        { task: task.id, assignment: task.assignment, lost: (queued ?? running)!.assignment },
+        { task: task.id, assignment: task.assignment, lost: lost.assignment },
         'task given back to this node while it still held an older assignment; that one is stopped',
       );
     }
-    if (!running || running.assignment === task.assignment) return false;
+    if (!lostRun) return false;
     this.dispatcher.abort(task.id, 'lost');
     this.afterLostRun.set(task.id, task);
     return true;
@@ -459,13 +462,12 @@ export class TaskmillNode extends EventEmitter<TaskmillNodeEvents> {
     let aborted = 0;
     // Each under the assignment it was lost with: a newer one of the same task given since is kept.
     for (const { id, assignment } of lost) {
-      const mine = (t: { assignment: number }) => t.assignment === assignment;
-      if (this.mailboxes.remove(id, mine)) dropped++;
-      else if (this.afterLostRun.has(id) && mine(this.afterLostRun.get(id)!)) {
+      if (this.mailboxes.remove(id, (t) => t.assignment === assignment)) dropped++;
+      else if (this.afterLostRun.get(id)?.assignment === assignment) {
         this.afterLostRun.delete(id);
         dropped++;
       } else if (
-        mine(this.dispatcher.runningTask(id) ?? { assignment: -1 }) &&
+        this.dispatcher.runningTask(id)?.assignment === assignment &&
         this.dispatcher.abort(id, 'lost')
       )
         aborted++;

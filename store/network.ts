@@ -160,14 +160,5 @@ export function workerNetworkOptions(network: NetworkOptions): WorkerNetworkOpti
 
 /** A worker thread connection's pg options: connect timeout and keepalive only. */
 export function workerConnectionConfig(network: WorkerNetworkOptions): pg.ClientConfig {
-  const { connectionTimeoutMillis, keepAlive, keepAliveInitialDelayMillis } = connectionConfig({
-    ...network,
-    queryTimeoutMs: 0,
-    idleInTransactionTimeoutMs: 0,
-  });
-  return Object.fromEntries(
-    Object.entries({ connectionTimeoutMillis, keepAlive, keepAliveInitialDelayMillis }).filter(
-      ([, v]) => v !== undefined,
-    ),
-  );
+  return connectionConfig({ ...network, queryTimeoutMs: 0, idleInTransactionTimeoutMs: 0 });
 }
