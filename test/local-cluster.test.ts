@@ -166,6 +166,10 @@ describe('runLocalCluster', () => {
     const started = (name: string) =>
       lines.some((l) => l.startsWith(`[${name}] {`) && l.includes('node started'));
     await until(() => started('node-1') && started('node-2'));
+    // The log line and the IPC message that marks a slot registered come on different channels, in
+    // either order: kill only a process the cluster knows has registered, or its exit line says
+    // "before registering a node".
+    await until(() => cluster.nodes.every((n) => n.state === 'running'));
     expect(await nodeRows('node-1')).toBe(1);
     expect(await nodeRows('node-2')).toBe(1);
 
