@@ -5,12 +5,13 @@
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
 import type { TaskmillNode } from '../index.ts';
 import { TaskmillMetrics } from '../node/metrics.ts';
 import { splitConnectionBudget } from '../node/connection-budget.ts';
 import { ConnectionSlots } from '../worker/connection-slots.ts';
-import { ThreadPool } from '../worker/thread-pool.ts';
+import { THREAD_POOL_DEFAULTS, ThreadPool } from '../worker/thread-pool.ts';
+import { ConnectionClient } from '../store/connections.ts';
 import { deposit } from './fixtures/workflow-definitions.ts';
 import { defineTask } from '../index.ts';
 import { durable } from './fixtures/definitions.ts';
@@ -110,6 +111,57 @@ describe("a worker thread's connections", () => {
     const { client, release } = await pool.connect();
     release(true);
     expect(client).toBeDefined();
+  });
+});
+
+describe("the worker threads' shares of their slots", () => {
+  /** `queries` statements of `ms` each on `pool`, `parallel` at a time; resolves with when each ended. */
+  const work = async (pool: ThreadPool, queries: number, parallel: number, ms: number) => {
+    const ended: number[] = [];
+    let next = 0;
+    await Promise.all(
+      Array.from({ length: parallel }, async () => {
+        while (next < queries) {
+          next++;
+          await pool.query('select pg_sleep($1)', [ms / 1000]);
+          ended.push(performance.now());
+        }
+      }),
+    );
+    return ended;
+  };
+  afterEach(() => vi.restoreAllMocks());
+
+  it('two busy threads keep their fair share open instead of closing and reopening connections', async () => {
+    const opened = vi.spyOn(ConnectionClient.prototype, 'connect');
+    const slots = ConnectionSlots.create(4, 4);
+    const pools = [1, 2].map(
+      (threadId) => new ThreadPool({ connectionString: db.url, slots, threadId, idleTimeoutMs: 50 }),
+    );
+    const started = performance.now();
+    const [a, b] = await Promise.all(pools.map((pool) => work(pool, 150, 20, 20)));
+    const seconds = (performance.now() - started) / 1000;
+    // Both made progress side by side: when one thread finished, the other had done a good part too.
+    const firstDone = Math.min(a.at(-1)!, b.at(-1)!);
+    expect(a.filter((t) => t <= firstDone).length).toBeGreaterThan(150 / 4);
+    expect(b.filter((t) => t <= firstDone).length).toBeGreaterThan(150 / 4);
+    // Each thread opened its two connections (and, at the start, maybe a few more before the other
+    // thread asked), not one per time slice of a run that lasted many slices.
+    expect(seconds).toBeGreaterThan((10 * THREAD_POOL_DEFAULTS.sliceMs) / 1000);
+    expect(opened.mock.calls.length).toBeLessThanOrEqual(8);
+    expect(slots.open).toBeLessThanOrEqual(4);
+    await until(() => slots.open === 0, 10_000);
+  });
+
+  it('more threads than slots take turns: none starves', async () => {
+    const slots = ConnectionSlots.create(1, 4);
+    const pools = [1, 2, 3].map(
+      (threadId) => new ThreadPool({ connectionString: db.url, slots, threadId, idleTimeoutMs: 50 }),
+    );
+    const ended = await Promise.all(pools.map((pool) => work(pool, 30, 5, 10)));
+    expect(ended.map((e) => e.length)).toEqual([30, 30, 30]);
+    expect(slots.open).toBeLessThanOrEqual(1);
+    await until(() => slots.open === 0, 10_000);
   });
 });
 

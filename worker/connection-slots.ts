@@ -10,10 +10,12 @@
  *   LIMIT    the share, written once by the main thread.
  *   WAITERS  acquisitions blocked for lack of a slot, across the threads; a thread with idle
  *            connections watches it and closes them so the waiter gets a slot (thread-pool.ts).
- *   SEATS    pairs [threadId, slots held] per thread that ever took a slot: when a thread dies (a
- *            terminated or crashed thread never releases), the main thread gives its slots back
- *            (reclaim, on the thread's exit event). A seat is claimed with a compare-exchange on its
- *            threadId cell (0: free) and freed by reclaim.
+ *   SEATS    triples [threadId, slots held, acquisitions waiting] per thread that ever took or waited
+ *            for a slot: when a thread dies (a terminated or crashed thread never releases), the main
+ *            thread gives its slots back (reclaim, on the thread's exit event). A seat is claimed with a
+ *            compare-exchange on its threadId cell (0: free) and freed by reclaim. The held and waiting
+ *            counts also give each thread its fair share (thread-pool.ts): the limit divided among the
+ *            threads that hold or wait for slots.
  */
 /** Atomics.waitAsync (Node 16+; newer than this project's TypeScript lib). */
 type WaitAsync = (
@@ -28,6 +30,8 @@ const OPEN = 0;
 const LIMIT = 1;
 const WAITERS = 2;
 const SEATS = 3;
+/** Cells per seat: threadId, slots held, acquisitions waiting. */
+const SEAT_CELLS = 3;
 /** A blocked acquisition re-checks at least this often (a safety net; notify wakes it first). */
 const RECHECK_MS = 1_000;
 
@@ -37,13 +41,13 @@ export class ConnectionSlots {
 
   private constructor(readonly buffer: SharedArrayBuffer) {
     this.cells = new Int32Array(buffer);
-    this.seatCount = (this.cells.length - SEATS) / 2;
+    this.seatCount = (this.cells.length - SEATS) / SEAT_CELLS;
   }
 
   /** Main thread: `limit` slots, room for `seats` threads alive at once (with those just replaced). */
   static create(limit: number, seats: number): ConnectionSlots {
     const slots = new ConnectionSlots(
-      new SharedArrayBuffer((SEATS + 2 * seats) * Int32Array.BYTES_PER_ELEMENT),
+      new SharedArrayBuffer((SEATS + SEAT_CELLS * seats) * Int32Array.BYTES_PER_ELEMENT),
     );
     Atomics.store(slots.cells, LIMIT, limit);
     return slots;
@@ -86,6 +90,8 @@ export class ConnectionSlots {
     while (!this.tryAcquire(threadId)) {
       const open = Atomics.load(this.cells, OPEN);
       if (open < this.limit) continue;
+      const seat = this.seat(threadId);
+      Atomics.add(this.cells, seat + 2, 1);
       Atomics.add(this.cells, WAITERS, 1);
       Atomics.notify(this.cells, WAITERS);
       try {
@@ -93,8 +99,35 @@ export class ConnectionSlots {
         if (result.async) await result.value;
       } finally {
         Atomics.sub(this.cells, WAITERS, 1);
+        Atomics.sub(this.cells, seat + 2, 1);
       }
     }
+  }
+
+  /** Slots the thread holds now. */
+  held(threadId: number): number {
+    return Atomics.load(this.cells, this.seat(threadId) + 1);
+  }
+
+  /**
+   * The thread's fair share now: the limit divided among the threads that hold or wait for slots,
+   * rounded up (so shares that do not divide evenly stay put instead of passing a slot back and forth),
+   * and whether some other thread waits holding none (its share must come from a thread at or under its
+   * own, so that no thread starves when there are more threads than slots).
+   */
+  share(threadId: number): { fair: number; starved: boolean } {
+    let active = 0;
+    let starved = false;
+    for (let i = 0; i < this.seatCount; i++) {
+      const seat = SEATS + SEAT_CELLS * i;
+      const id = Atomics.load(this.cells, seat);
+      if (id === 0) continue;
+      const held = Atomics.load(this.cells, seat + 1);
+      const waiting = Atomics.load(this.cells, seat + 2);
+      if (held > 0 || waiting > 0 || id === threadId) active++;
+      if (id !== threadId && held === 0 && waiting > 0) starved = true;
+    }
+    return { fair: Math.ceil(this.limit / Math.max(1, active)), starved };
   }
 
   /** Gives a slot back (its connection closed). */
@@ -119,9 +152,12 @@ export class ConnectionSlots {
   /** Main thread: the slots a thread that ended still held go back; returns how many. */
   reclaim(threadId: number): number {
     for (let i = 0; i < this.seatCount; i++) {
-      const seat = SEATS + 2 * i;
+      const seat = SEATS + SEAT_CELLS * i;
       if (Atomics.load(this.cells, seat) !== threadId) continue;
       const held = Atomics.exchange(this.cells, seat + 1, 0);
+      // A thread that died waiting never ran its acquisition's cleanup: its waits end here too.
+      const waiting = Atomics.exchange(this.cells, seat + 2, 0);
+      if (waiting > 0) Atomics.sub(this.cells, WAITERS, waiting);
       Atomics.store(this.cells, seat, 0);
       if (held > 0) {
         Atomics.sub(this.cells, OPEN, held);
@@ -135,11 +171,11 @@ export class ConnectionSlots {
   /** Index of the thread's seat, claimed on first use. */
   private seat(threadId: number): number {
     for (let i = 0; i < this.seatCount; i++) {
-      const seat = SEATS + 2 * i;
+      const seat = SEATS + SEAT_CELLS * i;
       if (Atomics.load(this.cells, seat) === threadId) return seat;
     }
     for (let i = 0; i < this.seatCount; i++) {
-      const seat = SEATS + 2 * i;
+      const seat = SEATS + SEAT_CELLS * i;
       if (Atomics.compareExchange(this.cells, seat, 0, threadId) === 0) return seat;
     }
     // Seats are sized for every thread of both Piscina pools with room for replaced ones: a bug if hit.

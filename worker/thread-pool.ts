@@ -4,12 +4,15 @@
  *
  * Each connection the thread opens holds one slot of the shared semaphore until it closes, idle or not.
  * A checkout takes an idle connection of this thread, else waits for a slot and opens one; with every
- * slot taken it waits (the work waits for a connection, it does not fail). So that a thread never keeps
- * connections another thread waits for: a connection released while another thread waits goes on to
- * this thread's next waiter only within its time slice (`sliceMs` since it opened: opening one costs a
- * round trip and authentication), else it is closed and its slot goes to whoever takes it first; a
- * thread with idle connections watches the semaphore's waiter count and closes them when someone
- * waits. Idle connections also close after `idleTimeoutMs`.
+ * slot taken it waits (the work waits for a connection, it does not fail). So that no thread keeps
+ * more than its share while another waits, and no connection is closed only to be opened again (opening
+ * one costs the server a process, a round trip and authentication): a connection released while
+ * another thread waits goes on to this thread's next waiter as long as the thread holds no more than
+ * its fair share (the slots divided among the threads that hold or wait for them, rounded up); above
+ * it, or when a thread waits holding no slot at all and the connection has served its time slice
+ * (`sliceMs` since it opened), it is closed and its slot goes to whoever takes it first. A thread with
+ * idle connections watches the semaphore's waiter count and closes them when someone waits. Idle
+ * connections also close after `idleTimeoutMs`.
  *
  * A connection that breaks while checked out (server restart, terminated backend) fails the query in
  * flight, is closed on release, and gives its slot back when it ends.
@@ -26,7 +29,10 @@ import type { ConnectionSlots } from './connection-slots.ts';
 export const THREAD_POOL_DEFAULTS = {
   /** An idle connection closes after this long (its slot goes back to the other threads). */
   idleTimeoutMs: 10_000,
-  /** While other threads wait, a connection serves this thread's waiters this long, then is given up. */
+  /**
+   * While a thread waits holding no slot, a connection serves this thread's waiters this long, then is
+   * given up (when there are more threads than slots, they take turns).
+   */
   sliceMs: 100,
 };
 /** How long one watch for waiting threads lasts before it is renewed (while connections are idle). */
@@ -117,10 +123,7 @@ export class ThreadPool {
   }) as Queryable['query'];
 
   private release(client: Connection, destroy: boolean): void {
-    const othersWait = this.othersWait();
-    const sliceOver =
-      performance.now() - (client.openedAt ?? 0) > (this.options.sliceMs ?? THREAD_POOL_DEFAULTS.sliceMs);
-    const keep = this.waiters.length > 0 ? !othersWait || !sliceOver : !othersWait;
+    const keep = !this.othersWait() || (this.waiters.length > 0 && this.withinShare(client));
     if (destroy || isBroken(client) || !keep) {
       void this.close(client);
       this.pump();
@@ -137,20 +140,44 @@ export class ThreadPool {
     this.watch();
   }
 
+  /** While others wait: may this thread keep the connection for its own next waiter? */
+  private withinShare(client: Connection): boolean {
+    const { slots, threadId } = this.options;
+    const { fair, starved } = slots.share(threadId);
+    if (slots.held(threadId) > fair) return false;
+    if (!starved) return true;
+    return (
+      performance.now() - (client.openedAt ?? 0) <= (this.options.sliceMs ?? THREAD_POOL_DEFAULTS.sliceMs)
+    );
+  }
+
   /** Another thread waits for a slot (this thread's own acquisitions count among the waiters). */
   private othersWait(): boolean {
     return this.options.slots.waiting > this.acquiring;
   }
 
-  /** Starts one slot acquisition per waiter not yet served by one. */
+  /**
+   * Starts one slot acquisition per waiter not yet served by one, up to the thread's fair share (or
+   * beyond it while slots are free and no other thread waits): a thread at its share serves its waiters
+   * with the connections it has, so that a slot it gives up goes to the thread that waits for it, not
+   * back to itself. Called again whenever one of its connections ends.
+   */
   private pump(): void {
-    while (this.waiters.length > this.acquiring) {
+    const { slots, threadId } = this.options;
+    const held = slots.held(threadId);
+    const { fair } = slots.share(threadId);
+    while (
+      this.waiters.length > this.acquiring &&
+      (held + this.acquiring < fair || (slots.open < slots.limit && !this.othersWait()))
+    ) {
       this.acquiring++;
-      void this.options.slots.acquire(this.options.threadId).then(async () => {
+      void slots.acquire(threadId).then(async () => {
         this.acquiring--;
-        // Served meanwhile by a released connection: the slot is not needed.
-        const waiter = this.waiters.shift();
-        if (!waiter) return this.options.slots.release(this.options.threadId);
+        // Served meanwhile by a released connection, or over the share while other threads wait (an
+        // acquisition started before they came): the slot is not needed, or is theirs.
+        const over = this.othersWait() && slots.held(threadId) > slots.share(threadId).fair;
+        const waiter = over ? undefined : this.waiters.shift();
+        if (!waiter) return slots.release(threadId);
         try {
           waiter.resolve(await this.openConnection());
         } catch (error) {
@@ -174,6 +201,7 @@ export class ThreadPool {
       const at = this.idle.findIndex((i) => i.client === client);
       if (at >= 0) clearTimeout(this.idle.splice(at, 1)[0].timer);
       this.options.slots.release(this.options.threadId);
+      this.pump();
     };
     client.on('error', (error: Error) => (client.broken ??= error));
     client.once('end', onEnd);
