@@ -1,7 +1,9 @@
 /**
  * The LISTEN/NOTIFY channels taskmill sessions talk on, and the planner wake-up. The planner's channel
- * is also named by tm_planner_channel() (migrations/005), which tm_wake_planner() and so every plpgsql
- * wake-up uses; test/architecture.test.ts checks that the two names agree.
+ * is also named by tm_planner_channel() (migrations/005), which tm_notify_planner() (migrations/015) and
+ * so every wake-up uses; test/architecture.test.ts checks that the two names agree. The plpgsql
+ * functions wake it through tm_wake_planner(), which notifies only when some task is ready, waiting or
+ * sleeping.
  */
 import type { Queryable } from './queryable.ts';
 
@@ -24,9 +26,9 @@ export const TASK_ENDED_CHANNEL = 'taskmill_task_ended';
  */
 export const TASK_PROGRESS_CHANNEL = 'taskmill_task_progress';
 
-/** Wakes the planner (delivered when the caller's transaction commits, at once outside one). */
+/** Wakes the planner, unconditionally (delivered when the caller's transaction commits, at once outside one). */
 export async function wakePlanner(db: Queryable): Promise<void> {
-  await db.query(`select tm_wake_planner()`);
+  await db.query(`select tm_notify_planner()`);
 }
 
 /** Wakes the nodes waiting for the leader lease. */

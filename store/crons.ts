@@ -219,7 +219,7 @@ export async function createInstances(
      -- In the select list over cas, so nothing is inserted when the compare-and-set matched no row.
      ins as (select tm_insert_tasks(${INSERT_TASKS_ARGS}) as id from cas)
      select (select count(*) from cas)::int as advanced, (select count(*) from ins)::int as inserted,
-       case when exists (select 1 from ins) then tm_wake_planner() end`,
+       case when exists (select 1 from ins) then tm_notify_planner() end`,
     [...insertParams(tasks), name, handledUpTo, firstDue, tasks.at(-1)?.id ?? null],
   );
   return rows[0].advanced === 1 ? rows[0].inserted : undefined;

@@ -32,7 +32,7 @@ export async function insertTasks(db: Queryable, tasks: NewTask[], notify = true
 const INSERT_KEYED_TASKS = `tm_insert_tasks(${INSERT_TASKS_ARGS}, c_concurrency_key => $15::text[],
   c_traceparent => $16::text[])`;
 
-const INSERT_TASKS_AND_WAKE_PLANNER = `select count(*)::int as inserted, tm_wake_planner()
+const INSERT_TASKS_AND_WAKE_PLANNER = `select count(*)::int as inserted, tm_notify_planner()
   from ${INSERT_KEYED_TASKS}`;
 
 /** The concurrency keys of new tasks (null: none), or null when none has one. */

@@ -3,7 +3,9 @@ import { randomUUID } from 'node:crypto';
  * The planner's rules, one pass at a time: rows are written with the factory, `runOnce()` is called
  * directly, and the assignments it wrote are read back from tm_tasks.
  */
+import pg from 'pg';
 import { beforeEach, describe, expect, it } from 'vitest';
+import { PLANNER_CHANNEL } from '../store/channels.ts';
 import type { PlannerOptions } from '../planner/planner.ts';
 import { count, useTestDatabase } from './helpers/database.ts';
 import {
@@ -506,3 +508,41 @@ describe('polling delay', () => {
 const W1 = '00000000-0000-7000-8000-000000000001';
 const W2 = '00000000-0000-7000-8000-000000000002';
 const W3 = '00000000-0000-7000-8000-000000000003';
+
+describe('planner wake-ups', () => {
+  /**
+   * The planner notifications one statement sends, in order: a marker notification sent after it
+   * arrives after everything the statement sent (notifications are delivered in commit order).
+   */
+  async function notificationsOf(sql: string): Promise<string[]> {
+    const listener = new pg.Client(db.url);
+    await listener.connect();
+    try {
+      await listener.query(`listen ${PLANNER_CHANNEL}`);
+      const seen: string[] = [];
+      const marked = new Promise<void>((resolve) =>
+        listener.on('notification', (n) => (n.payload === 'marker' ? resolve() : seen.push(n.payload ?? ''))),
+      );
+      await db.pool.query(sql);
+      await db.pool.query(`select pg_notify($1, 'marker')`, [PLANNER_CHANNEL]);
+      await marked;
+      return seen;
+    } finally {
+      await listener.end();
+    }
+  }
+
+  it('the functions that end, fail or cancel tasks wake it only when a task is ready, waiting or sleeping', async () => {
+    const node = await insertNode(db.pool);
+    // Only a running task: nothing a pass could plan.
+    await insertTask(db.pool, { state: 'running', nodeId: node });
+    expect(await notificationsOf('select tm_wake_planner()')).toEqual([]);
+    for (const state of ['ready', 'waiting', 'sleeping'] as const) {
+      const { id } = await insertTask(db.pool, { state });
+      expect(await notificationsOf('select tm_wake_planner()')).toEqual(['']);
+      await db.pool.query(`delete from tm_tasks where id = $1`, [id]);
+    }
+    // The runtime's own wake-ups (schedule, cron, recovery) notify whatever the table holds.
+    expect(await notificationsOf('select tm_notify_planner()')).toEqual(['']);
+  });
+});
