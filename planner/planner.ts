@@ -24,7 +24,6 @@ import {
   claimForLocalNode,
   claimForNode,
   claimReadyTasks,
-  readClusterState,
   startTasksOnLocalNode,
 } from '../store/assignments.ts';
 import { DEFAULT_NODE_TIMEOUT_MS } from '../store/nodes.ts';
@@ -211,17 +210,20 @@ export class Planner {
   }
 
   /**
-   * One pass inside a transaction the caller commits. Round trips: begin + lock, cluster state, claim,
+   * One pass inside a transaction the caller commits. Round trips: begin + lock + cluster state, claim,
    * one assignment per node; with one node and no cluster limit in play, claim and assignment are a
    * single statement (the latency path of an idle cluster).
    */
   private async pass(client: pg.PoolClient) {
     const none = { leader: true, claimed: 0, assigned: 0, freeSlots: 0, capacityLimited: false };
-    if (!(await beginPass(client, this.options.leaseHolderId))) return { ...none, leader: false };
-
     const promote = performance.now() - this.lastPromotion >= PROMOTE_WAITING_EVERY_MS;
+    const state = await beginPass(client, {
+      leaseHolder: this.options.leaseHolderId,
+      nodeTimeoutMs: this.cfg.nodeTimeoutMs,
+      promote,
+    });
+    if (!state) return { ...none, leader: false };
     if (promote) this.lastPromotion = performance.now();
-    const state = await readClusterState(client, this.cfg.nodeTimeoutMs, promote);
     const nodes: NodeSlots[] = state.nodes
       .filter((n) => n.cpu <= this.cfg.nodeCpuLimit)
       .map((n) => ({

@@ -24,22 +24,34 @@ export const PLANNER_LOCK_KEY = 7_300_416_002;
  * estimate PostgreSQL would instead check the affinity rules of every ready row and sort them (175 ms
  * against 14 ms for 400 of 6,573 ready tasks in the workflow bench).
  */
-export async function beginPass(client: Queryable, leaseHolder?: string): Promise<boolean> {
+export async function beginPass(
+  client: Queryable,
+  pass: { leaseHolder?: string; nodeTimeoutMs: number; promote: boolean },
+): Promise<ClusterState | undefined> {
   // The lease is checked in the pass's own transaction, by database time: a pass whose statements were
   // held up in the network (a black hole) and reach the server after its node's lease ran out plans
   // nothing. One that checked in time holds the lock, so the next leader's passes wait for it to end.
-  // The node id is a UUID, inlined so begin, lock and check stay one round trip.
+  // The node id (a UUID), the node timeout and the promote flag are inlined so that begin, lock, check
+  // and the cluster state stay one round trip.
+  const { leaseHolder, nodeTimeoutMs, promote } = pass;
   if (leaseHolder !== undefined && !UUID.test(leaseHolder)) {
     throw new TypeError(`lease holder must be a UUID, got ${JSON.stringify(leaseHolder)}`);
+  }
+  if (!Number.isFinite(nodeTimeoutMs) || nodeTimeoutMs < 0) {
+    throw new TypeError(`node timeout must be a number of milliseconds, got ${nodeTimeoutMs}`);
   }
   const lease =
     leaseHolder === undefined
       ? ''
       : ` and exists (select 1 from tm_leader where node_id = '${leaseHolder}' and expires_at > now())`;
   const results = (await client.query(
-    `begin; set local enable_sort = off; select pg_try_advisory_xact_lock(${PLANNER_LOCK_KEY})${lease} as ok`,
-  )) as unknown as { rows: { ok: boolean }[] }[];
-  return results[2].rows[0].ok;
+    `begin; set local enable_sort = off; ${clusterState(
+      `pg_try_advisory_xact_lock(${PLANNER_LOCK_KEY})${lease}`,
+      nodeTimeoutMs,
+      promote,
+    )}`,
+  )) as unknown as { rows: ClusterState[] }[];
+  return results[2].rows[0];
 }
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
@@ -71,9 +83,11 @@ export interface ClusterLimit {
 }
 
 /**
- * Live nodes with the tasks each holds, and the task names with a cluster limit with their running
- * count (one pass over the partial node index: only held rows are read), in one round trip; when asked ($2,
- * every PROMOTE_WAITING_EVERY_MS of planner.ts) it also promotes waiting tasks with nothing left to wait for.
+ * The state a pass plans from, read only when `ok` (the lock and lease check, evaluated first, in the
+ * subquery) holds: otherwise no row, and nothing is promoted or woken. Live nodes with the tasks each
+ * holds, and the task names with a cluster limit with their running count (one pass over the partial
+ * node index: only held rows are read); when asked (`promote`, every PROMOTE_WAITING_EVERY_MS of
+ * planner.ts) it also promotes waiting tasks with nothing left to wait for.
  * Every pass wakes the sleeping tasks whose wait ended by time (tm_wake_sleeping, migrations/009: an
  * index probe when none is due), before the claim, so the claim that follows sees them ready.
  * Whether flow control is in play (a limit configured; a ready task with a concurrency key, through the
@@ -83,24 +97,26 @@ export interface ClusterLimit {
  * 780 definitions x 100, past jit_above_cost, and JIT compilation then took 16-32 ms of every pass
  * (auto_explain on PostgreSQL 15, bench:workflow; results/pg-statements-2026-12-03.md).
  */
-const CLUSTER_STATE = `
+const clusterState = (ok: string, nodeTimeoutMs: number, promote: boolean) => `
   with held as (
     select t.node_id, t.name, count(*)::int as n from tm_tasks t where t.node_id is not null group by 1, 2)
   select
     (select coalesce(json_agg(json_build_object('id', n.id, 'capacity', n.capacity, 'task_names', n.task_names,
         'cpu', n.cpu, 'held', coalesce((select sum(h.n) from held h where h.node_id = n.id), 0))), '[]')
-      from tm_nodes n where n.heartbeat_at > now() - $1 * interval '1 millisecond') as nodes,
+      from tm_nodes n where n.heartbeat_at > now() - ${nodeTimeoutMs} * interval '1 millisecond') as nodes,
     (select coalesce(json_agg(json_build_object('name', d.name, 'max', d.max_parallel_in_cluster,
         'held', coalesce((select sum(h.n) from held h where h.name = d.name), 0))), '[]')
       from tm_task_defs d where d.max_parallel_in_cluster is not null) as limits,
-    case when $2 then tm_promote_waiting(1000) end as promoted,
+    case when ${promote} then tm_promote_waiting(1000) end as promoted,
     tm_wake_sleeping(1000) as woken,
     exists (select 1 from tm_flow_limits)
       or exists (select 1 from tm_task_defs d
         where d.options->'concurrency' is not null or d.options->'rateLimit' is not null) as flow_limited,
-    exists (select 1 from tm_tasks t where t.state = 'ready' and t.concurrency_key > '') as keyed_ready`;
+    exists (select 1 from tm_tasks t where t.state = 'ready' and t.concurrency_key > '') as keyed_ready
+  from (select ${ok} as ok offset 0) pass
+  where pass.ok`;
 
-/** What a pass reads first (readClusterState). */
+/** What a pass reads first (beginPass). */
 export interface ClusterState {
   nodes: LiveNode[];
   limits: ClusterLimit[];
@@ -108,19 +124,6 @@ export interface ClusterState {
   flow_limited: boolean;
   /** A ready task has a concurrency key. */
   keyed_ready: boolean;
-}
-
-/**
- * Live nodes and cluster limits, and whether flow control is in play; also promotes waiting tasks
- * left with nothing to wait for when `promote`.
- */
-export async function readClusterState(
-  client: Queryable,
-  nodeTimeoutMs: number,
-  promote: boolean,
-): Promise<ClusterState> {
-  const { rows } = await client.query<ClusterState>(CLUSTER_STATE, [nodeTimeoutMs, promote]);
-  return rows[0];
 }
 
 /** Whether any task is ready (due or not): a pass that found no free slot tells a full cluster from an idle one. */
