@@ -140,11 +140,17 @@ export class ThreadPool {
     this.watch();
   }
 
-  /** While others wait: may this thread keep the connection for its own next waiter? */
-  private withinShare(client: Connection): boolean {
+  /** This thread holds more than its fair share now; with it, whether a thread waits holding none. */
+  private overShare(): { over: boolean; starved: boolean } {
     const { slots, threadId } = this.options;
     const { fair, starved } = slots.share(threadId);
-    if (slots.held(threadId) > fair) return false;
+    return { over: slots.held(threadId) > fair, starved };
+  }
+
+  /** While others wait: may this thread keep the connection for its own next waiter? */
+  private withinShare(client: Connection): boolean {
+    const { over, starved } = this.overShare();
+    if (over) return false;
     if (!starved) return true;
     return (
       performance.now() - (client.openedAt ?? 0) <= (this.options.sliceMs ?? THREAD_POOL_DEFAULTS.sliceMs)
@@ -175,7 +181,7 @@ export class ThreadPool {
         this.acquiring--;
         // Served meanwhile by a released connection, or over the share while other threads wait (an
         // acquisition started before they came): the slot is not needed, or is theirs.
-        const over = this.othersWait() && slots.held(threadId) > slots.share(threadId).fair;
+        const over = this.othersWait() && this.overShare().over;
         const waiter = over ? undefined : this.waiters.shift();
         if (!waiter) return slots.release(threadId);
         try {
