@@ -179,6 +179,12 @@ export class ServerUsageMeter {
 /** Linux USER_HZ: 100 on every mainstream kernel configuration. */
 const CLOCK_TICKS = 100;
 
+/** CPU seconds one server process has used so far; null when it is not a PostgreSQL process here. */
+export function serverProcessCpuSeconds(pid: number): number | null {
+  const stat = readStat(pid);
+  return stat ? (stat.utime + stat.stime) / CLOCK_TICKS : null;
+}
+
 interface ProcStat {
   comm: string;
   utime: number;

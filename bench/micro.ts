@@ -4,13 +4,15 @@
  *   - the per-affinity mailboxes: push, take and release 1,000 tasks (node/mailboxes.ts),
  *   - a worker-thread round trip through the dispatcher (node/dispatcher.ts): 1 task, then 100 tasks
  *     in one dispatch (micro-batched),
- *   - one planner pass over 10,000 ready rows, without and with affinity keys (planner/planner.ts).
+ *   - one planner pass over 10,000 ready rows, without and with affinity keys (planner/planner.ts),
+ *   - one completion (tm_complete, store/tasks.ts completeTasks) of 10, 100 and 500 running tasks from one
+ *     session, with the server process's CPU per task (read from /proc when the server runs here).
  * Prints one summary line, writes results/micro-<time>.json. `--time-ms` and `--iterations` bound each
  * benchmark; the planner passes need a database (DATABASE_URL, else the embedded server).
  */
 import { randomUUID } from 'node:crypto';
 import { Command } from 'commander';
-import type pg from 'pg';
+import pg from 'pg';
 import { Bench, type Task } from 'tinybench';
 import { Planner } from '../planner/planner.ts';
 import { decode, encode } from '../task/codec.ts';
@@ -19,7 +21,13 @@ import { ConnectionSlots } from '../worker/connection-slots.ts';
 import type { Outcome } from '../task/outcome.ts';
 import { Mailboxes } from '../node/mailboxes.ts';
 import type { FetchedTask } from '../store/tasks.ts';
-import { createBenchDatabase, openBenchServer, type BenchDatabase } from './bench-database.ts';
+import { completeTasks, type Completion } from '../store/tasks.ts';
+import {
+  createBenchDatabase,
+  openBenchServer,
+  serverProcessCpuSeconds,
+  type BenchDatabase,
+} from './bench-database.ts';
 import { preInsert } from './flat/measure.ts';
 import { markdownTable } from './markdown-table.ts';
 import { intArg } from './node-options.ts';
@@ -31,6 +39,7 @@ interface MicroCli {
   iterations: number;
   plannerRows: number;
   threads: number;
+  completionBatches: number[];
   db: boolean;
   outDir?: string;
   save: boolean;
@@ -46,6 +55,8 @@ interface MicroFigure {
   p99Ms: number;
   /** Items per second at the mean. */
   itemsPerSec: number;
+  /** Server process CPU per item, µs (the completion benchmarks, when the server runs on this machine). */
+  serverCpuUsPerItem?: number;
 }
 
 /** A CHILD2 message of the workflow benchmark: what a typical task carries. */
@@ -63,7 +74,13 @@ function command(): Command {
       10_000,
     )
     .option('--threads <n>', 'worker threads of the dispatcher', intArg('--threads', 1), 2)
-    .option('--no-db', 'skip the planner benchmarks (no database needed)')
+    .option(
+      '--completion-batches <list>',
+      'batch sizes of the completion benchmarks',
+      (v: string) => v.split(',').map((x) => intArg('--completion-batches', 1)(x)),
+      [10, 100, 500],
+    )
+    .option('--no-db', 'skip the planner and completion benchmarks (no database needed)')
     .option('--out-dir <dir>', 'where the result file goes (default: results/, or TASKMILL_RESULTS_DIR)')
     .option('--no-save', 'do not write a result file');
 }
@@ -86,6 +103,9 @@ async function main(): Promise<void> {
 
   const server = o.db ? await openBenchServer() : undefined;
   const databases: BenchDatabase[] = [];
+  const sessions: pg.Client[] = [];
+  const serverCpuOf = new Map<string, () => number | undefined>();
+  const serverCpu = new Map<string, number | undefined>();
   let postgres: PostgresInfo | null = null;
   try {
     if (server) {
@@ -96,21 +116,37 @@ async function main(): Promise<void> {
         const name = `planner pass, ${o.plannerRows} ready rows${affinity ? ', with affinity keys' : ''}`;
         await addPlannerPass(add, name, db, o.plannerRows, affinity, (n) => items.set(name, n));
       }
+      const db = await createBenchDatabase(server.url, 'micro_completion');
+      databases.push(db);
+      for (const size of o.completionBatches) {
+        const session = new pg.Client({ connectionString: db.url });
+        await session.connect();
+        sessions.push(session);
+        const name = `completion, batch of ${size}`;
+        serverCpuOf.set(name, await addCompletion(add, name, db, session, size));
+      }
     }
     await bench.run();
+    // Read while the sessions' server processes are still there.
+    for (const [name, read] of serverCpuOf) serverCpu.set(name, read());
   } finally {
+    for (const session of sessions) await session.end();
     await dispatcher.destroy();
     for (const db of databases) await db.drop();
     await server?.stop();
   }
 
-  const figures = bench.tasks.map((t) => figure(t, items.get(t.name) ?? 1));
+  const figures = bench.tasks.map((t) => ({
+    ...figure(t, items.get(t.name) ?? 1),
+    ...withCpu(serverCpu.get(t.name)),
+  }));
   const rows = figures.map((f) => ({
     Benchmark: f.name,
     'Items/op': f.itemsPerOp,
     'Mean (ms)': round(f.meanMs, 4),
     'p99 (ms)': round(f.p99Ms, 4),
     'Items/s': round(f.itemsPerSec, 0),
+    'Server CPU/item (µs)': f.serverCpuUsPerItem ?? '-',
     Samples: f.samples,
   }));
   process.stderr.write(`${markdownTable(rows)}\n`);
@@ -120,9 +156,21 @@ async function main(): Promise<void> {
   const result = finishRun(run, {
     summary:
       `micro: ${figures.length} benchmarks; ` +
-      figures.map((f) => `${f.name} ${round(f.itemsPerSec, 0)}/s`).join(', '),
+      figures
+        .map(
+          (f) =>
+            `${f.name} ${round(f.itemsPerSec, 0)}/s` +
+            (f.serverCpuUsPerItem === undefined ? '' : ` (server CPU ${f.serverCpuUsPerItem} µs each)`),
+        )
+        .join(', '),
     postgres,
-    params: { timeMs: o.timeMs, iterations: o.iterations, plannerRows: o.plannerRows, threads: o.threads },
+    params: {
+      timeMs: o.timeMs,
+      iterations: o.iterations,
+      plannerRows: o.plannerRows,
+      threads: o.threads,
+      completionBatches: o.completionBatches,
+    },
     figures: { benchmarks: figures },
     headline: {
       name: 'dispatcher tasks/s, 100-task dispatch vs 1',
@@ -274,6 +322,63 @@ async function addPlannerPass(
       },
     },
   );
+}
+
+function withCpu(us: number | undefined): { serverCpuUsPerItem?: number } {
+  return us === undefined ? {} : { serverCpuUsPerItem: round(us, 1) };
+}
+
+/**
+ * One completion of `size` running tasks through `session`, fenced as a node's completer does; the rows
+ * are inserted running on the node before each one (through the harness pool, not timed). Returns the
+ * server CPU per completed task of `session`'s server process over the whole benchmark (warm-up
+ * included), or undefined when that process is not on this machine.
+ */
+async function addCompletion(
+  add: Add,
+  name: string,
+  db: BenchDatabase,
+  session: pg.Client,
+  size: number,
+): Promise<() => number | undefined> {
+  const nodeId = randomUUID();
+  const { rows } = await session.query<{ pid: number }>('select pg_backend_pid() as pid');
+  const pid = rows[0].pid;
+  let batch: Completion[] = [];
+  let completed = 0;
+  let cpuAtStart: number | null = null;
+  add(
+    name,
+    size,
+    async () => {
+      cpuAtStart ??= serverProcessCpuSeconds(pid);
+      const accepted = await completeTasks(session, nodeId, batch);
+      if (accepted.length !== size) throw new Error(`${name}: ${accepted.length} of ${size} tasks completed`);
+      completed += size;
+    },
+    {
+      beforeEach: async () => {
+        const inserted = await db.pool.query<{ id: string }>(
+          `insert into tm_tasks (id, name, workflow_id, workflow_created_at, state, node_id, assignment)
+           select gen_random_uuid(), $1, gen_random_uuid(), now(), 'running', $2, 1 from generate_series(1, $3)
+           returning id`,
+          [benchNoop.name, nodeId, size],
+        );
+        batch = inserted.rows.map((r) => ({
+          kind: 'done',
+          task: { id: r.id, assignment: 1 },
+          result: null,
+          children: [],
+          joinMessages: [],
+        }));
+      },
+    },
+  );
+  return () => {
+    const now = serverProcessCpuSeconds(pid);
+    if (cpuAtStart === null || now === null || completed === 0) return undefined;
+    return ((now - cpuAtStart) / completed) * 1e6;
+  };
 }
 
 main().catch((error) => {

@@ -326,14 +326,23 @@ describe('benchmarks at a tiny size', { timeout: TEST_TIMEOUT_MS }, () => {
       '3',
       '--planner-rows',
       '500',
+      '--completion-batches',
+      '5,50',
     ]);
-    const b = (r.figures as { benchmarks: { name: string; itemsPerSec: number; samples: number }[] })
-      .benchmarks;
-    expect(b).toHaveLength(7);
+    const b = (
+      r.figures as {
+        benchmarks: { name: string; itemsPerSec: number; samples: number; serverCpuUsPerItem?: number }[];
+      }
+    ).benchmarks;
+    expect(b).toHaveLength(9);
     for (const x of b) {
       expect(x.itemsPerSec).toBeGreaterThan(0);
       expect(x.samples).toBeGreaterThanOrEqual(3);
     }
+    // The tests' server runs here: the completions' server CPU is read from /proc.
+    const completions = b.filter((x) => x.name.startsWith('completion'));
+    expect(completions.map((x) => x.name)).toEqual(['completion, batch of 5', 'completion, batch of 50']);
+    for (const x of completions) expect(x.serverCpuUsPerItem).toBeGreaterThanOrEqual(0);
   });
 });
 
