@@ -399,8 +399,9 @@ export async function tasksNoLongerHeld(
 
 /**
  * Exactly-once: locks the task for the caller's transaction if it is still running on the node under
- * this assignment (tm_fenced), and says whether it is. KEY SHARE does not block cancellation requests
- * or dead-node recovery (plain updates); a task taken back meanwhile fails tm_complete's fence at commit.
+ * this assignment (tm_lock_held, migrations/017: tm_fenced, FOR KEY SHARE, planned once per session),
+ * and says whether it is. KEY SHARE does not block cancellation requests or dead-node recovery (plain
+ * updates); a task taken back meanwhile fails tm_complete's fence at commit.
  */
 export async function lockHeldTask(
   client: Queryable,
@@ -408,11 +409,12 @@ export async function lockHeldTask(
   id: string,
   assignment: number,
 ): Promise<boolean> {
-  const { rowCount } = await client.query(
-    `select 1 from tm_tasks t where t.id = $1 and tm_fenced(t, $3, $2) for key share`,
-    [id, assignment, nodeId],
-  );
-  return rowCount === 1;
+  const { rows } = await client.query<{ held: boolean }>(`select tm_lock_held($1, $2, $3) as held`, [
+    id,
+    nodeId,
+    assignment,
+  ]);
+  return rows[0].held;
 }
 
 /** Tasks of a workflow by stored state ('dead' for dead letters), wherever they are. */
