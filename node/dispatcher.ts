@@ -253,6 +253,10 @@ export class Dispatcher {
         running.timers.push(setTimeout(hardAbort, this.abortGraceMs));
         return;
       }
+      // Already being terminated for another task's abort: its exit ends this batch as well, blamed as
+      // decided then. Terminating it again would change the blame and add one more exit listener per
+      // task (a blocked thread with ten timed-out tasks went past Node's listener limit).
+      if (this.terminated.has(batch.threadId)) return;
       // The thread answered the ping: its loop turns and this task ignores its abort, its own doing.
       // No answer: a synchronous handler blocks the thread, maybe another one; nobody is charged.
       const responsive = batch.pongAt !== undefined && batch.pongAt >= batch.pingAt!;
