@@ -4,6 +4,7 @@
  * measure their own runs. Poison definitions retry once, healthy ones too: a healthy task charged for a
  * neighbour would show two attempts or an error.
  */
+import { randomUUID } from 'node:crypto';
 import { afterAll, describe, expect, it, onTestFinished } from 'vitest';
 import { workerExecArgv } from '../../node/dispatcher.ts';
 import type { TaskmillNode } from '../../index.ts';
@@ -88,6 +89,32 @@ describe('thread crashes charge only the task that caused them', () => {
     const [dead] = await deadLetters([hang]);
     expect(dead).toMatchObject({ attempts: 2 });
     expect(dead.error).toContain('TASK_TIMEOUT');
+    await node.stop();
+  }, 180_000);
+
+  it('a blocked thread whose tasks all time out together is terminated once, and only its blocker is charged', async () => {
+    // Each Worker.terminate() adds an exit listener: twelve aborts of one blocked thread terminating it
+    // twelve times went past Node's limit of ten (and each rewrote the blame).
+    const leaks: string[] = [];
+    const onWarning = (w: Error) => w.name === 'MaxListenersExceededWarning' && leaks.push(w.message);
+    process.on('warning', onWarning);
+    onTestFinished(() => void process.off('warning', onWarning));
+    const node = await start(1);
+    const group = randomUUID();
+    const waiters = await node.client.scheduleMany(
+      chaos.blockingWaiter,
+      Array.from({ length: 12 }, () => ({ message: { role: 'waiter' as const, group, ms: 800 } })),
+    );
+    const [blocker] = await node.client.scheduleMany(chaos.blocker, [
+      { message: { role: 'blocker', group, waiters: 12 } },
+    ]);
+    await ended(node, [blocker, ...waiters], 120_000);
+    // The waiters ran again alone, uncharged; the blocker, alone on a fresh thread, timed out itself.
+    expect(await charged(waiters)).toEqual([]);
+    const [dead] = await deadLetters([blocker]);
+    expect(dead).toMatchObject({ attempts: 1 });
+    expect(dead.error).toContain('TASK_TIMEOUT');
+    expect(leaks).toEqual([]);
     await node.stop();
   }, 180_000);
 
