@@ -69,9 +69,23 @@ function load(name: string): Promise<LoadedModule> {
 
 // Load every handler module as the thread starts, so the first task does not pay for it; a module that
 // fails to load fails its tasks with the loader's error when they run.
-for (const name of Object.keys(init.handlers)) load(name).catch(() => {});
+const preloaded = Promise.allSettled(Object.keys(init.handlers).map((name) => load(name)));
+
+/**
+ * How long the first batches wait for the other handler modules to finish loading. A handler that ends
+ * its thread (process.exit) while another module of the thread is still being evaluated can abort the
+ * whole process in V8 (nodejs/node#43182, #53238: "Check failed: (location_) != nullptr" in
+ * SourceTextModule::ExecuteAsyncModule); seen once in CI, a poison task exiting on a fresh thread. A
+ * module that never finishes loading holds up the others' tasks only this long.
+ */
+const PRELOAD_WAIT_MS = 10_000;
+let preloadWait: Promise<unknown> | undefined = Promise.race([
+  preloaded,
+  new Promise((resolve) => setTimeout(resolve, PRELOAD_WAIT_MS).unref()),
+]).then(() => (preloadWait = undefined));
 
 export default async function runBatch({ tasks, messages, port }: BatchRequest): Promise<number> {
+  if (preloadWait) await preloadWait;
   const aborts = new Map<string, TaskAbort>();
   port.on('message', (msg: MainMessage) => {
     if (msg.type === 'ping') {
