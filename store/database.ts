@@ -123,30 +123,39 @@ export async function startEmbeddedPostgres(options: EmbeddedOptions = {}): Prom
   }
 
   const EmbeddedPostgres = await loadEmbeddedPostgres();
-  const port =
+  let port =
     options.port === 0
       ? await freePort()
       : (options.port ??
         ((await portIsFree(DEFAULT_EMBEDDED_PORT)) ? DEFAULT_EMBEDDED_PORT : await freePort()));
   mkdirSync(path.dirname(dataDir), { recursive: true });
-  const server = new EmbeddedPostgres({
-    databaseDir: dataDir,
-    port,
-    user: EMBEDDED_USER,
-    password: EMBEDDED_PASSWORD,
-    persistent: true,
-    createPostgresUser: process.getuid?.() === 0,
-    // Benchmarks and tests need a realistic but disposable server: fsync stays on (durability is part of
-    // what we measure), connections are raised for multi-node runs.
-    postgresFlags: [
-      ...['-c', 'max_connections=300', '-c', 'shared_buffers=256MB', '-c', 'listen_addresses=127.0.0.1'],
-      ...Object.entries(options.settings ?? {}).flatMap(([key, value]) => ['-c', `${key}=${value}`]),
-    ],
-    onLog: options.onLog ?? (() => {}),
-    onError: (error: unknown) => options.onLog?.(String(error)),
-  });
+  const embedded = (on: number) =>
+    new EmbeddedPostgres({
+      databaseDir: dataDir,
+      port: on,
+      user: EMBEDDED_USER,
+      password: EMBEDDED_PASSWORD,
+      persistent: true,
+      createPostgresUser: process.getuid?.() === 0,
+      // Benchmarks and tests need a realistic but disposable server: fsync stays on (durability is part of
+      // what we measure), connections are raised for multi-node runs.
+      postgresFlags: [
+        ...['-c', 'max_connections=300', '-c', 'shared_buffers=256MB', '-c', 'listen_addresses=127.0.0.1'],
+        ...Object.entries(options.settings ?? {}).flatMap(([key, value]) => ['-c', `${key}=${value}`]),
+      ],
+      onLog: options.onLog ?? (() => {}),
+      onError: (error: unknown) => options.onLog?.(String(error)),
+    });
+  let server = embedded(port);
   if (!existsSync(path.join(dataDir, 'PG_VERSION'))) await server.initialise();
   await server.start();
+  if (!existsSync(path.join(dataDir, 'postmaster.pid')) && options.port === undefined) {
+    // The default port was free when checked but taken before the server could bind it (another
+    // process started meanwhile), and the server exited: start it again on a port nobody holds.
+    port = await freePort();
+    server = embedded(port);
+    await server.start();
+  }
   let stopped = false;
   const postmaster = Number(readFileSync(path.join(dataDir, 'postmaster.pid'), 'utf8').split('\n')[0]);
   const onExit = () => {
