@@ -47,6 +47,15 @@ async function deadLetters(ids: string[]): Promise<{ id: string; attempts: numbe
   return rows;
 }
 
+/** MaxListenersExceededWarning messages emitted while the current test runs. */
+function listenerLeaks(): string[] {
+  const leaks: string[] = [];
+  const onWarning = (w: Error) => w.name === 'MaxListenersExceededWarning' && leaks.push(w.message);
+  process.on('warning', onWarning);
+  onTestFinished(() => void process.off('warning', onWarning));
+  return leaks;
+}
+
 const sleepers = (n: number, ms: number) => Array.from({ length: n }, () => ({ message: { ms } }));
 const empties = (n: number) => Array.from({ length: n }, () => ({}));
 
@@ -95,10 +104,7 @@ describe('thread crashes charge only the task that caused them', () => {
   it('a blocked thread whose tasks all time out together is terminated once, and only its blocker is charged', async () => {
     // Each Worker.terminate() adds an exit listener: twelve aborts of one blocked thread terminating it
     // twelve times went past Node's limit of ten (and each rewrote the blame).
-    const leaks: string[] = [];
-    const onWarning = (w: Error) => w.name === 'MaxListenersExceededWarning' && leaks.push(w.message);
-    process.on('warning', onWarning);
-    onTestFinished(() => void process.off('warning', onWarning));
+    const leaks = listenerLeaks();
     const node = await start(1);
     const group = randomUUID();
     const waiters = await node.client.scheduleMany(
@@ -120,10 +126,7 @@ describe('thread crashes charge only the task that caused them', () => {
 
   it('25 poison tasks among 250 healthy ones: the healthy run once, the poison end in the dead letters', async () => {
     // Retries after a crash run alone on the isolation threads: many of them add no listeners each.
-    const leaks: string[] = [];
-    const onWarning = (w: Error) => w.name === 'MaxListenersExceededWarning' && leaks.push(w.message);
-    process.on('warning', onWarning);
-    onTestFinished(() => void process.off('warning', onWarning));
+    const leaks = listenerLeaks();
     const node = await start(2);
     const healthy: string[] = [];
     const poison: string[] = [];
