@@ -96,8 +96,18 @@ export function addNodeKnobOptions(command: Command): Command {
     )
     .option(
       '--completer-flush-ms <n>',
-      'node: longest wait before a partial commit',
+      'node: wait before a partial commit after a quiet spell',
       intArg('--completer-flush-ms'),
+    )
+    .option(
+      '--completer-max-flush-ms <n>',
+      'node: longest wait before a partial commit while commits are paced',
+      intArg('--completer-max-flush-ms'),
+    )
+    .option(
+      '--completer-flush-share <x>',
+      'node: share of the time partial commits may take (1: no pacing)',
+      numberArg('--completer-flush-share', 0.01),
     )
     .option(
       '--fetch-interval-ms <n>',
@@ -136,6 +146,8 @@ export interface NodeKnobCliOptions {
   microBatchSize?: number;
   completerBatchSize?: number;
   completerFlushMs?: number;
+  completerMaxFlushMs?: number;
+  completerFlushShare?: number;
   fetchIntervalMs?: number;
   maxConnections?: number;
   notifications: 'on' | 'off';
@@ -151,6 +163,8 @@ export function knobsFromCli(o: NodeKnobCliOptions): NodeKnobs {
   const completer: Record<string, unknown> = {};
   if (o.completerBatchSize !== undefined) completer.batchSize = o.completerBatchSize;
   if (o.completerFlushMs !== undefined) completer.flushIntervalMs = o.completerFlushMs;
+  if (o.completerMaxFlushMs !== undefined) completer.maxFlushIntervalMs = o.completerMaxFlushMs;
+  if (o.completerFlushShare !== undefined) completer.flushShare = o.completerFlushShare;
   const knobs: NodeKnobs = { logLevel: o.logLevel, notifications: o.notifications === 'on' };
   if (Object.keys(planner).length > 0) knobs.planner = planner;
   if (Object.keys(completer).length > 0) knobs.completer = completer as NodeKnobs['completer'];
@@ -186,6 +200,8 @@ export interface KnobsRecord {
   microBatchSize: number;
   completerBatchSize: number;
   completerFlushMs: number;
+  completerMaxFlushMs: number;
+  completerFlushShare: number;
   fetchIntervalMs: number;
   maxConnections: number;
   notifications: boolean;
@@ -205,6 +221,8 @@ export function describeKnobs(knobs: NodeKnobs): KnobsRecord {
     microBatchSize: c.maxBatchSize,
     completerBatchSize: c.completer.batchSize,
     completerFlushMs: c.completer.flushIntervalMs,
+    completerMaxFlushMs: c.completer.maxFlushIntervalMs,
+    completerFlushShare: c.completer.flushShare,
     fetchIntervalMs:
       c.fetchIntervalMs ??
       (c.notifications ? NODE_DEFAULTS.fetchIntervalMs : NODE_DEFAULTS.fetchIntervalWithoutNotifyMs),

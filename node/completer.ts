@@ -2,7 +2,12 @@
  * Batched completer: collects task outcomes (task/outcome.ts) with what settle() decided of each, and
  * commits them in batches, flushed when `batchSize`
  * outcomes or `maxBatchBytes` of payload wait, or `flushIntervalMs` after the first one arrived,
- * whichever comes first. One flush runs at a time; while more than `highWaterMark` outcomes or
+ * whichever comes first. One flush runs at a time; flushes that are not full are paced (`flushShare`):
+ * after a flush of several outcomes that took d ms, the next partial one waits until d x (1 - share) /
+ * share ms have passed since it ended (at most `maxFlushIntervalMs`), so the fixed cost of a commit (a
+ * transaction, its WAL flush, the planner's wake-up) is spread over more outcomes when completions
+ * arrive faster than flushes; after a flush of one outcome, or a quiet spell, the next still goes
+ * `flushIntervalMs` after its first outcome (tasks run one after another gain nothing by waiting); while more than `highWaterMark` outcomes or
  * `highWaterMarkBytes` of payload wait, `saturated` is true and the node stops dispatching
  * (backpressure), so memory stays bounded whatever the size of the results.
  *
@@ -65,6 +70,14 @@ export const COMPLETER_DEFAULTS = {
   maxBatchBytes: 32 * MiB,
   /** distributed-task-framework `manage-delay` plays this role on the completion side. */
   flushIntervalMs: 5,
+  /** Longest wait of a partial batch when flushes are paced (see `flushShare`). */
+  maxFlushIntervalMs: 50,
+  /**
+   * Share of the time partial flushes may take: after a flush of d ms, the next partial one starts at
+   * least d x (1 - share) / share ms after it ended. 1 turns pacing off (every partial batch goes after
+   * `flushIntervalMs`).
+   */
+  flushShare: 0.1,
   highWaterMark: 5_000,
   highWaterMarkBytes: 256 * MiB,
   /** Longest wait between two attempts of a failing flush. */
@@ -117,6 +130,8 @@ export interface CompleterOptions {
   batchSize?: number;
   maxBatchBytes?: number;
   flushIntervalMs?: number;
+  maxFlushIntervalMs?: number;
+  flushShare?: number;
   highWaterMark?: number;
   highWaterMarkBytes?: number;
   /** Error texts longer than this (UTF-8 bytes) are truncated with a marker. */
@@ -169,6 +184,11 @@ export class Completer {
   private readonly batchSize: number;
   private readonly maxBatchBytes: number;
   private readonly flushIntervalMs: number;
+  private readonly maxFlushIntervalMs: number;
+  private readonly flushShare: number;
+  /** End (performance.now()) and duration of the last flush that wrote something. */
+  private lastFlushEnd = -Infinity;
+  private lastFlushMs = 0;
   private readonly highWaterMark: number;
   private readonly highWaterMarkBytes: number;
   private readonly maxErrorBytes: number;
@@ -179,6 +199,11 @@ export class Completer {
     this.batchSize = options.batchSize ?? COMPLETER_DEFAULTS.batchSize;
     this.maxBatchBytes = options.maxBatchBytes ?? COMPLETER_DEFAULTS.maxBatchBytes;
     this.flushIntervalMs = options.flushIntervalMs ?? COMPLETER_DEFAULTS.flushIntervalMs;
+    this.maxFlushIntervalMs = Math.max(
+      this.flushIntervalMs,
+      options.maxFlushIntervalMs ?? COMPLETER_DEFAULTS.maxFlushIntervalMs,
+    );
+    this.flushShare = options.flushShare ?? COMPLETER_DEFAULTS.flushShare;
     this.highWaterMark = options.highWaterMark ?? COMPLETER_DEFAULTS.highWaterMark;
     this.highWaterMarkBytes = options.highWaterMarkBytes ?? COMPLETER_DEFAULTS.highWaterMarkBytes;
     this.maxErrorBytes = options.maxErrorBytes ?? DEFAULT_MAX_ERROR_BYTES;
@@ -335,6 +360,9 @@ export class Completer {
       this.retryDelayMs = 0;
       this.transientStreak = 0;
       result.durationMs = performance.now() - startedAt;
+      this.lastFlushEnd = startedAt + result.durationMs;
+      // A lone outcome shows they do not arrive faster than flushes: waiting would add latency only.
+      this.lastFlushMs = result.batchSize > 1 ? result.durationMs : 0;
       this.report(result, written);
       return result;
     } catch (error) {
@@ -460,8 +488,15 @@ export class Completer {
       this.timer = setTimeout(() => {
         this.timer = undefined;
         this.startFlush();
-      }, this.flushIntervalMs);
+      }, this.partialFlushDelay());
     }
+  }
+
+  /** Wait before a partial batch goes: `flushIntervalMs`, or longer while the last flush is recent. */
+  partialFlushDelay(now = performance.now()): number {
+    const spacing = (this.lastFlushMs * (1 - this.flushShare)) / this.flushShare;
+    const paced = this.lastFlushEnd + spacing - now;
+    return Math.min(this.maxFlushIntervalMs, Math.max(this.flushIntervalMs, paced));
   }
 
   private startFlush(): void {

@@ -77,6 +77,8 @@ const completerSchema = z
       .max(MAX_PAYLOAD_LIMIT_BYTES)
       .default(COMPLETER_DEFAULTS.maxBatchBytes),
     flushIntervalMs: ms.max(60_000).default(COMPLETER_DEFAULTS.flushIntervalMs),
+    maxFlushIntervalMs: ms.max(60_000).default(COMPLETER_DEFAULTS.maxFlushIntervalMs),
+    flushShare: z.number().gt(0).max(1).default(COMPLETER_DEFAULTS.flushShare),
     highWaterMark: positiveInt.default(COMPLETER_DEFAULTS.highWaterMark),
     highWaterMarkBytes: positiveInt.min(KiB * KiB).default(COMPLETER_DEFAULTS.highWaterMarkBytes),
   })

@@ -288,4 +288,55 @@ describe('the completer', () => {
     expect(result.completed).toBe(4);
     expect(total(flushes, 'completed')).toBe(4);
   });
+
+  it('paces partial flushes by the time the last one took, and sends a full batch at once', async () => {
+    const ids = await running(9);
+    // Every statement takes at least 20 ms: a flush of d >= 20 ms, and with a share of 0.1 the next
+    // partial flush waits 9 x d, bounded by maxFlushIntervalMs.
+    const starts: number[] = [];
+    const ends: number[] = [];
+    const slow = {
+      query: async (...args: unknown[]) => {
+        starts.push(performance.now());
+        await new Promise((resolve) => setTimeout(resolve, 20));
+        const result = await (db.pool.query as (...a: unknown[]) => Promise<unknown>)(...args);
+        ends.push(performance.now());
+        return result;
+      },
+    } as unknown as pg.Pool;
+    const { c, flushes } = completer({
+      db: slow,
+      flushIntervalMs: 5,
+      maxFlushIntervalMs: 120,
+      flushShare: 0.1,
+      batchSize: 3,
+    });
+    expect(c.partialFlushDelay()).toBe(5); // nothing flushed yet: the base interval
+    // A flush of one outcome does not pace the next: outcomes do not arrive faster than flushes.
+    c.add(...success(ids[0]));
+    await expect.poll(() => flushes.length, { timeout: 30_000 }).toBe(1);
+    expect(c.partialFlushDelay()).toBe(5);
+
+    // A flush of two does: a partial batch right after waits for the paced time from the flush's end.
+    c.add(...success(ids[1]));
+    c.add(...success(ids[2]));
+    await expect.poll(() => flushes.length, { timeout: 30_000 }).toBe(2);
+    c.add(...success(ids[3]));
+    await expect.poll(() => flushes.length, { timeout: 30_000 }).toBe(3);
+    expect(starts[2] - ends[1]).toBeGreaterThanOrEqual(119);
+
+    // A full batch goes at once: its statement has started before add() returns.
+    const before = starts.length;
+    for (const id of ids.slice(4, 7)) c.add(...success(id));
+    expect(starts.length).toBe(before + 1);
+    await expect.poll(() => flushes.length, { timeout: 30_000 }).toBe(4);
+
+    // A share of 1 turns pacing off: a partial batch goes after flushIntervalMs whatever came before.
+    const unpaced = completer({ db: slow, flushIntervalMs: 5, maxFlushIntervalMs: 120, flushShare: 1 });
+    unpaced.c.add(...success(ids[7]));
+    unpaced.c.add(...success(ids[8]));
+    await expect.poll(() => unpaced.flushes.length, { timeout: 30_000 }).toBe(1);
+    expect(unpaced.c.partialFlushDelay()).toBe(5);
+    expect(total([...flushes, ...unpaced.flushes], 'completed')).toBe(9);
+  });
 });

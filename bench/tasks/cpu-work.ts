@@ -18,15 +18,27 @@ export function burn(iterations: number): number {
   return x >>> 0;
 }
 
-/** Iterations that take `ms` milliseconds on this thread: the fastest of several timed samples. */
-export function calibrate(ms: number, samples = 7): number {
+/**
+ * Iterations that take `ms` milliseconds on this thread: the median rate of `samples` runs of about
+ * `ms` each, after a warm-up. (The fastest of a few 0.3 ms probes, used before, overstated the speed by
+ * up to 12 %, so a "10 ms" task cost 10.5-11 ms and the CPU run's efficiency read low by as much.)
+ */
+export function calibrate(ms: number, samples = 9): number {
   const probe = 200_000;
-  burn(probe); // warm the JIT
-  let best = Infinity;
-  for (let i = 0; i < samples; i++) {
-    const t0 = performance.now();
-    burn(probe);
-    best = Math.min(best, performance.now() - t0);
+  for (let i = 0; i < 200; i++) burn(probe / 20); // warm the JIT: optimised as a function, not only by OSR
+  const t0 = performance.now();
+  burn(probe);
+  let iterations = Math.max(1, Math.round((probe / Math.max(performance.now() - t0, 1e-3)) * ms));
+  // Twice: the first round also finishes warming up (its median read a few per cent slow).
+  for (let round = 0; round < 2; round++) {
+    const rates: number[] = [];
+    for (let i = 0; i < samples; i++) {
+      const t = performance.now();
+      burn(iterations);
+      rates.push(iterations / Math.max(performance.now() - t, 1e-3));
+    }
+    rates.sort((a, b) => a - b);
+    iterations = Math.max(1, Math.round(rates[Math.floor(samples / 2)] * ms));
   }
-  return Math.max(1, Math.round((probe / best) * ms));
+  return iterations;
 }
