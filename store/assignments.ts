@@ -18,11 +18,20 @@ export const PLANNER_LOCK_KEY = 7_300_416_002;
 
 /**
  * Opens a pass's transaction and takes the planner's advisory lock (two nodes that both believe they
- * lead never plan at once); false when another pass holds it. The lock key is a code constant, so the
- * statements share one round trip. enable_sort off: the claim must walk the ready index in priority
- * order and stop at its LIMIT. The hot table's statistics lag behind its churn, and with a low row
- * estimate PostgreSQL would instead check the affinity rules of every ready row and sort them (175 ms
- * against 14 ms for 400 of 6,573 ready tasks in the workflow bench).
+ * lead never plan at once); undefined when another pass holds it or the lease ran out. Begin, lock,
+ * lease check and cluster state share one round trip. enable_sort off: the claim must walk the ready
+ * index in priority order and stop at its LIMIT. The hot table's statistics lag behind its churn, and
+ * with a low row estimate PostgreSQL would instead check the affinity rules of every ready row and
+ * sort them (175 ms against 14 ms for 400 of 6,573 ready tasks in the workflow bench).
+ *
+ * The state (tm_pass_state, migrations/018) is live nodes with the tasks each holds, and the task
+ * names with a cluster limit with their held count (one pass over the partial node index: only held
+ * rows are read), and whether flow control is in play (a limit configured; a ready task with a
+ * concurrency key, through the first entry of tm_tasks_ready_group past ''): two index probes. Only when
+ * the lock and the lease hold, the same statement then promotes waiting tasks with nothing left to wait
+ * for (when asked: `promote`, every PROMOTE_WAITING_EVERY_MS of planner.ts) and wakes the sleeping tasks
+ * whose wait ended by time (tm_wake_sleeping, migrations/009: an index probe when none is due), before
+ * the claim, so the claim that follows sees them ready.
  */
 export async function beginPass(
   client: Queryable,
@@ -31,8 +40,8 @@ export async function beginPass(
   // The lease is checked in the pass's own transaction, by database time: a pass whose statements were
   // held up in the network (a black hole) and reach the server after its node's lease ran out plans
   // nothing. One that checked in time holds the lock, so the next leader's passes wait for it to end.
-  // The node id (a UUID), the node timeout and the promote flag are inlined so that begin, lock, check
-  // and the cluster state stay one round trip.
+  // The node id (a UUID), the node timeout and the promote flag are inlined (checked here) so that the
+  // whole opening stays one simple-protocol round trip.
   const { leaseHolder, nodeTimeoutMs, promote } = pass;
   if (leaseHolder !== undefined && !UUID.test(leaseHolder)) {
     throw new TypeError(`lease holder must be a UUID, got ${JSON.stringify(leaseHolder)}`);
@@ -40,16 +49,13 @@ export async function beginPass(
   if (!Number.isFinite(nodeTimeoutMs) || nodeTimeoutMs < 0) {
     throw new TypeError(`node timeout must be a number of milliseconds, got ${nodeTimeoutMs}`);
   }
-  const lease =
-    leaseHolder === undefined
-      ? ''
-      : ` and exists (select 1 from tm_leader where node_id = '${leaseHolder}' and expires_at > now())`;
+  const holder = leaseHolder === undefined ? 'null' : `'${leaseHolder}'`;
   const results = (await client.query(
-    `begin; set local enable_sort = off; ${clusterState(
-      `pg_try_advisory_xact_lock(${PLANNER_LOCK_KEY})${lease}`,
-      nodeTimeoutMs,
-      promote,
-    )}`,
+    `begin; set local enable_sort = off;
+     select s.nodes, s.limits, s.flow_limited, s.keyed_ready,
+       case when ${promote} then tm_promote_waiting(1000) end as promoted,
+       tm_wake_sleeping(1000) as woken
+     from tm_pass_state(${PLANNER_LOCK_KEY}, ${holder}, ${nodeTimeoutMs}) s`,
   )) as unknown as { rows: ClusterState[] }[];
   return results[2].rows[0];
 }
@@ -81,40 +87,6 @@ export interface ClusterLimit {
   max: number;
   held: number;
 }
-
-/**
- * The state a pass plans from, read only when `ok` (the lock and lease check, evaluated first, in the
- * subquery) holds: otherwise no row, and nothing is promoted or woken. Live nodes with the tasks each
- * holds, and the task names with a cluster limit with their running count (one pass over the partial
- * node index: only held rows are read); when asked (`promote`, every PROMOTE_WAITING_EVERY_MS of
- * planner.ts) it also promotes waiting tasks with nothing left to wait for.
- * Every pass wakes the sleeping tasks whose wait ended by time (tm_wake_sleeping, migrations/009: an
- * index probe when none is due), before the claim, so the claim that follows sees them ready.
- * Whether flow control is in play (a limit configured; a ready task with a concurrency key, through the
- * first entry of tm_tasks_ready_group past '') costs two index probes.
- * Held tasks are counted once (the `held` CTE), not by a subquery per node and per definition: with
- * tm_nodes and tm_task_defs not yet analyzed the planner costed those subqueries at 200 nodes x 100 and
- * 780 definitions x 100, past jit_above_cost, and JIT compilation then took 16-32 ms of every pass
- * (auto_explain on PostgreSQL 15, bench:workflow; results/pg-statements-2026-12-03.md).
- */
-const clusterState = (ok: string, nodeTimeoutMs: number, promote: boolean) => `
-  with held as (
-    select t.node_id, t.name, count(*)::int as n from tm_tasks t where t.node_id is not null group by 1, 2)
-  select
-    (select coalesce(json_agg(json_build_object('id', n.id, 'capacity', n.capacity, 'task_names', n.task_names,
-        'cpu', n.cpu, 'held', coalesce((select sum(h.n) from held h where h.node_id = n.id), 0))), '[]')
-      from tm_nodes n where n.heartbeat_at > now() - ${nodeTimeoutMs} * interval '1 millisecond') as nodes,
-    (select coalesce(json_agg(json_build_object('name', d.name, 'max', d.max_parallel_in_cluster,
-        'held', coalesce((select sum(h.n) from held h where h.name = d.name), 0))), '[]')
-      from tm_task_defs d where d.max_parallel_in_cluster is not null) as limits,
-    case when ${promote} then tm_promote_waiting(1000) end as promoted,
-    tm_wake_sleeping(1000) as woken,
-    exists (select 1 from tm_flow_limits)
-      or exists (select 1 from tm_task_defs d
-        where d.options->'concurrency' is not null or d.options->'rateLimit' is not null) as flow_limited,
-    exists (select 1 from tm_tasks t where t.state = 'ready' and t.concurrency_key > '') as keyed_ready
-  from (select ${ok} as ok offset 0) pass
-  where pass.ok`;
 
 /** What a pass reads first (beginPass). */
 export interface ClusterState {
