@@ -1,15 +1,18 @@
 /**
  * Batched completer: collects task outcomes (task/outcome.ts) with what settle() decided of each, and
- * commits them in batches, flushed when `batchSize`
- * outcomes or `maxBatchBytes` of payload wait, or `flushIntervalMs` after the first one arrived,
- * whichever comes first. One flush runs at a time; flushes that are not full are paced (`flushShare`):
- * after a flush of several outcomes that took d ms, the next partial one waits until d x (1 - share) /
- * share ms have passed since it ended (at most `maxFlushIntervalMs`), so the fixed cost of a commit (a
- * transaction, its WAL flush, the planner's wake-up) is spread over more outcomes when completions
- * arrive faster than flushes; after a flush of one outcome, or a quiet spell, the next still goes
- * `flushIntervalMs` after its first outcome (tasks run one after another gain nothing by waiting); while more than `highWaterMark` outcomes or
- * `highWaterMarkBytes` of payload wait, `saturated` is true and the node stops dispatching
- * (backpressure), so memory stays bounded whatever the size of the results.
+ * commits them in batches, flushed when `batchSize` outcomes or `maxBatchBytes` of payload wait, or
+ * `flushIntervalMs` after the first one arrived, whichever comes first.
+ *
+ * Flushes that are not full are paced (`flushShare`): after a flush of several outcomes that took d ms,
+ * the next partial one waits until d x (1 - share) / share ms have passed since it ended (at most
+ * `maxFlushIntervalMs`), so the fixed cost of a commit (a transaction, its WAL flush, the planner's
+ * wake-up) is spread over more outcomes when completions arrive faster than flushes. After a flush of
+ * one outcome, or a quiet spell, the next still goes `flushIntervalMs` after its first outcome (tasks
+ * run one after another gain nothing by waiting).
+ *
+ * One flush runs at a time; while more than `highWaterMark` outcomes or `highWaterMarkBytes` of payload
+ * wait, `saturated` is true and the node stops dispatching (backpressure), so memory stays bounded
+ * whatever the size of the results.
  *
  * A batch is bounded by count and by bytes (results, children's messages, join messages, error text):
  * the whole batch travels as a few array parameters of one statement, hex-encoded into one string.
@@ -73,8 +76,8 @@ export const COMPLETER_DEFAULTS = {
   /** Longest wait of a partial batch when flushes are paced (see `flushShare`). */
   maxFlushIntervalMs: 50,
   /**
-   * Share of the time partial flushes may take: after a flush of d ms, the next partial one starts at
-   * least d x (1 - share) / share ms after it ended. 1 turns pacing off (every partial batch goes after
+   * Share of the time partial flushes may take: after a flush of several outcomes that took d ms, the
+   * next partial one starts at least d x (1 - share) / share ms after it ended. 1 turns pacing off (every partial batch goes after
    * `flushIntervalMs`).
    */
   flushShare: 0.1,
